@@ -1,0 +1,1 @@
+"""Alerts: judge readings against standards profiles and the device's own history."""

@@ -1,0 +1,325 @@
+"""The alert engine: judges stored readings against each site's limits, keeps one alert per
+(subject, rule) episode, runs time-driven rules on a clock, and tells the sinks of every change.
+
+Called from the ingest worker (on_readings), a clock thread (tick) and the API (inspector
+actions); one lock serialises them. State that must survive a restart (threshold phases, open
+alerts) is written in the same transaction as the alerts it produced."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from alerts.standards import Limit, Profile, limits_for_site
+from alerts.threshold import Action, Phase, ThresholdState, step
+from domain.model import VALID_FLAG, Alert, AlertFamily, AlertStatus, Reading, Severity
+from domain.params import Catalogue
+from domain.registry import Registry
+from domain.timeutil import now_ms
+from store.base import AlertChange, Store
+
+log = logging.getLogger("landun.alerts")
+
+STATE_NS = "threshold"
+
+
+class AlertSink(Protocol):
+    """Somewhere alert changes go: the MQTT alerts topic, webhooks, the API's live stream."""
+
+    def alert_changed(self, alert: Alert, action: str) -> None: ...
+
+
+class ClockRule(Protocol):
+    """A rule evaluated on the clock (offline devices, overdue storage), not on arrival."""
+
+    def tick(self, now: int, engine: AlertEngine) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    max_gap_s: int = 900  # a pending violation not seen for this long starts again
+    renotify_s: int = 3600  # unacknowledged critical alerts are re-announced this often
+
+
+class AlertEngine:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        profiles: dict[str, Profile],
+        catalogue: Catalogue,
+        sinks: Sequence[AlertSink] = (),
+        settings: EngineSettings | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.profiles = profiles
+        self.catalogue = catalogue
+        self.sinks = list(sinks)
+        self.clock_rules: list[ClockRule] = []
+        self.settings = settings or EngineSettings()
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._limits: dict[str, dict[str, Limit]] = {}
+        self._states: dict[str, ThresholdState] = {
+            k: ThresholdState.from_json(json.loads(v))
+            for k, v in store.load_state(STATE_NS).items()
+        }
+        self._open: dict[tuple[str, str | None, str], Alert] = {
+            (a.site_id, a.device_id, a.rule_id): a for a in store.open_alerts()
+        }
+        self._last_notified: dict[int, int] = {}
+
+    # -- evaluation on arrival ------------------------------------------------------------------
+
+    def site_limits(self, site_id: str) -> dict[str, Limit]:
+        limits = self._limits.get(site_id)
+        if limits is None:
+            limits = limits_for_site(self.registry.sites[site_id], self.profiles)
+            self._limits[site_id] = limits
+        return limits
+
+    def on_readings(self, readings: Iterable[Reading]) -> None:
+        changes: list[AlertChange] = []
+        dirty: dict[str, str | None] = {}
+        max_gap_ms = self.settings.max_gap_s * 1000
+        with self._lock:
+            for r in sorted(readings, key=_sensor_time):
+                limit = self.site_limits(r.site_id).get(r.parameter)
+                if limit is None:
+                    continue
+                key = f"{r.device_id}|{r.parameter}"
+                st = self._states.get(key)
+                if st is None:
+                    st = self._states[key] = ThresholdState()
+                before = st.phase
+                action = step(st, r.ts_ms, r.value, r.flag == VALID_FLAG, limit, max_gap_ms)
+                if action is not Action.NONE:
+                    change = self._apply(action, r, st, limit)
+                    if change is not None:
+                        changes.append(change)
+                if st.phase is not Phase.NORMAL or before is not Phase.NORMAL:
+                    dirty[key] = json.dumps(st.to_json()) if st.phase is not Phase.NORMAL else None
+            if changes or dirty:
+                self.store.save_alerts(_dedupe(changes), STATE_NS, dirty)
+                self._announce(changes)
+
+    def _apply(
+        self, action: Action, r: Reading, st: ThresholdState, limit: Limit
+    ) -> AlertChange | None:
+        key = (r.site_id, r.device_id, f"range:{r.parameter}")
+        alert = self._open.get(key)
+        if action is Action.RESOLVE:
+            if alert is None:
+                return None
+            alert.status = AlertStatus.RESOLVED
+            alert.resolved_ms = r.ts_ms
+            alert.evidence["excluded_flagged"] = st.excluded
+            del self._open[key]
+            return AlertChange(
+                alert, "resolved", comment="back inside the limit for the clear time"
+            )
+        if alert is None:
+            alert = self._new_range_alert(r, st, limit)
+            self._open[key] = alert
+            return AlertChange(alert, "opened")
+        _update_from_state(alert, st)
+        if alert.severity is Severity.WARNING and self._is_critical(alert, limit):
+            alert.severity = Severity.CRITICAL
+            return AlertChange(alert, "escalated", comment="breach far or long: critical")
+        return AlertChange(alert, None)
+
+    def _new_range_alert(self, r: Reading, st: ThresholdState, limit: Limit) -> Alert:
+        param = self.catalogue.parameters.get(r.parameter)
+        name = param.name_en if param else r.parameter
+        alert = Alert(
+            site_id=r.site_id,
+            device_id=r.device_id,
+            rule_id=f"range:{r.parameter}",
+            family=AlertFamily.COMPLIANCE,
+            severity=Severity.WARNING,
+            parameter=r.parameter,
+            message=(
+                f"{name} {st.worst_value:g} {limit.unit} outside {limit.describe()}"
+                f" for {(st.last_ts - st.episode_start_ms) // 60000} min ({limit.standard})"
+            ),
+            first_ms=st.episode_start_ms,
+            last_ms=st.last_ts,
+            limit=limit.as_dict(),
+            opened_ms=self.clock(),
+        )
+        _update_from_state(alert, st)
+        if self._is_critical(alert, limit):
+            alert.severity = Severity.CRITICAL
+        return alert
+
+    @staticmethod
+    def _is_critical(alert: Alert, limit: Limit) -> bool:
+        if limit.advisory:
+            return False
+        long = alert.last_ms - alert.first_ms >= limit.critical_after_s * 1000
+        return long or (alert.worst_value is not None and limit.far_out(alert.worst_value))
+
+    # -- open alerts from other rules (detectors, custody, offline) -----------------------------
+
+    def raise_alert(self, alert: Alert, value: float | None = None) -> Alert:
+        """Open an alert, or update the open one of the same (subject, rule)."""
+        with self._lock:
+            key = (alert.site_id, alert.device_id, alert.rule_id)
+            current = self._open.get(key)
+            if current is None:
+                alert.opened_ms = alert.opened_ms or self.clock()
+                self._open[key] = alert
+                change = AlertChange(alert, "opened")
+            else:
+                current.last_ms = max(current.last_ms, alert.last_ms)
+                current.last_value = value if value is not None else current.last_value
+                current.count += 1
+                current.evidence.update(alert.evidence)
+                change = AlertChange(current, None)
+                if current.severity is Severity.WARNING and alert.severity is Severity.CRITICAL:
+                    current.severity = Severity.CRITICAL
+                    change = AlertChange(current, "escalated")
+            self.store.save_alerts([change])
+            self._announce([change])
+            return change.alert
+
+    def clear_alert(self, site_id: str, device_id: str | None, rule_id: str, why: str) -> None:
+        with self._lock:
+            alert = self._open.pop((site_id, device_id, rule_id), None)
+            if alert is None:
+                return
+            alert.status = AlertStatus.RESOLVED
+            alert.resolved_ms = self.clock()
+            change = AlertChange(alert, "resolved", comment=why)
+            self.store.save_alerts([change])
+            self._announce([change])
+
+    def is_open(self, site_id: str, device_id: str | None, rule_id: str) -> bool:
+        return (site_id, device_id, rule_id) in self._open
+
+    # -- the clock ------------------------------------------------------------------------------
+
+    def tick(self, now: int | None = None) -> None:
+        now = self.clock() if now is None else now
+        for rule in self.clock_rules:
+            rule.tick(now, self)
+        with self._lock:
+            due = [
+                a
+                for a in self._open.values()
+                if a.severity is Severity.CRITICAL
+                and a.status is AlertStatus.OPEN
+                and now - self._last_notified.get(a.id or 0, a.opened_ms)
+                >= self.settings.renotify_s * 1000
+            ]
+            for a in due:
+                self._last_notified[a.id or 0] = now
+            if due:
+                self._announce([AlertChange(a, "renotified") for a in due])
+
+    # -- inspector actions ----------------------------------------------------------------------
+
+    def acknowledge(self, alert_id: int, actor: str, comment: str = "") -> Alert:
+        return self._inspector_action(alert_id, actor, "acknowledged", comment)
+
+    def resolve(self, alert_id: int, actor: str, comment: str = "") -> Alert:
+        return self._inspector_action(alert_id, actor, "resolved", comment)
+
+    def comment(self, alert_id: int, actor: str, comment: str) -> Alert:
+        return self._inspector_action(alert_id, actor, "commented", comment)
+
+    def _inspector_action(self, alert_id: int, actor: str, action: str, comment: str) -> Alert:
+        with self._lock:
+            alert = next((a for a in self._open.values() if a.id == alert_id), None)
+            if alert is None:
+                alert = self.store.get_alert(alert_id)
+            if alert is None:
+                raise KeyError(f"alert {alert_id} does not exist")
+            if action != "commented" and alert.status is AlertStatus.RESOLVED:
+                raise ValueError(f"alert {alert_id} is already resolved")
+            if action == "acknowledged":
+                if alert.status is AlertStatus.ACKNOWLEDGED:
+                    raise ValueError(f"alert {alert_id} is already acknowledged")
+                alert.status = AlertStatus.ACKNOWLEDGED
+            elif action == "resolved":
+                alert.status = AlertStatus.RESOLVED
+                alert.resolved_ms = self.clock()
+                self._forget(alert)
+            change = AlertChange(alert, action, actor=actor, comment=comment)
+            state = self._reset_state_of(alert) if action == "resolved" else None
+            self.store.save_alerts([change], STATE_NS, state)
+            self._announce([change])
+            return alert
+
+    def _forget(self, alert: Alert) -> None:
+        self._open.pop((alert.site_id, alert.device_id, alert.rule_id), None)
+
+    def _reset_state_of(self, alert: Alert) -> dict[str, str | None] | None:
+        """A manual resolve ends the episode: a violation that goes on starts a new one."""
+        if not alert.rule_id.startswith("range:") or alert.device_id is None:
+            return None
+        key = f"{alert.device_id}|{alert.parameter}"
+        st = self._states.get(key)
+        if st is None:
+            return None
+        st.phase = Phase.NORMAL
+        return {key: None}
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    def _announce(self, changes: Iterable[AlertChange]) -> None:
+        for ch in changes:
+            if ch.action is None:
+                continue
+            for sink in self.sinks:
+                try:
+                    sink.alert_changed(ch.alert, ch.action)
+                except Exception:
+                    # A failing sink must not stop evaluation; sinks record their own failures.
+                    log.exception("alert sink %r failed", sink)
+
+
+def _sensor_time(r: Reading) -> int:
+    return r.ts_ms
+
+
+def _update_from_state(alert: Alert, st: ThresholdState) -> None:
+    alert.first_ms = st.episode_start_ms
+    alert.last_ms = st.last_ts
+    alert.first_value = st.first_value
+    alert.last_value = st.last_value
+    alert.worst_value = st.worst_value
+    alert.worst_ms = st.worst_ms
+    alert.count = st.count
+    alert.evidence = {
+        "readings": {
+            "device_id": alert.device_id,
+            "parameter": alert.parameter,
+            "from_ms": st.episode_start_ms,
+            "to_ms": st.last_ts,
+        },
+        "duration_s": (st.last_ts - st.episode_start_ms) // 1000,
+        "excluded_flagged": st.excluded,
+    }
+
+
+def _dedupe(changes: list[AlertChange]) -> list[AlertChange]:
+    """Several readings of a batch may touch one alert: write each once, keeping every audited
+    transition and the last plain update."""
+    out: list[AlertChange] = []
+    last_plain: dict[int, int] = {}
+    for ch in changes:
+        if ch.action is None:
+            ident = id(ch.alert)
+            if ident in last_plain:
+                out[last_plain[ident]] = ch
+                continue
+            last_plain[ident] = len(out)
+        out.append(ch)
+    return out

@@ -1,0 +1,121 @@
+"""Core records that cross stage boundaries. Times are UTC epoch milliseconds (see timeutil)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+# HJ 212 data flags. Only N (normal) readings are judged for compliance.
+VALID_FLAG = "N"
+DATA_FLAGS: dict[str, str] = {
+    "N": "normal",
+    "F": "stopped",
+    "M": "maintenance",
+    "S": "manual",
+    "D": "fault",
+    "C": "calibration",
+    "T": "over range",
+    "B": "communication fault",
+}
+
+
+class SiteKind(StrEnum):
+    POOL = "pool"
+    MEDICAL = "medical_institution"
+
+
+class AlertFamily(StrEnum):
+    COMPLIANCE = "compliance"
+    INTEGRITY = "integrity"
+    CUSTODY = "custody"
+
+
+class Severity(StrEnum):
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class AlertStatus(StrEnum):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One measured value. `ts_ms` is sensor time, `recv_ms` when Landun received it."""
+
+    device_id: str
+    site_id: str
+    parameter: str
+    ts_ms: int
+    value: float
+    flag: str = VALID_FLAG
+    recv_ms: int = 0
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    topic: str
+    device_id: str | None
+    recv_ms: int
+    reason: str
+    raw: bytes
+    source: str = "mqtt"
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    id: str
+    name: str
+    kind: SiteKind
+    jurisdiction: str
+    address: str = ""
+    profile: str = "gb37488-2019-pool"
+    timezone: str = "Asia/Shanghai"
+    latitude: float | None = None
+    longitude: float | None = None
+    # per-parameter partial limits replacing the profile's (e.g. {"free_chlorine": {"min": 0.4}})
+    limit_overrides: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    id: str
+    site_id: str
+    kind: str
+    parameters: tuple[str, ...]
+    interval_s: int = 60
+    credential_hash: str = ""
+
+
+@dataclass(slots=True)
+class Alert:
+    """One episode of one rule on one subject. Repeats update it instead of opening another."""
+
+    site_id: str
+    device_id: str | None
+    rule_id: str
+    family: AlertFamily
+    severity: Severity
+    parameter: str | None
+    message: str
+    first_ms: int
+    last_ms: int
+    first_value: float | None = None
+    last_value: float | None = None
+    worst_value: float | None = None
+    worst_ms: int | None = None
+    count: int = 1
+    status: AlertStatus = AlertStatus.OPEN
+    limit: dict = field(default_factory=dict)
+    evidence: dict = field(default_factory=dict)
+    opened_ms: int = 0
+    updated_ms: int = 0
+    resolved_ms: int | None = None
+    id: int | None = None
+
+    @property
+    def subject(self) -> str:
+        return self.device_id or self.site_id

@@ -1,0 +1,62 @@
+"""Sites and devices: who may publish, and to which site a device's data belongs."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from domain.model import Device, Site, SiteKind
+
+
+@dataclass(slots=True)
+class Registry:
+    sites: dict[str, Site] = field(default_factory=dict)
+    devices: dict[str, Device] = field(default_factory=dict)
+
+    def site_of(self, device_id: str) -> Site | None:
+        dev = self.devices.get(device_id)
+        return self.sites.get(dev.site_id) if dev else None
+
+    def add_site(self, site: Site) -> None:
+        self.sites[site.id] = site
+
+    def add_device(self, device: Device) -> None:
+        if device.site_id not in self.sites:
+            raise ValueError(f"device {device.id}: unknown site {device.site_id}")
+        self.devices[device.id] = device
+
+
+def parse_registry(doc: dict) -> Registry:
+    reg = Registry()
+    for s in doc.get("sites", []):
+        reg.add_site(
+            Site(
+                id=s["id"],
+                name=s["name"],
+                kind=SiteKind(s["kind"]),
+                jurisdiction=s["jurisdiction"],
+                address=s.get("address", ""),
+                profile=s.get("profile", "gb37488-2019-pool"),
+                timezone=s.get("timezone", "Asia/Shanghai"),
+                latitude=s.get("latitude"),
+                longitude=s.get("longitude"),
+                limit_overrides=s.get("overrides", {}),
+            )
+        )
+    for d in doc.get("devices", []):
+        reg.add_device(
+            Device(
+                id=d["id"],
+                site_id=d["site"],
+                kind=d["kind"],
+                parameters=tuple(d.get("parameters", ())),
+                interval_s=int(d.get("interval_s", 60)),
+                credential_hash=d.get("credential_hash", ""),
+            )
+        )
+    return reg
+
+
+def load_registry(path: Path) -> Registry:
+    return parse_registry(tomllib.loads(path.read_text("utf-8")))

@@ -1,0 +1,151 @@
+"""Decode -> validate -> store -> hand to alerts, for a batch of raw messages from any transport.
+
+Synchronous and transport-agnostic: the MQTT subscriber and the HJ 212 gateway both feed it. A
+batch is committed in one store transaction; `process` returns only once it is committed, so the
+caller may then acknowledge the messages."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from domain.model import DeadLetter, Reading
+from domain.params import Catalogue
+from domain.registry import Registry
+from ingest.decode import DecodeLimits, decode_document, decode_status, decode_telemetry
+from ingest.metrics import IngestMetrics
+from store.base import DeviceStatus, Store, StoreUnavailable
+
+log = logging.getLogger("landun.ingest")
+
+TOPIC_RE = re.compile(r"^landun/v1/devices/([A-Za-z0-9_.\-]{1,64})/(telemetry|status|events)$")
+MAX_RAW = 64 * 1024  # dead letters keep at most this much of the raw payload
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    topic: str
+    payload: bytes
+    recv_ms: int
+    source: str = "mqtt"
+    doc: object = None  # an already-decoded document (HJ 212 records), instead of payload bytes
+
+
+ReadingsHook = Callable[[list[Reading]], None]
+
+
+class IngestPipeline:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        catalogue: Catalogue,
+        limits: DecodeLimits | None = None,
+        on_stored: ReadingsHook | None = None,
+        metrics: IngestMetrics | None = None,
+        retry_initial_s: float = 0.05,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.catalogue = catalogue
+        self.limits = limits or DecodeLimits()
+        self.on_stored = on_stored
+        self.metrics = metrics or IngestMetrics()
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Make a pending store retry give up; the unacknowledged batch stays with the broker."""
+        self._stopping.set()
+
+    def process(self, msgs: Sequence[RawMessage]) -> bool:
+        """Store a batch; True once committed, False if stopped before the store came back."""
+        readings: list[Reading] = []
+        dead: list[DeadLetter] = []
+        statuses: list[DeviceStatus] = []
+        for m in msgs:
+            self._decode_one(m, readings, dead, statuses)
+        if not self._commit(readings, dead, statuses):
+            return False
+        self.metrics.received += len(msgs)
+        self.metrics.observe_batch(len(msgs))
+        if readings:
+            self.metrics.lag_ms_last = msgs[-1].recv_ms - readings[-1].ts_ms
+        if self.on_stored and readings:
+            self.on_stored(readings)
+        return True
+
+    def _decode_one(
+        self,
+        m: RawMessage,
+        readings: list[Reading],
+        dead: list[DeadLetter],
+        statuses: list[DeviceStatus],
+    ) -> None:
+        match = TOPIC_RE.match(m.topic)
+        if match is None:
+            dead.append(
+                self._dead(m, None, f"topic {m.topic!r} is not landun/v1/devices/<id>/<kind>")
+            )
+            return
+        device_id, kind = match.groups()
+        device = self.registry.devices.get(device_id)
+        if device is None:
+            dead.append(self._dead(m, device_id, f"unknown device {device_id}"))
+            return
+        if kind == "telemetry":
+            if m.doc is not None:
+                decoded = decode_document(
+                    m.doc, device, device.site_id, self.catalogue, m.recv_ms, self.limits
+                )
+            else:
+                decoded = decode_telemetry(
+                    m.payload, device, device.site_id, self.catalogue, m.recv_ms, self.limits
+                )
+            if decoded.reasons:
+                dead.append(self._dead(m, device_id, "; ".join(decoded.reasons)))
+            else:
+                readings.extend(decoded.readings)
+        elif kind == "status":
+            detail, reasons = decode_status(m.payload, m.recv_ms, self.limits)
+            if detail is None:
+                dead.append(self._dead(m, device_id, "; ".join(reasons)))
+            else:
+                statuses.append(
+                    DeviceStatus(device_id, m.recv_ms, detail.pop("ts_ms"), detail["state"], detail)
+                )
+        else:
+            dead.append(self._dead(m, device_id, f"{kind} messages are not accepted on this route"))
+
+    def _dead(self, m: RawMessage, device_id: str | None, reason: str) -> DeadLetter:
+        log.info("dead letter from %s: %s", m.topic, reason)
+        return DeadLetter(
+            m.topic, device_id, m.recv_ms, reason, bytes(m.payload[:MAX_RAW]), m.source
+        )
+
+    def _commit(
+        self, readings: list[Reading], dead: list[DeadLetter], statuses: list[DeviceStatus]
+    ) -> bool:
+        delay = self._retry_initial_s
+        while True:
+            try:
+                stored = self.store.write_batch(readings, dead, statuses)
+            except StoreUnavailable as exc:
+                # Hold the batch (and with it every later ack) until the store is back: the broker
+                # keeps the backlog, so memory stays bounded by its in-flight window.
+                self.metrics.store_retries += 1
+                log.warning("store unavailable, retrying in %.2fs: %s", delay, exc)
+                if self._stopping.wait(delay):
+                    return False
+                delay = min(delay * 2, self._retry_max_s)
+                continue
+            self.metrics.readings_stored += stored
+            self.metrics.readings_duplicate += len(readings) - stored
+            self.metrics.dead_lettered += len(dead)
+            self.metrics.statuses += len(statuses)
+            return True

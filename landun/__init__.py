@@ -1,0 +1,1 @@
+"""Configuration, command line, and the wiring that starts the stages together."""

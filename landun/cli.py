@@ -1,0 +1,63 @@
+"""The `landun` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+from landun.system import RunConfig, System
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = RunConfig(
+        host=args.host,
+        port=args.port,
+        broker_url=args.broker,
+        broker_port=args.broker_port,
+        data_dir=Path(args.data_dir),
+        registry_path=Path(args.registry) if args.registry else None,
+        simulators=not args.no_simulators,
+        sim_interval_s=args.sim_interval,
+        client_id=args.client_id,
+        shared_group=args.shared_group,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(System(cfg).run())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="landun", description="Landun online monitoring")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole system in one process")
+    run.add_argument("--host", default="127.0.0.1", help="API bind address")
+    run.add_argument("--port", type=int, default=8000, help="API port")
+    run.add_argument("--broker", help="external broker, mqtt://[user:pass@]host:port")
+    run.add_argument("--broker-port", type=int, default=1883, help="embedded broker port")
+    run.add_argument("--data-dir", default="var", help="where the SQLite database lives")
+    run.add_argument("--registry", help="registry TOML (default: the demo registry)")
+    run.add_argument("--no-simulators", action="store_true", help="do not run simulators")
+    run.add_argument("--sim-interval", type=int, help="simulated reporting interval, seconds")
+    run.add_argument("--client-id", default="landun-ingest", help="MQTT client id of ingest")
+    run.add_argument("--shared-group", help="share the subscription with other workers")
+    run.set_defaults(func=_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

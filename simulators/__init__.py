@@ -1,0 +1,1 @@
+"""Simulated sites that publish realistic data with injected faults."""

@@ -1,0 +1,133 @@
+"""Publishes simulated devices over MQTT exactly as real sensors would (wire contract JSON).
+
+Simulated time starts at `start_ms` (possibly in the past: a backfill, as a device flushing its
+offline buffer) and runs `speed` times faster than the wall clock, but never ahead of it, so no
+sample carries a future timestamp."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from domain.timeutil import now_ms
+from ingest.mqtt import BrokerAddress
+from simulators.pool_model import PoolModel, Sample
+
+log = logging.getLogger("landun.simulators")
+
+
+@dataclass(slots=True)
+class SimDevice:
+    site_id: str
+    device_id: str
+    model: PoolModel
+
+
+def telemetry_record(sample: Sample, seq: int) -> dict:
+    rec: dict = {"ts": sample.ts_ms, "seq": seq, "values": sample.values}
+    if sample.flags:
+        rec["flags"] = sample.flags
+    return rec
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSettings:
+    interval_s: int = 60
+    speed: float = 1.0
+    jitter_s: float = 2.0
+    start_ms: int | None = None  # None: now
+    backfill_until_ms: int | None = None  # samples before this are sent at once, in buffers
+    end_ms: int | None = None  # None: run until stopped
+    buffer_max: int = 120  # records per message when catching up on the past
+    seed: int = 0
+
+
+class SimulatorRunner:
+    def __init__(
+        self,
+        broker: BrokerAddress,
+        devices: Sequence[SimDevice],
+        settings: RunnerSettings | None = None,
+        client_id: str = "landun-simulators",
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.broker = broker
+        self.devices = list(devices)
+        self.settings = settings or RunnerSettings()
+        self.clock = clock
+        self.published = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.run, name="landun-simulators", daemon=True)
+        self._rng = np.random.default_rng(self.settings.seed)
+        self._seq = dict.fromkeys((d.device_id for d in self.devices), 0)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        if broker.username:
+            self.client.username_pw_set(broker.username, broker.password)
+
+    def start(self) -> None:
+        self.client.connect(self.broker.host, self.broker.port)
+        self.client.loop_start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    @property
+    def finished(self) -> bool:
+        return not self._thread.is_alive()
+
+    def run(self) -> None:
+        s = self.settings
+        t = s.start_ms if s.start_ms is not None else self.clock()
+        backfill_until = s.backfill_until_ms if s.backfill_until_ms is not None else t
+        wall0, sim0 = time.monotonic(), max(t, backfill_until)
+        step_ms = s.interval_s * 1000
+        pending: dict[str, list[dict]] = {d.device_id: [] for d in self.devices}
+        while not self._stop.is_set() and (s.end_ms is None or t < s.end_ms):
+            catching_up = t < backfill_until
+            if not catching_up:
+                # Sim time may not pass the wall clock, nor run faster than `speed` allows.
+                paced = sim0 + (time.monotonic() - wall0) * 1000 * s.speed
+                wait_ms = max(t - self.clock(), (t - paced) / s.speed)
+                if wait_ms > 0:
+                    self._flush(pending)
+                    self._stop.wait(min(wait_ms / 1000, 1.0))
+                    continue
+            for d in self.devices:
+                jitter = int(self._rng.uniform(0, s.jitter_s * 1000))
+                sample = d.model.sample(t + jitter)
+                if sample is None:
+                    continue
+                self._seq[d.device_id] += 1
+                pending[d.device_id].append(telemetry_record(sample, self._seq[d.device_id]))
+            if not catching_up or any(len(v) >= s.buffer_max for v in pending.values()):
+                self._flush(pending)
+            t += step_ms
+        self._flush(pending)
+
+    def _flush(self, pending: dict[str, list[dict]]) -> None:
+        for device_id, records in pending.items():
+            if not records:
+                continue
+            payload = records[0] if len(records) == 1 else records
+            info = self.client.publish(
+                f"landun/v1/devices/{device_id}/telemetry",
+                json.dumps(payload, separators=(",", ":")),
+                qos=1,
+            )
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                log.warning("publish for %s failed: %s", device_id, mqtt.error_string(info.rc))
+            self.published += len(records)
+            records.clear()

@@ -1,0 +1,1 @@
+"""Persistence behind one interface: readings, dead letters, device state, alerts."""

@@ -1,0 +1,116 @@
+"""The store interface every stage talks to: store.sqlite always, store.influx for readings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from domain.model import Alert, DeadLetter, Reading
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    device_id: str
+    recv_ms: int
+    ts_ms: int | None
+    state: str
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingQuery:
+    device_id: str | None = None
+    site_id: str | None = None
+    parameters: tuple[str, ...] = ()
+    start_ms: int | None = None
+    end_ms: int | None = None
+    limit: int = 10_000
+    descending: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AlertQuery:
+    site_ids: tuple[str, ...] = ()
+    device_id: str | None = None
+    rule_id: str | None = None
+    family: str | None = None
+    severity: str | None = None
+    statuses: tuple[str, ...] = ()
+    since_ms: int | None = None
+    until_ms: int | None = None
+    limit: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    alert_id: int
+    at_ms: int
+    actor: str
+    action: str
+    comment: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AlertChange:
+    """An alert to insert or update; `action` (opened, acknowledged, ...) goes to the audit
+    trail, None for a plain update of its counters."""
+
+    alert: Alert
+    action: str | None
+    actor: str = "system"
+    comment: str = ""
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot take writes now (locked, disk full, unreachable); retry later."""
+
+
+class Store(Protocol):
+    def write_batch(
+        self,
+        readings: Sequence[Reading],
+        dead_letters: Sequence[DeadLetter] = (),
+        statuses: Sequence[DeviceStatus] = (),
+    ) -> int:
+        """Commit one ingest batch atomically; return how many readings were new (duplicates are
+        ignored). Raises StoreUnavailable when nothing could be committed."""
+        ...
+
+    def query_readings(self, q: ReadingQuery) -> list[Reading]: ...
+
+    def dead_letters(self, limit: int = 100, since_ms: int | None = None) -> list[DeadLetter]: ...
+
+    def dead_letter_counts(self) -> dict[str, int]: ...
+
+    def device_statuses(self) -> dict[str, DeviceStatus]: ...
+
+    def last_seen(self) -> dict[str, int]:
+        """Receive time of the newest reading per device."""
+        ...
+
+    def open_alerts(self) -> list[Alert]: ...
+
+    def save_alerts(
+        self,
+        changes: Sequence[AlertChange],
+        state_namespace: str = "",
+        state: dict[str, str | None] | None = None,
+    ) -> None:
+        """Insert or update alerts (ids are assigned to new ones), append their audit entries,
+        and upsert engine state, in one transaction."""
+        ...
+
+    def get_alert(self, alert_id: int) -> Alert | None: ...
+
+    def list_alerts(self, q: AlertQuery) -> list[Alert]: ...
+
+    def audit_trail(self, alert_id: int) -> list[AuditEntry]: ...
+
+    def load_state(self, namespace: str) -> dict[str, str]: ...
+
+    def save_state(self, namespace: str, items: dict[str, str | None]) -> None:
+        """Upsert engine state; a None value deletes the key."""
+        ...
+
+    def close(self) -> None: ...

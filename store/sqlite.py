@@ -1,0 +1,408 @@
+"""SQLite backend (WAL): readings, dead letters, device status, alerts with audit, engine state.
+
+One writer connection behind a lock; each reading thread gets its own connection, which WAL lets
+run alongside the writer."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from domain.model import Alert, AlertFamily, AlertStatus, DeadLetter, Reading, Severity
+from domain.timeutil import now_ms
+from store.base import (
+    AlertChange,
+    AlertQuery,
+    AuditEntry,
+    DeviceStatus,
+    ReadingQuery,
+    StoreUnavailable,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    device_id TEXT NOT NULL,
+    parameter TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,          -- sensor time, UTC epoch ms
+    value REAL NOT NULL,
+    flag TEXT NOT NULL,
+    recv_ms INTEGER NOT NULL,        -- receive time, UTC epoch ms
+    seq INTEGER,
+    site_id TEXT NOT NULL,
+    PRIMARY KEY (device_id, parameter, ts_ms)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS readings_by_site ON readings (site_id, ts_ms);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    recv_ms INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    device_id TEXT,
+    reason TEXT NOT NULL,
+    raw BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (recv_ms);
+CREATE TABLE IF NOT EXISTS device_status (
+    device_id TEXT PRIMARY KEY,
+    recv_ms INTEGER NOT NULL,
+    ts_ms INTEGER,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS device_last_seen (
+    device_id TEXT PRIMARY KEY,
+    recv_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    site_id TEXT NOT NULL,
+    device_id TEXT,
+    rule_id TEXT NOT NULL,
+    family TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    parameter TEXT,
+    status TEXT NOT NULL,
+    message TEXT NOT NULL,
+    first_ms INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    first_value REAL,
+    last_value REAL,
+    worst_value REAL,
+    worst_ms INTEGER,
+    count INTEGER NOT NULL,
+    limit_json TEXT NOT NULL,
+    evidence_json TEXT NOT NULL,
+    opened_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    resolved_ms INTEGER
+);
+-- One open alert per (subject, rule): the database enforces what the engine promises.
+CREATE UNIQUE INDEX IF NOT EXISTS one_open_alert
+    ON alerts (site_id, ifnull(device_id, ''), rule_id) WHERE status != 'resolved';
+CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (updated_ms);
+CREATE TABLE IF NOT EXISTS alert_audit (
+    id INTEGER PRIMARY KEY,
+    alert_id INTEGER NOT NULL REFERENCES alerts (id),
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    comment TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_alert ON alert_audit (alert_id);
+CREATE TABLE IF NOT EXISTS engine_state (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
+"""
+
+_ALERT_COLS = (
+    "site_id, device_id, rule_id, family, severity, parameter, status, message, first_ms, last_ms,"
+    " first_value, last_value, worst_value, worst_ms, count, limit_json, evidence_json, opened_ms,"
+    " updated_ms, resolved_ms"
+)
+_ALERT_SETS = ", ".join(f"{c.strip()} = ?" for c in _ALERT_COLS.split(","))
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode is durable against process crashes (what at-least-once needs); a power
+    # cut may lose the last transactions, which the broker then redelivers as they were not acked.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def _alert_from_row(row: sqlite3.Row | tuple) -> Alert:
+    (aid, site, dev, rule, fam, sev, param, status, msg, first, last, fv, lv, wv, wms, count,
+     limit_json, ev_json, opened, updated, resolved) = row  # fmt: skip
+    return Alert(
+        id=aid,
+        site_id=site,
+        device_id=dev,
+        rule_id=rule,
+        family=AlertFamily(fam),
+        severity=Severity(sev),
+        parameter=param,
+        status=AlertStatus(status),
+        message=msg,
+        first_ms=first,
+        last_ms=last,
+        first_value=fv,
+        last_value=lv,
+        worst_value=wv,
+        worst_ms=wms,
+        count=count,
+        limit=json.loads(limit_json),
+        evidence=json.loads(ev_json),
+        opened_ms=opened,
+        updated_ms=updated,
+        resolved_ms=resolved,
+    )
+
+
+def _alert_values(a: Alert) -> tuple:
+    return (
+        a.site_id, a.device_id, a.rule_id, str(a.family), str(a.severity), a.parameter,
+        str(a.status), a.message, a.first_ms, a.last_ms, a.first_value, a.last_value,
+        a.worst_value, a.worst_ms, a.count, json.dumps(a.limit, ensure_ascii=False),
+        json.dumps(a.evidence, ensure_ascii=False), a.opened_ms, a.updated_ms, a.resolved_ms,
+    )  # fmt: skip
+
+
+class SqliteStore:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = _connect(self.path)
+        self._writer.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+
+    # -- connections --------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"sqlite: cannot begin a write: {exc}") from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+            self._writer.close()
+
+    # -- ingest -------------------------------------------------------------------------------
+
+    def write_batch(
+        self,
+        readings: Sequence[Reading],
+        dead_letters: Sequence[DeadLetter] = (),
+        statuses: Sequence[DeviceStatus] = (),
+    ) -> int:
+        last_seen: dict[str, int] = {}
+        for r in readings:
+            if r.recv_ms > last_seen.get(r.device_id, 0):
+                last_seen[r.device_id] = r.recv_ms
+        try:
+            with self._tx() as conn:
+                before = conn.total_changes
+                conn.executemany(
+                    "INSERT OR IGNORE INTO readings"
+                    " (device_id, parameter, ts_ms, value, flag, recv_ms, seq, site_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (r.device_id, r.parameter, r.ts_ms, r.value, r.flag, r.recv_ms, r.seq,
+                         r.site_id)
+                        for r in readings
+                    ],
+                )  # fmt: skip
+                stored = conn.total_changes - before
+                if dead_letters:
+                    conn.executemany(
+                        "INSERT INTO dead_letters (recv_ms, source, topic, device_id, reason, raw)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        [(d.recv_ms, d.source, d.topic, d.device_id, d.reason, d.raw)
+                         for d in dead_letters],
+                    )  # fmt: skip
+                if statuses:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO device_status"
+                        " (device_id, recv_ms, ts_ms, state, detail) VALUES (?, ?, ?, ?, ?)",
+                        [(s.device_id, s.recv_ms, s.ts_ms, s.state, json.dumps(s.detail))
+                         for s in statuses],
+                    )  # fmt: skip
+                if last_seen:
+                    conn.executemany(
+                        "INSERT INTO device_last_seen (device_id, recv_ms) VALUES (?, ?)"
+                        " ON CONFLICT (device_id)"
+                        " DO UPDATE SET recv_ms = max(recv_ms, excluded.recv_ms)",
+                        list(last_seen.items()),
+                    )
+        except sqlite3.OperationalError as exc:
+            # Locked past the busy timeout, disk full, I/O error: the batch is not committed.
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+        return stored
+
+    def query_readings(self, q: ReadingQuery) -> list[Reading]:
+        where, args = [], []
+        if q.device_id is not None:
+            where.append("device_id = ?")
+            args.append(q.device_id)
+        if q.site_id is not None:
+            where.append("site_id = ?")
+            args.append(q.site_id)
+        if q.parameters:
+            where.append(f"parameter IN ({','.join('?' * len(q.parameters))})")
+            args.extend(q.parameters)
+        if q.start_ms is not None:
+            where.append("ts_ms >= ?")
+            args.append(q.start_ms)
+        if q.end_ms is not None:
+            where.append("ts_ms < ?")
+            args.append(q.end_ms)
+        sql = "SELECT device_id, site_id, parameter, ts_ms, value, flag, recv_ms, seq FROM readings"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts_ms DESC" if q.descending else " ORDER BY ts_ms"
+        sql += " LIMIT ?"
+        args.append(q.limit)
+        return [Reading(*row) for row in self._reader().execute(sql, args)]
+
+    def dead_letters(self, limit: int = 100, since_ms: int | None = None) -> list[DeadLetter]:
+        rows = self._reader().execute(
+            "SELECT topic, device_id, recv_ms, reason, raw, source FROM dead_letters"
+            " WHERE recv_ms >= ? ORDER BY id DESC LIMIT ?",
+            (since_ms or 0, limit),
+        )
+        return [DeadLetter(*row) for row in rows]
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        rows = self._reader().execute("SELECT reason, count(*) FROM dead_letters GROUP BY reason")
+        return dict(rows.fetchall())
+
+    def device_statuses(self) -> dict[str, DeviceStatus]:
+        rows = self._reader().execute(
+            "SELECT device_id, recv_ms, ts_ms, state, detail FROM device_status"
+        )
+        return {r[0]: DeviceStatus(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows}
+
+    def last_seen(self) -> dict[str, int]:
+        return dict(self._reader().execute("SELECT device_id, recv_ms FROM device_last_seen"))
+
+    # -- alerts -------------------------------------------------------------------------------
+
+    def open_alerts(self) -> list[Alert]:
+        rows = self._reader().execute(
+            f"SELECT id, {_ALERT_COLS} FROM alerts WHERE status != 'resolved'"
+        )
+        return [_alert_from_row(r) for r in rows]
+
+    def save_alerts(
+        self,
+        changes: Sequence[AlertChange],
+        state_namespace: str = "",
+        state: dict[str, str | None] | None = None,
+    ) -> None:
+        stamp = now_ms()
+        with self._tx() as conn:
+            for ch in changes:
+                self._write_alert(conn, ch, stamp)
+            if state:
+                self._write_state(conn, state_namespace, state)
+
+    def _write_alert(self, conn: sqlite3.Connection, ch: AlertChange, stamp: int) -> None:
+        a = ch.alert
+        a.updated_ms = stamp
+        if a.id is None:
+            cur = conn.execute(
+                f"INSERT INTO alerts ({_ALERT_COLS}) VALUES ({','.join('?' * 20)})",
+                _alert_values(a),
+            )
+            a.id = cur.lastrowid
+        else:
+            conn.execute(f"UPDATE alerts SET {_ALERT_SETS} WHERE id = ?", (*_alert_values(a), a.id))
+        if ch.action is not None:
+            conn.execute(
+                "INSERT INTO alert_audit (alert_id, at_ms, actor, action, comment)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (a.id, stamp, ch.actor, ch.action, ch.comment),
+            )
+
+    def get_alert(self, alert_id: int) -> Alert | None:
+        row = (
+            self._reader()
+            .execute(f"SELECT id, {_ALERT_COLS} FROM alerts WHERE id = ?", (alert_id,))
+            .fetchone()
+        )
+        return _alert_from_row(row) if row else None
+
+    def list_alerts(self, q: AlertQuery) -> list[Alert]:
+        where, args = [], []
+        if q.site_ids:
+            where.append(f"site_id IN ({','.join('?' * len(q.site_ids))})")
+            args.extend(q.site_ids)
+        for col, val in (
+            ("device_id", q.device_id),
+            ("rule_id", q.rule_id),
+            ("family", q.family),
+            ("severity", q.severity),
+        ):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if q.statuses:
+            where.append(f"status IN ({','.join('?' * len(q.statuses))})")
+            args.extend(q.statuses)
+        if q.since_ms is not None:
+            where.append("last_ms >= ?")
+            args.append(q.since_ms)
+        if q.until_ms is not None:
+            where.append("first_ms < ?")
+            args.append(q.until_ms)
+        sql = f"SELECT id, {_ALERT_COLS} FROM alerts"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY updated_ms DESC, id DESC LIMIT ?"
+        args.append(q.limit)
+        return [_alert_from_row(r) for r in self._reader().execute(sql, args)]
+
+    def audit_trail(self, alert_id: int) -> list[AuditEntry]:
+        rows = self._reader().execute(
+            "SELECT alert_id, at_ms, actor, action, comment FROM alert_audit"
+            " WHERE alert_id = ? ORDER BY id",
+            (alert_id,),
+        )
+        return [AuditEntry(*r) for r in rows]
+
+    # -- engine state -------------------------------------------------------------------------
+
+    def load_state(self, namespace: str) -> dict[str, str]:
+        rows = self._reader().execute(
+            "SELECT key, value FROM engine_state WHERE namespace = ?", (namespace,)
+        )
+        return dict(rows.fetchall())
+
+    def save_state(self, namespace: str, items: dict[str, str | None]) -> None:
+        with self._tx() as conn:
+            self._write_state(conn, namespace, items)
+
+    @staticmethod
+    def _write_state(
+        conn: sqlite3.Connection, namespace: str, items: dict[str, str | None]
+    ) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO engine_state (namespace, key, value) VALUES (?, ?, ?)",
+            [(namespace, k, v) for k, v in items.items() if v is not None],
+        )
+        conn.executemany(
+            "DELETE FROM engine_state WHERE namespace = ? AND key = ?",
+            [(namespace, k) for k, v in items.items() if v is None],
+        )

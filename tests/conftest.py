@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from landun.demo import demo_registry_path
+from landun.system import RunConfig, System
+from tests.brokers import AmqttBroker, MosquittoBroker, have_mosquitto
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker | AmqttBroker]:
+    b = MosquittoBroker(tmp_path) if have_mosquitto() else AmqttBroker()
+    b.start()
+    yield b
+    b.stop()
+
+
+class RunningSystem:
+    def __init__(self, system: System, thread: threading.Thread) -> None:
+        self.system = system
+        self.thread = thread
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{system.api_port}", timeout=10)
+
+    def stop(self) -> None:
+        self.system.request_stop()
+        self.thread.join(timeout=30)
+        self.http.close()
+
+
+def start_system(config: RunConfig) -> RunningSystem:
+    system = System(config)
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(system.run())
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    if not system.ready.wait(30):
+        raise RuntimeError(f"system did not start: {errors}")
+    return RunningSystem(system, thread)
+
+
+@pytest.fixture
+def system(broker, tmp_path: Path) -> Iterator[RunningSystem]:
+    cfg = RunConfig(
+        port=0,
+        broker_url=broker.url,
+        data_dir=tmp_path / "var",
+        registry_path=demo_registry_path(),
+        simulators=False,
+        client_id=f"landun-ingest-{tmp_path.name}",
+    )
+    running = start_system(cfg)
+    yield running
+    running.stop()
+
+
+class Publisher:
+    """A device-like MQTT client publishing QoS 1."""
+
+    def __init__(self, url: str, client_id: str = "test-device") -> None:
+        host, port = url.removeprefix("mqtt://").split(":")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+
+    def publish(self, device_id: str, payload: object, kind: str = "telemetry") -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        info = self.client.publish(f"landun/v1/devices/{device_id}/{kind}", data, qos=1)
+        info.wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def publisher(broker) -> Iterator[Publisher]:
+    p = Publisher(broker.url)
+    yield p
+    p.close()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition"):
+    """Poll until predicate() is truthy; the timeout bounds a hang, it does not measure speed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
