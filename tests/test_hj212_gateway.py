@@ -1,0 +1,367 @@
+"""HJ 212 TCP gateway over real sockets on 127.0.0.1 (ephemeral ports)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pytest
+
+from ingest.hj212.codec import decode, encode, format_cp
+from ingest.hj212.gateway import Hj212Gateway
+
+MN = "LD0000000000000000000001"
+PW = "123456"
+DEVICE = "pool-1-analyzer"
+SAFETY = 5.0  # seconds; only guards against a hung test, never a timing assertion
+
+
+class Lookup:
+    def device_for_mn(self, mn: str) -> str | None:
+        return DEVICE if mn == MN else None
+
+    def check_password(self, device_id: str, pw: str) -> bool:
+        return device_id == DEVICE and pw == PW
+
+
+@dataclass
+class Sink:
+    telemetry_calls: list[tuple[str, list[dict], int, bytes]] = field(default_factory=list)
+    dead_letters: list[tuple[str, bytes, str | None, int]] = field(default_factory=list)
+    threads: set[str] = field(default_factory=set)
+
+    def telemetry(self, device_id: str, records: list[dict], recv_ms: int, raw: bytes) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.telemetry_calls.append((device_id, records, recv_ms, raw))
+
+    def dead_letter(self, reason: str, raw: bytes, device_id: str | None, recv_ms: int) -> None:
+        self.dead_letters.append((reason, raw, device_id, recv_ms))
+
+    def reasons(self) -> list[str]:
+        return [d[0] for d in self.dead_letters]
+
+
+def packet(
+    cn: str,
+    items: dict[str, dict[str, str]],
+    *,
+    qn: str = "20260801085800123",
+    mn: str = MN,
+    pw: str = PW,
+    flag: int = 5,
+    data_time: str = "20260801085800",
+    extra: dict[str, str] | None = None,
+) -> bytes:
+    fields = {"QN": qn, "ST": "32", "CN": cn, "PW": pw, "MN": mn, "Flag": str(flag)}
+    fields |= extra or {}
+    fields["CP"] = format_cp({"DataTime": data_time}, items)
+    return encode(fields)
+
+
+DATA_TIME_MS = int(datetime(2026, 8, 1, 0, 58, tzinfo=UTC).timestamp()) * 1000
+
+
+def run(
+    scenario: Callable[[Hj212Gateway, int], Awaitable[None]], sink: Sink, **options: object
+) -> Hj212Gateway:
+    async def main() -> Hj212Gateway:
+        gateway = Hj212Gateway(Lookup(), sink, **options)  # type: ignore[arg-type]
+        port = await gateway.start("127.0.0.1", 0)
+        try:
+            await asyncio.wait_for(scenario(gateway, port), SAFETY)
+        finally:
+            await gateway.stop()
+        return gateway
+
+    return asyncio.run(main())
+
+
+async def read_reply(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n")
+
+
+def test_realtime_and_minute_data_with_replies() -> None:
+    sink = Sink()
+
+    async def scenario(gateway: Hj212Gateway, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            packet(
+                "2011",
+                {
+                    "w01001": {"Rtd": "7.41", "Flag": "N"},
+                    "w99001": {"Rtd": "0.62", "Flag": "N"},
+                    "w99003": {"Rtd": "712", "Flag": "C"},
+                },
+                qn="20260801085800123",
+            )
+        )
+        reply = decode(await read_reply(reader))
+        assert (reply.cn, reply.st, reply.qn, reply.mn) == ("9014", "91", "20260801085800123", MN)
+        assert reply.flag == 4 and not reply.wants_reply
+
+        writer.write(
+            packet(
+                "2051",
+                {"w01010": {"Avg": "27.1", "Min": "26.9", "Max": "27.3", "Flag": "N"}},
+                qn="20260801085900456",
+            )
+        )
+        assert decode(await read_reply(reader)).qn == "20260801085900456"
+        writer.close()
+
+    gateway = run(scenario, sink)
+    assert sink.dead_letters == []
+    (dev1, records1, recv1, raw1), (dev2, records2, _, raw2) = sink.telemetry_calls
+    assert dev1 == dev2 == DEVICE
+    assert records1 == [
+        {
+            "ts": DATA_TIME_MS,
+            "values": {"ph": 7.41, "free_chlorine": 0.62, "orp": 712.0},
+            "flags": {"ph": "N", "free_chlorine": "N", "orp": "C"},
+        }
+    ]
+    assert records2 == [
+        {"ts": DATA_TIME_MS, "values": {"temperature": 27.1}, "flags": {"temperature": "N"}}
+    ]
+    assert raw1.startswith(b"##") and b"CN=2011" in raw1 and b"CN=2051" in raw2
+    assert recv1 > DATA_TIME_MS
+    assert (gateway.packets_ok, gateway.replies_sent, gateway.connections_total) == (2, 2, 1)
+    assert all(name.startswith("landun-hj212-sink") for name in sink.threads)
+
+
+def test_no_reply_when_flag_does_not_ask() -> None:
+    sink = Sink()
+
+    async def scenario(gateway: Hj212Gateway, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(packet("2061", {"w01001": {"Avg": "7.2"}}, flag=4))
+        writer.write_eof()
+        assert await reader.read() == b""  # the server closes without having answered
+
+    gateway = run(scenario, sink)
+    assert [c[1][0]["values"] for c in sink.telemetry_calls] == [{"ph": 7.2}]
+    assert gateway.replies_sent == 0
+
+
+def test_bad_crc_and_garbage_then_good_packet_on_the_same_connection() -> None:
+    sink = Sink()
+    good = packet("2011", {"w01001": {"Rtd": "7.5"}})
+    bad_crc = good[:-6] + (b"0000" if good[-6:-2] != b"0000" else b"FFFF") + b"\r\n"
+
+    async def scenario(gateway: Hj212Gateway, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(bad_crc + b"AT+CSQ\r\nnoise" + good[:20])
+        await writer.drain()
+        writer.write(good[20:])
+        assert decode(await read_reply(reader)).cn == "9014"
+        writer.close()
+
+    gateway = run(scenario, sink)
+    reasons = sink.reasons()
+    assert len(reasons) == 2
+    assert reasons[0].startswith("bad CRC: packet says ")
+    assert reasons[1] == "discarded 13 bytes of garbage before header ##"
+    # The connection's device is known only after its first good packet.
+    assert [d[2] for d in sink.dead_letters] == [None, None]
+    assert sink.dead_letters[0][1] == bad_crc
+    assert [c[1][0]["values"] for c in sink.telemetry_calls] == [{"ph": 7.5}]
+    assert gateway.packets_dead_lettered == 2 and gateway.packets_ok == 1
+
+
+def test_unknown_mn_and_wrong_password_are_dead_lettered_without_reply() -> None:
+    sink = Sink()
+    unknown = packet("2011", {"w01001": {"Rtd": "7.0"}}, mn="SOMEONE-ELSE")
+    wrong_pw = packet("2011", {"w01001": {"Rtd": "7.0"}}, pw="000000")
+    good = packet("2011", {"w01001": {"Rtd": "7.1"}}, qn="20260801085800999")
+
+    async def scenario(gateway: Hj212Gateway, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(unknown + wrong_pw + good)
+        # The first answer is the good packet's: the others got none.
+        assert decode(await read_reply(reader)).qn == "20260801085800999"
+        writer.close()
+
+    run(scenario, sink)
+    assert sink.dead_letters == [
+        ("unknown MN SOMEONE-ELSE", unknown, None, sink.dead_letters[0][3]),
+        (f"wrong password for MN {MN}", wrong_pw, DEVICE, sink.dead_letters[1][3]),
+    ]
+    assert len(sink.telemetry_calls) == 1
+
+
+def test_oversized_packet_is_dropped_and_the_stream_resyncs() -> None:
+    sink = Sink()
+    big = packet("2011", {f"w{n:05d}": {"Rtd": "1.0"} for n in range(100)})
+    good = packet("2011", {"w01001": {"Rtd": "7.3"}})
+
+    async def scenario(gateway: Hj212Gateway, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(big + good)
+        assert decode(await read_reply(reader)).cn == "9014"
+        writer.close()
+
+    run(scenario, sink, max_packet=512)
+    assert sink.reasons() == [f"packet of {len(big)} bytes over the 512 byte limit"]
+    assert [c[1][0]["values"] for c in sink.telemetry_calls] == [{"ph": 7.3}]
+
+
+def test_idle_timeout_closes_the_connection_and_reports_partial_data() -> None:
+    sink = Sink()
+
+    async def scenario(gateway: Hj212Gateway, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"##0101QN=2016")
+        assert await reader.read() == b""  # closed by the server
+        writer.close()
+
+    gateway = run(scenario, sink, idle_timeout=0.2)
+    assert gateway.idle_timeouts == 1
+    assert sink.reasons() == ["truncated packet: connection ended after 13 bytes"]
+    assert gateway.connections_open == 0
+
+
+def test_unmapped_codes_are_dead_lettered_and_the_rest_delivered() -> None:
+    sink = Sink()
+    raw = packet("2011", {"w01001": {"Rtd": "7.2"}, "w21003": {"Rtd": "0.5"}})
+
+    async def scenario(gateway: Hj212Gateway, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        assert decode(await read_reply(reader)).cn == "9014"
+        writer.close()
+
+    run(scenario, sink)
+    assert [c[1][0]["values"] for c in sink.telemetry_calls] == [{"ph": 7.2}]
+    assert sink.reasons() == [
+        "unmapped codes w21003 (not in the site's code map); "
+        "the packet's other values were delivered"
+    ]
+    assert sink.dead_letters[0][1] == raw
+
+
+def test_split_packet_is_reassembled_and_answered_once() -> None:
+    sink = Sink()
+    qn = "20260801085800321"
+    part1 = packet(
+        "2011", {"w01001": {"Rtd": "7.4"}}, qn=qn, flag=7, extra={"PNUM": "2", "PNO": "1"}
+    )
+    part2 = packet(
+        "2011", {"w99001": {"Rtd": "0.5"}}, qn=qn, flag=7, extra={"PNUM": "2", "PNO": "2"}
+    )
+
+    async def scenario(gateway: Hj212Gateway, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(part2 + part1)
+        assert decode(await read_reply(reader)).qn == qn
+        writer.close()
+
+    gateway = run(scenario, sink)
+    ((_, records, _, raw),) = sink.telemetry_calls
+    assert records[0]["values"] == {"ph": 7.4, "free_chlorine": 0.5}
+    assert raw == part1 + part2
+    assert gateway.replies_sent == 1 and sink.dead_letters == []
+
+
+def test_incomplete_split_packet_is_dead_lettered_on_close() -> None:
+    sink = Sink()
+    part1 = packet("2011", {"w01001": {"Rtd": "7.4"}}, flag=6, extra={"PNUM": "3", "PNO": "1"})
+
+    async def scenario(gateway: Hj212Gateway, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(part1)
+        writer.write_eof()
+        assert await reader.read() == b""
+
+    run(scenario, sink)
+    assert sink.dead_letters == [
+        (
+            "incomplete split packet QN=20260801085800123 CN=2011: got parts 1 of 3",
+            part1,
+            DEVICE,
+            sink.dead_letters[0][3],
+        )
+    ]
+
+
+def test_heartbeat_is_answered_and_unhandled_cn_dead_lettered() -> None:
+    sink = Sink()
+    heartbeat = encode(
+        {"QN": "20260801085800123", "ST": "32", "CN": "9015", "PW": PW, "MN": MN, "Flag": "9"}
+    )
+    status = packet("2021", {"SB1": {"RS": "1"}}, qn="20260801085800777", flag=9)
+
+    async def scenario(gateway: Hj212Gateway, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(heartbeat + status)
+        answer = decode(await read_reply(reader))
+        assert (answer.cn, answer.flag) == ("9013", 8)  # HJ 212-2025 version kept
+        assert decode(await read_reply(reader)).qn == "20260801085800777"
+        writer.close()
+
+    gateway = run(scenario, sink)
+    assert gateway.heartbeats == 1
+    assert sink.reasons() == ["CN 2021 (equipment running status) is not handled by Landun"]
+    assert sink.telemetry_calls == []
+
+
+def test_many_concurrent_connections() -> None:
+    sink = Sink()
+
+    async def client(port: int, n: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        qn = f"2026080108580{n:04d}"
+        writer.write(packet("2011", {"w01001": {"Rtd": f"7.{n}"}}, qn=qn))
+        assert decode(await read_reply(reader)).qn == qn
+        writer.close()
+
+    async def scenario(gateway: Hj212Gateway, port: int) -> None:
+        await asyncio.gather(*(client(port, n) for n in range(20)))
+
+    gateway = run(scenario, sink)
+    assert len(sink.telemetry_calls) == 20
+    assert gateway.connections_total == 20
+
+
+def test_sink_failure_means_no_reply() -> None:
+    class FailingSink(Sink):
+        def telemetry(self, device_id: str, records: list[dict], recv_ms: int, raw: bytes) -> None:
+            raise RuntimeError("database is locked")
+
+    sink = FailingSink()
+
+    async def scenario(gateway: Hj212Gateway, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(packet("2011", {"w01001": {"Rtd": "7.4"}}))
+        writer.write_eof()
+        assert await reader.read() == b""  # no 9014: the logger will resend
+
+    gateway = run(scenario, sink)
+    assert gateway.sink_errors == 1 and gateway.packets_ok == 0
+
+
+def test_stop_closes_open_connections_cleanly(caplog: pytest.LogCaptureFixture) -> None:
+    sink = Sink()
+    good = packet("2011", {"w01001": {"Rtd": "7.4"}})
+
+    async def main() -> Hj212Gateway:
+        gateway = Hj212Gateway(Lookup(), sink)
+        port = await gateway.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(good + good[:10])
+        await asyncio.wait_for(read_reply(reader), SAFETY)
+        await asyncio.wait_for(gateway.stop(), SAFETY)
+        assert await asyncio.wait_for(reader.read(), SAFETY) == b""
+        writer.close()
+        return gateway
+
+    with caplog.at_level(logging.WARNING):
+        gateway = asyncio.run(main())
+    assert gateway.connections_open == 0
+    assert sink.reasons() == ["truncated packet: connection ended after 10 bytes"]
+    assert sink.dead_letters[0][2] == DEVICE
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
