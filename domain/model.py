@@ -88,6 +88,7 @@ class Device:
     parameters: tuple[str, ...]
     interval_s: int = 60
     credential_hash: str = ""
+    mn: str | None = None  # HJ 212 MN (equipment id) when the device speaks HJ 212
 
 
 @dataclass(slots=True)

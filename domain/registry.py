@@ -13,6 +13,7 @@ from domain.model import Device, Site, SiteKind
 class Registry:
     sites: dict[str, Site] = field(default_factory=dict)
     devices: dict[str, Device] = field(default_factory=dict)
+    by_mn: dict[str, str] = field(default_factory=dict)
 
     def site_of(self, device_id: str) -> Site | None:
         dev = self.devices.get(device_id)
@@ -24,6 +25,11 @@ class Registry:
     def add_device(self, device: Device) -> None:
         if device.site_id not in self.sites:
             raise ValueError(f"device {device.id}: unknown site {device.site_id}")
+        if device.mn is not None:
+            other = self.by_mn.get(device.mn)
+            if other is not None and other != device.id:
+                raise ValueError(f"device {device.id}: MN {device.mn} already belongs to {other}")
+            self.by_mn[device.mn] = device.id
         self.devices[device.id] = device
 
 
@@ -53,6 +59,7 @@ def parse_registry(doc: dict) -> Registry:
                 parameters=tuple(d.get("parameters", ())),
                 interval_s=int(d.get("interval_s", 60)),
                 credential_hash=d.get("credential_hash", ""),
+                mn=d.get("mn"),
             )
         )
     return reg

@@ -93,7 +93,7 @@ def parse_json(payload: bytes, limits: DecodeLimits) -> tuple[object, str | None
     try:
         doc = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        return None, f"not JSON: {exc}"
+        return None, f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
     except ValueError as exc:
         return None, f"not JSON: {exc}"
     except RecursionError:
@@ -136,14 +136,21 @@ def parse_ts(ts: int | str, now: int, limits: DecodeLimits) -> tuple[int | None,
         shown = ts
     if ms > now + limits.max_future_ms:
         return None, (
-            f"ts {shown} ({ms_to_iso(ms)}) more than {limits.max_future_ms // 60_000} min"
+            f"ts {shown} ({_calendar(ms)}) more than {limits.max_future_ms // 60_000} min"
             " in the future"
         )
     if ms < now - limits.max_age_ms:
         return None, (
-            f"ts {shown} ({ms_to_iso(ms)}) older than {limits.max_age_ms // 86_400_000} days"
+            f"ts {shown} ({_calendar(ms)}) older than {limits.max_age_ms // 86_400_000} days"
         )
     return ms, None
+
+
+def _calendar(ms: int) -> str:
+    try:
+        return ms_to_iso(ms)
+    except (ValueError, OverflowError, OSError):
+        return "outside the calendar"
 
 
 def decode_record(

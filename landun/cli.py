@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from landun.system import RunConfig, System
+from landun.system import RunConfig, System, run_hj212_gateway
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -24,9 +24,23 @@ def _run(args: argparse.Namespace) -> int:
         sim_interval_s=args.sim_interval,
         client_id=args.client_id,
         shared_group=args.shared_group,
+        hj212_port=args.hj212_port,
+        hj212_host=args.hj212_host,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(System(cfg).run())
+    return 0
+
+
+def _hj212_gateway(args: argparse.Namespace) -> int:
+    cfg = RunConfig(
+        data_dir=Path(args.data_dir),
+        registry_path=Path(args.registry) if args.registry else None,
+        hj212_port=args.hj212_port,
+        hj212_host=args.hj212_host,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_hj212_gateway(cfg))
     return 0
 
 
@@ -46,7 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sim-interval", type=int, help="simulated reporting interval, seconds")
     run.add_argument("--client-id", default="landun-ingest", help="MQTT client id of ingest")
     run.add_argument("--shared-group", help="share the subscription with other workers")
+    run.add_argument("--hj212-port", type=int, help="also take HJ 212 loggers on this TCP port")
+    run.add_argument("--hj212-host", default="127.0.0.1", help="HJ 212 bind address")
     run.set_defaults(func=_run)
+
+    gw = sub.add_parser("hj212-gateway", help="run only the HJ 212 TCP gateway")
+    gw.add_argument("--host", dest="hj212_host", default="0.0.0.0", help="bind address")
+    gw.add_argument("--port", dest="hj212_port", type=int, default=9212, help="TCP port")
+    gw.add_argument("--data-dir", default="var", help="where the SQLite database lives")
+    gw.add_argument("--registry", help="registry TOML (default: the demo registry)")
+    gw.set_defaults(func=_hj212_gateway)
     return p
 
 

@@ -27,8 +27,8 @@ def demo_devices(registry: Registry, now: int, seed: int = 7) -> list[SimDevice]
     devices = []
     for i, dev in enumerate(sorted(registry.devices.values(), key=lambda d: d.id)):
         site = registry.sites[dev.site_id]
-        if site.kind is not SiteKind.POOL:
-            continue
+        if site.kind is not SiteKind.POOL or dev.mn is not None:
+            continue  # HJ 212 loggers are simulated over TCP, not MQTT
         faults = []
         if site.id == FAILING_SITE:
             faults.append(Fault(FaultKind.DOSING_PUMP_FAILURE, start + HOUR_MS, now + 24 * HOUR_MS))

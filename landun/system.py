@@ -16,9 +16,11 @@ import uvicorn
 from alerts.engine import AlertEngine
 from alerts.standards import builtin_profiles
 from api.app import AppContext, create_app
-from domain.params import default_catalogue
-from domain.registry import load_registry
+from domain.params import Catalogue, default_catalogue
+from domain.registry import Registry, load_registry
 from domain.timeutil import now_ms
+from ingest.hj212.gateway import Hj212Gateway
+from ingest.hj212.sink import PipelineSink, RegistryLookup
 from ingest.mqtt import BrokerAddress, MqttSubscriber, SubscriberSettings
 from ingest.pipeline import IngestPipeline
 from landun.broker import EmbeddedBroker
@@ -50,8 +52,58 @@ class RunConfig:
     sim_interval_s: int | None = None
     client_id: str = "landun-ingest"
     shared_group: str | None = None
+    hj212_port: int | None = None  # None: no HJ 212 gateway
+    hj212_host: str = "127.0.0.1"
     tick_s: float = 5.0
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Core:
+    """What every process mode shares: registry, store, alert engine, ingest pipeline."""
+
+    registry_path: Path
+    registry: Registry
+    catalogue: Catalogue
+    db_path: Path
+    store: SqliteStore
+    engine: AlertEngine
+    pipeline: IngestPipeline
+
+    @classmethod
+    def open(cls, cfg: RunConfig) -> Core:
+        registry_path = cfg.registry_path or demo_registry_path()
+        registry = load_registry(registry_path)
+        catalogue = default_catalogue()
+        db_path = cfg.data_dir / "landun.db"
+        store = SqliteStore(db_path)
+        engine = AlertEngine(store, registry, builtin_profiles(), catalogue)
+        pipeline = IngestPipeline(store, registry, catalogue, on_stored=engine.on_readings)
+        return cls(registry_path, registry, catalogue, db_path, store, engine, pipeline)
+
+
+class Clock:
+    """Runs the engine's time-driven rules every `tick_s` seconds on its own thread."""
+
+    def __init__(self, engine: AlertEngine, tick_s: float) -> None:
+        self.engine = engine
+        self.tick_s = tick_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="landun-clock", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            try:
+                self.engine.tick()
+            except Exception:
+                log.exception("clock tick failed")
 
 
 class System:
@@ -59,9 +111,10 @@ class System:
         self.config = config
         self.ready = threading.Event()
         self.api_port: int | None = None
+        self.hj212_port: int | None = None
         self.broker_url: str | None = None
+        self.core: Core | None = None
         self._server: uvicorn.Server | None = None
-        self._stop_clock = threading.Event()
 
     def request_stop(self) -> None:
         if self._server is not None:
@@ -78,19 +131,17 @@ class System:
             self.broker_url = cfg.broker_url
         broker = BrokerAddress.parse(self.broker_url)
 
-        registry_path = cfg.registry_path or demo_registry_path()
-        registry = load_registry(registry_path)
-        catalogue = default_catalogue()
-        db_path = cfg.data_dir / "landun.db"
-        store = SqliteStore(db_path)
-        engine = AlertEngine(store, registry, builtin_profiles(), catalogue)
-        pipeline = IngestPipeline(store, registry, catalogue, on_stored=engine.on_readings)
+        core = self.core = Core.open(cfg)
         subscriber = MqttSubscriber(
-            pipeline, broker, SubscriberSettings(cfg.client_id, cfg.shared_group)
+            core.pipeline, broker, SubscriberSettings(cfg.client_id, cfg.shared_group)
         )
         await asyncio.to_thread(subscriber.start)
-        clock = threading.Thread(target=self._clock, args=(engine,), daemon=True)
+        clock = Clock(core.engine, cfg.tick_s)
         clock.start()
+        gateway = None
+        if cfg.hj212_port is not None:
+            gateway = Hj212Gateway(RegistryLookup(core.registry), PipelineSink(core.pipeline))
+            self.hj212_port = await gateway.start(cfg.hj212_host, cfg.hj212_port)
 
         sims = None
         if cfg.simulators:
@@ -100,20 +151,20 @@ class System:
                 start_ms=now - BACKFILL_MS,
                 backfill_until_ms=now,
             )
-            sims = SimulatorRunner(broker, demo_devices(registry, now), settings)
+            sims = SimulatorRunner(broker, demo_devices(core.registry, now), settings)
             await asyncio.to_thread(sims.start)
 
         ctx = AppContext(
-            store=store,
-            registry=registry,
-            catalogue=catalogue,
-            engine=engine,
-            metrics=pipeline.metrics,
+            store=core.store,
+            registry=core.registry,
+            catalogue=core.catalogue,
+            engine=core.engine,
+            metrics=core.pipeline.metrics,
             broker_connected=lambda: subscriber.connected,
         )
-        app = create_app(ctx)
-        uv_config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning")
-        self._server = _ApiServer(uv_config)
+        self._server = _ApiServer(
+            uvicorn.Config(create_app(ctx), host=cfg.host, port=cfg.port, log_level="warning")
+        )
         if threading.current_thread() is threading.main_thread():
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -123,17 +174,7 @@ class System:
             await asyncio.sleep(0.05)
         if self._server.started:
             self.api_port = self._server.servers[0].sockets[0].getsockname()[1]
-            print(
-                f"Landun is running.\n"
-                f"  API and docs: http://{cfg.host}:{self.api_port}/docs\n"
-                f"  MQTT broker:  {self.broker_url}"
-                f"{' (embedded)' if embedded else ''}\n"
-                f"  Database:     {db_path.resolve()}\n"
-                f"  Registry:     {registry_path}\n"
-                f"  Simulators:   {'on' if sims else 'off'}\n"
-                f"Press Ctrl-C to stop.",
-                flush=True,
-            )
+            self._announce(core, embedded is not None, sims is not None)
             self.ready.set()
         else:
             print(f"Landun could not serve the API on {cfg.host}:{cfg.port}.", flush=True)
@@ -143,17 +184,53 @@ class System:
         finally:
             if sims is not None:
                 await asyncio.to_thread(sims.stop)
-            self._stop_clock.set()
+            if gateway is not None:
+                await gateway.stop()
             await asyncio.to_thread(subscriber.stop)
-            clock.join(timeout=10)
-            store.close()
+            clock.stop()
+            core.store.close()
             if embedded is not None:
                 await embedded.stop()
             print("Landun stopped cleanly.", flush=True)
 
-    def _clock(self, engine: AlertEngine) -> None:
-        while not self._stop_clock.wait(self.config.tick_s):
-            try:
-                engine.tick()
-            except Exception:
-                log.exception("clock tick failed")
+    def _announce(self, core: Core, embedded: bool, sims: bool) -> None:
+        cfg = self.config
+        lines = [
+            "Landun is running.",
+            f"  API and docs: http://{cfg.host}:{self.api_port}/docs",
+            f"  MQTT broker:  {self.broker_url}{' (embedded)' if embedded else ''}",
+        ]
+        if self.hj212_port is not None:
+            lines.append(f"  HJ 212 (TCP): {cfg.hj212_host}:{self.hj212_port}")
+        lines += [
+            f"  Database:     {core.db_path.resolve()}",
+            f"  Registry:     {core.registry_path}",
+            f"  Simulators:   {'on' if sims else 'off'}",
+            "Press Ctrl-C to stop.",
+        ]
+        print("\n".join(lines), flush=True)
+
+
+async def run_hj212_gateway(cfg: RunConfig, ready: threading.Event | None = None) -> None:
+    """A standalone HJ 212 gateway feeding the store and alert engine directly (no broker)."""
+    core = Core.open(cfg)
+    clock = Clock(core.engine, cfg.tick_s)
+    clock.start()
+    gateway = Hj212Gateway(RegistryLookup(core.registry), PipelineSink(core.pipeline))
+    port = await gateway.start(cfg.hj212_host, cfg.hj212_port or 0)
+    stop = asyncio.Event()
+    if threading.current_thread() is threading.main_thread():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    print(
+        f"HJ 212 gateway listening on {cfg.hj212_host}:{port}; database {core.db_path}", flush=True
+    )
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await gateway.stop()
+        clock.stop()
+        core.store.close()
