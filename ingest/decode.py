@@ -25,7 +25,7 @@ class TelemetryIn(BaseModel):
 
     ts: int | str
     seq: Annotated[int, Field(ge=0)] | None = None
-    values: Annotated[dict[str, int | float], Field(min_length=1)]
+    values: Annotated[dict[str, float], Field(min_length=1)]
     flags: dict[str, Flag] = {}
     units: dict[str, str] = {}
 
