@@ -34,7 +34,10 @@ class AlertSink(Protocol):
 
 
 class ClockRule(Protocol):
-    """A rule evaluated on the clock (offline devices, overdue storage), not on arrival."""
+    """A rule evaluated on the clock (offline devices, overdue storage), not only on arrival.
+    `observe` sees every batch of new readings first."""
+
+    def observe(self, readings: Iterable[Reading]) -> None: ...
 
     def tick(self, now: int, engine: AlertEngine) -> None: ...
 
@@ -84,11 +87,13 @@ class AlertEngine:
             self._limits[site_id] = limits
         return limits
 
-    def on_readings(self, readings: Iterable[Reading]) -> None:
+    def on_readings(self, readings: Sequence[Reading]) -> None:
         changes: list[AlertChange] = []
         dirty: dict[str, str | None] = {}
         max_gap_ms = self.settings.max_gap_s * 1000
         with self._lock:
+            for rule in self.clock_rules:
+                rule.observe(readings)
             for r in sorted(readings, key=_sensor_time):
                 limit = self.site_limits(r.site_id).get(r.parameter)
                 if limit is None:

@@ -11,11 +11,25 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import JSONResponse
 
 from alerts.engine import AlertEngine
-from api.schemas import AlertOut, DeadLetterOut, DeadLettersOut, Health, ReadingOut
+from api.schemas import (
+    ActionIn,
+    AlertDetail,
+    AlertOut,
+    AuditOut,
+    CommentIn,
+    DeadLetterOut,
+    DeadLettersOut,
+    Health,
+    ReadingOut,
+)
 from domain.params import Catalogue
 from domain.registry import Registry
+from domain.timeutil import ms_to_iso
 from ingest.metrics import IngestMetrics
 from store.base import AlertQuery, ReadingQuery, Store
+
+# Until access control lands, inspector actions are recorded under this name.
+ACTOR = "inspector"
 
 
 @dataclass
@@ -100,6 +114,41 @@ def create_app(ctx: AppContext) -> FastAPI:
             limit=limit,
         )
         return [AlertOut.of(a) for a in ctx.store.list_alerts(q)]
+
+    def _detail(alert_id: int) -> AlertDetail:
+        alert = ctx.store.get_alert(alert_id)
+        if alert is None:
+            raise HTTPException(404, f"alert {alert_id} does not exist")
+        audit = [
+            AuditOut(at=ms_to_iso(e.at_ms), actor=e.actor, action=e.action, comment=e.comment)
+            for e in ctx.store.audit_trail(alert_id)
+        ]
+        return AlertDetail(**AlertOut.of(alert).model_dump(), audit=audit)
+
+    def _act(alert_id: int, action: Callable[[], object]) -> AlertDetail:
+        try:
+            action()
+        except KeyError as exc:
+            raise HTTPException(404, str(exc.args[0])) from None
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return _detail(alert_id)
+
+    @app.get("/api/v1/alerts/{alert_id}", response_model=AlertDetail, tags=["alerts"])
+    def alert(alert_id: int) -> AlertDetail:
+        return _detail(alert_id)
+
+    @app.post("/api/v1/alerts/{alert_id}/acknowledge", response_model=AlertDetail, tags=["alerts"])
+    def acknowledge(alert_id: int, body: ActionIn) -> AlertDetail:
+        return _act(alert_id, lambda: ctx.engine.acknowledge(alert_id, ACTOR, body.comment))
+
+    @app.post("/api/v1/alerts/{alert_id}/resolve", response_model=AlertDetail, tags=["alerts"])
+    def resolve(alert_id: int, body: ActionIn) -> AlertDetail:
+        return _act(alert_id, lambda: ctx.engine.resolve(alert_id, ACTOR, body.comment))
+
+    @app.post("/api/v1/alerts/{alert_id}/comments", response_model=AlertDetail, tags=["alerts"])
+    def comment(alert_id: int, body: CommentIn) -> AlertDetail:
+        return _act(alert_id, lambda: ctx.engine.comment(alert_id, ACTOR, body.comment))
 
     @app.get("/api/v1/dead-letters", response_model=DeadLettersOut, tags=["ingest"])
     def dead_letters(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> DeadLettersOut:

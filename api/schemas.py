@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from domain.alert_json import alert_to_dict
 from domain.model import Alert, DeadLetter, Reading
 from domain.timeutil import ms_to_iso
-
-
-def _iso(ms: int | None) -> str | None:
-    return None if ms is None else ms_to_iso(ms)
 
 
 class ReadingOut(BaseModel):
@@ -61,29 +58,26 @@ class AlertOut(BaseModel):
 
     @classmethod
     def of(cls, a: Alert) -> AlertOut:
-        return cls(
-            id=a.id or 0,
-            site_id=a.site_id,
-            device_id=a.device_id,
-            rule_id=a.rule_id,
-            family=str(a.family),
-            severity=str(a.severity),
-            status=str(a.status),
-            parameter=a.parameter,
-            message=a.message,
-            first=ms_to_iso(a.first_ms),
-            last=ms_to_iso(a.last_ms),
-            first_value=a.first_value,
-            last_value=a.last_value,
-            worst_value=a.worst_value,
-            worst=_iso(a.worst_ms),
-            count=a.count,
-            limit=a.limit,
-            evidence=a.evidence,
-            opened=ms_to_iso(a.opened_ms),
-            updated=ms_to_iso(a.updated_ms),
-            resolved=_iso(a.resolved_ms),
-        )
+        return cls(**alert_to_dict(a))
+
+
+class AuditOut(BaseModel):
+    at: str
+    actor: str
+    action: str
+    comment: str
+
+
+class AlertDetail(AlertOut):
+    audit: list[AuditOut]
+
+
+class ActionIn(BaseModel):
+    comment: str = Field("", max_length=4000, description="why; kept in the audit trail")
+
+
+class CommentIn(BaseModel):
+    comment: str = Field(min_length=1, max_length=4000)
 
 
 class DeadLetterOut(BaseModel):

@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
+from alerts.notify_webhook import WebhookTarget
 from landun.system import RunConfig, System, run_hj212_gateway
 
 
@@ -26,10 +28,20 @@ def _run(args: argparse.Namespace) -> int:
         shared_group=args.shared_group,
         hj212_port=args.hj212_port,
         hj212_host=args.hj212_host,
+        webhooks=_webhooks(args.webhook),
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(System(cfg).run())
     return 0
+
+
+def _webhooks(urls: list[str] | None) -> list[WebhookTarget]:
+    if not urls:
+        return []
+    secret = os.environ.get("LANDUN_WEBHOOK_SECRET")
+    if not secret:
+        raise SystemExit("--webhook needs LANDUN_WEBHOOK_SECRET (the HMAC-SHA256 signing key)")
+    return [WebhookTarget(url, secret) for url in urls]
 
 
 def _hj212_gateway(args: argparse.Namespace) -> int:
@@ -60,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sim-interval", type=int, help="simulated reporting interval, seconds")
     run.add_argument("--client-id", default="landun-ingest", help="MQTT client id of ingest")
     run.add_argument("--shared-group", help="share the subscription with other workers")
+    run.add_argument(
+        "--webhook",
+        action="append",
+        help="POST alert changes here (repeatable); signed with $LANDUN_WEBHOOK_SECRET",
+    )
     run.add_argument("--hj212-port", type=int, help="also take HJ 212 loggers on this TCP port")
     run.add_argument("--hj212-host", default="127.0.0.1", help="HJ 212 bind address")
     run.set_defaults(func=_run)

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import uvicorn
 
+from alerts.detectors.settings import load_detector_settings
 from alerts.engine import AlertEngine
+from alerts.notify_mqtt import MqttAlertPublisher
+from alerts.notify_webhook import WebhookNotifier, WebhookTarget
+from alerts.offline import OfflineRule
 from alerts.standards import builtin_profiles
 from api.app import AppContext, create_app
 from domain.params import Catalogue, default_catalogue
@@ -54,6 +58,7 @@ class RunConfig:
     shared_group: str | None = None
     hj212_port: int | None = None  # None: no HJ 212 gateway
     hj212_host: str = "127.0.0.1"
+    webhooks: list[WebhookTarget] = field(default_factory=list)
     tick_s: float = 5.0
     extra: dict = field(default_factory=dict)
 
@@ -78,6 +83,8 @@ class Core:
         db_path = cfg.data_dir / "landun.db"
         store = SqliteStore(db_path)
         engine = AlertEngine(store, registry, builtin_profiles(), catalogue)
+        offline = load_detector_settings().offline
+        engine.clock_rules.append(OfflineRule(registry, offline, store.last_seen(), now_ms()))
         pipeline = IngestPipeline(store, registry, catalogue, on_stored=engine.on_readings)
         return cls(registry_path, registry, catalogue, db_path, store, engine, pipeline)
 
@@ -132,6 +139,16 @@ class System:
         broker = BrokerAddress.parse(self.broker_url)
 
         core = self.core = Core.open(cfg)
+        alerts_out = MqttAlertPublisher(
+            broker.host, broker.port, broker.username, broker.password, f"{cfg.client_id}-alerts"
+        )
+        alerts_out.start()
+        core.engine.sinks.append(alerts_out)
+        webhooks = None
+        if cfg.webhooks:
+            webhooks = WebhookNotifier(cfg.webhooks, core.store)
+            webhooks.start()
+            core.engine.sinks.append(webhooks)
         subscriber = MqttSubscriber(
             core.pipeline, broker, SubscriberSettings(cfg.client_id, cfg.shared_group)
         )
@@ -188,6 +205,9 @@ class System:
                 await gateway.stop()
             await asyncio.to_thread(subscriber.stop)
             clock.stop()
+            if webhooks is not None:
+                await asyncio.to_thread(webhooks.stop)
+            alerts_out.stop()
             core.store.close()
             if embedded is not None:
                 await embedded.stop()

@@ -62,6 +62,19 @@ class AlertChange:
     comment: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One attempt series to deliver an alert change to a webhook."""
+
+    target: str
+    alert_id: int
+    action: str
+    ok: bool
+    attempts: int
+    error: str
+    at_ms: int
+
+
 class StoreUnavailable(RuntimeError):
     """The store cannot take writes now (locked, disk full, unreachable); retry later."""
 
@@ -106,6 +119,19 @@ class Store(Protocol):
     def list_alerts(self, q: AlertQuery) -> list[Alert]: ...
 
     def audit_trail(self, alert_id: int) -> list[AuditEntry]: ...
+
+    def record_delivery(
+        self,
+        target: str,
+        alert_id: int,
+        action: str,
+        ok: bool,
+        attempts: int,
+        error: str,
+        at_ms: int,
+    ) -> None: ...
+
+    def deliveries(self, limit: int = 100) -> list[Delivery]: ...
 
     def load_state(self, namespace: str) -> dict[str, str]: ...
 

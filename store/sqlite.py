@@ -18,6 +18,7 @@ from store.base import (
     AlertChange,
     AlertQuery,
     AuditEntry,
+    Delivery,
     DeviceStatus,
     ReadingQuery,
     StoreUnavailable,
@@ -93,6 +94,16 @@ CREATE TABLE IF NOT EXISTS alert_audit (
     comment TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_by_alert ON alert_audit (alert_id);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    target TEXT NOT NULL,
+    alert_id INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS engine_state (
     namespace TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -381,6 +392,33 @@ class SqliteStore:
             (alert_id,),
         )
         return [AuditEntry(*r) for r in rows]
+
+    # -- deliveries -----------------------------------------------------------------------------
+
+    def record_delivery(
+        self,
+        target: str,
+        alert_id: int,
+        action: str,
+        ok: bool,
+        attempts: int,
+        error: str,
+        at_ms: int,
+    ) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO deliveries (target, alert_id, action, ok, attempts, error, at_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (target, alert_id, action, int(ok), attempts, error, at_ms),
+            )
+
+    def deliveries(self, limit: int = 100) -> list[Delivery]:
+        rows = self._reader().execute(
+            "SELECT target, alert_id, action, ok, attempts, error, at_ms FROM deliveries"
+            " ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [Delivery(t, a, ac, bool(ok), n, e, at) for t, a, ac, ok, n, e, at in rows]
 
     # -- engine state -------------------------------------------------------------------------
 

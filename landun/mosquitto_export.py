@@ -1,0 +1,224 @@
+"""`landun devices export-mosquitto`: Mosquitto's password file and ACL from the registry.
+
+Every MQTT device is a broker user named after its device id (HJ 212 loggers, which have an
+`mn` and talk TCP to the gateway, get no broker account); the ACL's `pattern` line lets a user
+write only below `landun/v1/devices/<its own name>/`, so a device cannot speak for another. The
+registry keeps only a credential hash, so device passwords come from a secrets file the operator
+keeps outside the repository (`--device-secrets FILE`, TOML lines `"device-id" = "password"`);
+with `--generate`, devices missing from it get fresh random passwords appended to it (mode 0600).
+
+Service accounts get a section each in the ACL, by role:
+  ingest       reads every device topic (also through `$share/...`: Mosquitto 2 checks the ACL on
+               the topic without the share prefix) and publishes alerts;
+  simulators   writes every device topic: one connection speaks for all simulated devices, so
+               create it only where no real device publishes;
+  healthcheck  reads `$SYS/broker/uptime`; always exported, with a generated password written to
+               `healthcheck.secret` for the container health check;
+  any other    (api, inspector, dashboard, ...) reads alerts only.
+
+Password hashes are Mosquitto 2's `$7$` format (PBKDF2-HMAC-SHA512, 101 iterations, 12-byte
+salt, standard base64), made here rather than with `mosquitto_passwd -U` so that no plaintext
+password file is ever written and the export works where Mosquitto is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from domain.registry import Registry, load_registry
+
+PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default; a device reconnect storm pays it per login
+SALT_BYTES = 12
+HEALTHCHECK_USER = "healthcheck"
+# What the ingest topic regex accepts; also keeps MQTT wildcards and ':' out of user names.
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+DEVICE_PATTERN = "pattern write landun/v1/devices/%u/#"
+ROLE_TOPICS: dict[str, tuple[str, ...]] = {
+    "ingest": ("topic read landun/v1/devices/+/+", "topic write landun/v1/alerts/#"),
+    "simulators": ("topic write landun/v1/devices/+/+",),
+    HEALTHCHECK_USER: ("topic read $SYS/broker/uptime",),
+}
+READER_TOPICS = ("topic read landun/v1/alerts/#",)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    passwd: Path
+    acl: Path
+    healthcheck_secret: Path
+    users: int
+    generated: tuple[str, ...]  # devices that got a new password in the secrets file
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """A password_file hash as `mosquitto_passwd` writes it: $7$<iterations>$<salt>$<hash>."""
+    salt = salt if salt is not None else secrets.token_bytes(SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS)
+    b64 = base64.b64encode
+    return f"$7${PBKDF2_ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def check_password(password: str, hashed: str) -> bool:
+    """Verify a $7$ hash (the check Mosquitto makes at login)."""
+    _, kind, iterations, salt, digest = hashed.split("$")
+    if kind != "7":
+        raise ValueError(f"not a $7$ (PBKDF2-SHA512) hash: {hashed[:4]}")
+    got = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt), int(iterations))
+    return secrets.compare_digest(base64.b64encode(got).decode(), digest)
+
+
+def load_device_secrets(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    doc = tomllib.loads(path.read_text("utf-8"))
+    bad = [k for k, v in doc.items() if not isinstance(v, str)]
+    if bad:
+        raise ValueError(f'{path}: expected "device-id" = "password" lines; not for {bad}')
+    return doc
+
+
+def _append_secrets(path: Path, new: Mapping[str, str]) -> None:
+    # Created 0600 before any secret is written into it.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        for device_id, password in new.items():
+            # JSON string escaping is valid TOML basic-string escaping.
+            f.write(f"{json.dumps(device_id)} = {json.dumps(password)}\n")
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, mode)  # O_CREAT's mode does not apply to an existing leftover file
+    # Atomic replace: a broker reloading (SIGHUP) never reads half a file.
+    tmp.replace(path)
+
+
+def render_acl(service_users: Mapping[str, str], source: str) -> str:
+    lines = [
+        f"# Generated by `landun devices export-mosquitto` from {source}; re-export, do not edit.",
+        "# Every user may write below its own device topic and nowhere else by default.",
+        DEVICE_PATTERN,
+        "",
+    ]
+    for name in sorted(service_users):
+        lines += [f"user {name}", *ROLE_TOPICS.get(name, READER_TOPICS), ""]
+    return "\n".join(lines)
+
+
+def export_mosquitto(
+    registry: Registry,
+    out_dir: Path,
+    service_users: dict[str, str],
+    device_secrets: Path,
+    generate: bool = False,
+    source: str = "the registry",
+) -> ExportResult:
+    """Write `passwd`, `acl` and `healthcheck.secret` into out_dir for every registry device and
+    service user. Devices without a password in device_secrets are an error, unless generate."""
+    clash = sorted(set(service_users) & set(registry.devices))
+    if clash:
+        raise ValueError(f"service user names that are also device ids: {clash}")
+    bad = [n for n in (*registry.devices, *service_users) if not _NAME.match(n)]
+    if bad:
+        raise ValueError(f"user names must match {_NAME.pattern}: {bad}")
+    if HEALTHCHECK_USER in service_users:
+        raise ValueError(f"{HEALTHCHECK_USER!r} is created by the export itself")
+
+    mqtt_devices = sorted(d.id for d in registry.devices.values() if d.mn is None)
+    known = load_device_secrets(device_secrets)
+    missing = [d for d in mqtt_devices if d not in known]
+    if missing and not generate:
+        raise ValueError(
+            f"no password for {len(missing)} device(s) in {device_secrets}: "
+            f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
+            " (add them, or pass --generate)"
+        )
+    fresh = {d: secrets.token_urlsafe(24) for d in missing}
+    if fresh:
+        _append_secrets(device_secrets, fresh)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    health_password = secrets.token_urlsafe(24)
+    users = {**{d: known.get(d) or fresh[d] for d in mqtt_devices}, **service_users}
+    users[HEALTHCHECK_USER] = health_password
+
+    passwd = out_dir / "passwd"
+    acl = out_dir / "acl"
+    health = out_dir / "healthcheck.secret"
+    # Hashes only, but unreadable to others anyway; the broker container reads them as root.
+    _write(passwd, "".join(f"{u}:{hash_password(p)}\n" for u, p in sorted(users.items())), 0o600)
+    _write(acl, render_acl({**service_users, HEALTHCHECK_USER: ""}, source), 0o644)
+    _write(health, health_password + "\n", 0o600)
+    return ExportResult(passwd, acl, health, len(users), tuple(fresh))
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def _parse_service(text: str) -> tuple[str, str]:
+    name, sep, password = text.partition(":")
+    if not sep or not name or not password:
+        raise argparse.ArgumentTypeError(f"--service {text!r}: expected NAME:PASSWORD")
+    return name, password
+
+
+def _export(args: argparse.Namespace) -> int:
+    result = export_mosquitto(
+        load_registry(Path(args.registry)),
+        Path(args.out),
+        dict(args.service),
+        Path(args.device_secrets),
+        generate=args.generate,
+        source=args.registry,
+    )
+    print(
+        f"wrote {result.passwd} ({result.users} users), {result.acl}, {result.healthcheck_secret}"
+    )
+    if result.generated:
+        print(f"new passwords for {len(result.generated)} device(s) in {args.device_secrets}")
+    print("reload a running broker with: docker compose kill -s HUP mosquitto")
+    return 0
+
+
+def add_subparser(sub: argparse._SubParsersAction) -> None:
+    """Register `landun devices export-mosquitto` on the top-level subparsers."""
+    devices = sub.add_parser("devices", help="device registry tools")
+    actions = devices.add_subparsers(dest="devices_command", required=True)
+    p = actions.add_parser(
+        "export-mosquitto", help="write Mosquitto's passwd and acl for the registry"
+    )
+    p.add_argument("--registry", required=True, help="registry TOML")
+    p.add_argument("--out", required=True, help="directory for passwd, acl, healthcheck.secret")
+    p.add_argument(
+        "--device-secrets",
+        required=True,
+        help='TOML file of "device-id" = "password" lines, kept outside the repository',
+    )
+    p.add_argument(
+        "--generate",
+        action="store_true",
+        help="give devices missing from --device-secrets a random password, appended to it",
+    )
+    p.add_argument(
+        "--service",
+        type=_parse_service,
+        action="append",
+        default=[],
+        metavar="NAME:PASSWORD",
+        help="a service account (ingest, simulators, or a reader of alerts); repeatable",
+    )
+    p.set_defaults(func=_export)
