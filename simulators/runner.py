@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +48,26 @@ class RunnerSettings:
     end_ms: int | None = None  # None: run until stopped
     buffer_max: int = 120  # records per message when catching up on the past
     seed: int = 0
+
+
+def paced_times(
+    settings: RunnerSettings, clock: Callable[[], int], stop: threading.Event
+) -> Iterator[int]:
+    """The simulated tick times of a run: at once before `backfill_until_ms`, then no faster
+    than `speed` times the wall clock and never ahead of it. Ends at `end_ms` or on `stop`."""
+    s = settings
+    t = s.start_ms if s.start_ms is not None else clock()
+    backfill_until = s.backfill_until_ms if s.backfill_until_ms is not None else t
+    wall0, sim0 = time.monotonic(), max(t, backfill_until)
+    while not stop.is_set() and (s.end_ms is None or t < s.end_ms):
+        if t >= backfill_until:
+            paced = sim0 + (time.monotonic() - wall0) * 1000 * s.speed
+            wait_ms = max(t - clock(), (t - paced) / s.speed)
+            if wait_ms > 0:
+                stop.wait(min(wait_ms / 1000, 1.0))  # wake at least every second to see stop
+                continue
+        yield t
+        t += s.interval_s * 1000
 
 
 class SimulatorRunner:
@@ -90,21 +110,9 @@ class SimulatorRunner:
 
     def run(self) -> None:
         s = self.settings
-        t = s.start_ms if s.start_ms is not None else self.clock()
-        backfill_until = s.backfill_until_ms if s.backfill_until_ms is not None else t
-        wall0, sim0 = time.monotonic(), max(t, backfill_until)
-        step_ms = s.interval_s * 1000
         pending: dict[str, list[dict]] = {d.device_id: [] for d in self.devices}
-        while not self._stop.is_set() and (s.end_ms is None or t < s.end_ms):
-            catching_up = t < backfill_until
-            if not catching_up:
-                # Sim time may not pass the wall clock, nor run faster than `speed` allows.
-                paced = sim0 + (time.monotonic() - wall0) * 1000 * s.speed
-                wait_ms = max(t - self.clock(), (t - paced) / s.speed)
-                if wait_ms > 0:
-                    self._flush(pending)
-                    self._stop.wait(min(wait_ms / 1000, 1.0))
-                    continue
+        backfill_until = s.backfill_until_ms or 0
+        for t in paced_times(s, self.clock, self._stop):
             for d in self.devices:
                 jitter = int(self._rng.uniform(0, s.jitter_s * 1000))
                 sample = d.model.sample(t + jitter)
@@ -112,9 +120,9 @@ class SimulatorRunner:
                     continue
                 self._seq[d.device_id] += 1
                 pending[d.device_id].append(telemetry_record(sample, self._seq[d.device_id]))
-            if not catching_up or any(len(v) >= s.buffer_max for v in pending.values()):
+            live = t + s.interval_s * 1000 >= backfill_until
+            if live or any(len(v) >= s.buffer_max for v in pending.values()):
                 self._flush(pending)
-            t += step_ms
         self._flush(pending)
 
     def _flush(self, pending: dict[str, list[dict]]) -> None:
