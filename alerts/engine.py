@@ -33,11 +33,11 @@ class AlertSink(Protocol):
     def alert_changed(self, alert: Alert, action: str) -> None: ...
 
 
-class ClockRule(Protocol):
-    """A rule evaluated on the clock (offline devices, overdue storage), not only on arrival.
-    `observe` sees every batch of new readings first."""
+class Rule(Protocol):
+    """A rule beyond the range limits: detectors, offline devices, custody. `observe` sees every
+    batch of new readings; `tick` runs on the clock, so silence can raise an alert too."""
 
-    def observe(self, readings: Iterable[Reading]) -> None: ...
+    def observe(self, readings: Sequence[Reading], engine: AlertEngine) -> None: ...
 
     def tick(self, now: int, engine: AlertEngine) -> None: ...
 
@@ -64,7 +64,7 @@ class AlertEngine:
         self.profiles = profiles
         self.catalogue = catalogue
         self.sinks = list(sinks)
-        self.clock_rules: list[ClockRule] = []
+        self.rules: list[Rule] = []
         self.settings = settings or EngineSettings()
         self.clock = clock
         self._lock = threading.RLock()
@@ -92,8 +92,8 @@ class AlertEngine:
         dirty: dict[str, str | None] = {}
         max_gap_ms = self.settings.max_gap_s * 1000
         with self._lock:
-            for rule in self.clock_rules:
-                rule.observe(readings)
+            for rule in self.rules:
+                rule.observe(readings, self)
             for r in sorted(readings, key=_sensor_time):
                 limit = self.site_limits(r.site_id).get(r.parameter)
                 if limit is None:
@@ -212,7 +212,7 @@ class AlertEngine:
 
     def tick(self, now: int | None = None) -> None:
         now = self.clock() if now is None else now
-        for rule in self.clock_rules:
+        for rule in self.rules:
             rule.tick(now, self)
         with self._lock:
             due = [

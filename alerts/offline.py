@@ -31,7 +31,7 @@ class OfflineRule:
                 self.monitor.last_seen_ms[self.monitor.index[dev.id]] = last_seen[dev.id]
         self._back: set[str] = set()
 
-    def observe(self, readings: Iterable[Reading]) -> None:
+    def observe(self, readings: Iterable[Reading], engine: object = None) -> None:
         for r in readings:
             if r.device_id in self.monitor.index:
                 self.monitor.seen(r.device_id, r.recv_ms)

@@ -25,8 +25,9 @@ class SiteKind(StrEnum):
 
 
 class AlertFamily(StrEnum):
-    COMPLIANCE = "compliance"
-    INTEGRITY = "integrity"
+    COMPLIANCE = "compliance"  # 超标: outside the standard's limits
+    INTEGRITY = "integrity"  # 离线或故障: offline, stuck, implausible, drifting sensors
+    QUALITY = "water_quality"  # water behaving unusually while still inside the limits
     CUSTODY = "custody"
 
 

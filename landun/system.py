@@ -13,6 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
+from alerts.detector_rule import DetectorRule
 from alerts.detectors.settings import load_detector_settings
 from alerts.engine import AlertEngine
 from alerts.notify_mqtt import MqttAlertPublisher
@@ -83,8 +84,9 @@ class Core:
         db_path = cfg.data_dir / "landun.db"
         store = SqliteStore(db_path)
         engine = AlertEngine(store, registry, builtin_profiles(), catalogue)
-        offline = load_detector_settings().offline
-        engine.clock_rules.append(OfflineRule(registry, offline, store.last_seen(), now_ms()))
+        detectors = load_detector_settings()
+        engine.rules.append(OfflineRule(registry, detectors.offline, store.last_seen(), now_ms()))
+        engine.rules.append(DetectorRule(registry, catalogue, detectors))
         pipeline = IngestPipeline(store, registry, catalogue, on_stored=engine.on_readings)
         return cls(registry_path, registry, catalogue, db_path, store, engine, pipeline)
 
