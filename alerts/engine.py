@@ -87,6 +87,11 @@ class AlertEngine:
             self._limits[site_id] = limits
         return limits
 
+    def forget_limits(self, site_id: str) -> None:
+        """The site's profile or overrides changed: look its limits up again."""
+        with self._lock:
+            self._limits.pop(site_id, None)
+
     def on_readings(self, readings: Sequence[Reading]) -> None:
         changes: list[AlertChange] = []
         dirty: dict[str, str | None] = {}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from domain.alert_json import alert_to_dict
-from domain.model import Alert, DeadLetter, Reading
+from domain.model import Alert, DeadLetter, Device, Reading
 from domain.timeutil import ms_to_iso
+from store.base import Bucket
 
 
 class ReadingOut(BaseModel):
@@ -30,6 +33,132 @@ class ReadingOut(BaseModel):
             value=r.value,
             flag=r.flag,
             seq=r.seq,
+        )
+
+
+class SiteStatusOut(BaseModel):
+    status: Literal["normal", "over_limit", "offline_or_fault"] = Field(
+        description="正常 / 超标 / 离线或故障, from the site's open alerts"
+    )
+    open_alerts: int
+    last_data: str | None
+    last_readings: dict[str, dict]
+
+
+class SiteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["pool", "medical_institution"]
+    jurisdiction: str = Field(pattern=r"^[0-9]{6}$", description="6-digit district code")
+    address: str = Field("", max_length=500)
+    profile: str = "gb37488-2019-pool"
+    timezone: str = "Asia/Shanghai"
+    latitude: float | None = Field(None, ge=-90, le=90)
+    longitude: float | None = Field(None, ge=-180, le=180)
+    overrides: dict[str, dict[str, float]] = {}
+
+
+class SiteOut(BaseModel):
+    id: str
+    name: str
+    kind: str
+    jurisdiction: str
+    address: str
+    profile: str
+    timezone: str
+    latitude: float | None
+    longitude: float | None
+    overrides: dict
+    current: SiteStatusOut
+
+
+class DeviceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    site: str
+    kind: str = Field(min_length=1, max_length=64)
+    parameters: list[str] = []
+    interval_s: int = Field(60, ge=1, le=86_400)
+    mn: str | None = Field(None, min_length=1, max_length=64)
+
+
+class DeviceOut(BaseModel):
+    id: str
+    site: str
+    kind: str
+    parameters: list[str]
+    interval_s: int
+    mn: str | None
+    has_credential: bool
+
+    @classmethod
+    def of(cls, d: Device) -> DeviceOut:
+        return cls(
+            id=d.id,
+            site=d.site_id,
+            kind=d.kind,
+            parameters=list(d.parameters),
+            interval_s=d.interval_s,
+            mn=d.mn,
+            has_credential=bool(d.credential_hash),
+        )
+
+
+class ComplianceOut(BaseModel):
+    site_id: str
+    device_id: str
+    parameter: str
+    start: str
+    end: str
+    limit: str
+    clause: str
+    monitored_s: int = Field(description="valid readings x reporting interval")
+    over_limit_s: int
+    within_share: float | None = Field(description="share of monitored time within limits")
+    alerts: int = Field(description="compliance alerts overlapping the period")
+    readings: int
+    excluded_flagged: int = Field(description="readings flagged invalid, not judged")
+    completeness: float = Field(description="readings received / readings expected")
+
+
+class LoginIn(BaseModel):
+    username: str = Field(min_length=1, max_length=100)
+    password: str = Field(min_length=1, max_length=1000)
+
+
+class TokenOut(BaseModel):
+    token: str
+    expires: str | None
+    name: str
+    role: str
+    jurisdictions: list[str]
+
+
+class MeOut(BaseModel):
+    name: str
+    role: str
+    jurisdictions: list[str]
+    kind: str
+
+
+class BucketOut(BaseModel):
+    start: str = Field(description="interval start, UTC")
+    parameter: str
+    mean: float
+    min: float
+    max: float
+    count: int
+
+    @classmethod
+    def of(cls, b: Bucket) -> BucketOut:
+        return cls(
+            start=ms_to_iso(b.start_ms),
+            parameter=b.parameter,
+            mean=b.mean,
+            min=b.min,
+            max=b.max,
+            count=b.count,
         )
 
 

@@ -19,6 +19,9 @@ class Registry:
         dev = self.devices.get(device_id)
         return self.sites.get(dev.site_id) if dev else None
 
+    def devices_of(self, site_id: str) -> list[Device]:
+        return [d for d in self.devices.values() if d.site_id == site_id]
+
     def add_site(self, site: Site) -> None:
         self.sites[site.id] = site
 
@@ -33,35 +36,66 @@ class Registry:
         self.devices[device.id] = device
 
 
+def site_from_dict(s: dict) -> Site:
+    return Site(
+        id=s["id"],
+        name=s["name"],
+        kind=SiteKind(s["kind"]),
+        jurisdiction=s["jurisdiction"],
+        address=s.get("address", ""),
+        profile=s.get("profile", "gb37488-2019-pool"),
+        timezone=s.get("timezone", "Asia/Shanghai"),
+        latitude=s.get("latitude"),
+        longitude=s.get("longitude"),
+        limit_overrides=s.get("overrides", {}),
+    )
+
+
+def site_to_dict(s: Site) -> dict:
+    return {
+        "id": s.id,
+        "name": s.name,
+        "kind": str(s.kind),
+        "jurisdiction": s.jurisdiction,
+        "address": s.address,
+        "profile": s.profile,
+        "timezone": s.timezone,
+        "latitude": s.latitude,
+        "longitude": s.longitude,
+        "overrides": s.limit_overrides,
+    }
+
+
+def device_from_dict(d: dict) -> Device:
+    return Device(
+        id=d["id"],
+        site_id=d["site"],
+        kind=d["kind"],
+        parameters=tuple(d.get("parameters", ())),
+        interval_s=int(d.get("interval_s", 60)),
+        credential_hash=d.get("credential_hash", ""),
+        mn=d.get("mn"),
+    )
+
+
+def device_to_dict(d: Device) -> dict:
+    return {
+        "id": d.id,
+        "site": d.site_id,
+        "kind": d.kind,
+        "parameters": list(d.parameters),
+        "interval_s": d.interval_s,
+        "credential_hash": d.credential_hash,
+        "mn": d.mn,
+    }
+
+
 def parse_registry(doc: dict) -> Registry:
     reg = Registry()
     for s in doc.get("sites", []):
-        reg.add_site(
-            Site(
-                id=s["id"],
-                name=s["name"],
-                kind=SiteKind(s["kind"]),
-                jurisdiction=s["jurisdiction"],
-                address=s.get("address", ""),
-                profile=s.get("profile", "gb37488-2019-pool"),
-                timezone=s.get("timezone", "Asia/Shanghai"),
-                latitude=s.get("latitude"),
-                longitude=s.get("longitude"),
-                limit_overrides=s.get("overrides", {}),
-            )
-        )
+        reg.add_site(site_from_dict(s))
     for d in doc.get("devices", []):
-        reg.add_device(
-            Device(
-                id=d["id"],
-                site_id=d["site"],
-                kind=d["kind"],
-                parameters=tuple(d.get("parameters", ())),
-                interval_s=int(d.get("interval_s", 60)),
-                credential_hash=d.get("credential_hash", ""),
-                mn=d.get("mn"),
-            )
-        )
+        reg.add_device(device_from_dict(d))
     return reg
 
 

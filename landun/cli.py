@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from alerts.notify_webhook import WebhookTarget
+from landun import accounts
 from landun.system import RunConfig, System, run_hj212_gateway
 
 
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--hj212-port", type=int, help="also take HJ 212 loggers on this TCP port")
     run.add_argument("--hj212-host", default="127.0.0.1", help="HJ 212 bind address")
     run.set_defaults(func=_run)
+
+    accounts.add_subparsers(sub)
 
     gw = sub.add_parser("hj212-gateway", help="run only the HJ 212 TCP gateway")
     gw.add_argument("--host", dest="hj212_host", default="0.0.0.0", help="bind address")

@@ -89,9 +89,13 @@ def load_device_secrets(path: Path) -> dict[str, str]:
 
 
 def _append_secrets(path: Path, new: Mapping[str, str]) -> None:
+    # Appending to a hand-edited file whose last line lacks its newline would join two lines.
+    text = path.read_bytes() if path.exists() else b""
+    lead = "\n" if text and not text.endswith(b"\n") else ""
     # Created 0600 before any secret is written into it.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as f:
+        f.write(lead)
         for device_id, password in new.items():
             # JSON string escaping is valid TOML basic-string escaping.
             f.write(f"{json.dumps(device_id)} = {json.dumps(password)}\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import threading
 from collections.abc import Iterator
@@ -20,7 +21,10 @@ from alerts.notify_mqtt import MqttAlertPublisher
 from alerts.notify_webhook import WebhookNotifier, WebhookTarget
 from alerts.offline import OfflineRule
 from alerts.standards import builtin_profiles
-from api.app import AppContext, create_app
+from api.app import create_app
+from api.context import AppContext
+from api.routes_sites import apply_stored_edits
+from domain.credentials import hash_secret
 from domain.params import Catalogue, default_catalogue
 from domain.registry import Registry, load_registry
 from domain.timeutil import now_ms
@@ -60,6 +64,7 @@ class RunConfig:
     hj212_port: int | None = None  # None: no HJ 212 gateway
     hj212_host: str = "127.0.0.1"
     webhooks: list[WebhookTarget] = field(default_factory=list)
+    admin_password: str | None = None  # None: generate one on first start and print it
     tick_s: float = 5.0
     extra: dict = field(default_factory=dict)
 
@@ -83,12 +88,30 @@ class Core:
         catalogue = default_catalogue()
         db_path = cfg.data_dir / "landun.db"
         store = SqliteStore(db_path)
+        apply_stored_edits(store, registry)
         engine = AlertEngine(store, registry, builtin_profiles(), catalogue)
         detectors = load_detector_settings()
         engine.rules.append(OfflineRule(registry, detectors.offline, store.last_seen(), now_ms()))
         engine.rules.append(DetectorRule(registry, catalogue, detectors))
         pipeline = IngestPipeline(store, registry, catalogue, on_stored=engine.on_readings)
         return cls(registry_path, registry, catalogue, db_path, store, engine, pipeline)
+
+
+def ensure_admin(store: SqliteStore, data_dir: Path, password: str | None) -> str:
+    """Make sure an admin exists; on first start with no password given, generate one, keep it
+    in `<data-dir>/admin-password.txt` (mode 0600) and say so."""
+    path = data_dir / "admin-password.txt"
+    if password is not None:
+        store.add_user("admin", hash_secret(password), "admin", ())
+        return "admin / the configured password"
+    if store.get_user("admin") is None:
+        password = secrets.token_urlsafe(12)
+        store.add_user("admin", hash_secret(password), "admin", ())
+        path.write_text(password + "\n")
+        path.chmod(0o600)
+    if path.exists():
+        return f"admin / {path.read_text().strip()}  (from {path})"
+    return "admin / the password set with `landun users add`"
 
 
 class Clock:
@@ -141,6 +164,7 @@ class System:
         broker = BrokerAddress.parse(self.broker_url)
 
         core = self.core = Core.open(cfg)
+        self.admin_note = ensure_admin(core.store, cfg.data_dir, cfg.admin_password)
         alerts_out = MqttAlertPublisher(
             broker.host, broker.port, broker.username, broker.password, f"{cfg.client_id}-alerts"
         )
@@ -228,6 +252,7 @@ class System:
             f"  Database:     {core.db_path.resolve()}",
             f"  Registry:     {core.registry_path}",
             f"  Simulators:   {'on' if sims else 'off'}",
+            f"  Log in:       {self.admin_note}",
             "Press Ctrl-C to stop.",
         ]
         print("\n".join(lines), flush=True)

@@ -75,6 +75,40 @@ class Delivery:
     at_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a user, or a machine token acting with a role."""
+
+    name: str
+    role: str  # admin | inspector | viewer
+    jurisdictions: tuple[str, ...] = ()  # empty for admin: every jurisdiction
+    kind: str = "user"  # user | token
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One downsampled interval of one parameter."""
+
+    start_ms: int
+    parameter: str
+    mean: float
+    min: float
+    max: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """An audited alert change with its place in the stream (for SSE resume)."""
+
+    event_id: int
+    action: str
+    actor: str
+    comment: str
+    at_ms: int
+    alert: Alert
+
+
 class StoreUnavailable(RuntimeError):
     """The store cannot take writes now (locked, disk full, unreachable); retry later."""
 
@@ -132,6 +166,54 @@ class Store(Protocol):
     ) -> None: ...
 
     def deliveries(self, limit: int = 100) -> list[Delivery]: ...
+
+    def downsample(
+        self,
+        device_id: str,
+        parameters: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        every_ms: int,
+        valid_only: bool = True,
+    ) -> list[Bucket]: ...
+
+    def latest_readings(self, device_id: str) -> list[Reading]:
+        """The newest reading of each parameter of a device."""
+        ...
+
+    def reading_stats(
+        self,
+        device_id: str,
+        parameter: str,
+        start_ms: int,
+        end_ms: int,
+        low: float | None,
+        high: float | None,
+    ) -> tuple[int, int, int]:
+        """(all readings, valid readings, valid readings outside [low, high]) in the range."""
+        ...
+
+    def last_audit_id(self) -> int: ...
+
+    def audit_events(
+        self, after_id: int, site_ids: Sequence[str] | None = None, limit: int = 500
+    ) -> list[AuditEvent]:
+        """Audited alert changes after `after_id`, oldest first, optionally for some sites."""
+        ...
+
+    def add_user(
+        self, name: str, password_hash: str, role: str, jurisdictions: Sequence[str]
+    ) -> None: ...
+
+    def get_user(self, name: str) -> tuple[Principal, str] | None:
+        """The user and their password hash."""
+        ...
+
+    def add_token(
+        self, token_hash: str, principal: Principal, expires_ms: int | None, label: str = ""
+    ) -> None: ...
+
+    def principal_for_token(self, token_hash: str, now_ms: int) -> Principal | None: ...
 
     def load_state(self, namespace: str) -> dict[str, str]: ...
 

@@ -18,8 +18,11 @@ from store.base import (
     AlertChange,
     AlertQuery,
     AuditEntry,
+    AuditEvent,
+    Bucket,
     Delivery,
     DeviceStatus,
+    Principal,
     ReadingQuery,
     StoreUnavailable,
 )
@@ -104,6 +107,24 @@ CREATE TABLE IF NOT EXISTS deliveries (
     error TEXT NOT NULL,
     at_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL,
+    jurisdictions TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+-- API tokens (machines) and login sessions (people): only a SHA-256 of the token is kept.
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    role TEXT NOT NULL,
+    jurisdictions TEXT NOT NULL,
+    label TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER
+);
 CREATE TABLE IF NOT EXISTS engine_state (
     namespace TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -117,6 +138,7 @@ _ALERT_COLS = (
     " first_value, last_value, worst_value, worst_ms, count, limit_json, evidence_json, opened_ms,"
     " updated_ms, resolved_ms"
 )
+_ALERT_COLS_A = ", ".join(f"a.{c.strip()}" for c in _ALERT_COLS.split(","))
 _ALERT_SETS = ", ".join(f"{c.strip()} = ?" for c in _ALERT_COLS.split(","))
 
 
@@ -385,6 +407,57 @@ class SqliteStore:
         args.append(q.limit)
         return [_alert_from_row(r) for r in self._reader().execute(sql, args)]
 
+    def latest_readings(self, device_id: str) -> list[Reading]:
+        # SQLite takes the bare columns from the row holding max(ts_ms).
+        rows = self._reader().execute(
+            "SELECT device_id, site_id, parameter, max(ts_ms), value, flag, recv_ms, seq"
+            " FROM readings WHERE device_id = ? GROUP BY parameter",
+            (device_id,),
+        )
+        return [Reading(*r) for r in rows]
+
+    def reading_stats(
+        self,
+        device_id: str,
+        parameter: str,
+        start_ms: int,
+        end_ms: int,
+        low: float | None,
+        high: float | None,
+    ) -> tuple[int, int, int]:
+        lo = float("-inf") if low is None else low
+        hi = float("inf") if high is None else high
+        row = (
+            self._reader()
+            .execute(
+                "SELECT count(*), ifnull(sum(flag = 'N'), 0),"
+                " ifnull(sum(flag = 'N' AND (value < ? OR value > ?)), 0)"
+                " FROM readings WHERE device_id = ? AND parameter = ? AND ts_ms >= ? AND ts_ms < ?",
+                (lo, hi, device_id, parameter, start_ms, end_ms),
+            )
+            .fetchone()
+        )
+        return row[0], row[1], row[2]
+
+    def last_audit_id(self) -> int:
+        return self._reader().execute("SELECT ifnull(max(id), 0) FROM alert_audit").fetchone()[0]
+
+    def audit_events(
+        self, after_id: int, site_ids: Sequence[str] | None = None, limit: int = 500
+    ) -> list[AuditEvent]:
+        where = "t.id > ?"
+        args: list = [after_id]
+        if site_ids is not None:
+            where += f" AND a.site_id IN ({','.join('?' * len(site_ids))})"
+            args.extend(site_ids)
+        rows = self._reader().execute(
+            f"SELECT t.id, t.action, t.actor, t.comment, t.at_ms, a.id, {_ALERT_COLS_A}"
+            f" FROM alert_audit t JOIN alerts a ON a.id = t.alert_id"
+            f" WHERE {where} ORDER BY t.id LIMIT ?",
+            (*args, limit),
+        )
+        return [AuditEvent(r[0], r[1], r[2], r[3], r[4], _alert_from_row(r[5:])) for r in rows]
+
     def audit_trail(self, alert_id: int) -> list[AuditEntry]:
         rows = self._reader().execute(
             "SELECT alert_id, at_ms, actor, action, comment FROM alert_audit"
@@ -392,6 +465,25 @@ class SqliteStore:
             (alert_id,),
         )
         return [AuditEntry(*r) for r in rows]
+
+    def downsample(
+        self,
+        device_id: str,
+        parameters: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        every_ms: int,
+        valid_only: bool = True,
+    ) -> list[Bucket]:
+        marks = ",".join("?" * len(parameters))
+        flag = " AND flag = 'N'" if valid_only else ""
+        rows = self._reader().execute(
+            f"SELECT (ts_ms / ?) * ? AS b, parameter, avg(value), min(value), max(value), count(*)"
+            f" FROM readings WHERE device_id = ? AND parameter IN ({marks})"
+            f" AND ts_ms >= ? AND ts_ms < ?{flag} GROUP BY b, parameter ORDER BY b, parameter",
+            (every_ms, every_ms, device_id, *parameters, start_ms, end_ms),
+        )
+        return [Bucket(*r) for r in rows]
 
     # -- deliveries -----------------------------------------------------------------------------
 
@@ -419,6 +511,63 @@ class SqliteStore:
             (limit,),
         )
         return [Delivery(t, a, ac, bool(ok), n, e, at) for t, a, ac, ok, n, e, at in rows]
+
+    # -- users and tokens -----------------------------------------------------------------------
+
+    def add_user(
+        self, name: str, password_hash: str, role: str, jurisdictions: Sequence[str]
+    ) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO users"
+                " (name, password_hash, role, jurisdictions, created_ms) VALUES (?, ?, ?, ?, ?)",
+                (name, password_hash, role, json.dumps(list(jurisdictions)), now_ms()),
+            )
+
+    def get_user(self, name: str) -> tuple[Principal, str] | None:
+        row = (
+            self._reader()
+            .execute(
+                "SELECT name, role, jurisdictions, password_hash FROM users WHERE name = ?", (name,)
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return Principal(row[0], row[1], tuple(json.loads(row[2]))), row[3]
+
+    def add_token(
+        self, token_hash: str, principal: Principal, expires_ms: int | None, label: str = ""
+    ) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO tokens (token_hash, name, kind, role, jurisdictions, label,"
+                " created_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token_hash,
+                    principal.name,
+                    principal.kind,
+                    principal.role,
+                    json.dumps(list(principal.jurisdictions)),
+                    label,
+                    now_ms(),
+                    expires_ms,
+                ),
+            )
+
+    def principal_for_token(self, token_hash: str, now_ms: int) -> Principal | None:
+        row = (
+            self._reader()
+            .execute(
+                "SELECT name, role, jurisdictions, kind FROM tokens"
+                " WHERE token_hash = ? AND (expires_ms IS NULL OR expires_ms > ?)",
+                (token_hash, now_ms),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return Principal(row[0], row[1], tuple(json.loads(row[2])), row[3])
 
     # -- engine state -------------------------------------------------------------------------
 

@@ -25,19 +25,38 @@ def broker(tmp_path: Path) -> Iterator[MosquittoBroker | AmqttBroker]:
     b.stop()
 
 
+ADMIN_PASSWORD = "test-admin-password"
+
+
 class RunningSystem:
+    """A whole system on real parts; `http` is logged in as admin, `anon` is not."""
+
     def __init__(self, system: System, thread: threading.Thread) -> None:
         self.system = system
         self.thread = thread
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{system.api_port}", timeout=10)
+        self.base_url = f"http://127.0.0.1:{system.api_port}"
+        self.anon = httpx.Client(base_url=self.base_url, timeout=10)
+        self.http = self.login("admin", ADMIN_PASSWORD)
+
+    def login(self, name: str, password: str) -> httpx.Client:
+        r = self.anon.post("/api/v1/auth/login", json={"username": name, "password": password})
+        r.raise_for_status()
+        return httpx.Client(
+            base_url=self.base_url,
+            timeout=10,
+            headers={"Authorization": f"Bearer {r.json()['token']}"},
+        )
 
     def stop(self) -> None:
         self.system.request_stop()
         self.thread.join(timeout=30)
         self.http.close()
+        self.anon.close()
 
 
 def start_system(config: RunConfig) -> RunningSystem:
+    if config.admin_password is None:
+        config.admin_password = ADMIN_PASSWORD
     system = System(config)
     errors: list[BaseException] = []
 

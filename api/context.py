@@ -1,0 +1,24 @@
+"""What the API needs from the rest of the system, handed over at startup."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from alerts.engine import AlertEngine
+from domain.params import Catalogue
+from domain.registry import Registry
+from ingest.metrics import IngestMetrics
+from store.base import Store
+
+
+@dataclass
+class AppContext:
+    store: Store
+    registry: Registry
+    catalogue: Catalogue
+    engine: AlertEngine
+    metrics: IngestMetrics
+    broker_connected: Callable[[], bool] = field(default=lambda: True)
+    session_hours: float = 12.0
+    api_metrics: object = None  # api.routes_ops.ApiMetrics, set by create_app

@@ -1,0 +1,207 @@
+"""Alerts: list and filter, one alert with its audit trail, inspector actions, evidence, and the
+live stream of changes (Server-Sent Events)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
+
+from api.auth import Caller, Ctx, require_role, scoped_site_ids, site_for
+from api.evidence import evidence_csv, evidence_html, evidence_record
+from api.routes_readings import to_ms
+from api.schemas import ActionIn, AlertDetail, AlertOut, AuditOut, CommentIn
+from domain.alert_json import alert_to_dict
+from domain.model import AlertFamily, AlertStatus, Severity
+from domain.timeutil import ms_to_iso
+from store.base import AlertQuery, Principal
+
+router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
+
+STREAM_POLL_S = 0.5
+STREAM_HEARTBEAT_S = 15.0
+
+
+def _visible(ctx, who: Principal, alert_id: int):
+    alert = ctx.store.get_alert(alert_id)
+    if alert is None:
+        raise HTTPException(404, f"alert {alert_id} does not exist")
+    site_for(ctx, who, alert.site_id)
+    return alert
+
+
+def _detail(ctx, alert_id: int) -> AlertDetail:
+    alert = ctx.store.get_alert(alert_id)
+    audit = [
+        AuditOut(at=ms_to_iso(e.at_ms), actor=e.actor, action=e.action, comment=e.comment)
+        for e in ctx.store.audit_trail(alert_id)
+    ]
+    return AlertDetail(**AlertOut.of(alert).model_dump(), audit=audit)
+
+
+@router.get("", response_model=list[AlertOut])
+def list_alerts(
+    ctx: Ctx,
+    who: Caller,
+    site: str | None = None,
+    jurisdiction: str | None = None,
+    device: str | None = None,
+    rule: str | None = None,
+    family: AlertFamily | None = None,
+    severity: Severity | None = None,
+    status: Annotated[list[AlertStatus] | None, Query()] = None,
+    since: Annotated[datetime | None, Query(description="last seen at or after")] = None,
+    until: Annotated[datetime | None, Query(description="first seen before")] = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+) -> list[AlertOut]:
+    """Newest change first, within the caller's jurisdictions."""
+    sites = scoped_site_ids(ctx, who)
+    if site is not None:
+        site_for(ctx, who, site)
+        sites = [site]
+    if jurisdiction is not None:
+        in_j = [s.id for s in ctx.registry.sites.values() if s.jurisdiction == jurisdiction]
+        if who.role != "admin" and jurisdiction not in who.jurisdictions:
+            raise HTTPException(403, f"jurisdiction {jurisdiction} is outside yours")
+        sites = [s for s in (sites if sites is not None else in_j) if s in in_j]
+    if sites is not None and not sites:
+        return []
+    q = AlertQuery(
+        site_ids=tuple(sites or ()),
+        device_id=device,
+        rule_id=rule,
+        family=family,
+        severity=severity,
+        statuses=tuple(status or ()),
+        since_ms=to_ms(since, "since"),
+        until_ms=to_ms(until, "until"),
+        limit=limit,
+    )
+    return [AlertOut.of(a) for a in ctx.store.list_alerts(q)]
+
+
+@router.get("/stream", response_class=StreamingResponse)
+async def stream(
+    request: Request,
+    ctx: Ctx,
+    who: Caller,
+    last_event_id: Annotated[str | None, Header(description="resume after this event")] = None,
+) -> StreamingResponse:
+    """Server-Sent Events, one per alert change in the caller's jurisdictions (`event: alert`,
+    data `{"action", "actor", "comment", "alert"}`). Reconnect with `Last-Event-ID` to get
+    every change since; without it the stream starts with the next change."""
+    sites = scoped_site_ids(ctx, who)
+    if last_event_id is not None:
+        if not last_event_id.isdigit():
+            raise HTTPException(400, "Last-Event-ID must be an event id from this stream")
+        after = int(last_event_id)
+    else:
+        after = await asyncio.to_thread(ctx.store.last_audit_id)
+    return StreamingResponse(
+        _events(request, ctx, sites, after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _events(request: Request, ctx, sites, after: int) -> AsyncIterator[str]:
+    yield "retry: 2000\n\n"
+    idle = 0.0
+    while not await request.is_disconnected():
+        events = await asyncio.to_thread(ctx.store.audit_events, after, sites, 200)
+        for ev in events:
+            data = {
+                "action": ev.action,
+                "actor": ev.actor,
+                "comment": ev.comment,
+                "at": ms_to_iso(ev.at_ms),
+                "alert": alert_to_dict(ev.alert),
+            }
+            payload = json.dumps(data, ensure_ascii=False)
+            yield f"id: {ev.event_id}\nevent: alert\ndata: {payload}\n\n"
+            after = ev.event_id
+        if events:
+            idle = 0.0
+            continue
+        idle += STREAM_POLL_S
+        if idle >= STREAM_HEARTBEAT_S:
+            idle = 0.0
+            yield ": keep-alive\n\n"
+        await asyncio.sleep(STREAM_POLL_S)
+
+
+@router.get("/{alert_id}", response_model=AlertDetail)
+def get_alert(ctx: Ctx, who: Caller, alert_id: int) -> AlertDetail:
+    _visible(ctx, who, alert_id)
+    return _detail(ctx, alert_id)
+
+
+def _act(ctx, who: Principal, alert_id: int, doing: str, action: Callable[[], object]):
+    _visible(ctx, who, alert_id)
+    require_role(who, "admin", "inspector", doing=doing)
+    try:
+        action()
+    except KeyError as exc:
+        raise HTTPException(404, str(exc.args[0])) from None
+    except ValueError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return _detail(ctx, alert_id)
+
+
+@router.post("/{alert_id}/acknowledge", response_model=AlertDetail)
+def acknowledge(ctx: Ctx, who: Caller, alert_id: int, body: ActionIn) -> AlertDetail:
+    return _act(
+        ctx, who, alert_id, "acknowledge alerts",
+        lambda: ctx.engine.acknowledge(alert_id, who.name, body.comment),
+    )  # fmt: skip
+
+
+@router.post("/{alert_id}/resolve", response_model=AlertDetail)
+def resolve(ctx: Ctx, who: Caller, alert_id: int, body: ActionIn) -> AlertDetail:
+    return _act(
+        ctx, who, alert_id, "resolve alerts",
+        lambda: ctx.engine.resolve(alert_id, who.name, body.comment),
+    )  # fmt: skip
+
+
+@router.post("/{alert_id}/comments", response_model=AlertDetail)
+def comment(ctx: Ctx, who: Caller, alert_id: int, body: CommentIn) -> AlertDetail:
+    return _act(
+        ctx, who, alert_id, "comment on alerts",
+        lambda: ctx.engine.comment(alert_id, who.name, body.comment),
+    )  # fmt: skip
+
+
+@router.get(
+    "/{alert_id}/evidence",
+    responses={
+        200: {
+            "content": {"application/json": {}, "text/csv": {}, "text/html": {}},
+            "description": "the evidence record",
+        }
+    },
+)
+def evidence(
+    ctx: Ctx,
+    who: Caller,
+    alert_id: int,
+    format: Annotated[Literal["json", "csv", "html"], Query()] = "json",
+):
+    """Site, device, rule, limit and its source, times, values, the raw readings from an hour
+    before to an hour after the episode with their data flags, device status, audit trail."""
+    alert = _visible(ctx, who, alert_id)
+    record = evidence_record(ctx, alert)
+    if format == "csv":
+        return PlainTextResponse(
+            evidence_csv(record),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="alert-{alert_id}.csv"'},
+        )
+    if format == "html":
+        return HTMLResponse(evidence_html(record))
+    return record

@@ -1,0 +1,80 @@
+"""Compliance over a period, per site and parameter: how much of the monitored time was within
+the limits, how much over, how many alerts, and how complete the data is.
+
+Each valid reading stands for one reporting interval of its device, so times are
+readings x interval; completeness is readings received / readings expected."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+
+from api.auth import Caller, Ctx, scoped_site_ids, site_for
+from api.routes_readings import to_ms
+from api.schemas import ComplianceOut
+from domain.timeutil import ms_to_iso, now_ms
+from store.base import AlertQuery
+
+router = APIRouter(prefix="/api/v1", tags=["compliance"])
+
+
+@router.get("/compliance", response_model=list[ComplianceOut])
+def compliance(
+    ctx: Ctx,
+    who: Caller,
+    site: str | None = None,
+    start: Annotated[datetime | None, Query(description="default: 7 days before end")] = None,
+    end: Annotated[datetime | None, Query(description="default: now")] = None,
+) -> list[ComplianceOut]:
+    end_ms = to_ms(end, "end") or now_ms()
+    start_ms = to_ms(start, "start") or end_ms - 7 * 86_400_000
+    if end_ms <= start_ms:
+        raise HTTPException(400, "end must be after start")
+    if site is not None:
+        sites = [site_for(ctx, who, site)]
+    else:
+        ids = scoped_site_ids(ctx, who)
+        sites = [s for s in ctx.registry.sites.values() if ids is None or s.id in ids]
+    out = []
+    for s in sorted(sites, key=lambda s: s.id):
+        limits = ctx.engine.site_limits(s.id)
+        for dev in ctx.registry.devices_of(s.id):
+            for param in dev.parameters:
+                limit = limits.get(param)
+                if limit is None:
+                    continue
+                total, valid, over = ctx.store.reading_stats(
+                    dev.id, param, start_ms, end_ms, limit.min, limit.max
+                )
+                alerts = ctx.store.list_alerts(
+                    AlertQuery(
+                        site_ids=(s.id,),
+                        device_id=dev.id,
+                        rule_id=f"range:{param}",
+                        since_ms=start_ms,
+                        until_ms=end_ms,
+                        limit=10_000,
+                    )
+                )
+                expected = max(1, (end_ms - start_ms) // (dev.interval_s * 1000))
+                out.append(
+                    ComplianceOut(
+                        site_id=s.id,
+                        device_id=dev.id,
+                        parameter=param,
+                        start=ms_to_iso(start_ms),
+                        end=ms_to_iso(end_ms),
+                        limit=limit.describe(),
+                        clause=limit.clause,
+                        monitored_s=valid * dev.interval_s,
+                        over_limit_s=over * dev.interval_s,
+                        within_share=None if valid == 0 else round(1 - over / valid, 4),
+                        alerts=len(alerts),
+                        readings=total,
+                        excluded_flagged=total - valid,
+                        completeness=round(min(1.0, total / expected), 4),
+                    )
+                )
+    return out

@@ -1,0 +1,153 @@
+"""Operations and identity: health, readiness, Prometheus metrics, dead letters, login."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from api.auth import Caller, Ctx, issue_token, require_role, scoped_site_ids
+from api.schemas import DeadLetterOut, DeadLettersOut, Health, LoginIn, MeOut, TokenOut
+from domain.credentials import verify_secret
+from domain.timeutil import ms_to_iso
+from ingest.metrics import render_prometheus
+from store.base import AlertQuery
+
+router = APIRouter()
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ApiMetrics:
+    """Request counts and a latency histogram per route template."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.buckets: dict[str, list[int]] = defaultdict(lambda: [0] * len(LATENCY_BUCKETS))
+        self.sums: dict[str, float] = defaultdict(float)
+        self.totals: dict[str, int] = defaultdict(int)
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.counts[(method, route, status)] += 1
+        key = f"{method} {route}"
+        self.sums[key] += seconds
+        self.totals[key] += 1
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.buckets[key][i] += 1
+
+    def render(self) -> str:
+        lines = [
+            "# HELP landun_api_requests_total API requests by route and status.",
+            "# TYPE landun_api_requests_total counter",
+        ]
+        for (method, route, status), n in sorted(self.counts.items()):
+            lines.append(
+                f'landun_api_requests_total{{method="{method}",route="{route}",'
+                f'status="{status}"}} {n}'
+            )
+        lines += [
+            "# HELP landun_api_request_seconds API request latency.",
+            "# TYPE landun_api_request_seconds histogram",
+        ]
+        for key, counts in sorted(self.buckets.items()):
+            method, route = key.split(" ", 1)
+            label = f'method="{method}",route="{route}"'
+            for bound, n in zip(LATENCY_BUCKETS, counts, strict=True):
+                lines.append(f'landun_api_request_seconds_bucket{{{label},le="{bound}"}} {n}')
+            lines.append(
+                f'landun_api_request_seconds_bucket{{{label},le="+Inf"}} {self.totals[key]}'
+            )
+            lines.append(f"landun_api_request_seconds_sum{{{label}}} {self.sums[key]:.6f}")
+            lines.append(f"landun_api_request_seconds_count{{{label}}} {self.totals[key]}")
+        return "\n".join(lines) + "\n"
+
+
+@router.get("/healthz", response_model=Health, tags=["operations"])
+def healthz(ctx: Ctx) -> Health:
+    """The process is up (no authentication, for load balancers)."""
+    return Health(
+        status="ok",
+        broker_connected=ctx.broker_connected(),
+        readings_stored=ctx.metrics.readings_stored,
+        dead_lettered=ctx.metrics.dead_lettered,
+    )
+
+
+@router.get("/readyz", tags=["operations"], responses={503: {"description": "not ready"}})
+def readyz(ctx: Ctx) -> JSONResponse:
+    """Ready to serve: the store answers and ingest is connected to the broker."""
+    problems = []
+    try:
+        ctx.store.last_audit_id()
+    except Exception as exc:
+        problems.append(f"store: {exc}")
+    if not ctx.broker_connected():
+        problems.append("ingest is not connected to the MQTT broker")
+    body = {"status": "ready" if not problems else "not ready", "problems": problems}
+    return JSONResponse(body, status_code=503 if problems else 200)
+
+
+@router.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
+def metrics(ctx: Ctx) -> PlainTextResponse:
+    """Prometheus text format: ingest, alerts, API latency."""
+    open_alerts = ctx.store.list_alerts(
+        AlertQuery(statuses=("open", "acknowledged"), limit=100_000)
+    )
+    by_family: dict[tuple[str, str], int] = defaultdict(int)
+    for a in open_alerts:
+        by_family[(str(a.family), str(a.severity))] += 1
+    lines = [
+        "# HELP landun_alerts_open Open or acknowledged alerts.",
+        "# TYPE landun_alerts_open gauge",
+    ]
+    for (family, severity), n in sorted(by_family.items()):
+        lines.append(f'landun_alerts_open{{family="{family}",severity="{severity}"}} {n}')
+    api = ctx.api_metrics.render() if ctx.api_metrics is not None else ""
+    text = render_prometheus(ctx.metrics) + "\n".join(lines) + "\n" + api
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+@router.get("/api/v1/dead-letters", response_model=DeadLettersOut, tags=["ingest"])
+def dead_letters(
+    ctx: Ctx, who: Caller, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> DeadLettersOut:
+    """Refused messages, newest first. Inspectors see those of their sites' devices; messages
+    from unknown devices only admins see."""
+    require_role(who, "admin", "inspector", doing="read dead letters")
+    items = ctx.store.dead_letters(limit if who.role == "admin" else 1000)
+    counts = ctx.store.dead_letter_counts()
+    ids = scoped_site_ids(ctx, who)
+    if ids is not None:
+        allowed = {d.id for d in ctx.registry.devices.values() if d.site_id in ids}
+        items = [d for d in items if d.device_id in allowed][:limit]
+        counts = {}
+        for d in items:
+            counts[d.reason] = counts.get(d.reason, 0) + 1
+    return DeadLettersOut(items=[DeadLetterOut.of(d) for d in items], counts_by_reason=counts)
+
+
+@router.post("/api/v1/auth/login", response_model=TokenOut, tags=["auth"])
+def login(ctx: Ctx, body: LoginIn) -> TokenOut:
+    """Exchange a user name and password for a session token (valid for 12 hours)."""
+    found = ctx.store.get_user(body.username)
+    if found is None or not verify_secret(body.password, found[1]):
+        time.sleep(0.2)  # blunt online guessing a little; failures look the same either way
+        raise HTTPException(401, "wrong user name or password")
+    who = found[0]
+    token, expires = issue_token(ctx, who, ctx.session_hours, label="login")
+    return TokenOut(
+        token=token,
+        expires=ms_to_iso(expires) if expires else None,
+        name=who.name,
+        role=who.role,
+        jurisdictions=list(who.jurisdictions),
+    )
+
+
+@router.get("/api/v1/auth/me", response_model=MeOut, tags=["auth"])
+def me(who: Caller) -> MeOut:
+    return MeOut(name=who.name, role=who.role, jurisdictions=list(who.jurisdictions), kind=who.kind)

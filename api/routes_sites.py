@@ -1,0 +1,125 @@
+"""Sites and devices: list with current status and last readings; create and update (admin).
+
+Edits are kept in the store (namespace `registry.*`) and laid over the registry file at
+startup, so they survive a restart."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, HTTPException
+
+from api.auth import Caller, Ctx, device_for, require_role, scoped_site_ids, site_for
+from api.schemas import DeviceIn, DeviceOut, SiteIn, SiteOut, SiteStatusOut
+from domain.model import AlertFamily, AlertStatus, Site
+from domain.registry import device_from_dict, device_to_dict, site_from_dict, site_to_dict
+from domain.timeutil import ms_to_iso
+from store.base import AlertQuery
+
+router = APIRouter(prefix="/api/v1", tags=["sites and devices"])
+
+SITES_NS = "registry.sites"
+DEVICES_NS = "registry.devices"
+
+
+def site_status(ctx, site: Site) -> SiteStatusOut:
+    """正常 normal / 超标 over_limit / 离线或故障 offline_or_fault, from the open alerts."""
+    open_alerts = ctx.store.list_alerts(
+        AlertQuery(
+            site_ids=(site.id,),
+            statuses=(str(AlertStatus.OPEN), str(AlertStatus.ACKNOWLEDGED)),
+            limit=1000,
+        )
+    )
+    families = {a.family for a in open_alerts}
+    if AlertFamily.COMPLIANCE in families or AlertFamily.CUSTODY in families:
+        status = "over_limit"
+    elif AlertFamily.INTEGRITY in families:
+        status = "offline_or_fault"
+    else:
+        status = "normal"
+    last: dict[str, dict] = {}
+    last_ms = 0
+    for dev in ctx.registry.devices_of(site.id):
+        for r in ctx.store.latest_readings(dev.id):
+            last[r.parameter] = {"value": r.value, "ts": ms_to_iso(r.ts_ms), "flag": r.flag}
+            last_ms = max(last_ms, r.ts_ms)
+    return SiteStatusOut(
+        status=status,
+        open_alerts=len(open_alerts),
+        last_data=ms_to_iso(last_ms) if last_ms else None,
+        last_readings=last,
+    )
+
+
+def _site_out(ctx, site: Site) -> SiteOut:
+    return SiteOut(**site_to_dict(site), current=site_status(ctx, site))
+
+
+@router.get("/sites", response_model=list[SiteOut])
+def list_sites(ctx: Ctx, who: Caller) -> list[SiteOut]:
+    ids = scoped_site_ids(ctx, who)
+    sites = [s for s in ctx.registry.sites.values() if ids is None or s.id in ids]
+    return [_site_out(ctx, s) for s in sorted(sites, key=lambda s: s.id)]
+
+
+@router.get("/sites/{site_id}", response_model=SiteOut)
+def get_site(ctx: Ctx, who: Caller, site_id: str) -> SiteOut:
+    return _site_out(ctx, site_for(ctx, who, site_id))
+
+
+@router.put("/sites/{site_id}", response_model=SiteOut)
+def put_site(ctx: Ctx, who: Caller, site_id: str, body: SiteIn) -> SiteOut:
+    """Create or replace a site (admin)."""
+    require_role(who, "admin", doing="change sites")
+    if body.profile not in ctx.engine.profiles:
+        known = ", ".join(sorted(ctx.engine.profiles))
+        raise HTTPException(400, f"unknown standards profile {body.profile!r} (known: {known})")
+    site = site_from_dict(body.model_dump() | {"id": site_id})
+    ctx.store.save_state(SITES_NS, {site_id: json.dumps(site_to_dict(site), ensure_ascii=False)})
+    ctx.registry.add_site(site)
+    ctx.engine.forget_limits(site_id)
+    return _site_out(ctx, site)
+
+
+@router.get("/devices", response_model=list[DeviceOut])
+def list_devices(ctx: Ctx, who: Caller, site: str | None = None) -> list[DeviceOut]:
+    ids = scoped_site_ids(ctx, who)
+    if site is not None:
+        site_for(ctx, who, site)
+        ids = [site]
+    devices = [d for d in ctx.registry.devices.values() if ids is None or d.site_id in ids]
+    return [DeviceOut.of(d) for d in sorted(devices, key=lambda d: d.id)]
+
+
+@router.get("/devices/{device_id}", response_model=DeviceOut)
+def get_device(ctx: Ctx, who: Caller, device_id: str) -> DeviceOut:
+    return DeviceOut.of(device_for(ctx, who, device_id))
+
+
+@router.put("/devices/{device_id}", response_model=DeviceOut)
+def put_device(ctx: Ctx, who: Caller, device_id: str, body: DeviceIn) -> DeviceOut:
+    """Create or replace a device (admin). Its site must exist."""
+    require_role(who, "admin", doing="change devices")
+    if body.site not in ctx.registry.sites:
+        raise HTTPException(400, f"unknown site {body.site}")
+    for p in body.parameters:
+        if p not in ctx.catalogue.parameters:
+            raise HTTPException(400, f"unknown parameter {p!r}")
+    old = ctx.registry.devices.get(device_id)
+    keep_hash = old.credential_hash if old else ""
+    device = device_from_dict(body.model_dump() | {"id": device_id, "credential_hash": keep_hash})
+    try:
+        ctx.registry.add_device(device)
+    except ValueError as exc:
+        raise HTTPException(409, str(exc)) from None
+    ctx.store.save_state(DEVICES_NS, {device_id: json.dumps(device_to_dict(device))})
+    return DeviceOut.of(device)
+
+
+def apply_stored_edits(store, registry) -> None:
+    """Lay the API's saved edits over a registry loaded from its file."""
+    for text in store.load_state(SITES_NS).values():
+        registry.add_site(site_from_dict(json.loads(text)))
+    for text in store.load_state(DEVICES_NS).values():
+        registry.add_device(device_from_dict(json.loads(text)))
