@@ -12,7 +12,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import routes_alerts, routes_compliance, routes_ops, routes_readings, routes_sites
+from api import (
+    dashboard,
+    routes_alerts,
+    routes_compliance,
+    routes_limits,
+    routes_ops,
+    routes_readings,
+    routes_sites,
+)
 from api.context import AppContext
 from api.routes_ops import ApiMetrics
 
@@ -39,8 +47,10 @@ def create_app(ctx: AppContext) -> FastAPI:
     )
     app.state.ctx = ctx
     ctx.api_metrics = ApiMetrics()
-    for module in (routes_ops, routes_readings, routes_alerts, routes_sites, routes_compliance):
+    routers = (routes_ops, routes_readings, routes_alerts, routes_sites, routes_limits)
+    for module in (*routers, routes_compliance):
         app.include_router(module.router)
+    dashboard.mount(app)
 
     @app.middleware("http")
     async def timing(request: Request, call_next):

@@ -142,6 +142,30 @@ class MeOut(BaseModel):
     kind: str
 
 
+class LimitOut(BaseModel):
+    parameter: str
+    min: float | None
+    max: float | None
+    unit: str
+    text: str
+    standard: str
+    clause: str
+    confidence: str
+    profile: str
+    pending_s: int
+    clear_s: int
+    hysteresis: float
+
+
+class ProfileOut(BaseModel):
+    id: str
+    title_zh: str
+    title_en: str
+    standard: str
+    note: str
+    limits: list[LimitOut]
+
+
 class BucketOut(BaseModel):
     start: str = Field(description="interval start, UTC")
     parameter: str
@@ -241,3 +265,46 @@ class Health(BaseModel):
     broker_connected: bool
     readings_stored: int
     dead_lettered: int
+
+
+class ErrorOut(BaseModel):
+    """Every error the API returns: one message a person can act on."""
+
+    detail: str = Field(description="what went wrong and what to do about it")
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(description="where: query, path, header or body, then the field")
+    msg: str
+    type: str
+
+
+class ValidationErrorOut(ErrorOut):
+    errors: list[ValidationIssue] = Field(description="each problem found, for programs")
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready", "not ready"]
+    problems: list[str] = Field(description="why not ready; empty when ready")
+
+
+_ERROR_MEANING = {
+    400: "the request is well-formed but cannot be served as asked (see detail)",
+    401: "not logged in, or the token is unknown or expired",
+    403: "outside the caller's role or jurisdictions",
+    404: "no such site, device or alert",
+    409: "conflicts with the current state (see detail)",
+    422: "the request does not match this schema",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI entries for the error statuses a route may answer with, so clients (and
+    schemathesis) see the real shape `{"detail": "..."}` instead of FastAPI's default."""
+    return {
+        code: {
+            "model": ValidationErrorOut if code == 422 else ErrorOut,
+            "description": _ERROR_MEANING[code],
+        }
+        for code in codes
+    }

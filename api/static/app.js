@@ -1,0 +1,425 @@
+// Landun dashboard: a small page over the public API (no framework, no CDN).
+"use strict";
+
+const TZ = "Asia/Shanghai";
+const state = {
+  token: sessionStorage.getItem("landun.token"),
+  me: null,
+  lang: localStorage.getItem("landun.lang") || "zh",
+  stream: null,
+  lastEventId: null,
+  refreshTimer: null,
+};
+
+const t = (key) => (I18N[state.lang] && I18N[state.lang][key]) || I18N.en[key] || key;
+const view = () => document.getElementById("view");
+
+function esc(value) {
+  return String(value ?? "").replace(/[&<>"']/g, (c) => (
+    { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+
+function fmtTime(iso) {
+  if (!iso) return "—";
+  const d = new Date(iso);
+  return new Intl.DateTimeFormat(state.lang === "zh" ? "zh-CN" : "en-GB", {
+    timeZone: TZ, year: "numeric", month: "2-digit", day: "2-digit",
+    hour: "2-digit", minute: "2-digit", hour12: false,
+  }).format(d);
+}
+
+function fmtValue(v) {
+  return v === null || v === undefined ? "—" : Number(v).toLocaleString(undefined, { maximumFractionDigits: 3 });
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  if (options.body) headers["Content-Type"] = "application/json";
+  const r = await fetch(path, Object.assign({}, options, { headers }));
+  if (r.status === 401) {
+    logout();
+    throw new Error(t("loginFailed"));
+  }
+  if (!r.ok) {
+    let detail = r.statusText;
+    try { detail = (await r.json()).detail; } catch (e) { /* not JSON */ }
+    throw new Error(detail);
+  }
+  const type = r.headers.get("content-type") || "";
+  return type.includes("json") ? r.json() : r.text();
+}
+
+function applyLanguage() {
+  document.documentElement.lang = state.lang === "zh" ? "zh-CN" : "en";
+  document.getElementById("lang").textContent = state.lang === "zh" ? "English" : "中文";
+  document.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = t(el.dataset.i18n); });
+}
+
+// ---- login ------------------------------------------------------------------------------------
+
+function showLogin(message) {
+  document.getElementById("feed").hidden = true;
+  document.body.classList.remove("with-feed");
+  document.getElementById("logout").hidden = true;
+  document.getElementById("who").textContent = "";
+  view().innerHTML = `
+    <form class="card login" id="login-form">
+      <h1>${esc(t("login"))}</h1>
+      <label for="username">${esc(t("username"))}</label>
+      <input id="username" name="username" autocomplete="username" required>
+      <label for="password">${esc(t("password"))}</label>
+      <input id="password" name="password" type="password" autocomplete="current-password" required>
+      <p class="error" id="login-error">${esc(message || "")}</p>
+      <button class="btn" type="submit">${esc(t("login"))}</button>
+    </form>`;
+  document.getElementById("login-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const body = JSON.stringify({
+      username: document.getElementById("username").value,
+      password: document.getElementById("password").value,
+    });
+    const r = await fetch("/api/v1/auth/login", { method: "POST", body, headers: { "Content-Type": "application/json" } });
+    if (!r.ok) {
+      document.getElementById("login-error").textContent = `${t("loginFailed")}: ${(await r.json()).detail}`;
+      return;
+    }
+    state.token = (await r.json()).token;
+    sessionStorage.setItem("landun.token", state.token);
+    start();
+  });
+}
+
+function logout() {
+  state.token = null;
+  sessionStorage.removeItem("landun.token");
+  if (state.stream) state.stream.abort();
+  showLogin();
+}
+
+// ---- live feed (Server-Sent Events over fetch, so the token can travel in a header) ----------
+
+async function followStream() {
+  const feedState = document.getElementById("feed-state");
+  while (state.token) {
+    const controller = new AbortController();
+    state.stream = controller;
+    try {
+      const headers = { Authorization: `Bearer ${state.token}` };
+      if (state.lastEventId) headers["Last-Event-ID"] = state.lastEventId;
+      const r = await fetch("/api/v1/alerts/stream", { headers, signal: controller.signal });
+      if (!r.ok) throw new Error(r.statusText);
+      feedState.textContent = t("connected");
+      const reader = r.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          handleEvent(buffer.slice(0, cut));
+          buffer = buffer.slice(cut + 2);
+        }
+      }
+    } catch (e) {
+      if (controller.signal.aborted) return;
+    }
+    feedState.textContent = t("reconnecting");
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
+}
+
+function handleEvent(block) {
+  let id = null;
+  let data = "";
+  for (const line of block.split("\n")) {
+    if (line.startsWith("id: ")) id = line.slice(4);
+    else if (line.startsWith("data: ")) data += line.slice(6);
+  }
+  if (!data) return;
+  state.lastEventId = id;
+  const ev = JSON.parse(data);
+  const a = ev.alert;
+  const li = document.createElement("li");
+  li.innerHTML = `<span class="badge ${esc(a.severity)}">${esc(t(a.severity))}</span>
+    <b>${esc(t(ev.action))}</b> ${fmtTime(ev.at)}<br>
+    <a href="#/alert/${a.id}">${esc(a.site_id)} · ${esc(a.parameter || a.rule_id)}</a>
+    ${a.worst_value !== null ? `· ${fmtValue(a.worst_value)}` : ""}`;
+  li.dataset.alertId = a.id;
+  document.getElementById("feed-list").prepend(li);
+  // The page behind the feed may now be out of date: refresh it, at most every 2 s.
+  clearTimeout(state.refreshTimer);
+  state.refreshTimer = setTimeout(() => route(true), 2000);
+}
+
+// ---- overview ---------------------------------------------------------------------------------
+
+async function overview() {
+  const [sites, alerts] = await Promise.all([
+    api("/api/v1/sites"),
+    api("/api/v1/alerts?status=open&status=acknowledged&limit=200"),
+  ]);
+  const names = Object.fromEntries(sites.map((s) => [s.id, s.name]));
+  view().innerHTML = `
+    <h1>${esc(t("overview"))}</h1>
+    <div class="filters">
+      <input id="q" type="search" placeholder="${esc(t("search"))}" aria-label="${esc(t("search"))}">
+      <select id="status-filter" aria-label="${esc(t("status"))}">
+        <option value="">${esc(t("allStatuses"))}</option>
+        <option value="normal">${esc(t("normal"))}</option>
+        <option value="over_limit">${esc(t("over_limit"))}</option>
+        <option value="offline_or_fault">${esc(t("offline_or_fault"))}</option>
+      </select>
+    </div>
+    <table id="sites"><thead><tr>
+      <th>${esc(t("site"))}</th><th>${esc(t("status"))}</th><th>${esc(t("openAlerts"))}</th>
+      <th class="hide-sm">${esc(t("lastData"))}</th><th class="hide-sm">${esc(t("jurisdiction"))}</th>
+    </tr></thead><tbody></tbody></table>
+    <p class="muted">${esc(t("tz"))}</p>
+    ${mapSvg(sites)}
+    <h2>${esc(t("alerts"))}</h2>
+    ${alertTable(alerts, names)}`;
+  const render = () => {
+    const q = document.getElementById("q").value.trim().toLowerCase();
+    const st = document.getElementById("status-filter").value;
+    const rows = sites.filter((s) => (!st || s.current.status === st)
+      && (!q || s.name.toLowerCase().includes(q) || s.id.toLowerCase().includes(q)));
+    document.querySelector("#sites tbody").innerHTML = rows.map((s) => `
+      <tr data-site="${esc(s.id)}">
+        <td><a href="#/site/${esc(s.id)}">${esc(s.name)}</a><br><span class="muted">${esc(s.id)} · ${esc(t(s.kind))}</span></td>
+        <td><span class="badge ${esc(s.current.status)}">${esc(t(s.current.status))}</span></td>
+        <td>${s.current.open_alerts}</td>
+        <td class="hide-sm">${fmtTime(s.current.last_data)}</td>
+        <td class="hide-sm">${esc(s.jurisdiction)}</td>
+      </tr>`).join("");
+  };
+  document.getElementById("q").addEventListener("input", render);
+  document.getElementById("status-filter").addEventListener("change", render);
+  render();
+  bindAlertActions();
+}
+
+function mapSvg(sites) {
+  const placed = sites.filter((s) => s.latitude !== null && s.longitude !== null);
+  if (!placed.length) return "";
+  const lats = placed.map((s) => s.latitude);
+  const lons = placed.map((s) => s.longitude);
+  const pad = 0.01;
+  const [x0, x1] = [Math.min(...lons) - pad, Math.max(...lons) + pad];
+  const [y0, y1] = [Math.min(...lats) - pad, Math.max(...lats) + pad];
+  const colour = { normal: "#1b7f3b", over_limit: "#c0262d", offline_or_fault: "#b26a00" };
+  const dots = placed.map((s) => {
+    const x = 20 + ((s.longitude - x0) / (x1 - x0)) * 560;
+    const y = 240 - ((s.latitude - y0) / (y1 - y0)) * 220;
+    return `<a href="#/site/${esc(s.id)}"><circle cx="${x}" cy="${y}" r="7" fill="${colour[s.current.status]}"><title>${esc(s.name)}</title></circle>
+      <text x="${x + 10}" y="${y + 4}">${esc(s.name.split(" (")[0])}</text></a>`;
+  }).join("");
+  return `<h2>${esc(t("map"))}</h2><svg class="map" viewBox="0 0 600 260" role="img" aria-label="${esc(t("map"))}">${dots}</svg>`;
+}
+
+function alertTable(alerts, names) {
+  if (!alerts.length) return `<p class="muted">${esc(t("noData"))}</p>`;
+  return `<table id="alerts"><thead><tr>
+      <th>${esc(t("site"))}</th><th>${esc(t("parameter"))}</th><th>${esc(t("severity"))}</th>
+      <th>${esc(t("status"))}</th><th class="hide-sm">${esc(t("first"))}</th><th>${esc(t("worst"))}</th><th></th>
+    </tr></thead><tbody>${alerts.map((a) => `
+      <tr data-alert="${a.id}">
+        <td><a href="#/alert/${a.id}">${esc(names[a.site_id] || a.site_id)}</a></td>
+        <td>${esc(a.parameter || a.rule_id)}<br><span class="muted">${esc(t(a.family))}</span></td>
+        <td><span class="badge ${esc(a.severity)}">${esc(t(a.severity))}</span></td>
+        <td class="${esc(a.status)}">${esc(t(a.status))}</td>
+        <td class="hide-sm">${fmtTime(a.first)}</td>
+        <td>${fmtValue(a.worst_value)} ${esc(a.limit.unit || "")}</td>
+        <td>${a.status === "open" ? `<button class="btn ack" data-id="${a.id}">${esc(t("acknowledge"))}</button>` : ""}</td>
+      </tr>`).join("")}</tbody></table>`;
+}
+
+function bindAlertActions() {
+  document.querySelectorAll("button.ack").forEach((b) => b.addEventListener("click", async () => {
+    b.disabled = true;
+    await api(`/api/v1/alerts/${b.dataset.id}/acknowledge`, { method: "POST", body: JSON.stringify({ comment: "" }) });
+    route(true);
+  }));
+}
+
+// ---- site page --------------------------------------------------------------------------------
+
+const PERIODS = { h24: [86400e3, "5m", 300e3], d7: [7 * 86400e3, "1h", 3600e3], d30: [30 * 86400e3, "1h", 3600e3] };
+
+async function sitePage(siteId, period) {
+  const [site, devices, limits, alerts] = await Promise.all([
+    api(`/api/v1/sites/${encodeURIComponent(siteId)}`),
+    api(`/api/v1/devices?site=${encodeURIComponent(siteId)}`),
+    api(`/api/v1/sites/${encodeURIComponent(siteId)}/limits`),
+    api(`/api/v1/alerts?site=${encodeURIComponent(siteId)}&limit=500`),
+  ]);
+  const [span, every, step] = PERIODS[period];
+  const end = Date.now();
+  const start = end - span;
+  const limitOf = Object.fromEntries(limits.map((l) => [l.parameter, l]));
+  view().innerHTML = `
+    <p><a href="#/">← ${esc(t("back"))}</a></p>
+    <h1>${esc(site.name)} <span class="badge ${esc(site.current.status)}">${esc(t(site.current.status))}</span></h1>
+    <p class="muted">${esc(site.id)} · ${esc(site.address)} · ${esc(t("jurisdiction"))} ${esc(site.jurisdiction)} · ${esc(site.profile)}</p>
+    <div class="filters">${Object.keys(PERIODS).map((p) => `
+      <a class="btn ${p === period ? "" : "secondary"}" href="#/site/${esc(siteId)}/${p}" role="button">${esc(t(p))}</a>`).join("")}
+    </div>
+    <p class="muted">${esc(t("limitBand"))} · ${esc(t("episodes"))} · ${esc(t("gaps"))} · ${esc(t("tz"))}</p>
+    <div class="charts" id="charts"></div>
+    <h2>${esc(t("alerts"))}</h2>
+    ${alertTable(alerts, { [site.id]: site.name })}`;
+  bindAlertActions();
+  const charts = document.getElementById("charts");
+  for (const device of devices) {
+    if (!device.parameters.length) continue;
+    const q = device.parameters.map((p) => `parameter=${encodeURIComponent(p)}`).join("&");
+    const buckets = await api(`/api/v1/readings/downsampled?device=${encodeURIComponent(device.id)}&${q}`
+      + `&every=${every}&start=${new Date(start).toISOString()}&end=${new Date(end).toISOString()}`);
+    for (const p of device.parameters) {
+      const box = document.createElement("div");
+      box.className = "card chart";
+      box.dataset.parameter = p;
+      const lim = limitOf[p];
+      box.innerHTML = `<h3>${esc(p)} <span class="muted">${esc(device.id)}${lim ? ` · ${esc(t("limit"))} ${esc(lim.text)}` : ""}</span></h3>`;
+      charts.appendChild(box);
+      const episodes = alerts.filter((a) => a.device_id === device.id && a.parameter === p);
+      drawChart(box, buckets.filter((b) => b.parameter === p), lim, episodes, start, end, step);
+    }
+  }
+}
+
+function drawChart(box, buckets, limit, episodes, start, end, step) {
+  // A regular time axis with null where no data arrived, so gaps show as breaks.
+  const byTime = new Map(buckets.map((b) => [Date.parse(b.start), b.mean]));
+  const first = Math.floor(start / step) * step;
+  const xs = [];
+  const ys = [];
+  for (let x = first; x < end; x += step) {
+    xs.push(x / 1000);
+    ys.push(byTime.has(x) ? byTime.get(x) : null);
+  }
+  const values = ys.filter((v) => v !== null);
+  const lo = Math.min(...values, limit && limit.min !== null ? limit.min : Infinity);
+  const hi = Math.max(...values, limit && limit.max !== null ? limit.max : -Infinity);
+  const margin = (hi - lo) * 0.15 || 1;
+  const shade = (u) => {
+    const { ctx, bbox } = u;
+    ctx.save();
+    if (limit) {
+      const top = limit.max !== null ? u.valToPos(limit.max, "y", true) : bbox.top;
+      const bottom = limit.min !== null ? u.valToPos(limit.min, "y", true) : bbox.top + bbox.height;
+      ctx.fillStyle = "rgba(27,127,59,0.10)";
+      ctx.fillRect(bbox.left, top, bbox.width, bottom - top);
+    }
+    ctx.fillStyle = "rgba(192,38,45,0.15)";
+    for (const a of episodes) {
+      const x0 = u.valToPos(Date.parse(a.first) / 1000, "x", true);
+      const x1 = u.valToPos(Date.parse(a.resolved || a.last) / 1000, "x", true);
+      const left = Math.max(bbox.left, x0);
+      const right = Math.min(bbox.left + bbox.width, Math.max(x1, x0 + 2));
+      if (right > left) ctx.fillRect(left, bbox.top, right - left, bbox.height);
+    }
+    ctx.restore();
+  };
+  const width = Math.max(280, box.clientWidth - 30);
+  const opts = {
+    width, height: 200,
+    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), TZ),
+    scales: { y: { range: () => (Number.isFinite(lo) ? [lo - margin, hi + margin] : [0, 1]) } },
+    series: [{}, { label: t("mean"), stroke: "#0d3b66", width: 1.5, spanGaps: false }],
+    hooks: { drawClear: [shade] },
+    legend: { show: false },
+  };
+  // eslint-disable-next-line no-new
+  new uPlot(opts, [xs, ys], box);
+}
+
+// ---- alert page -------------------------------------------------------------------------------
+
+async function alertPage(alertId) {
+  const record = await api(`/api/v1/alerts/${alertId}/evidence`);
+  const a = record.alert;
+  const s = record.site;
+  const act = a.status === "resolved" ? "" : `
+    <button class="btn" id="do-ack" ${a.status !== "open" ? "disabled" : ""}>${esc(t("acknowledge"))}</button>
+    <button class="btn" id="do-resolve">${esc(t("resolve"))}</button>`;
+  view().innerHTML = `
+    <p><a href="#/site/${esc(a.site_id)}">← ${esc(s.name || a.site_id)}</a></p>
+    <h1>${esc(t("evidence"))} #${a.id} <span class="badge ${esc(a.severity)}">${esc(t(a.severity))}</span>
+      <span class="${esc(a.status)}">${esc(t(a.status))}</span></h1>
+    <div class="card"><dl class="facts">
+      <dt>${esc(t("site"))}</dt><dd>${esc(s.name)} (${esc(s.id)}), ${esc(s.address)}</dd>
+      <dt>${esc(t("jurisdiction"))}</dt><dd>${esc(s.jurisdiction)}</dd>
+      <dt>${esc(t("device"))}</dt><dd>${esc(a.device_id || "—")}</dd>
+      <dt>${esc(t("parameter"))}</dt><dd>${esc(a.parameter || a.rule_id)} · ${esc(a.message)}</dd>
+      <dt>${esc(t("limit"))}</dt><dd>${esc(record.limit.text || "—")}</dd>
+      <dt>${esc(t("clause"))}</dt><dd>${esc(record.limit.clause || "—")}</dd>
+      <dt>${esc(t("first"))}</dt><dd>${fmtTime(a.first)}</dd>
+      <dt>${esc(t("last"))}</dt><dd>${fmtTime(a.last)}</dd>
+      <dt>${esc(t("duration"))}</dt><dd>${Math.round(record.duration_s / 60)} ${esc(t("minutes"))}</dd>
+      <dt>${esc(t("worst"))}</dt><dd>${fmtValue(a.worst_value)} ${esc(record.limit.unit || "")} (${fmtTime(a.worst)})</dd>
+    </dl></div>
+    <div class="actions">${act}
+      <textarea id="comment" placeholder="${esc(t("commentPlaceholder"))}"></textarea>
+      <button class="btn secondary" id="do-comment">${esc(t("comment"))}</button>
+      <button class="btn secondary" id="do-print">${esc(t("printEvidence"))}</button>
+    </div>
+    <h2>${esc(t("audit"))}</h2>
+    <ul>${record.audit.map((e) => `<li>${fmtTime(e.at)} ${esc(e.actor)}: ${esc(t(e.action))} ${esc(e.comment)}</li>`).join("")}</ul>
+    <h2>${esc(t("readings"))} (${record.readings.length})</h2>
+    <table><thead><tr><th>${esc(t("last"))}</th><th>${esc(t("parameter"))}</th><th>${esc(t("value"))}</th><th>flag</th></tr></thead>
+    <tbody>${record.readings.map((r) => `<tr style="${r.in_episode ? "background:#fde2e2" : ""}">
+      <td>${fmtTime(r.ts)}</td><td>${esc(r.parameter)}</td><td>${fmtValue(r.value)}</td><td>${esc(r.flag)}</td></tr>`).join("")}</tbody></table>`;
+  const post = async (action) => {
+    const comment = document.getElementById("comment").value;
+    await api(`/api/v1/alerts/${alertId}/${action}`, { method: "POST", body: JSON.stringify({ comment }) });
+    route(true);
+  };
+  const on = (id, fn) => { const el = document.getElementById(id); if (el) el.addEventListener("click", fn); };
+  on("do-ack", () => post("acknowledge"));
+  on("do-resolve", () => post("resolve"));
+  on("do-comment", () => post("comments"));
+  on("do-print", () => window.print());
+}
+
+// ---- routing ----------------------------------------------------------------------------------
+
+async function route(quiet) {
+  if (!state.token) return showLogin();
+  const parts = location.hash.replace(/^#\/?/, "").split("/");
+  try {
+    if (parts[0] === "site" && parts[1]) await sitePage(decodeURIComponent(parts[1]), PERIODS[parts[2]] ? parts[2] : "h24");
+    else if (parts[0] === "alert" && parts[1]) await alertPage(Number(parts[1]));
+    else await overview();
+  } catch (e) {
+    if (!quiet && state.token) view().innerHTML = `<p class="error">${esc(e.message)}</p>`;
+  }
+}
+
+async function start() {
+  try {
+    state.me = await api("/api/v1/auth/me");
+  } catch (e) {
+    return;
+  }
+  document.getElementById("who").textContent = `${state.me.name} (${state.me.role})`;
+  document.getElementById("logout").hidden = false;
+  document.getElementById("feed").hidden = false;
+  document.body.classList.add("with-feed");
+  applyLanguage();
+  route();
+  followStream();
+}
+
+document.getElementById("lang").addEventListener("click", () => {
+  state.lang = state.lang === "zh" ? "en" : "zh";
+  localStorage.setItem("landun.lang", state.lang);
+  applyLanguage();
+  if (state.token) route(); else showLogin();
+});
+document.getElementById("logout").addEventListener("click", logout);
+window.addEventListener("hashchange", () => route());
+applyLanguage();
+if (state.token) start(); else showLogin();
