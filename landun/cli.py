@@ -12,6 +12,7 @@ from pathlib import Path
 
 from alerts.notify_webhook import WebhookTarget
 from landun import accounts
+from landun.mosquitto_export import add_subparser as add_devices_subparser
 from landun.system import RunConfig, System, run_hj212_gateway
 
 
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     accounts.add_subparsers(sub)
+    add_devices_subparser(sub)
 
     gw = sub.add_parser("hj212-gateway", help="run only the HJ 212 TCP gateway")
     gw.add_argument("--host", dest="hj212_host", default="0.0.0.0", help="bind address")

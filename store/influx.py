@@ -15,8 +15,9 @@ before it acknowledges the messages to the broker.
 
 Errors: an unreachable or overloaded server raises `StoreUnavailable` (ingest backs off and
 retries, the broker holds the backlog); a rejected token, missing permission or missing bucket
-raises `InfluxConfigError`, which is not retried: waiting does not fix a configuration error, so
-ingest stops with that message instead of retrying for ever.
+raises `InfluxConfigError`, deliberately not a `StoreUnavailable`: the pipeline's store backoff
+does not retry it, because waiting does not fix a configuration error; it reaches the caller,
+which should stop and say so.
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ def to_line_protocol(
         site = registry.sites.get(r.site_id)
         tags = {"device": r.device_id, "jurisdiction": site.jurisdiction if site else "",
                 "parameter": r.parameter, "site": r.site_id}  # fmt: skip
+        # Measurement + tags are the series key, and a point is unique per series and time:
+        # that is what makes a redelivered reading overwrite itself. A device moved to another
+        # site or jurisdiction in the registry starts a new series, so only then could a late
+        # redelivery of an older reading be stored twice.
         # Tags sorted by key (what InfluxDB does anyway); an empty tag value is not allowed.
         tag_text = "".join(f",{k}={_escape_key(v)}" for k, v in sorted(tags.items()) if v)
         fields = [

@@ -1,0 +1,206 @@
+"""One contract for every readings backend: SQLite always, InfluxDB when a server is configured.
+
+InfluxDB runs when LANDUN_INFLUX_URL, LANDUN_INFLUX_TOKEN, LANDUN_INFLUX_ORG and
+LANDUN_INFLUX_BUCKET are set (e.g. against `docker compose up influxdb`); each test uses its own
+site and device ids, so runs never see each other's points in the shared bucket."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from domain.model import DeadLetter, Device, Reading, Site, SiteKind
+from domain.registry import Registry
+from store.base import DeviceStatus, ReadingQuery, Store, StoreUnavailable
+from store.sqlite import SqliteStore
+
+INFLUX_ENV = (
+    "LANDUN_INFLUX_URL",
+    "LANDUN_INFLUX_TOKEN",
+    "LANDUN_INFLUX_ORG",
+    "LANDUN_INFLUX_BUCKET",
+)
+T0 = 1_795_334_400_000
+MIN = 60_000
+
+
+@dataclass
+class Backend:
+    name: str
+    store: Store
+    sqlite_path: Path
+    site: str
+    dev_a: str
+    dev_b: str
+
+
+def _registry(site: str, other_site: str, dev_a: str, dev_b: str) -> Registry:
+    reg = Registry()
+    reg.add_site(Site(site, "Pool", SiteKind.POOL, "310104"))
+    reg.add_site(Site(other_site, "Other pool", SiteKind.POOL, "310105"))
+    reg.add_device(Device(dev_a, site, "pool_analyzer", ("ph", "orp")))
+    reg.add_device(Device(dev_b, other_site, "pool_analyzer", ("ph", "orp")))
+    return reg
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "influx",
+            marks=pytest.mark.skipif(
+                not os.environ.get("LANDUN_INFLUX_URL"),
+                reason="LANDUN_INFLUX_URL not set: no InfluxDB server here",
+            ),
+        ),
+    ]
+)
+def backend(request, tmp_path: Path) -> Iterator[Backend]:
+    tag = uuid.uuid4().hex[:8]
+    site, dev_a, dev_b = f"site-{tag}", f"dev-a-{tag}", f"dev-b-{tag}"
+    path = tmp_path / "landun.db"
+    relational = SqliteStore(path)
+    if request.param == "sqlite":
+        store: Store = relational
+    else:
+        from store.influx import InfluxStore
+
+        url, token, org, bucket = (os.environ[k] for k in INFLUX_ENV)
+        reg = _registry(site, f"other-{tag}", dev_a, dev_b)
+        store = InfluxStore(url, token, org, bucket, relational, reg)
+        store.ensure_bucket(retention_days=0)
+    yield Backend(request.param, store, path, site, dev_a, dev_b)
+    store.close()
+
+
+def _r(b: Backend, minute: int, param: str = "ph", device: str | None = None, **kw) -> Reading:
+    dev = device or b.dev_a
+    site = b.site if dev == b.dev_a else f"other-{b.site.removeprefix('site-')}"
+    base = dict(
+        device_id=dev,
+        site_id=site,
+        parameter=param,
+        ts_ms=T0 + minute * MIN,
+        value=7.0 + minute / 100,
+        flag="N",
+        recv_ms=T0 + minute * MIN + 1234,
+        seq=minute,
+    )
+    return Reading(**{**base, **kw})  # fmt: skip
+
+
+def _mine(b: Backend, **kw) -> list[Reading]:
+    """Query restricted to this test's devices: a shared bucket holds other runs' points."""
+    q = ReadingQuery(**kw)
+    if q.device_id is None and q.site_id is None:
+        return [r for r in b.store.query_readings(q) if r.device_id in (b.dev_a, b.dev_b)]
+    return b.store.query_readings(q)
+
+
+def test_round_trip_keeps_both_times_value_flag_and_seq(backend: Backend) -> None:
+    readings = [_r(backend, 0), _r(backend, 1, flag="C"), _r(backend, 2, "orp", value=712.0,
+                                                              seq=None)]  # fmt: skip
+    assert backend.store.write_batch(readings) == 3
+    assert _mine(backend, device_id=backend.dev_a) == readings
+
+
+def test_duplicates_are_stored_once(backend: Backend) -> None:
+    r = _r(backend, 0)
+    backend.store.write_batch([r, r])
+    n = backend.store.write_batch([r])
+    # SQLite counts new rows (0 here); InfluxDB cannot tell and counts every reading written.
+    assert 0 <= n <= 1
+    assert _mine(backend, device_id=backend.dev_a) == [r]
+
+
+def test_ordering_limit_and_descending(backend: Backend) -> None:
+    readings = [_r(backend, m) for m in (3, 0, 2, 1)]
+    backend.store.write_batch(readings)
+    asc = sorted(readings, key=lambda r: r.ts_ms)
+    assert _mine(backend, device_id=backend.dev_a) == asc
+    assert _mine(backend, device_id=backend.dev_a, descending=True) == asc[::-1]
+    assert _mine(backend, device_id=backend.dev_a, limit=2) == asc[:2]
+    assert _mine(backend, device_id=backend.dev_a, limit=2, descending=True) == asc[:1:-1]
+
+
+def test_filters(backend: Backend) -> None:
+    a = [_r(backend, m) for m in range(4)] + [_r(backend, m, "orp", value=700.0) for m in range(4)]
+    b = [_r(backend, m, device=backend.dev_b) for m in range(4)]
+    backend.store.write_batch(a + b)
+    assert _mine(backend, device_id=backend.dev_b) == b
+    assert {r.device_id for r in _mine(backend, site_id=backend.site)} == {backend.dev_a}
+    orp = _mine(backend, device_id=backend.dev_a, parameters=("orp",))
+    assert [r.parameter for r in orp] == ["orp"] * 4
+    both = _mine(backend, device_id=backend.dev_a, parameters=("orp", "ph"))
+    assert len(both) == 8
+    # Start inclusive, end exclusive.
+    window = _mine(backend, device_id=backend.dev_b, start_ms=T0 + MIN, end_ms=T0 + 3 * MIN)
+    assert [r.ts_ms for r in window] == [T0 + MIN, T0 + 2 * MIN]
+
+
+def test_flags_are_preserved(backend: Backend) -> None:
+    readings = [_r(backend, i, flag=f) for i, f in enumerate("NFMSDCTB")]
+    backend.store.write_batch(readings)
+    assert [r.flag for r in _mine(backend, device_id=backend.dev_a)] == list("NFMSDCTB")
+
+
+def test_store_unavailable_then_recovers(backend: Backend) -> None:
+    """A write that cannot be committed raises StoreUnavailable and commits nothing; the same
+    batch goes through once the store is back. (InfluxDB's unreachable case is covered in
+    tests/test_influx_unit.py; here the relational side is locked, which both backends use.)"""
+    blocker = sqlite3.connect(backend.sqlite_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    dead = DeadLetter("t", None, T0, "reason", b"x")
+    try:
+        with pytest.raises(StoreUnavailable):
+            backend.store.write_batch([_r(backend, 0)], [dead])
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert backend.store.dead_letters() == []
+    backend.store.write_batch([_r(backend, 0)], [dead])
+    assert backend.store.dead_letters() == [dead]
+    assert _mine(backend, device_id=backend.dev_a) == [_r(backend, 0)]
+
+
+def test_dead_letters_round_trip(backend: Backend) -> None:
+    raw = bytes(range(256))
+    first = DeadLetter("landun/v1/devices/x/telemetry", "x", T0, "unknown device x", raw)
+    second = DeadLetter("bad/topic", None, T0 + 5, "topic is not landun/...", b"{}", "hj212")
+    backend.store.write_batch([], [first, second])
+    assert backend.store.dead_letters() == [second, first]  # newest first
+    assert backend.store.dead_letters(since_ms=T0 + 1) == [second]
+    assert backend.store.dead_letters(limit=1) == [second]
+    assert backend.store.dead_letter_counts() == {
+        "unknown device x": 1,
+        "topic is not landun/...": 1,
+    }
+
+
+def test_statuses_keep_the_latest(backend: Backend) -> None:
+    old = DeviceStatus(backend.dev_a, T0, T0 - 10, "online", {"state": "online", "rssi": -70})
+    new = DeviceStatus(backend.dev_a, T0 + 5, None, "maintenance", {"state": "maintenance"})
+    backend.store.write_batch([], statuses=[old])
+    backend.store.write_batch([], statuses=[new])
+    assert backend.store.device_statuses() == {backend.dev_a: new}
+
+
+def test_last_seen_is_the_newest_receive_time(backend: Backend) -> None:
+    a0, a1 = _r(backend, 0), _r(backend, 1)
+    backend.store.write_batch([a1, a0, _r(backend, 0, device=backend.dev_b)])
+    backend.store.write_batch([_r(backend, 0, recv_ms=a0.recv_ms - 1)])
+    seen = backend.store.last_seen()
+    assert seen[backend.dev_a] == a1.recv_ms
+    assert seen[backend.dev_b] == a0.recv_ms
+
+
+def test_engine_state_round_trip(backend: Backend) -> None:
+    backend.store.save_state("ns", {"a": "1", "b": "2"})
+    backend.store.save_state("ns", {"a": None, "b": "3"})
+    assert backend.store.load_state("ns") == {"b": "3"}
