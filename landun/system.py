@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import signal
 import threading
@@ -35,6 +36,7 @@ from ingest.pipeline import IngestPipeline
 from landun.broker import EmbeddedBroker
 from landun.demo import BACKFILL_MS, demo_devices, demo_registry_path
 from simulators.runner import RunnerSettings, SimulatorRunner
+from store.base import Store
 from store.sqlite import SqliteStore
 
 log = logging.getLogger("landun")
@@ -77,7 +79,7 @@ class Core:
     registry: Registry
     catalogue: Catalogue
     db_path: Path
-    store: SqliteStore
+    store: Store
     engine: AlertEngine
     pipeline: IngestPipeline
 
@@ -88,6 +90,16 @@ class Core:
         catalogue = default_catalogue()
         db_path = cfg.data_dir / "landun.db"
         store = SqliteStore(db_path)
+        if os.environ.get("LANDUN_INFLUX_URL"):
+            # Readings in InfluxDB, everything else in SQLite; influxdb-client loads only if used.
+            from store.influx import InfluxStore
+
+            try:
+                store = InfluxStore.from_env(store, registry, catalogue)
+                store.ensure_bucket(int(os.environ.get("LANDUN_INFLUX_RETENTION_DAYS", "0")))
+            except BaseException:
+                store.close()  # the SqliteStore, or the InfluxStore with it
+                raise
         apply_stored_edits(store, registry)
         engine = AlertEngine(store, registry, builtin_profiles(), catalogue)
         detectors = load_detector_settings()
@@ -97,7 +109,7 @@ class Core:
         return cls(registry_path, registry, catalogue, db_path, store, engine, pipeline)
 
 
-def ensure_admin(store: SqliteStore, data_dir: Path, password: str | None) -> str:
+def ensure_admin(store: Store, data_dir: Path, password: str | None) -> str:
     """Make sure an admin exists; on first start with no password given, generate one, keep it
     in `<data-dir>/admin-password.txt` (mode 0600) and say so."""
     path = data_dir / "admin-password.txt"

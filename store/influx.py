@@ -1,8 +1,9 @@
 """InfluxDB 2 backend for readings, composed with a relational store for everything else.
 
-Readings go to InfluxDB; dead letters, device status, last-seen times, alerts, their audit trail
-and engine state stay in the relational store (SQLite), so `InfluxStore` satisfies the whole
-`Store` protocol.
+Readings go to InfluxDB; dead letters, device status, last-seen times, alerts, their audit trail,
+webhook deliveries, users and tokens, and engine state stay in the relational store (SQLite), so
+`InfluxStore` satisfies the whole `Store` protocol: the readings methods are implemented here, the
+rest are forwarded by name (`DELEGATED`).
 
 Schema: one measurement per parameter family (`pool_water`, `waste_store`, from
 domain/data/parameters.toml); tags `site`, `device`, `jurisdiction`, `parameter`; fields `value`
@@ -25,38 +26,29 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Literal, TypeVar
+from decimal import Decimal
+from typing import Any, TypeVar
 
 import urllib3.exceptions
 from influxdb_client import BucketRetentionRules, InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
-from domain.model import Alert, DeadLetter, Reading
+from domain.model import DeadLetter, Reading
 from domain.params import Catalogue, default_catalogue
 from domain.registry import Registry
-from store.base import (
-    AlertChange,
-    AlertQuery,
-    AuditEntry,
-    DeviceStatus,
-    ReadingQuery,
-    StoreUnavailable,
-)
+from store.base import Bucket, DeviceStatus, ReadingQuery, StoreUnavailable
 from store.sqlite import SqliteStore
 
 log = logging.getLogger("landun.store.influx")
 
 T = TypeVar("T")
-AggregateFn = Literal["mean", "min", "max"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # range() needs a stop; sensor clocks may run minutes ahead of ours, so "now" would hide them.
 _FAR_FUTURE = "2100-01-01T00:00:00Z"
-_FLUX_DURATION = re.compile(r"^(\d+(ns|us|µs|ms|s|m|h|d|w|mo|y))+$")
 # Last-seen times live in the relational store's engine state, beside the alerts that use them.
 _LAST_SEEN_NS = "store.influx.last_seen"
 
@@ -177,40 +169,140 @@ def flux_readings(bucket: str, q: ReadingQuery, measurements: Sequence[str]) -> 
     )
 
 
+def flux_float(value: float) -> str:
+    """A Flux float literal: Flux has no exponent notation, so 1e-05 is written 0.00001."""
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"Flux has no literal for {v}")
+    text = format(Decimal(repr(v)), "f")
+    return text if "." in text else text + ".0"
+
+
+def _pivoted(bucket: str, start: str, stop: str, preds: Sequence[str]) -> list[str]:
+    """Value and flag of each reading in one row (flag is a field, so filtering on it needs the
+    pivot)."""
+    where = " and ".join([*preds, '(r._field == "value" or r._field == "flag")'])
+    return [
+        f"from(bucket: {flux_string(bucket)})",
+        f"  |> range(start: {start}, stop: {stop})",
+        f"  |> filter(fn: (r) => {where})",
+        '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")',
+    ]
+
+
+# Count, sum, min and max of one window in one pass; the mean is sum / count, taken in Python.
+_WINDOW_STATS = """\
+stats = (column, tables=<-) => tables
+  |> reduce(
+    identity: {n: 0, total: 0.0, lo: 0.0, hi: 0.0},
+    fn: (r, accumulator) => ({
+      n: accumulator.n + 1,
+      total: accumulator.total + r.value,
+      lo: if accumulator.n == 0 or r.value < accumulator.lo then r.value else accumulator.lo,
+      hi: if accumulator.n == 0 or r.value > accumulator.hi then r.value else accumulator.hi
+    })
+  )"""
+
+
 def flux_downsample(
+    bucket: str,
+    measurements: Sequence[str],
+    device_id: str,
+    parameters: Sequence[str],
+    start_ms: int,
+    end_ms: int,
+    every_ms: int,
+    valid_only: bool = True,
+) -> str:
+    """Flux for Store.downsample: count, sum, min and max per parameter and UTC-aligned window of
+    `every_ms` over [start_ms, end_ms), each row stamped with its window's start.
+
+    Windows are aligned to the epoch, like SQLite's (ts // every) * every; but Flux clips a
+    window to the range, so a range starting at 08:03 would stamp the first 5m window 08:03. The
+    range therefore starts at the aligned 08:00 and a filter on _time keeps readings from 08:03."""
+    if int(every_ms) <= 0:
+        raise ValueError(f"every_ms={every_ms!r} must be a positive number of milliseconds")
+    if not measurements or not parameters:
+        raise ValueError("need at least one measurement and one parameter")
+    aligned = start_ms - start_ms % every_ms
+    keep = f"r._time >= {flux_time(start_ms)}" + (' and r.flag == "N"' if valid_only else "")
+    preds = [
+        _any_of("_measurement", measurements),
+        f"r.device == {flux_string(device_id)}",
+        _any_of("parameter", parameters),
+    ]
+    return "\n".join(
+        [
+            _WINDOW_STATS,
+            *_pivoted(bucket, flux_time(aligned), flux_time(end_ms), preds),
+            f"  |> filter(fn: (r) => {keep})",
+            # One table per parameter, even if the device's site or jurisdiction tag changed
+            # within the range (a new series).
+            '  |> group(columns: ["parameter"])',
+            f'  |> aggregateWindow(every: {int(every_ms)}ms, fn: stats, column: "value",'
+            ' createEmpty: false, timeSrc: "_start")',
+            "  |> group()",
+            '  |> sort(columns: ["_time", "parameter"])',
+        ]
+    )
+
+
+def flux_latest(bucket: str, measurements: Sequence[str], device_id: str) -> str:
+    """Flux for Store.latest_readings: the newest point of each parameter of a device.
+
+    last() runs per field series; a point written without seq leaves seq's last value on an older
+    point, which pivots into a row without a value and is dropped."""
+    preds = f"{_any_of('_measurement', measurements)} and r.device == {flux_string(device_id)}"
+    return "\n".join(
+        [
+            f"from(bucket: {flux_string(bucket)})",
+            _range(None, None),
+            f"  |> filter(fn: (r) => {preds})",
+            "  |> last()",
+            '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")',
+            "  |> filter(fn: (r) => exists r.value)",
+            # Several series per parameter if the device moved site: the newest of them.
+            '  |> group(columns: ["parameter"])',
+            '  |> sort(columns: ["_time"])',
+            '  |> last(column: "_time")',
+            "  |> group()",
+            '  |> sort(columns: ["parameter"])',
+        ]
+    )
+
+
+def flux_reading_stats(
     bucket: str,
     measurement: str,
     device_id: str,
     parameter: str,
     start_ms: int,
     end_ms: int,
-    every: str,
-    fn: AggregateFn,
+    low: float | None,
+    high: float | None,
 ) -> str:
-    """Flux for one device's parameter aggregated per window; each point is stamped with its
-    window's start, so 08:00 covers [08:00, 08:00 + every)."""
-    if not _FLUX_DURATION.match(every):
-        raise ValueError(f"every={every!r} is not a Flux duration such as 5m or 1h")
-    if fn not in ("mean", "min", "max"):
-        raise ValueError(f"fn={fn!r}: choose mean, min or max")
-    preds = " and ".join(
-        [
-            f"r._measurement == {flux_string(measurement)}",
-            f"r.device == {flux_string(device_id)}",
-            f"r.parameter == {flux_string(parameter)}",
-            'r._field == "value"',
-        ]
-    )
+    """Flux for Store.reading_stats: one row with `total`, `valid` (flag N) and `outside` (valid
+    and below `low` or above `high`; a missing bound is no bound); no row for no readings."""
+    bounds = [f"r.value < {flux_float(low)}"] if low is not None else []
+    bounds += [f"r.value > {flux_float(high)}"] if high is not None else []
+    outside = f'r.flag == "N" and ({" or ".join(bounds)})' if bounds else "false"
+    preds = [
+        f"r._measurement == {flux_string(measurement)}",
+        f"r.device == {flux_string(device_id)}",
+        f"r.parameter == {flux_string(parameter)}",
+    ]
     return "\n".join(
         [
-            f"from(bucket: {flux_string(bucket)})",
-            _range(start_ms, end_ms),
-            f"  |> filter(fn: (r) => {preds})",
-            # One series even if the device's site or jurisdiction tag changed within the range.
+            *_pivoted(bucket, flux_time(start_ms), flux_time(end_ms), preds),
             "  |> group()",
-            f"  |> aggregateWindow(every: {every}, fn: {fn}, createEmpty: false,"
-            ' timeSrc: "_start")',
-            '  |> sort(columns: ["_time"])',
+            "  |> reduce(",
+            "    identity: {total: 0, valid: 0, outside: 0},",
+            "    fn: (r, accumulator) => ({",
+            "      total: accumulator.total + 1,",
+            '      valid: accumulator.valid + (if r.flag == "N" then 1 else 0),',
+            f"      outside: accumulator.outside + (if {outside} then 1 else 0)",
+            "    })",
+            "  )",
         ]
     )
 
@@ -378,86 +470,129 @@ class InfluxStore:
 
     def query_readings(self, q: ReadingQuery) -> list[Reading]:
         flux = flux_readings(self.bucket, q, self._measurements)
+        return [_reading_from_row(v) for v in self._rows(flux)]
+
+    def _rows(self, flux: str) -> list[dict[str, Any]]:
         tables = self._call(lambda: self._query.query(flux, org=self.org))
-        out = []
-        for table in tables:
-            for rec in table.records:
-                v = rec.values
-                seq = v.get("seq")
-                out.append(
-                    Reading(
-                        device_id=v["device"],
-                        site_id=v["site"],
-                        parameter=v["parameter"],
-                        ts_ms=_to_ms(rec.get_time()),
-                        value=float(v["value"]),
-                        flag=v.get("flag") or "N",
-                        recv_ms=int(v.get("recv_ms") or 0),
-                        seq=int(seq) if seq is not None else None,
-                    )
-                )
-        return out
+        return [rec.values for table in tables for rec in table.records]
+
+    def _families(self, parameters: Iterable[str]) -> list[str]:
+        """Measurements holding these parameters; unknown parameters have no readings."""
+        params = self.catalogue.parameters
+        return sorted({params[p].family for p in parameters if p in params})
 
     def downsample(
+        self,
+        device_id: str,
+        parameters: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        every_ms: int,
+        valid_only: bool = True,
+    ) -> list[Bucket]:
+        """Mean, min, max and count per parameter and UTC-aligned `every_ms` window of
+        [start_ms, end_ms), non-empty windows only, ordered by window then parameter; with
+        `valid_only`, readings flagged other than N are left out. As SqliteStore.downsample."""
+        known = [p for p in parameters if p in self.catalogue.parameters]
+        if not known or start_ms >= end_ms:
+            return []
+        flux = flux_downsample(
+            self.bucket, self._families(known), device_id, known, start_ms, end_ms, every_ms,
+            valid_only,
+        )  # fmt: skip
+        return [
+            Bucket(
+                start_ms=_to_ms(v["_time"]),
+                parameter=v["parameter"],
+                mean=float(v["total"]) / int(v["n"]),
+                min=float(v["lo"]),
+                max=float(v["hi"]),
+                count=int(v["n"]),
+            )
+            for v in self._rows(flux)
+        ]
+
+    def latest_readings(self, device_id: str) -> list[Reading]:
+        """The newest reading of each parameter of a device, ordered by parameter."""
+        flux = flux_latest(self.bucket, self._measurements, device_id)
+        return [_reading_from_row(v) for v in self._rows(flux)]
+
+    def reading_stats(
         self,
         device_id: str,
         parameter: str,
         start_ms: int,
         end_ms: int,
-        every: str,
-        fn: AggregateFn = "mean",
-    ) -> list[tuple[int, float]]:
-        """(window start ms, aggregate) per non-empty window of [start_ms, end_ms). Every value
-        counts, whatever its flag: this is for charts, not for compliance judgements."""
+        low: float | None,
+        high: float | None,
+    ) -> tuple[int, int, int]:
+        """(all readings, valid readings, valid readings outside [low, high]) in the range."""
         param = self.catalogue.parameters.get(parameter)
-        if param is None:
-            raise ValueError(f"unknown parameter {parameter!r}")
-        flux = flux_downsample(
-            self.bucket, param.family, device_id, parameter, start_ms, end_ms, every, fn
+        if param is None or start_ms >= end_ms:
+            return 0, 0, 0
+        flux = flux_reading_stats(
+            self.bucket, param.family, device_id, parameter, start_ms, end_ms, low, high
         )
-        tables = self._call(lambda: self._query.query(flux, org=self.org))
-        return [
-            (_to_ms(rec.get_time()), float(rec.get_value()))
-            for table in tables
-            for rec in table.records
-        ]
+        rows = self._rows(flux)
+        if not rows:
+            return 0, 0, 0
+        [v] = rows
+        return int(v["total"]), int(v["valid"]), int(v["outside"])
+
+    def last_seen(self) -> dict[str, int]:
+        """Kept in the relational store's engine state (its own last-seen table is fed only by
+        its own readings writes)."""
+        return {k: int(v) for k, v in self.relational.load_state(_LAST_SEEN_NS).items()}
 
     # -- delegated to the relational store ----------------------------------------------------
 
-    def last_seen(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self.relational.load_state(_LAST_SEEN_NS).items()}
+    def __getattr__(self, name: str) -> Any:
+        """Forward the names in DELEGATED, and only those, to the relational store.
 
-    def dead_letters(self, limit: int = 100, since_ms: int | None = None) -> list[DeadLetter]:
-        return self.relational.dead_letters(limit, since_ms)
+        Only called for names the class does not define. A whitelist rather than forwarding
+        everything: SqliteStore also has readings methods, which here would silently answer
+        from its empty readings table; a Store method added later fails loudly (AttributeError,
+        and tests/test_influx_unit.py checks every protocol method is defined or listed)."""
+        if name in DELEGATED:
+            return getattr(self.relational, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def dead_letter_counts(self) -> dict[str, int]:
-        return self.relational.dead_letter_counts()
 
-    def device_statuses(self) -> dict[str, DeviceStatus]:
-        return self.relational.device_statuses()
+# Store methods answered by the relational store unchanged: everything but readings.
+DELEGATED = frozenset(
+    {
+        "dead_letters",
+        "dead_letter_counts",
+        "device_statuses",
+        "open_alerts",
+        "save_alerts",
+        "get_alert",
+        "list_alerts",
+        "audit_trail",
+        "last_audit_id",
+        "audit_events",
+        "record_delivery",
+        "deliveries",
+        "add_user",
+        "get_user",
+        "add_token",
+        "principal_for_token",
+        "load_state",
+        "save_state",
+    }
+)
 
-    def open_alerts(self) -> list[Alert]:
-        return self.relational.open_alerts()
 
-    def save_alerts(
-        self,
-        changes: Sequence[AlertChange],
-        state_namespace: str = "",
-        state: dict[str, str | None] | None = None,
-    ) -> None:
-        self.relational.save_alerts(changes, state_namespace, state)
-
-    def get_alert(self, alert_id: int) -> Alert | None:
-        return self.relational.get_alert(alert_id)
-
-    def list_alerts(self, q: AlertQuery) -> list[Alert]:
-        return self.relational.list_alerts(q)
-
-    def audit_trail(self, alert_id: int) -> list[AuditEntry]:
-        return self.relational.audit_trail(alert_id)
-
-    def load_state(self, namespace: str) -> dict[str, str]:
-        return self.relational.load_state(namespace)
-
-    def save_state(self, namespace: str, items: dict[str, str | None]) -> None:
-        self.relational.save_state(namespace, items)
+def _reading_from_row(v: dict[str, Any]) -> Reading:
+    """A Reading from a row of pivoted fields (value, flag, recv_ms, seq) and its tags."""
+    seq = v.get("seq")
+    return Reading(
+        device_id=v["device"],
+        site_id=v["site"],
+        parameter=v["parameter"],
+        ts_ms=_to_ms(v["_time"]),
+        value=float(v["value"]),
+        flag=v.get("flag") or "N",
+        recv_ms=int(v.get("recv_ms") or 0),
+        seq=int(seq) if seq is not None else None,
+    )

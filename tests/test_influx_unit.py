@@ -8,6 +8,8 @@ server when LANDUN_INFLUX_URL is set."""
 from __future__ import annotations
 
 import http.server
+import inspect
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -20,11 +22,15 @@ from domain.model import DeadLetter, Device, Reading, Site, SiteKind
 from domain.params import default_catalogue
 from domain.registry import Registry
 from ingest.pipeline import IngestPipeline, RawMessage
-from store.base import DeviceStatus, ReadingQuery, StoreUnavailable
+from store.base import Bucket, DeviceStatus, Principal, ReadingQuery, Store, StoreUnavailable
 from store.influx import (
+    DELEGATED,
     InfluxConfigError,
     InfluxStore,
     flux_downsample,
+    flux_float,
+    flux_latest,
+    flux_reading_stats,
     flux_readings,
     flux_string,
     flux_time,
@@ -144,18 +150,146 @@ def test_flux_readings_open_range_reaches_past_now() -> None:
     assert "r.device" not in flux
 
 
-def test_flux_downsample() -> None:
-    flux = flux_downsample("readings", "pool_water", "dev-1", "ph", TS, TS + 3_600_000, "5m", "max")
-    assert 'r._measurement == "pool_water" and r.device == "dev-1"' in flux
-    assert 'r.parameter == "ph" and r._field == "value"' in flux
-    assert 'aggregateWindow(every: 5m, fn: max, createEmpty: false, timeSrc: "_start")' in flux
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(7.0, "7.0"), (-3.5, "-3.5"), (1e-05, "0.00001"), (1e20, "100000000000000000000.0"),
+     (0.1 + 0.2, "0.30000000000000004"), (712, "712.0")],
+)  # fmt: skip
+def test_flux_float_has_no_exponent(value: float, text: str) -> None:
+    assert flux_float(value) == text
+    assert float(text) == value
 
 
-@pytest.mark.parametrize(("every", "fn"), [("5 m", "mean"), ("5m) |> drop(", "mean"),
-                                           ("1h", "sum")])  # fmt: skip
-def test_flux_downsample_refuses_bad_arguments(every: str, fn: str) -> None:
+def test_flux_float_refuses_non_finite() -> None:
     with pytest.raises(ValueError):
-        flux_downsample("b", "pool_water", "d", "ph", 0, 1, every, fn)  # type: ignore[arg-type]
+        flux_float(float("inf"))
+
+
+def test_flux_downsample() -> None:
+    # TS is 08:00:00.123: the range starts at the aligned 08:00, the filter at TS itself.
+    flux = flux_downsample("readings", ["pool_water"], 'dev"1', ["ph", "orp"], TS,
+                           TS + 3_600_000, 300_000)  # fmt: skip
+    lines = flux.splitlines()
+    assert lines[0] == "stats = (column, tables=<-) => tables"
+    assert lines[lines.index('from(bucket: "readings")') :] == [
+        'from(bucket: "readings")',
+        "  |> range(start: 2026-11-22T08:00:00.000Z, stop: 2026-11-22T09:00:00.123Z)",
+        '  |> filter(fn: (r) => (r._measurement == "pool_water") and r.device == "dev\\"1"'
+        ' and (r.parameter == "ph" or r.parameter == "orp")'
+        ' and (r._field == "value" or r._field == "flag"))',
+        '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")',
+        '  |> filter(fn: (r) => r._time >= 2026-11-22T08:00:00.123Z and r.flag == "N")',
+        '  |> group(columns: ["parameter"])',
+        '  |> aggregateWindow(every: 300000ms, fn: stats, column: "value", createEmpty: false,'
+        ' timeSrc: "_start")',
+        "  |> group()",
+        '  |> sort(columns: ["_time", "parameter"])',
+    ]
+    for part in ("n: accumulator.n + 1", "total: accumulator.total + r.value",
+                 "r.value < accumulator.lo", "r.value > accumulator.hi"):  # fmt: skip
+        assert part in flux
+
+
+def test_flux_downsample_aligns_the_range_to_the_window_and_can_keep_flagged() -> None:
+    start = TS + 7 * 60_000  # 08:07:00.123
+    flux = flux_downsample("b", ["pool_water", "waste_store"], "d", ["ph"], start,
+                           start + 86_400_000, 3_600_000, valid_only=False)  # fmt: skip
+    assert "range(start: 2026-11-22T08:00:00.000Z, stop: 2026-11-23T08:07:00.123Z)" in flux
+    assert "  |> filter(fn: (r) => r._time >= 2026-11-22T08:07:00.123Z)" in flux
+    assert "r.flag" not in flux
+    assert "every: 3600000ms" in flux
+
+
+@pytest.mark.parametrize("every_ms", [0, -60_000])
+def test_flux_downsample_refuses_bad_arguments(every_ms: int) -> None:
+    with pytest.raises(ValueError):
+        flux_downsample("b", ["pool_water"], "d", ["ph"], 0, 1, every_ms)
+    with pytest.raises(ValueError):
+        flux_downsample("b", ["pool_water"], "d", [], 0, 1, 60_000)
+
+
+def test_flux_latest() -> None:
+    assert flux_latest("readings", ["pool_water", "waste_store"], "dev-${1}") == "\n".join(
+        [
+            'from(bucket: "readings")',
+            "  |> range(start: 1970-01-01T00:00:00Z, stop: 2100-01-01T00:00:00Z)",
+            '  |> filter(fn: (r) => (r._measurement == "pool_water"'
+            ' or r._measurement == "waste_store") and r.device == "dev-\\${1}")',
+            "  |> last()",
+            '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")',
+            "  |> filter(fn: (r) => exists r.value)",
+            '  |> group(columns: ["parameter"])',
+            '  |> sort(columns: ["_time"])',
+            '  |> last(column: "_time")',
+            "  |> group()",
+            '  |> sort(columns: ["parameter"])',
+        ]
+    )
+
+
+def test_flux_reading_stats() -> None:
+    flux = flux_reading_stats("readings", "pool_water", "dev-1", "ph", TS, TS + 60_000, 6.5, 1e-05)
+    lines = flux.splitlines()
+    assert lines[:5] == [
+        'from(bucket: "readings")',
+        "  |> range(start: 2026-11-22T08:00:00.123Z, stop: 2026-11-22T08:01:00.123Z)",
+        '  |> filter(fn: (r) => r._measurement == "pool_water" and r.device == "dev-1"'
+        ' and r.parameter == "ph" and (r._field == "value" or r._field == "flag"))',
+        '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")',
+        "  |> group()",
+    ]
+    assert "identity: {total: 0, valid: 0, outside: 0}" in flux
+    assert 'valid: accumulator.valid + (if r.flag == "N" then 1 else 0)' in flux
+    assert (
+        "outside: accumulator.outside"
+        ' + (if r.flag == "N" and (r.value < 6.5 or r.value > 0.00001) then 1 else 0)'
+    ) in flux
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "outside"),
+    [(None, 8.5, '(if r.flag == "N" and (r.value > 8.5) then 1 else 0)'),
+     (-1.0, None, '(if r.flag == "N" and (r.value < -1.0) then 1 else 0)'),
+     (None, None, "(if false then 1 else 0)")],
+)  # fmt: skip
+def test_flux_reading_stats_open_bounds(low, high, outside: str) -> None:
+    assert outside in flux_reading_stats("b", "pool_water", "d", "ph", 0, 1, low, high)
+
+
+# -- the whole Store protocol ---------------------------------------------------------------
+
+
+def _protocol_methods() -> set[str]:
+    return {n for n, v in vars(Store).items() if not n.startswith("_") and callable(v)}
+
+
+def test_every_store_method_is_implemented_or_delegated_never_both() -> None:
+    implemented = {n for n in vars(InfluxStore) if not n.startswith("_")}
+    missing = _protocol_methods() - implemented - DELEGATED
+    assert not missing, f"neither implemented nor delegated: {sorted(missing)}"
+    assert not (implemented & DELEGATED), "implemented and delegated"
+    assert _protocol_methods() >= DELEGATED, "delegates a name outside the Store protocol"
+
+
+def test_implemented_methods_have_the_protocol_signatures() -> None:
+    for name in _protocol_methods() - DELEGATED:
+        want = inspect.signature(getattr(Store, name))
+        assert inspect.signature(getattr(InfluxStore, name)) == want, name
+
+
+def test_delegation_forwards_listed_names_only(tmp_path: Path) -> None:
+    store = _store("http://127.0.0.1:9", tmp_path)  # never contacted
+    assert store.get_user == store.relational.get_user
+    store.add_user("ann", "hash", "inspector", ["310104"])
+    assert store.get_user("ann") == (Principal("ann", "inspector", ("310104",)), "hash")
+    store.record_delivery("hook", 1, "opened", True, 1, "", TS)
+    assert [d.target for d in store.deliveries()] == ["hook"]
+    assert store.last_audit_id() == 0
+    # Nothing else of the SqliteStore shows through.
+    for name in ("_tx", "_reader", "path", "_writer"):
+        with pytest.raises(AttributeError):
+            getattr(store, name)
+    store.close()
 
 
 # -- HTTP, against a stand-in for InfluxDB ----------------------------------------------------
@@ -311,3 +445,139 @@ def test_query_readings_parses_pivoted_rows(stand_in, tmp_path: Path) -> None:
         b"\\n", b"\n"
     ).replace(b'\\"', b'"')
     store.close()
+
+
+# Annotated CSV as InfluxDB sends it for flux_downsample (rows of reduce's n, total, lo, hi).
+DOWNSAMPLE_CSV = b"""\
+#datatype,string,long,dateTime:RFC3339,dateTime:RFC3339,dateTime:RFC3339,string,long,double,double,double
+#group,false,false,false,false,false,false,false,false,false,false
+#default,_result,,,,,,,,,
+,result,table,_start,_stop,_time,parameter,n,total,lo,hi
+,,0,2026-11-22T08:00:00Z,2026-11-22T08:05:00Z,2026-11-22T08:00:00Z,orp,2,1400.0,690.0,710.0
+,,0,2026-11-22T08:00:00Z,2026-11-22T08:05:00Z,2026-11-22T08:00:00Z,ph,4,29.6,7.2,7.6
+,,0,2026-11-22T08:05:00Z,2026-11-22T08:10:00Z,2026-11-22T08:05:00Z,ph,1,7.5,7.5,7.5
+
+"""
+
+STATS_CSV = b"""\
+#datatype,string,long,long,long,long
+#group,false,false,false,false,false
+#default,_result,,,,
+,result,table,total,valid,outside
+,,0,10,8,3
+
+"""
+
+EMPTY_CSV = b"\r\n"
+
+
+def _sent_flux(body: bytes) -> str:
+    return json.loads(body)["query"]
+
+
+def test_downsample_parses_window_rows(stand_in, tmp_path: Path) -> None:
+    server = stand_in(lambda path: (200, "text/csv; charset=utf-8", DOWNSAMPLE_CSV))
+    store = _store(server.url, tmp_path)
+    t0 = TS - 123
+    got = store.downsample("dev-1", ["ph", "orp", "nope"], TS, TS + 600_000, 300_000)
+    assert got == [
+        Bucket(t0, "orp", 700.0, 690.0, 710.0, 2),
+        Bucket(t0, "ph", pytest.approx(7.4), 7.2, 7.6, 4),
+        Bucket(t0 + 300_000, "ph", 7.5, 7.5, 7.5, 1),
+    ]
+    [(_, _, body)] = server.requests
+    assert _sent_flux(body) == flux_downsample(
+        "readings", ["pool_water"], "dev-1", ["ph", "orp"], TS, TS + 600_000, 300_000
+    )
+    # Unknown parameters only, or an empty range: no buckets, and no request.
+    assert store.downsample("dev-1", ["nope"], TS, TS + 1, 60_000) == []
+    assert store.downsample("dev-1", ["ph"], TS, TS, 60_000) == []
+    assert len(server.requests) == 1
+    store.close()
+
+
+def test_latest_readings_parses_pivoted_rows(stand_in, tmp_path: Path) -> None:
+    server = stand_in(lambda path: (200, "text/csv; charset=utf-8", QUERY_CSV))
+    store = _store(server.url, tmp_path)
+    assert [r.flag for r in store.latest_readings("dev-1")] == ["N", "C"]
+    [(_, _, body)] = server.requests
+    assert _sent_flux(body) == flux_latest("readings", ["pool_water", "waste_store"], "dev-1")
+    store.close()
+
+
+def test_reading_stats_parses_the_counts(stand_in, tmp_path: Path) -> None:
+    answers = iter([STATS_CSV, EMPTY_CSV])
+    server = stand_in(lambda path: (200, "text/csv; charset=utf-8", next(answers)))
+    store = _store(server.url, tmp_path)
+    assert store.reading_stats("dev-1", "ph", TS, TS + 60_000, 6.5, 8.5) == (10, 8, 3)
+    assert store.reading_stats("dev-1", "ph", TS, TS + 60_000, None, None) == (0, 0, 0)
+    assert _sent_flux(server.requests[0][2]) == flux_reading_stats(
+        "readings", "pool_water", "dev-1", "ph", TS, TS + 60_000, 6.5, 8.5
+    )
+    assert store.reading_stats("dev-1", "nope", TS, TS + 60_000, 1.0, 2.0) == (0, 0, 0)
+    assert len(server.requests) == 2
+    store.close()
+
+
+# -- Core.open picks the backend by the environment -------------------------------------------
+
+
+@pytest.fixture
+def influx_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    for key in ("URL", "TOKEN", "ORG", "BUCKET", "RETENTION_DAYS"):
+        monkeypatch.delenv(f"LANDUN_INFLUX_{key}", raising=False)
+
+    def set_env(url: str) -> None:
+        monkeypatch.setenv("LANDUN_INFLUX_URL", url)
+        monkeypatch.setenv("LANDUN_INFLUX_TOKEN", "tok")
+        monkeypatch.setenv("LANDUN_INFLUX_ORG", "landun")
+        monkeypatch.setenv("LANDUN_INFLUX_BUCKET", "readings")
+
+    return set_env
+
+
+def test_core_open_uses_sqlite_without_influx_url(influx_env, tmp_path: Path) -> None:
+    from landun.system import Core, RunConfig
+
+    core = Core.open(RunConfig(data_dir=tmp_path))
+    assert type(core.store) is SqliteStore
+    core.store.close()
+
+
+def test_core_open_uses_influx_when_configured(influx_env, monkeypatch, tmp_path: Path) -> None:
+    """Stand-in: ensure_bucket is replaced by a recorder, so no InfluxDB is contacted; this checks
+    the wiring (backend, environment, retention), not InfluxDB."""
+    from landun.system import Core, RunConfig
+
+    retention: list[int] = []
+    monkeypatch.setattr(InfluxStore, "ensure_bucket", lambda self, days: retention.append(days))
+    influx_env("http://127.0.0.1:9")
+    monkeypatch.setenv("LANDUN_INFLUX_RETENTION_DAYS", "30")
+    core = Core.open(RunConfig(data_dir=tmp_path))
+    assert isinstance(core.store, InfluxStore)
+    assert (core.store.url, core.store.org, core.store.bucket) == (
+        "http://127.0.0.1:9", "landun", "readings"
+    )  # fmt: skip
+    assert core.store.relational.path == tmp_path / "landun.db"
+    assert retention == [30]
+    core.store.close()
+
+
+def test_core_open_says_clearly_when_influx_is_unreachable(influx_env, tmp_path: Path) -> None:
+    """Stand-in: a local port nothing listens on, as an InfluxDB that is down."""
+    from landun.system import Core, RunConfig
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    influx_env(f"http://127.0.0.1:{port}")
+    with pytest.raises(StoreUnavailable, match=rf"influxdb at http://127.0.0.1:{port} unreachable"):
+        Core.open(RunConfig(data_dir=tmp_path))
+
+
+def test_core_open_names_missing_influx_settings(influx_env, monkeypatch, tmp_path) -> None:
+    from landun.system import Core, RunConfig
+
+    monkeypatch.setenv("LANDUN_INFLUX_URL", "http://127.0.0.1:9")
+    with pytest.raises(InfluxConfigError, match="set LANDUN_INFLUX_TOKEN, LANDUN_INFLUX_ORG"):
+        Core.open(RunConfig(data_dir=tmp_path))

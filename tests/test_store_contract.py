@@ -15,9 +15,27 @@ from pathlib import Path
 
 import pytest
 
-from domain.model import DeadLetter, Device, Reading, Site, SiteKind
+from domain.model import (
+    Alert,
+    AlertFamily,
+    AlertStatus,
+    DeadLetter,
+    Device,
+    Reading,
+    Severity,
+    Site,
+    SiteKind,
+)
 from domain.registry import Registry
-from store.base import DeviceStatus, ReadingQuery, Store, StoreUnavailable
+from store.base import (
+    AlertChange,
+    Bucket,
+    DeviceStatus,
+    Principal,
+    ReadingQuery,
+    Store,
+    StoreUnavailable,
+)
 from store.sqlite import SqliteStore
 
 INFLUX_ENV = (
@@ -204,3 +222,109 @@ def test_engine_state_round_trip(backend: Backend) -> None:
     backend.store.save_state("ns", {"a": "1", "b": "2"})
     backend.store.save_state("ns", {"a": None, "b": "3"})
     assert backend.store.load_state("ns") == {"b": "3"}
+
+
+# -- readings aggregates ----------------------------------------------------------------------
+
+
+def _ph(b: Backend, minute: int, value: float, flag: str = "N", **kw) -> Reading:
+    return _r(b, minute, value=value, flag=flag, **kw)
+
+
+def test_downsample_buckets_are_utc_aligned_with_mean_min_max_count(backend: Backend) -> None:
+    readings = [
+        _ph(backend, 1, 7.0),  # before the start: left out
+        _ph(backend, 2, 7.2),
+        _ph(backend, 3, 7.6),
+        _ph(backend, 4, 7.4),
+        _ph(backend, 6, 7.5),
+        _ph(backend, 7, 9.9, "C"),  # flagged
+        _ph(backend, 10, 7.1),  # at the end: left out (end exclusive)
+        _r(backend, 3, "orp", value=700.0),
+        _r(backend, 4, "orp", value=720.0),
+        _r(backend, 3, value=1.0, device=backend.dev_b),  # another device
+    ]
+    backend.store.write_batch(readings)
+    # The range starts at 08:02, mid-window: the first bucket is still stamped 08:00.
+    start, end, five = T0 + 2 * MIN, T0 + 10 * MIN, 5 * MIN
+    got = backend.store.downsample(backend.dev_a, ["ph", "orp"], start, end, five)
+    assert got == [
+        Bucket(T0, "orp", 710.0, 700.0, 720.0, 2),
+        Bucket(T0, "ph", pytest.approx(7.4), 7.2, 7.6, 3),
+        Bucket(T0 + five, "ph", 7.5, 7.5, 7.5, 1),
+    ]
+    with_flagged = backend.store.downsample(backend.dev_a, ["ph"], start, end, five, False)
+    assert with_flagged[-1] == Bucket(T0 + five, "ph", pytest.approx(8.7), 7.5, 9.9, 2)
+    hourly = backend.store.downsample(backend.dev_a, ["ph"], start, end, 60 * MIN)
+    assert [(b.start_ms, b.count, b.min, b.max) for b in hourly] == [(T0, 4, 7.2, 7.6)]
+    assert backend.store.downsample(backend.dev_a, ["ph"], T0 + 20 * MIN, T0 + 30 * MIN, five) == []
+
+
+def test_latest_readings_are_the_newest_per_parameter(backend: Backend) -> None:
+    ph = [_ph(backend, m, 7.0 + m / 10) for m in (2, 0, 1)]
+    orp = [_r(backend, 0, "orp", value=700.0), _r(backend, 1, "orp", value=710.0, flag="C",
+                                                   seq=None)]  # fmt: skip
+    backend.store.write_batch([*ph, *orp, _r(backend, 5, device=backend.dev_b)])
+    got = sorted(backend.store.latest_readings(backend.dev_a), key=lambda r: r.parameter)
+    assert got == [orp[1], ph[0]]
+    assert backend.store.latest_readings(f"{backend.dev_a}-none") == []
+
+
+def test_reading_stats_count_all_valid_and_valid_outside(backend: Backend) -> None:
+    values = [(0, 7.0, "N"), (1, 6.0, "N"), (2, 9.0, "N"), (3, 9.5, "C"), (4, 8.5, "N"),
+              (5, 6.5, "N"), (6, 10.0, "N")]  # fmt: skip
+    backend.store.write_batch(
+        [_ph(backend, m, v, f) for m, v, f in values] + [_r(backend, 1, "orp", value=900.0)]
+    )
+    stats = backend.store.reading_stats
+    dev = backend.dev_a
+    end = T0 + 6 * MIN  # minute 6 is out of the range
+    # Bounds are inclusive: 6.5 and 8.5 are inside; the flagged 9.5 is not counted as outside.
+    assert stats(dev, "ph", T0, end, 6.5, 8.5) == (6, 5, 2)
+    assert stats(dev, "ph", T0, end, None, 8.5) == (6, 5, 1)
+    assert stats(dev, "ph", T0, end, 6.5, None) == (6, 5, 1)
+    assert stats(dev, "ph", T0, end, None, None) == (6, 5, 0)
+    assert stats(dev, "ph", T0 + MIN, T0 + 3 * MIN, 6.5, 8.5) == (2, 2, 2)
+    assert stats(dev, "ph", T0 + 20 * MIN, T0 + 30 * MIN, 6.5, 8.5) == (0, 0, 0)
+
+
+# -- relational state (delegated on InfluxDB) -------------------------------------------------
+
+
+def test_users_and_tokens_round_trip(backend: Backend) -> None:
+    store, tag = backend.store, backend.site
+    store.add_user(f"ann-{tag}", "hash-1", "inspector", ["310104", "310105"])
+    assert store.get_user(f"ann-{tag}") == (
+        Principal(f"ann-{tag}", "inspector", ("310104", "310105")), "hash-1"
+    )  # fmt: skip
+    assert store.get_user(f"bob-{tag}") is None
+    bot = Principal(f"bot-{tag}", "viewer", ("310104",), kind="token")
+    store.add_token(f"th-{tag}", bot, expires_ms=T0 + MIN, label="ci")
+    assert store.principal_for_token(f"th-{tag}", T0) == bot
+    assert store.principal_for_token(f"th-{tag}", T0 + MIN) is None, "expired"
+    assert store.principal_for_token(f"other-{tag}", T0) is None
+
+
+def test_alert_save_appears_in_audit_events_and_deliveries(backend: Backend) -> None:
+    store = backend.store
+    before = store.last_audit_id()
+    alert = Alert(backend.site, backend.dev_a, "range:ph", AlertFamily.COMPLIANCE,
+                  Severity.WARNING, "ph", "pH 9.1 above 8.5", T0, T0)  # fmt: skip
+    store.save_alerts([AlertChange(alert, "opened")], "engine", {"k": "v"})
+    assert alert.id is not None
+    assert store.load_state("engine") == {"k": "v"}
+    [event] = store.audit_events(before, [backend.site])
+    assert (event.action, event.actor, event.alert.id) == ("opened", "system", alert.id)
+    assert store.last_audit_id() == event.event_id
+    assert store.audit_events(before, ["elsewhere"]) == []
+    assert [a.id for a in store.open_alerts()] == [alert.id]
+    alert.status = AlertStatus.ACKNOWLEDGED
+    store.save_alerts([AlertChange(alert, "acknowledged", "ann", "on it")])
+    assert [e.action for e in store.audit_trail(alert.id)] == ["opened", "acknowledged"]
+    assert store.get_alert(alert.id).status == AlertStatus.ACKNOWLEDGED
+    store.record_delivery("hook", alert.id, "opened", False, 3, "timeout", T0)
+    store.record_delivery("hook", alert.id, "acknowledged", True, 1, "", T0 + 1)
+    assert [(d.action, d.ok, d.attempts) for d in store.deliveries()] == [
+        ("acknowledged", True, 1),
+        ("opened", False, 3),
+    ]
