@@ -3,7 +3,8 @@
 paho's network thread only enqueues; one worker thread drains the queue in batches, hands each
 batch to the pipeline, and acknowledges the batch's messages in arrival order once committed.
 Unacknowledged messages stay with the broker, so a crash loses nothing and the store's idempotent
-writes absorb the redelivery."""
+writes absorb the redelivery. tests/test_reliability.py proves it against a real Mosquitto: ingest
+killed, broker restarted, store locked, two workers on a shared subscription."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from ingest.pipeline import IngestPipeline, RawMessage
 log = logging.getLogger("landun.ingest.mqtt")
 
 TOPICS = ("landun/v1/devices/+/telemetry", "landun/v1/devices/+/status")
+# Never subscribed: unsubscribing from it is a harmless round trip (see _flush_acks).
+FLUSH_TOPIC = "landun/v1/ingest/flush"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +77,13 @@ class MqttSubscriber:
         self.settings = settings or SubscriberSettings()
         self._queue: queue.Queue[_Item] = queue.Queue(self.settings.queue_max)
         self._stop = threading.Event()
+        # Counts connections lost. Packet ids are only valid on the connection that delivered
+        # them, so an ack is sent only while the generation is unchanged, under this lock.
         self._generation = 0
+        self._ack_lock = threading.Lock()
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        self._flushed = threading.Event()
         self._worker = threading.Thread(target=self._run, name="landun-ingest", daemon=True)
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -91,11 +99,22 @@ class MqttSubscriber:
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_unsubscribe = self._on_unsubscribe
         self.client.on_message = self._on_message
 
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def subscribed(self) -> bool:
+        """Connected and the broker granted every subscription on this connection."""
+        return self._subscribed.is_set()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
 
     def topics(self) -> list[str]:
         group = self.settings.shared_group
@@ -105,8 +124,8 @@ class MqttSubscriber:
         self._worker.start()
         self.client.connect_async(self.broker.host, self.broker.port, self.settings.keepalive_s)
         self.client.loop_start()
-        if wait_s and not self._connected.wait(wait_s):
-            log.warning("not connected to %s:%s yet; retrying", self.broker.host, self.broker.port)
+        if wait_s and not self._subscribed.wait(wait_s):
+            log.warning("not subscribed on %s:%s yet; retrying", self.broker.host, self.broker.port)
 
     def stop(self) -> None:
         """Finish the batch in hand, then disconnect; queued but uncommitted messages stay with
@@ -114,8 +133,23 @@ class MqttSubscriber:
         self._stop.set()
         self.pipeline.stop()
         self._worker.join(timeout=30)
+        self._flush_acks()
         self.client.disconnect()
         self.client.loop_stop()
+
+    def _flush_acks(self, timeout_s: float = 5.0) -> None:
+        """Wait until the broker has read our last PUBACKs. Closing a socket that still has unread
+        incoming data (the broker keeps sending) makes the kernel reset the connection, and the
+        reset discards whatever is still in the broker's receive buffer: the last acks, so those
+        committed messages would come back as duplicates after every clean restart. A PUBACK has
+        no reply, but the broker handles a connection's packets in order, so its UNSUBACK for a
+        topic we never subscribed to proves it has read every ack sent before."""
+        if not self.connected:
+            return
+        self._flushed.clear()
+        self.client.unsubscribe(FLUSH_TOPIC)
+        if not self._flushed.wait(timeout_s):
+            log.warning("broker did not confirm the last acks; they may be redelivered")
 
     # -- paho callbacks (network thread) --------------------------------------------------------
 
@@ -123,13 +157,38 @@ class MqttSubscriber:
         if reason_code.is_failure:
             log.error("broker refused connection: %s", reason_code)
             return
-        self._generation += 1
+        metrics = self.pipeline.metrics
+        metrics.connects += 1
+        if metrics.connects > 1 and not flags.session_present:
+            # The broker forgot us (restarted without persistence, or expired the session):
+            # whatever it queued while we were away is gone; only a resubscribe can help now.
+            metrics.sessions_lost += 1
+            log.error("broker has no session for %s; messages sent meanwhile are lost",
+                      self.settings.client_id)  # fmt: skip
+        # Subscribing again is harmless when the session kept the subscriptions, and required
+        # when it did not.
         client.subscribe([(t, 1) for t in self.topics()])
         self._connected.set()
-        log.info("subscribed to %s (session present: %s)", self.topics(), flags.session_present)
+        log.info("connected (session present: %s), subscribing to %s",
+                 flags.session_present, self.topics())  # fmt: skip
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            log.error("broker refused subscriptions %s: %s", self.topics(), refused)
+            return
+        self._subscribed.set()
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        self._flushed.set()  # the only unsubscribe is _flush_acks'
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        # paho calls this before it reconnects, so no ack from the old connection can be queued
+        # onto the new one once the generation has moved on.
+        with self._ack_lock:
+            self._generation += 1
         self._connected.clear()
+        self._subscribed.clear()
         if not self._stop.is_set():
             log.warning("disconnected from broker (%s); reconnecting", reason_code)
 
@@ -141,8 +200,16 @@ class MqttSubscriber:
             RawMessage(msg.topic, msg.payload, now_ms()),
             bool(msg.dup),
         )
-        # Blocks when full: TCP backpressure to the broker, which holds the backlog.
-        self._queue.put(item)
+        # Blocks while full: TCP backpressure to the broker, which holds the backlog. Gives up
+        # only when stopping (the message is unacknowledged, so the broker keeps it); an endless
+        # put would make stop() hang joining this thread.
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                self.pipeline.metrics.observe_queue(self._queue.qsize())
+                return
+            except queue.Full:
+                continue
 
     # -- worker thread --------------------------------------------------------------------------
 
@@ -160,19 +227,42 @@ class MqttSubscriber:
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(0.0005)
+        self.pipeline.metrics.observe_queue(self._queue.qsize())
         return batch
 
     def _run(self) -> None:
         while not self._stop.is_set():
             batch = self._next_batch()
-            if not batch:
-                continue
-            self.pipeline.metrics.redelivered += sum(1 for i in batch if i.dup)
-            if not self.pipeline.process([i.message for i in batch]):
-                return  # stopping while the store was down: leave the batch unacknowledged
+            if batch and self._commit(batch):
+                self._ack(batch)
+
+    def _commit(self, batch: list[_Item]) -> bool:
+        """Hand the batch to the pipeline until it is committed; False if stopped first."""
+        metrics = self.pipeline.metrics
+        metrics.redelivered += sum(1 for i in batch if i.dup)
+        delay = self.settings.reconnect_min_s
+        while True:
+            try:
+                return self.pipeline.process([i.message for i in batch])
+            except Exception:
+                # A bug rather than an outage (the pipeline rides out StoreUnavailable itself).
+                # Keep the worker alive and the batch unacknowledged: a dead worker would stop
+                # ingest for good while the subscriber still looked connected.
+                metrics.worker_errors += 1
+                log.exception("ingest batch of %d messages failed; retrying", len(batch))
+                if self._stop.wait(delay):
+                    return False
+                delay = min(delay * 2, self.settings.reconnect_max_s)
+
+    def _ack(self, batch: list[_Item]) -> None:
+        with self._ack_lock:
             generation = self._generation
+            acked = 0
             for item in batch:
-                # A message from before a reconnect will be redelivered by the broker anyway;
-                # its old packet id may now belong to another message, so don't ack it.
+                # A message from an earlier connection will be redelivered by the broker anyway
+                # (it was stored, so the copy is a duplicate); its packet id may now name another,
+                # uncommitted message, so acking it could lose that one.
                 if item.qos > 0 and item.generation == generation:
                     self.client.ack(item.mid, item.qos)
+                    acked += 1
+        self.pipeline.metrics.acked += acked

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from domain.model import DeadLetter, Reading
 from domain.params import Catalogue
 from domain.registry import Registry
+from domain.timeutil import now_ms
 from ingest.decode import DecodeLimits, decode_document, decode_status, decode_telemetry
 from ingest.metrics import IngestMetrics
 from store.base import DeviceStatus, Store, StoreUnavailable
@@ -58,6 +59,9 @@ class IngestPipeline:
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._stopping = threading.Event()
+        # The MQTT worker and the HJ 212 gateway share one pipeline: serialising batches keeps
+        # the counters exact and hands the alert hook one batch at a time, in commit order.
+        self._lock = threading.Lock()
 
     def stop(self) -> None:
         """Make a pending store retry give up; the unacknowledged batch stays with the broker."""
@@ -65,6 +69,10 @@ class IngestPipeline:
 
     def process(self, msgs: Sequence[RawMessage]) -> bool:
         """Store a batch; True once committed, False if stopped before the store came back."""
+        with self._lock:
+            return self._process(msgs)
+
+    def _process(self, msgs: Sequence[RawMessage]) -> bool:
         readings: list[Reading] = []
         dead: list[DeadLetter] = []
         statuses: list[DeviceStatus] = []
@@ -74,11 +82,23 @@ class IngestPipeline:
             return False
         self.metrics.received += len(msgs)
         self.metrics.observe_batch(len(msgs))
+        if msgs:
+            self.metrics.commit_delay_ms_last = now_ms() - min(m.recv_ms for m in msgs)
         if readings:
             self.metrics.lag_ms_last = msgs[-1].recv_ms - readings[-1].ts_ms
         if self.on_stored and readings:
-            self.on_stored(readings)
+            self._run_hook(readings)
         return True
+
+    def _run_hook(self, readings: list[Reading]) -> None:
+        """Hand committed readings to the alert stage. Its failure must not stop ingest: the
+        readings are stored and will be acknowledged; raising here would kill the caller's worker
+        thread and with it every later message."""
+        try:
+            self.on_stored(readings)
+        except Exception:
+            self.metrics.hook_errors += 1
+            log.exception("alert hook failed on %d committed readings", len(readings))
 
     def _decode_one(
         self,
