@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from alerts.standards import Limit, Profile, limits_for_site
@@ -20,7 +20,7 @@ from domain.model import VALID_FLAG, Alert, AlertFamily, AlertStatus, Reading, S
 from domain.params import Catalogue
 from domain.registry import Registry
 from domain.timeutil import now_ms
-from store.base import AlertChange, Store
+from store.base import AlertChange, Store, StoreUnavailable
 
 log = logging.getLogger("landun.alerts")
 
@@ -77,6 +77,8 @@ class AlertEngine:
             (a.site_id, a.device_id, a.rule_id): a for a in store.open_alerts()
         }
         self._last_notified: dict[int, int] = {}
+        self._unsaved: list[AlertChange] = []
+        self._unsaved_state: dict[str, str | None] = {}
 
     # -- evaluation on arrival ------------------------------------------------------------------
 
@@ -115,9 +117,8 @@ class AlertEngine:
                         changes.append(change)
                 if st.phase is not Phase.NORMAL or before is not Phase.NORMAL:
                     dirty[key] = json.dumps(st.to_json()) if st.phase is not Phase.NORMAL else None
-            if changes or dirty:
-                self.store.save_alerts(_dedupe(changes), STATE_NS, dirty)
-                self._announce(changes)
+            if changes or dirty or self._unsaved:
+                self._announce(self._save(changes, dirty))
 
     def _apply(
         self, action: Action, r: Reading, st: ThresholdState, limit: Limit
@@ -195,8 +196,7 @@ class AlertEngine:
                 if current.severity is Severity.WARNING and alert.severity is Severity.CRITICAL:
                     current.severity = Severity.CRITICAL
                     change = AlertChange(current, "escalated")
-            self.store.save_alerts([change])
-            self._announce([change])
+            self._announce(self._save([change]))
             return change.alert
 
     def clear_alert(self, site_id: str, device_id: str | None, rule_id: str, why: str) -> None:
@@ -206,9 +206,7 @@ class AlertEngine:
                 return
             alert.status = AlertStatus.RESOLVED
             alert.resolved_ms = self.clock()
-            change = AlertChange(alert, "resolved", comment=why)
-            self.store.save_alerts([change])
-            self._announce([change])
+            self._announce(self._save([AlertChange(alert, "resolved", comment=why)]))
 
     def is_open(self, site_id: str, device_id: str | None, rule_id: str) -> bool:
         return (site_id, device_id, rule_id) in self._open
@@ -217,6 +215,9 @@ class AlertEngine:
 
     def tick(self, now: int | None = None) -> None:
         now = self.clock() if now is None else now
+        if self._unsaved:
+            with self._lock:
+                self._announce(self._save([]))
         for rule in self.rules:
             rule.tick(now, self)
         with self._lock:
@@ -245,12 +246,15 @@ class AlertEngine:
         return self._inspector_action(alert_id, actor, "commented", comment)
 
     def _inspector_action(self, alert_id: int, actor: str, action: str, comment: str) -> Alert:
+        """Applied to a copy and written before the engine adopts it: if the store fails, the
+        inspector gets the error and nothing has changed."""
         with self._lock:
-            alert = next((a for a in self._open.values() if a.id == alert_id), None)
-            if alert is None:
-                alert = self.store.get_alert(alert_id)
-            if alert is None:
+            current = next((a for a in self._open.values() if a.id == alert_id), None)
+            if current is None:
+                current = self.store.get_alert(alert_id)
+            if current is None:
                 raise KeyError(f"alert {alert_id} does not exist")
+            alert = replace(current, evidence=dict(current.evidence))
             if action != "commented" and alert.status is AlertStatus.RESOLVED:
                 raise ValueError(f"alert {alert_id} is already resolved")
             if action == "acknowledged":
@@ -260,26 +264,46 @@ class AlertEngine:
             elif action == "resolved":
                 alert.status = AlertStatus.RESOLVED
                 alert.resolved_ms = self.clock()
-                self._forget(alert)
             change = AlertChange(alert, action, actor=actor, comment=comment)
-            state = self._reset_state_of(alert) if action == "resolved" else None
+            state = self._state_reset(alert) if action == "resolved" else None
             self.store.save_alerts([change], STATE_NS, state)
+            key = (alert.site_id, alert.device_id, alert.rule_id)
+            if key in self._open:
+                if alert.status is AlertStatus.RESOLVED:
+                    del self._open[key]
+                    st = self._states.get(f"{alert.device_id}|{alert.parameter}")
+                    if st is not None:
+                        st.phase = Phase.NORMAL
+                else:
+                    self._open[key] = alert
             self._announce([change])
             return alert
 
-    def _forget(self, alert: Alert) -> None:
-        self._open.pop((alert.site_id, alert.device_id, alert.rule_id), None)
-
-    def _reset_state_of(self, alert: Alert) -> dict[str, str | None] | None:
+    @staticmethod
+    def _state_reset(alert: Alert) -> dict[str, str | None] | None:
         """A manual resolve ends the episode: a violation that goes on starts a new one."""
         if not alert.rule_id.startswith("range:") or alert.device_id is None:
             return None
-        key = f"{alert.device_id}|{alert.parameter}"
-        st = self._states.get(key)
-        if st is None:
-            return None
-        st.phase = Phase.NORMAL
-        return {key: None}
+        return {f"{alert.device_id}|{alert.parameter}": None}
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def _save(
+        self, changes: list[AlertChange], state: dict[str, str | None] | None = None
+    ) -> list[AlertChange]:
+        """Write these changes together with any a failed write left over; return what was
+        written. While the store is unavailable, decisions wait here for the next write, so an
+        alert decided in memory is never lost."""
+        pending = self._unsaved + changes
+        pending_state = self._unsaved_state | (state or {})
+        try:
+            self.store.save_alerts(_dedupe(pending), STATE_NS, pending_state)
+        except StoreUnavailable as exc:
+            self._unsaved, self._unsaved_state = pending, pending_state
+            log.warning("alert changes kept for the next write (%d waiting): %s", len(pending), exc)
+            return []
+        self._unsaved, self._unsaved_state = [], {}
+        return pending
 
     # -- delivery -------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from api import (
 )
 from api.context import AppContext
 from api.routes_ops import ApiMetrics
+from store.base import StoreUnavailable
 
 log = logging.getLogger("landun.api")
 
@@ -65,14 +66,39 @@ def create_app(ctx: AppContext) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
-        )
+        from starlette.routing import Match
+
+        detail, headers = exc.detail, exc.headers
+        if exc.status_code == 405:
+            # Starlette's Allow names the first route on the path only; list every method.
+            allowed = [
+                method
+                for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+                if any(
+                    r.matches({**request.scope, "method": method})[0] is Match.FULL
+                    for r in request.app.router.routes
+                )
+            ]
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+            detail = f"{request.method} is not allowed on this path; use {', '.join(allowed)}"
+        elif exc.status_code == 404 and detail == "Not Found":
+            detail = f"no such path {request.url.path}; the API is described at /docs"
+        elif exc.status_code == 400 and detail == "There was an error parsing the body":
+            detail = "the request body is not JSON in UTF-8"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(
             {"detail": _validation_message(exc), "errors": _plain(exc.errors())}, status_code=422
+        )
+
+    @app.exception_handler(StoreUnavailable)
+    async def unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"the store is unavailable, nothing was changed; try again: {exc}"},
+            status_code=503,
+            headers={"Retry-After": "5"},
         )
 
     @app.exception_handler(Exception)

@@ -98,7 +98,10 @@ def parse_json(payload: bytes, limits: DecodeLimits) -> tuple[object, str | None
         return None, f"not JSON: {exc}"
     except RecursionError:
         return None, f"JSON nested deeper than {limits.max_depth} levels"
-    if _depth(doc, limits.max_depth) > limits.max_depth:
+    # Walking the document costs more than parsing it; a payload with no more brackets than
+    # the limit cannot be nested deeper, which is every ordinary message.
+    brackets = payload.count(b"{") + payload.count(b"[")
+    if brackets > limits.max_depth and _depth(doc, limits.max_depth) > limits.max_depth:
         return None, f"JSON nested deeper than {limits.max_depth} levels"
     return doc, None
 

@@ -67,6 +67,12 @@ class IngestPipeline:
         """Make a pending store retry give up; the unacknowledged batch stays with the broker."""
         self._stopping.set()
 
+    def dead_letter(self, m: RawMessage, device_id: str | None, reason: str) -> bool:
+        """Refuse a message found bad before decoding (e.g. a broken HJ 212 frame), through the
+        same commit, retry and counting as every other dead letter."""
+        with self._lock:
+            return self._commit([], [self._dead(m, device_id, reason)], [])
+
     def process(self, msgs: Sequence[RawMessage]) -> bool:
         """Store a batch; True once committed, False if stopped before the store came back."""
         with self._lock:

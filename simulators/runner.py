@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +78,7 @@ class SimulatorRunner:
         settings: RunnerSettings | None = None,
         client_id: str = "landun-simulators",
         clock: Callable[[], int] = now_ms,
+        credentials: Mapping[str, str] | None = None,
     ) -> None:
         self.broker = broker
         self.devices = list(devices)
@@ -88,21 +89,41 @@ class SimulatorRunner:
         self._thread = threading.Thread(target=self.run, name="landun-simulators", daemon=True)
         self._rng = np.random.default_rng(self.settings.seed)
         self._seq = dict.fromkeys((d.device_id for d in self.devices), 0)
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        if broker.username:
-            self.client.username_pw_set(broker.username, broker.password)
+        # With credentials each device connects as itself (user name = device id), as real
+        # sensors do under the production ACL; otherwise one client speaks for all of them.
+        if credentials:
+            self.clients = {
+                d.device_id: self._client(f"{client_id}-{d.device_id}", d.device_id,
+                                          credentials[d.device_id])
+                for d in self.devices
+            }  # fmt: skip
+        else:
+            shared = self._client(client_id, broker.username, broker.password)
+            self.clients = dict.fromkeys((d.device_id for d in self.devices), shared)
+
+    @staticmethod
+    def _client(client_id: str, user: str | None, password: str | None) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        if user:
+            client.username_pw_set(user, password)
+        return client
+
+    def _unique_clients(self) -> list[mqtt.Client]:
+        return list({id(c): c for c in self.clients.values()}.values())
 
     def start(self) -> None:
-        self.client.connect(self.broker.host, self.broker.port)
-        self.client.loop_start()
+        for client in self._unique_clients():
+            client.connect(self.broker.host, self.broker.port)
+            client.loop_start()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
-        self.client.disconnect()
-        self.client.loop_stop()
+        for client in self._unique_clients():
+            client.disconnect()
+            client.loop_stop()
 
     @property
     def finished(self) -> bool:
@@ -130,7 +151,7 @@ class SimulatorRunner:
             if not records:
                 continue
             payload = records[0] if len(records) == 1 else records
-            info = self.client.publish(
+            info = self.clients[device_id].publish(
                 f"landun/v1/devices/{device_id}/telemetry",
                 json.dumps(payload, separators=(",", ":")),
                 qos=1,

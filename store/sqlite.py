@@ -5,6 +5,7 @@ run alongside the writer."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -142,13 +143,15 @@ _ALERT_COLS_A = ", ".join(f"a.{c.strip()}" for c in _ALERT_COLS.split(","))
 _ALERT_SETS = ", ".join(f"{c.strip()} = ?" for c in _ALERT_COLS.split(","))
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
+def _connect(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout_ms / 1000, check_same_thread=False, isolation_level=None
+    )
     conn.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode is durable against process crashes (what at-least-once needs); a power
     # cut may lose the last transactions, which the broker then redelivers as they were not acked.
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     return conn
 
 
@@ -190,10 +193,10 @@ def _alert_values(a: Alert) -> tuple:
 
 
 class SqliteStore:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = _connect(self.path)
+        self._writer = _connect(self.path, busy_timeout_ms)
         self._writer.executescript(SCHEMA)
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -221,8 +224,13 @@ class SqliteStore:
             try:
                 yield conn
                 conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
+            except BaseException as exc:
+                # SQLite may already have rolled back (disk full, I/O error): a failing ROLLBACK
+                # must not hide the error that matters.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise StoreUnavailable(f"sqlite: {exc}") from exc
                 raise
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import shutil
 import socket
 import subprocess
@@ -39,7 +40,8 @@ class MosquittoBroker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def write_config(self) -> None:
-        lines = [f"listener {self.port} 127.0.0.1"]
+        # As root, mosquitto drops to the `mosquitto` user, which cannot write pytest's temp dir.
+        lines = [f"listener {self.port} 127.0.0.1", f"user {getpass.getuser()}"]
         if "allow_anonymous" not in self.extra:
             lines.append("allow_anonymous true")
         if self.persistence:

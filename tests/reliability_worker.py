@@ -71,11 +71,9 @@ def write_status(path: Path, sub: MqttSubscriber, stopped: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    store = SqliteStore(args.db)
-    if args.busy_timeout_ms is not None:
-        # Private access on purpose: lets the store-outage test fail fast instead of waiting out
-        # the store's fixed 5 s busy timeout on every attempt.
-        store._writer.execute(f"PRAGMA busy_timeout={int(args.busy_timeout_ms)}")
+    # A short busy timeout lets the store-outage test see failures fast instead of waiting
+    # out the default 5 s on every attempt.
+    store = SqliteStore(args.db, busy_timeout_ms=args.busy_timeout_ms or 5000)
     pipeline = IngestPipeline(store, load_registry(args.registry), default_catalogue())
     settings = SubscriberSettings(
         client_id=args.client_id, shared_group=args.shared_group, queue_max=args.queue_max

@@ -8,7 +8,6 @@ by key and value by value, with what was published. Run with -s to see the figur
 
 from __future__ import annotations
 
-import getpass
 import json
 import signal
 import sqlite3
@@ -225,10 +224,7 @@ class Worker:
 
 @pytest.fixture
 def broker(tmp_path: Path):
-    # Started as root, Mosquitto drops to the `mosquitto` user, which cannot write its
-    # persistence file into pytest's private tmp_path; it would then lose every session on
-    # restart, quietly. Staying the current user is what a developer's or CI's run does anyway.
-    b = MosquittoBroker(tmp_path, extra=f"user {getpass.getuser()}", persistence=True)
+    b = MosquittoBroker(tmp_path, persistence=True)
     b.start()
     yield b
     b.stop()

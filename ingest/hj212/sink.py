@@ -4,9 +4,8 @@ alerts as MQTT. A logger's records become a telemetry message of its device."""
 from __future__ import annotations
 
 from domain.credentials import verify_secret
-from domain.model import DeadLetter
 from domain.registry import Registry
-from ingest.pipeline import MAX_RAW, IngestPipeline, RawMessage
+from ingest.pipeline import IngestPipeline, RawMessage
 
 
 class RegistryLookup:
@@ -32,14 +31,16 @@ class PipelineSink:
         self.pipeline = pipeline
 
     def telemetry(self, device_id: str, records: list[dict], recv_ms: int, raw: bytes) -> None:
-        msg = RawMessage(
-            f"landun/v1/devices/{device_id}/telemetry", raw, recv_ms, source="hj212", doc=records
-        )
+        msg = RawMessage(_topic(device_id), raw, recv_ms, source="hj212", doc=records)
         if not self.pipeline.process([msg]):
             raise RuntimeError("ingest is stopping; the logger will resend")
 
     def dead_letter(self, reason: str, raw: bytes, device_id: str | None, recv_ms: int) -> None:
-        topic = f"hj212/{device_id or 'unknown'}"
-        dead = DeadLetter(topic, device_id, recv_ms, reason, bytes(raw[:MAX_RAW]), "hj212")
-        self.pipeline.store.write_batch([], [dead])
-        self.pipeline.metrics.dead_lettered += 1
+        msg = RawMessage(_topic(device_id), raw, recv_ms, source="hj212")
+        if not self.pipeline.dead_letter(msg, device_id, reason):
+            raise RuntimeError("ingest is stopping; the logger will resend")
+
+
+def _topic(device_id: str | None) -> str:
+    """The MQTT topic the logger's data would have had, so dead letters read alike."""
+    return f"landun/v1/devices/{device_id or 'unknown'}/telemetry"
