@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import sys
@@ -14,6 +15,7 @@ from alerts.notify_webhook import WebhookTarget
 from landun import accounts
 from landun.mosquitto_export import add_subparser as add_devices_subparser
 from landun.system import RunConfig, System, run_hj212_gateway
+from simulators.cli import add_subparser as add_simulate_subparser
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -58,6 +60,13 @@ def _hj212_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+# Commands whose options belong to another module's `main(argv)`.
+DELEGATED = {
+    "eval": ("alerts.evaluation", "score the detectors on a labelled CSV (GECCO 2018)"),
+    "eval-scenarios": ("simulators.evaluate", "score alerts on simulated fault scenarios"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="landun", description="Landun online monitoring")
     p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
@@ -85,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     accounts.add_subparsers(sub)
     add_devices_subparser(sub)
+    add_simulate_subparser(sub)
+    for name, (_, what) in DELEGATED.items():
+        sub.add_parser(name, help=f"{what} (`landun {name} --help`)")
 
     gw = sub.add_parser("hj212-gateway", help="run only the HJ 212 TCP gateway")
     gw.add_argument("--host", dest="hj212_host", default="0.0.0.0", help="bind address")
@@ -96,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -89,6 +89,7 @@ class SimulatorRunner:
         self._thread = threading.Thread(target=self.run, name="landun-simulators", daemon=True)
         self._rng = np.random.default_rng(self.settings.seed)
         self._seq = dict.fromkeys((d.device_id for d in self.devices), 0)
+        self._inflight: list[mqtt.MQTTMessageInfo] = []
         # With credentials each device connects as itself (user name = device id), as real
         # sensors do under the production ACL; otherwise one client speaks for all of them.
         if credentials:
@@ -121,6 +122,10 @@ class SimulatorRunner:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        # Let the broker acknowledge what was published before hanging up (QoS 1).
+        for info in self._inflight:
+            info.wait_for_publish(10)
+        self._inflight.clear()
         for client in self._unique_clients():
             client.disconnect()
             client.loop_stop()
@@ -156,6 +161,8 @@ class SimulatorRunner:
                 json.dumps(payload, separators=(",", ":")),
                 qos=1,
             )
+            self._inflight = [i for i in self._inflight if not i.is_published()]
+            self._inflight.append(info)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 log.warning("publish for %s failed: %s", device_id, mqtt.error_string(info.rc))
             self.published += len(records)
