@@ -242,3 +242,39 @@ def test_settings_file_has_source_and_every_pool_parameter() -> None:
         assert SETTINGS.for_parameter(p).parameter == p
     with pytest.raises(KeyError):
         SETTINGS.for_parameter("no_such_parameter")
+
+
+def test_event_baseline_frozen_during_a_long_event() -> None:
+    params = ["free_chlorine", "ph", "orp", "turbidity"]
+    rows = np.column_stack([clean(p) for p in params])
+    rows[700:1100, 0] -= 0.3  # a 400-minute chlorine and ORP excursion: longer than half the
+    rows[700:1100, 2] -= 80.0  # 720-row baseline, so an unfrozen median would absorb it
+    base = dataclasses.replace(SETTINGS.event_profile("pool"), window=300, min_history=60)
+    drifting = EventDetector(params, base).update_many(minutes(DAY), rows)["active"]
+    frozen = dataclasses.replace(base, max_frozen=600)
+    held = EventDetector(params, frozen).update_many(minutes(DAY), rows)["active"]
+    assert held[705:1100].all()  # the whole event, not just its first hours
+    assert not drifting[705:1100].all()
+    assert not held[1105:].any()  # released when the readings return
+
+
+def test_event_batch_equals_streaming_with_frozen_and_short_baselines() -> None:
+    params = ["free_chlorine", "ph", "orp", "turbidity"]
+    rows = np.column_stack([_with_faults_and_gaps(p, seed=11) for p in params])
+    rows[1100:1105] = np.nan
+    rows[600:700, :2] *= 1.5
+    ts = minutes(DAY)
+    settings = dataclasses.replace(
+        SETTINGS.event_profile("pool"),
+        window=200,
+        lag=10,
+        min_history=50,
+        short_window=60,
+        max_frozen=40,
+    )
+    one = EventDetector(params, settings)
+    streamed = [one.update(t, r) for t, r in zip(ts.tolist(), rows, strict=True)]
+    batch = np.concatenate(_split_batches(EventDetector(params, settings), ts, rows))
+    np.testing.assert_array_equal(batch["score"], [r.score for r in streamed])
+    np.testing.assert_array_equal(batch["active"], [r.active for r in streamed])
+    assert batch["active"].any()

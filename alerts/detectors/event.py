@@ -1,10 +1,23 @@
 """Multivariate water-quality event score: several parameters leaving their baselines together.
 
 Per parameter, z = (x - median) / max(1.4826 MAD, floor) against a lagged rolling baseline of its
-own valid readings; the row score is sqrt(mean of the top-k z^2) over the parameters present. A
-row is raw-positive when the score exceeds the threshold; the detector turns active when m of the
-last n scored rows are raw-positive, and stays active while the score is above off_ratio x
-threshold (hysteresis). Rows where every parameter is missing leave the state untouched.
+own valid readings (the `window` readings ending `lag` readings back). With `short_window` > 0 a
+second, short baseline of the newest `short_window` of those readings is judged too and the
+smaller |z| of the two counts (same sign required, else 0): a step that the short baseline has
+already absorbed is an old level change, not a fresh event. The row score is sqrt(mean of the
+top-k z^2) over the parameters present. A row is raw-positive when the score exceeds the
+threshold; the detector turns active when m of the last n scored rows are raw-positive, and stays
+active while the score is above off_ratio x threshold (hysteresis).
+
+While the detector is active the baselines are frozen (readings are not added) for at most
+`max_frozen` rows, so a long event is not absorbed into its own baseline; after that the readings
+flow in again and a lasting level change becomes the new normal. Rows where every parameter is
+missing leave the state untouched.
+
+`update` and `update_many` run the same scalar step (the baseline depends on the decisions, so a
+batch cannot be vectorised across rows); the window statistics use only medians, which do not
+depend on the order of the ring, so the per-parameter rings can share one 2-D array and one
+`np.median` call per row.
 """
 
 from __future__ import annotations
@@ -14,28 +27,55 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from alerts.detectors.base import (
-    DetectorResult,
-    RingBuffer,
-    batch_result,
-    lagged_window_stats,
-    robust_stats,
-    window_of,
-)
+from alerts.detectors.base import MAD_TO_SD, DetectorResult, batch_result
 from alerts.detectors.settings import EventSettings
 
 KIND = "water_quality_event"
 
 
-def combine_top_k(z2_sorted_desc: np.ndarray, available: np.ndarray, top_k: int) -> np.ndarray:
-    """sqrt(mean of the top-k squared z per row). Summed column by column in a fixed order, so a
-    single row (streaming) and many rows (batch) give bit-identical results."""
-    k = np.minimum(available, top_k)
-    acc = np.zeros(z2_sorted_desc.shape[0])
-    for j in range(min(top_k, z2_sorted_desc.shape[1])):
-        acc = acc + np.where(j < k, z2_sorted_desc[:, j], 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(k > 0, np.sqrt(acc / k), np.nan)
+def _median_rows(a: np.ndarray) -> np.ndarray:
+    """Median of each row of a 2-D array without NaNs (np.median without its overhead)."""
+    n = a.shape[1]
+    h = n // 2
+    if n % 2:
+        return np.partition(a, h, axis=1)[:, h]
+    part = np.partition(a, (h - 1, h), axis=1)
+    return (part[:, h - 1] + part[:, h]) * 0.5
+
+
+class _Rings:
+    """One unordered ring of `size` values per parameter in a (parameters, size) array."""
+
+    __slots__ = ("count", "data", "head", "size")
+
+    def __init__(self, parameters: int, size: int) -> None:
+        self.size = size
+        self.data = np.zeros((parameters, size))
+        self.head = [0] * parameters
+        self.count = [0] * parameters
+
+    def push(self, j: int, value: float) -> None:
+        h = self.head[j]
+        self.data[j, h] = value
+        self.head[j] = (h + 1) % self.size
+        if self.count[j] < self.size:
+            self.count[j] += 1
+
+    def stats(self, floors: np.ndarray, min_history: int) -> tuple[np.ndarray, np.ndarray]:
+        """Median and floored MAD scale per parameter; NaN where fewer than `min_history`."""
+        if min(self.count) == self.size:  # steady state: one call for every parameter
+            med = _median_rows(self.data)
+            mad = _median_rows(np.abs(self.data - med[:, None])) * MAD_TO_SD
+            return med, np.maximum(mad, floors)
+        med = np.full(len(self.count), np.nan)
+        scale = np.full(len(self.count), np.nan)
+        for j, c in enumerate(self.count):
+            if c >= min_history:  # not yet wrapped: the stored values are data[j, :c]
+                w = self.data[j : j + 1, :c]
+                m = _median_rows(w)
+                med[j] = m[0]
+                scale[j] = max(float(_median_rows(np.abs(w - m[0]))[0]) * MAD_TO_SD, floors[j])
+        return med, scale
 
 
 class EventDetector:
@@ -43,18 +83,25 @@ class EventDetector:
         unknown = set(parameters) - set(settings.scale_floor)
         if unknown:
             raise ValueError(f"no scale_floor in the event settings for {sorted(unknown)}")
+        if settings.short_window and settings.short_window > settings.window:
+            raise ValueError("short_window must not exceed window")
         self.parameters = tuple(parameters)
         self.settings = settings
-        self.buffers = [RingBuffer(settings.window + settings.lag) for _ in self.parameters]
-        self.floors = [settings.scale_floor[p] for p in self.parameters]
+        p = len(self.parameters)
+        self.floors = np.array([settings.scale_floor[q] for q in self.parameters], dtype=float)
+        self.long = _Rings(p, settings.window)
+        self.short = _Rings(p, settings.short_window) if settings.short_window else None
+        # Readings wait `lag` rows (per parameter) before they enter the baselines.
+        self.pending: list[list[float]] = [[] for _ in range(p)]
         self.raw = np.zeros(settings.persist_n, dtype=bool)  # ring of recent raw-positive rows
         self.raw_head = 0
         self.raw_sum = 0
         self.active = False
         self.active_since_ms = -1
+        self.frozen_rows = 0  # rows the baselines have been held during the current episode
 
     def _persist_step(self, ts_ms: int, score: float) -> bool:
-        """Persistence and hysteresis; shared by `update` and `update_many`."""
+        """Persistence and hysteresis."""
         s = self.settings
         raw = score > s.threshold
         self.raw_sum += int(raw) - int(self.raw[self.raw_head])
@@ -69,58 +116,86 @@ class EventDetector:
         elif self.raw_sum >= s.persist_m:
             self.active = True
             self.active_since_ms = ts_ms
+            self.frozen_rows = 0
         return self.active
 
-    def update(self, ts_ms: int, values: Sequence[float] | np.ndarray) -> DetectorResult:
+    def _z(self, row: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         s = self.settings
-        row = np.asarray(values, dtype=np.float64)
-        z = np.full(len(self.parameters), np.nan)
-        medians = {}
-        for j, buf in enumerate(self.buffers):
-            x = row[j]
-            if math.isnan(x):
-                continue
-            window = window_of(buf, s.lag)
-            if len(window) >= s.min_history:
-                med, scale = robust_stats(window, self.floors[j])
-                z[j] = (x - med) / scale
-                medians[self.parameters[j]] = med
-            buf.push(x)
-        if np.isnan(row).all():
-            return DetectorResult(KIND, math.nan, self.active)
-        score = self._score_rows(z[None, :])[0]
+        med, scale = self.long.stats(self.floors, s.min_history)
+        with np.errstate(invalid="ignore"):
+            z = np.where(present, (row - med) / scale, np.nan)
+            if self.short is not None:
+                smed, sscale = self.short.stats(self.floors, min(s.min_history, s.short_window))
+                zs = (row - smed) / sscale
+                # Same direction against both baselines, else 0; NaN short z: long z stands.
+                both = np.where(z * zs > 0, np.sign(z) * np.minimum(abs(z), abs(zs)), 0.0)
+                z = np.where(np.isnan(zs) | np.isnan(z), z, both)
+        return z, med
+
+    def _push(self, row: np.ndarray, present: np.ndarray) -> None:
+        lag = self.settings.lag
+        for j in np.flatnonzero(present).tolist():
+            x = float(row[j])
+            if lag:
+                q = self.pending[j]
+                q.append(x)
+                if len(q) <= lag:
+                    continue
+                x = q.pop(0)
+            self.long.push(j, x)
+            if self.short is not None:
+                self.short.push(j, x)
+
+    def _step(self, ts_ms: int, row: np.ndarray) -> tuple[float, bool, np.ndarray, np.ndarray]:
+        """One row: score against the baselines, decide, then feed the baselines."""
+        present = ~np.isnan(row)
+        if not present.any():
+            return math.nan, self.active, np.full(len(row), np.nan), np.full(len(row), np.nan)
+        z, med = self._z(row, present)
+        score = self._score(z)
         active = self._persist_step(ts_ms, score)
+        if active and self.frozen_rows < self.settings.max_frozen:
+            self.frozen_rows += 1  # baseline held: this event row does not become "normal"
+        else:
+            self._push(row, present)
+        return score, active, z, med
+
+    def update(self, ts_ms: int, values: Sequence[float] | np.ndarray) -> DetectorResult:
+        row = np.asarray(values, dtype=np.float64).reshape(len(self.parameters))
+        score, active, z, med = self._step(ts_ms, row)
+        if math.isnan(score):
+            return DetectorResult(KIND, math.nan, active)
         evidence = {
-            "threshold": s.threshold,
+            "threshold": self.settings.threshold,
             "active_since_ms": self.active_since_ms if active else -1,
             "window_end_ms": ts_ms,
             **{f"z_{p}": float(z[j]) for j, p in enumerate(self.parameters)},
-            **{f"median_{p}": m for p, m in medians.items()},
+            **{
+                f"median_{p}": float(med[j])
+                for j, p in enumerate(self.parameters)
+                if not math.isnan(z[j])
+            },
         }
-        return DetectorResult(KIND, float(score), active, evidence)
+        return DetectorResult(KIND, score, active, evidence)
 
-    def _score_rows(self, z: np.ndarray) -> np.ndarray:
-        z2 = np.where(np.isnan(z), -np.inf, z * z)
-        z2_sorted = -np.sort(-z2, axis=1)
-        available = (~np.isnan(z)).sum(axis=1)
-        return combine_top_k(z2_sorted, available, self.settings.top_k)
+    def _score(self, z: np.ndarray) -> float:
+        """sqrt(mean of the top-k z^2) over the parameters with a z; NaN when none has one."""
+        z2 = sorted((v * v for v in z.tolist() if not math.isnan(v)), reverse=True)
+        k = min(len(z2), self.settings.top_k)
+        if k == 0:
+            return math.nan
+        acc = 0.0
+        for v in z2[:k]:
+            acc += v
+        return math.sqrt(acc / k)
 
     def update_many(self, ts_ms: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """`values` has one column per parameter, in the constructor's order."""
-        s = self.settings
+        """`values` has one column per parameter, in the constructor's order. Same scalar step as
+        `update` row by row (the frozen baseline makes each row depend on earlier decisions)."""
         ts = np.asarray(ts_ms, dtype=np.int64)
         rows = np.asarray(values, dtype=np.float64).reshape(len(ts), len(self.parameters))
-        z = np.full(rows.shape, np.nan)
-        for j, buf in enumerate(self.buffers):
-            ok = np.flatnonzero(~np.isnan(rows[:, j]))
-            med, scale = lagged_window_stats(
-                buf.values(), rows[ok, j], s.window, s.lag, s.min_history, self.floors[j]
-            )
-            z[ok, j] = (rows[ok, j] - med) / scale
-            buf.extend(rows[ok, j])
-        score = self._score_rows(z)
+        score = np.empty(len(ts))
         active = np.zeros(len(ts), dtype=bool)
-        present = ~np.isnan(rows).all(axis=1)
-        for i in range(len(ts)):
-            active[i] = self._persist_step(int(ts[i]), score[i]) if present[i] else self.active
+        for i, t in enumerate(ts.tolist()):
+            score[i], active[i], _, _ = self._step(t, rows[i])
         return batch_result(score, active)

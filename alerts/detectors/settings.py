@@ -83,6 +83,10 @@ class EventSettings:
     persist_n: int
     off_ratio: float
     scale_floor: dict[str, float]
+    # Second, short baseline (0 = off); a reading must stand out against both to count.
+    short_window: int = 0
+    # Rows the baselines stay frozen while an event is active (0 = never frozen).
+    max_frozen: int = 0
 
 
 @dataclass(frozen=True, slots=True)

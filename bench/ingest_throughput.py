@@ -1,0 +1,357 @@
+"""Ingest throughput, alert latency and memory, side by side with a bare MQTT subscriber.
+
+1. Starts Mosquitto (persistence off, queues unbounded) on an ephemeral port and registers two
+   persistent sessions: a bare paho subscriber and Landun's ingest.
+2. Queues a backlog of N realistic telemetry messages (5 values each, thousands of devices).
+3. Times the bare paho subscriber draining it (auto-ack, nothing else to do).
+4. Times the full Landun ingest path draining the same backlog in its own process (`landun run
+   --no-simulators`): decode, validate, commit to SQLite, manual acks, alert evaluation with the
+   detectors.
+5. Steady load at a stated rate; some devices cross their pending time at known moments, and
+   the time from publishing that message to the alert stored is the alert latency.
+Prints the figures; the last line is a JSON object. `--quick` is a small run for the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+TOPIC = "landun/v1/devices/+/telemetry"
+MINUTE = 60_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def write_registry(path: Path, devices: int) -> list[str]:
+    ids = [f"bench-{i:05d}" for i in range(devices)]
+    lines = []
+    for i, dev in enumerate(ids):
+        lines += [
+            "[[sites]]",
+            f'id = "site-{i:05d}"',
+            f'name = "Bench pool {i}"',
+            'kind = "pool"',
+            f'jurisdiction = "{310100 + i % 20}"',
+            "",
+            "[[devices]]",
+            f'id = "{dev}"',
+            f'site = "site-{i:05d}"',
+            'kind = "pool_analyzer"',
+            "interval_s = 60",
+            "",
+        ]
+    path.write_text("\n".join(lines))
+    return ids
+
+
+def payload(ts: int, seq: int, rng: random.Random, free_chlorine: float | None = None) -> bytes:
+    values = {
+        "free_chlorine": round(free_chlorine or rng.gauss(0.6, 0.03), 2),
+        "ph": round(rng.gauss(7.4, 0.02), 2),
+        "turbidity": round(abs(rng.gauss(0.3, 0.03)), 2),
+        "orp": round(rng.gauss(710, 4)),
+        "temperature": round(rng.gauss(27.0, 0.1), 1),
+    }
+    return json.dumps({"ts": ts, "seq": seq, "values": values}, separators=(",", ":")).encode()
+
+
+def client(port: int, client_id: str, clean: bool = True) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
+    c.max_inflight_messages_set(1000)
+    c.connect("127.0.0.1", port)
+    return c
+
+
+def register_session(port: int, client_id: str) -> None:
+    done = threading.Event()
+    c = client(port, client_id, clean=False)
+    c.on_subscribe = lambda *a: done.set()
+    c.loop_start()
+    c.subscribe(TOPIC, qos=1)
+    if not done.wait(10):
+        raise RuntimeError(f"{client_id}: no SUBACK")
+    c.disconnect()
+    c.loop_stop()
+
+
+def publish_all(port: int, messages: list[tuple[str, bytes]]) -> float:
+    c = client(port, "bench-publisher")
+    c.loop_start()
+    started = time.perf_counter()
+    infos = [c.publish(f"landun/v1/devices/{d}/telemetry", p, qos=1) for d, p in messages]
+    for info in infos:
+        info.wait_for_publish(60)
+    elapsed = time.perf_counter() - started
+    c.disconnect()
+    c.loop_stop()
+    return elapsed
+
+
+def bare_drain(port: int, expected: int) -> float:
+    got = 0
+    first = last = 0.0
+    done = threading.Event()
+
+    def on_message(c, u, m) -> None:
+        nonlocal got, first, last
+        got += 1
+        if got == 1:
+            first = time.perf_counter()
+        if got == expected:
+            last = time.perf_counter()
+            done.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", clean_session=False)
+    c.on_message = on_message
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    if not done.wait(600):
+        raise RuntimeError(f"bare subscriber drained {got} of {expected}")
+    c.disconnect()
+    c.loop_stop()
+    return (expected - 1) / (last - first)
+
+
+def readings_stored(api_port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/healthz", timeout=5) as r:
+        return json.load(r)["readings_stored"]
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_landun(port: int, api_port: int, registry: Path, data: Path) -> subprocess.Popen:
+    cmd = [
+        sys.executable, "-m", "landun.cli", "run", "--no-simulators",
+        "--broker", f"mqtt://127.0.0.1:{port}", "--port", str(api_port),
+        "--client-id", "landun-bench", "--registry", str(registry), "--data-dir", str(data),
+    ]  # fmt: skip
+    log = open(data / "landun.log", "wb")  # noqa: SIM115 (kept for the process's lifetime)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def landun_drain(api_port: int, expected_readings: int) -> tuple[float, int]:
+    """Readings per second from the first stored batch to the last, and readings in that
+    first batch (drained before the clock started)."""
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            n = readings_stored(api_port)
+        except OSError:
+            n = 0
+        if n > 0:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("Landun stored nothing")
+        time.sleep(0.01)
+    first_n, first_t = n, time.perf_counter()
+    while n < expected_readings:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Landun stored {n} of {expected_readings} readings")
+        time.sleep(0.02)
+        n = readings_stored(api_port)
+    return (n - first_n) / (time.perf_counter() - first_t), first_n
+
+
+def steady_load(
+    port: int, devices: list[str], rate: int, seconds: float, triggers: int, rng: random.Random
+) -> dict[str, int]:
+    """Publish at `rate` msgs/s; each trigger device first gets a low chlorine reading 11 min
+    in the past (pending starts), then one low reading now (pending time passed: alert). The
+    wall time of each trigger publish is returned per device."""
+    c = client(port, "bench-steady")
+    c.loop_start()
+    now = int(time.time() * 1000)
+    trig = devices[:triggers]
+    for d in trig:
+        c.publish(f"landun/v1/devices/{d}/telemetry", payload(now - 11 * MINUTE, 0, rng, 0.05), 1)
+    total = int(rate * seconds)
+    every = max(1, total // max(1, triggers))
+    sent_at: dict[str, int] = {}
+    started = time.perf_counter()
+    for i in range(total):
+        due = started + i / rate
+        pause = due - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        ts = int(time.time() * 1000)
+        k = i // every
+        if i % every == 0 and k < len(trig):
+            d = trig[k]
+            c.publish(f"landun/v1/devices/{d}/telemetry", payload(ts, i, rng, 0.05), 1)
+            sent_at[d] = int(time.time() * 1000)
+        else:
+            d = devices[triggers + i % (len(devices) - triggers)]
+            c.publish(f"landun/v1/devices/{d}/telemetry", payload(ts, i + 1, rng), 1)
+    c.disconnect()
+    c.loop_stop()
+    return sent_at
+
+
+def alert_latencies(db: Path, sent_at: dict[str, int], timeout_s: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    rows: dict[str, int] = {}
+    while time.monotonic() < deadline and len(rows) < len(sent_at):
+        rows = dict(
+            conn.execute(
+                "SELECT device_id, min(opened_ms) FROM alerts"
+                " WHERE rule_id = 'range:free_chlorine' GROUP BY device_id"
+            ).fetchall()
+        )
+        time.sleep(0.1)
+    conn.close()
+    return sorted(rows[d] - t for d, t in sent_at.items() if d in rows)
+
+
+def percentile(values: list[int], q: float) -> float:
+    if not values:
+        return float("nan")
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+        if len(values) > 1
+        else values[0]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--devices", type=int, default=2_000)
+    ap.add_argument("--rate", type=int, default=5_000, help="steady load, messages/s")
+    ap.add_argument("--seconds", type=float, default=20.0, help="steady load duration")
+    ap.add_argument("--triggers", type=int, default=100, help="alerts timed under steady load")
+    ap.add_argument("--quick", action="store_true", help="a small run (for the tests)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.messages, args.devices, args.rate, args.seconds, args.triggers = 2_000, 50, 200, 2, 5
+    if shutil.which("mosquitto") is None:
+        print("mosquitto is not installed", file=sys.stderr)
+        return 2
+    rng = random.Random(1)
+    work = Path(tempfile.mkdtemp(prefix="landun-bench-"))
+    port, api_port = free_port(), free_port()
+    conf = work / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_inflight_messages 2000\nmax_queued_messages 0\nmax_queued_bytes 0\n"
+    )
+    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    landun = None
+    try:
+        wait_port(port)
+        devices = write_registry(work / "registry.toml", args.devices)
+        register_session(port, "bench-bare")
+        register_session(port, "landun-bench")
+        start = int(time.time() * 1000) - 3 * 86_400_000
+        per_device = -(-args.messages // len(devices))
+        backlog = [
+            (d, payload(start + k * MINUTE, k, rng)) for k in range(per_device) for d in devices
+        ][: args.messages]
+        pub_s = publish_all(port, backlog)
+        print(f"machine: {machine()}")
+        print(
+            f"backlog: {len(backlog)} messages from {len(devices)} devices, queued in {pub_s:.1f} s"
+        )
+
+        bare = bare_drain(port, len(backlog))
+        print(f"bare paho subscriber: {bare:,.0f} msgs/s")
+
+        data = work / "var"
+        data.mkdir()
+        landun = start_landun(port, api_port, work / "registry.toml", data)
+        readings_per_s, _ = landun_drain(api_port, len(backlog) * 5)
+        msgs_per_s = readings_per_s / 5
+        rss_drain = peak_rss_mb(landun.pid)
+        print(
+            f"landun ingest: {msgs_per_s:,.0f} msgs/s, {readings_per_s:,.0f} readings/s"
+            f" ({msgs_per_s / bare:.0%} of bare paho); peak RSS {rss_drain:.0f} MB"
+        )
+
+        sent = steady_load(port, devices, args.rate, args.seconds, args.triggers, rng)
+        lat = alert_latencies(data / "landun.db", sent)
+        p50, p99 = percentile(lat, 50), percentile(lat, 99)
+        rss = peak_rss_mb(landun.pid)
+        print(
+            f"steady load {args.rate} msgs/s for {args.seconds:g} s: alert latency"
+            f" p50 {p50:.0f} ms, p99 {p99:.0f} ms over {len(lat)} alerts; peak RSS {rss:.0f} MB"
+        )
+        print(
+            json.dumps(
+                {
+                    "messages": len(backlog),
+                    "devices": len(devices),
+                    "msgs_per_s": round(msgs_per_s),
+                    "readings_per_s": round(readings_per_s),
+                    "bare_paho_msgs_per_s": round(bare),
+                    "ratio": round(msgs_per_s / bare, 3),
+                    "steady_rate": args.rate,
+                    "alerts_timed": len(lat),
+                    "p50_alert_ms": p50,
+                    "p99_alert_ms": p99,
+                    "peak_rss_mb": round(rss, 1),
+                    "machine": machine(),
+                }
+            )
+        )
+        return 0
+    finally:
+        if landun is not None:
+            landun.terminate()
+            landun.wait(30)
+        broker.terminate()
+        broker.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
