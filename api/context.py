@@ -10,6 +10,7 @@ from domain.params import Catalogue
 from domain.registry import Registry
 from ingest.metrics import IngestMetrics
 from store.base import Store
+from store.ledger import WasteLedger
 
 
 @dataclass
@@ -22,3 +23,4 @@ class AppContext:
     broker_connected: Callable[[], bool] = field(default=lambda: True)
     session_hours: float = 12.0
     api_metrics: object = None  # api.routes_ops.ApiMetrics, set by create_app
+    ledger: WasteLedger | None = None  # medical-waste bag ledger (api.routes_waste)

@@ -6,25 +6,38 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 
 from api.auth import Caller, Ctx, require_role, scoped_site_ids, site_for
 from api.evidence import evidence_csv, evidence_html, evidence_record
-from api.routes_readings import to_ms
-from api.schemas import ActionIn, AlertDetail, AlertOut, AuditOut, CommentIn
+from api.routes_readings import Instant, to_ms
+from api.schemas import (
+    ActionIn,
+    AlertDetail,
+    AlertOut,
+    AuditOut,
+    CommentIn,
+    error_responses,
+)
 from domain.alert_json import alert_to_dict
 from domain.model import AlertFamily, AlertStatus, Severity
 from domain.timeutil import ms_to_iso
 from store.base import AlertQuery, Principal
 
-router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
+router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"], responses=error_responses(401, 422))
 
 STREAM_POLL_S = 0.5
 STREAM_HEARTBEAT_S = 15.0
+
+# Ids are SQLite integers; a larger number cannot name an alert (and would overflow the driver).
+MAX_ID = 2**63 - 1
+AlertId = Annotated[int, Path(ge=1, le=MAX_ID, description="alert id")]
+# 400: a body that is not UTF-8 JSON; 409: the alert's state does not allow the action;
+# 503: the store could not take the change.
+ACTION_ERRORS = error_responses(400, 403, 404, 409, 503)
 
 
 def _visible(ctx, who: Principal, alert_id: int):
@@ -44,7 +57,7 @@ def _detail(ctx, alert_id: int) -> AlertDetail:
     return AlertDetail(**AlertOut.of(alert).model_dump(), audit=audit)
 
 
-@router.get("", response_model=list[AlertOut])
+@router.get("", response_model=list[AlertOut], responses=error_responses(403, 404))
 def list_alerts(
     ctx: Ctx,
     who: Caller,
@@ -55,8 +68,8 @@ def list_alerts(
     family: AlertFamily | None = None,
     severity: Severity | None = None,
     status: Annotated[list[AlertStatus] | None, Query()] = None,
-    since: Annotated[datetime | None, Query(description="last seen at or after")] = None,
-    until: Annotated[datetime | None, Query(description="first seen before")] = None,
+    since: Annotated[Instant | None, Query(description="last seen at or after")] = None,
+    until: Annotated[Instant | None, Query(description="first seen before")] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> list[AlertOut]:
     """Newest change first, within the caller's jurisdictions."""
@@ -85,7 +98,14 @@ def list_alerts(
     return [AlertOut.of(a) for a in ctx.store.list_alerts(q)]
 
 
-@router.get("/stream", response_class=StreamingResponse)
+@router.get(
+    "/stream",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "the event stream"},
+        **error_responses(400),
+    },
+)
 async def stream(
     request: Request,
     ctx: Ctx,
@@ -97,7 +117,8 @@ async def stream(
     every change since; without it the stream starts with the next change."""
     sites = scoped_site_ids(ctx, who)
     if last_event_id is not None:
-        if not last_event_id.isdigit():
+        # ASCII digits only (str.isdigit also takes "²"), and small enough to be an id.
+        if not (last_event_id.isascii() and last_event_id.isdigit()) or len(last_event_id) > 18:
             raise HTTPException(400, "Last-Event-ID must be an event id from this stream")
         after = int(last_event_id)
     else:
@@ -135,8 +156,8 @@ async def _events(request: Request, ctx, sites, after: int) -> AsyncIterator[str
         await asyncio.sleep(STREAM_POLL_S)
 
 
-@router.get("/{alert_id}", response_model=AlertDetail)
-def get_alert(ctx: Ctx, who: Caller, alert_id: int) -> AlertDetail:
+@router.get("/{alert_id}", response_model=AlertDetail, responses=error_responses(403, 404))
+def get_alert(ctx: Ctx, who: Caller, alert_id: AlertId) -> AlertDetail:
     _visible(ctx, who, alert_id)
     return _detail(ctx, alert_id)
 
@@ -153,24 +174,24 @@ def _act(ctx, who: Principal, alert_id: int, doing: str, action: Callable[[], ob
     return _detail(ctx, alert_id)
 
 
-@router.post("/{alert_id}/acknowledge", response_model=AlertDetail)
-def acknowledge(ctx: Ctx, who: Caller, alert_id: int, body: ActionIn) -> AlertDetail:
+@router.post("/{alert_id}/acknowledge", response_model=AlertDetail, responses=ACTION_ERRORS)
+def acknowledge(ctx: Ctx, who: Caller, alert_id: AlertId, body: ActionIn) -> AlertDetail:
     return _act(
         ctx, who, alert_id, "acknowledge alerts",
         lambda: ctx.engine.acknowledge(alert_id, who.name, body.comment),
     )  # fmt: skip
 
 
-@router.post("/{alert_id}/resolve", response_model=AlertDetail)
-def resolve(ctx: Ctx, who: Caller, alert_id: int, body: ActionIn) -> AlertDetail:
+@router.post("/{alert_id}/resolve", response_model=AlertDetail, responses=ACTION_ERRORS)
+def resolve(ctx: Ctx, who: Caller, alert_id: AlertId, body: ActionIn) -> AlertDetail:
     return _act(
         ctx, who, alert_id, "resolve alerts",
         lambda: ctx.engine.resolve(alert_id, who.name, body.comment),
     )  # fmt: skip
 
 
-@router.post("/{alert_id}/comments", response_model=AlertDetail)
-def comment(ctx: Ctx, who: Caller, alert_id: int, body: CommentIn) -> AlertDetail:
+@router.post("/{alert_id}/comments", response_model=AlertDetail, responses=ACTION_ERRORS)
+def comment(ctx: Ctx, who: Caller, alert_id: AlertId, body: CommentIn) -> AlertDetail:
     return _act(
         ctx, who, alert_id, "comment on alerts",
         lambda: ctx.engine.comment(alert_id, who.name, body.comment),
@@ -183,13 +204,14 @@ def comment(ctx: Ctx, who: Caller, alert_id: int, body: CommentIn) -> AlertDetai
         200: {
             "content": {"application/json": {}, "text/csv": {}, "text/html": {}},
             "description": "the evidence record",
-        }
+        },
+        **error_responses(403, 404),
     },
 )
 def evidence(
     ctx: Ctx,
     who: Caller,
-    alert_id: int,
+    alert_id: AlertId,
     format: Annotated[Literal["json", "csv", "html"], Query()] = "json",
 ):
     """Site, device, rule, limit and its source, times, values, the raw readings from an hour

@@ -6,32 +6,32 @@ readings x interval; completeness is readings received / readings expected."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 
 from api.auth import Caller, Ctx, scoped_site_ids, site_for
-from api.routes_readings import to_ms
-from api.schemas import ComplianceOut
-from domain.timeutil import ms_to_iso, now_ms
+from api.routes_readings import Instant, period_ms
+from api.schemas import ComplianceOut, error_responses
+from domain.timeutil import ms_to_iso
 from store.base import AlertQuery
 
-router = APIRouter(prefix="/api/v1", tags=["compliance"])
+router = APIRouter(prefix="/api/v1", tags=["compliance"], responses=error_responses(401, 422))
 
 
-@router.get("/compliance", response_model=list[ComplianceOut])
+@router.get(
+    "/compliance",
+    response_model=list[ComplianceOut],
+    responses=error_responses(400, 403, 404),
+)
 def compliance(
     ctx: Ctx,
     who: Caller,
     site: str | None = None,
-    start: Annotated[datetime | None, Query(description="default: 7 days before end")] = None,
-    end: Annotated[datetime | None, Query(description="default: now")] = None,
+    start: Annotated[Instant | None, Query(description="default: 7 days before end")] = None,
+    end: Annotated[Instant | None, Query(description="default: now")] = None,
 ) -> list[ComplianceOut]:
-    end_ms = to_ms(end, "end") or now_ms()
-    start_ms = to_ms(start, "start") or end_ms - 7 * 86_400_000
-    if end_ms <= start_ms:
-        raise HTTPException(400, "end must be after start")
+    start_ms, end_ms = period_ms(start, end)
     if site is not None:
         sites = [site_for(ctx, who, site)]
     else:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.auth import Caller, Ctx, site_for
-from api.schemas import LimitOut, ProfileOut
+from api.schemas import LimitOut, ProfileOut, error_responses
 
-router = APIRouter(prefix="/api/v1", tags=["standards"])
+router = APIRouter(prefix="/api/v1", tags=["standards"], responses=error_responses(401, 422))
 
 
 @router.get("/profiles", response_model=list[ProfileOut])
@@ -25,7 +25,9 @@ def profiles(ctx: Ctx, who: Caller) -> list[ProfileOut]:
     ]
 
 
-@router.get("/sites/{site_id}/limits", response_model=list[LimitOut])
+@router.get(
+    "/sites/{site_id}/limits", response_model=list[LimitOut], responses=error_responses(403, 404)
+)
 def site_limits(ctx: Ctx, who: Caller, site_id: str) -> list[LimitOut]:
     """The site's profile with its overrides applied: what its readings are judged against."""
     site_for(ctx, who, site_id)

@@ -10,7 +10,16 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from api.auth import Caller, Ctx, issue_token, require_role, scoped_site_ids
-from api.schemas import DeadLetterOut, DeadLettersOut, Health, LoginIn, MeOut, TokenOut
+from api.schemas import (
+    DeadLetterOut,
+    DeadLettersOut,
+    Health,
+    LoginIn,
+    MeOut,
+    ReadyOut,
+    TokenOut,
+    error_responses,
+)
 from domain.credentials import verify_secret
 from domain.timeutil import ms_to_iso
 from ingest.metrics import render_prometheus
@@ -77,7 +86,12 @@ def healthz(ctx: Ctx) -> Health:
     )
 
 
-@router.get("/readyz", tags=["operations"], responses={503: {"description": "not ready"}})
+@router.get(
+    "/readyz",
+    tags=["operations"],
+    response_model=ReadyOut,
+    responses={503: {"model": ReadyOut, "description": "not ready; `problems` says why"}},
+)
 def readyz(ctx: Ctx) -> JSONResponse:
     """Ready to serve: the store answers and ingest is connected to the broker."""
     problems = []
@@ -111,7 +125,12 @@ def metrics(ctx: Ctx) -> PlainTextResponse:
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
-@router.get("/api/v1/dead-letters", response_model=DeadLettersOut, tags=["ingest"])
+@router.get(
+    "/api/v1/dead-letters",
+    response_model=DeadLettersOut,
+    tags=["ingest"],
+    responses=error_responses(401, 403, 422),
+)
 def dead_letters(
     ctx: Ctx, who: Caller, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> DeadLettersOut:
@@ -130,7 +149,12 @@ def dead_letters(
     return DeadLettersOut(items=[DeadLetterOut.of(d) for d in items], counts_by_reason=counts)
 
 
-@router.post("/api/v1/auth/login", response_model=TokenOut, tags=["auth"])
+@router.post(
+    "/api/v1/auth/login",
+    response_model=TokenOut,
+    tags=["auth"],
+    responses=error_responses(400, 401, 422, 503),
+)
 def login(ctx: Ctx, body: LoginIn) -> TokenOut:
     """Exchange a user name and password for a session token (valid for 12 hours)."""
     found = ctx.store.get_user(body.username)
@@ -148,6 +172,6 @@ def login(ctx: Ctx, body: LoginIn) -> TokenOut:
     )
 
 
-@router.get("/api/v1/auth/me", response_model=MeOut, tags=["auth"])
+@router.get("/api/v1/auth/me", response_model=MeOut, tags=["auth"], responses=error_responses(401))
 def me(who: Caller) -> MeOut:
     return MeOut(name=who.name, role=who.role, jurisdictions=list(who.jurisdictions), kind=who.kind)

@@ -4,22 +4,36 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BeforeValidator
 
 from api.auth import Caller, Ctx, device_for, site_for
-from api.schemas import BucketOut, ReadingOut
+from api.schemas import BucketOut, ReadingOut, error_responses
 from domain.timeutil import ms_to_iso, now_ms
 from store.base import ReadingQuery
 
-router = APIRouter(prefix="/api/v1", tags=["readings"])
+router = APIRouter(prefix="/api/v1", tags=["readings"], responses=error_responses(401, 422))
 
 EVERY_MS = {"1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000, "1d": 86_400_000}
 CSV_PAGE = 50_000
+
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _iso_only(value: object) -> object:
+    """Pydantic also reads "0.5" as seconds since 1970; a time given here must be ISO 8601."""
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("expected an ISO 8601 time, e.g. 2026-11-22T08:00:00+08:00")
+    return value
+
+
+Instant = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 def to_ms(value: datetime | None, name: str) -> int | None:
@@ -28,6 +42,19 @@ def to_ms(value: datetime | None, name: str) -> int | None:
     if value.tzinfo is None:
         raise HTTPException(400, f"{name} must state its zone, e.g. 2026-11-22T08:00:00+08:00")
     return int(value.timestamp() * 1000)
+
+
+def period_ms(start: datetime | None, end: datetime | None) -> tuple[int, int]:
+    """(start, end) in epoch ms; end defaults to now, start to 7 days before end."""
+    end_ms = to_ms(end, "end")
+    if end_ms is None:
+        end_ms = now_ms()
+    start_ms = to_ms(start, "start")
+    if start_ms is None:
+        start_ms = end_ms - 7 * 86_400_000
+    if end_ms <= start_ms:
+        raise HTTPException(400, "end must be after start")
+    return start_ms, end_ms
 
 
 def _check_parameters(ctx, parameters: list[str] | None) -> tuple[str, ...]:
@@ -41,7 +68,10 @@ def _check_parameters(ctx, parameters: list[str] | None) -> tuple[str, ...]:
 @router.get(
     "/readings",
     response_model=list[ReadingOut],
-    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with format=csv"}},
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with format=csv"},
+        **error_responses(400, 403, 404),
+    },
 )
 def readings(
     ctx: Ctx,
@@ -50,8 +80,8 @@ def readings(
     device: Annotated[str | None, Query(description="device id")] = None,
     site: Annotated[str | None, Query(description="site id")] = None,
     parameter: Annotated[list[str] | None, Query(description="repeat for several")] = None,
-    start: Annotated[datetime | None, Query(description="from (inclusive), ISO 8601")] = None,
-    end: Annotated[datetime | None, Query(description="until (exclusive), ISO 8601")] = None,
+    start: Annotated[Instant | None, Query(description="from (inclusive), ISO 8601")] = None,
+    end: Annotated[Instant | None, Query(description="until (exclusive), ISO 8601")] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
     newest_first: bool = False,
     format: Annotated[Literal["json", "csv"], Query()] = "json",
@@ -112,25 +142,26 @@ def _csv_rows(ctx, q: ReadingQuery) -> Iterator[str]:
         start = page[-1].ts_ms + 1
 
 
-@router.get("/readings/downsampled", response_model=list[BucketOut])
+@router.get(
+    "/readings/downsampled",
+    response_model=list[BucketOut],
+    responses=error_responses(400, 403, 404),
+)
 def downsampled(
     ctx: Ctx,
     who: Caller,
     device: str,
     parameter: Annotated[list[str], Query(description="repeat for several")],
     every: Literal["1m", "5m", "15m", "1h", "1d"] = "1h",
-    start: Annotated[datetime | None, Query(description="default: 7 days before end")] = None,
-    end: Annotated[datetime | None, Query(description="default: now")] = None,
+    start: Annotated[Instant | None, Query(description="default: 7 days before end")] = None,
+    end: Annotated[Instant | None, Query(description="default: now")] = None,
     include_flagged: bool = False,
 ) -> list[BucketOut]:
     """Mean, min and max per interval (UTC-aligned), for charts. Flagged readings are left out
     unless `include_flagged`."""
     device_for(ctx, who, device)
     params = _check_parameters(ctx, parameter)
-    end_ms = to_ms(end, "end") or now_ms()
-    start_ms = to_ms(start, "start") or end_ms - 7 * 86_400_000
-    if end_ms <= start_ms:
-        raise HTTPException(400, "end must be after start")
+    start_ms, end_ms = period_ms(start, end)
     step = EVERY_MS[every]
     if (end_ms - start_ms) // step > 100_000:
         raise HTTPException(400, f"{every} over this range gives more than 100000 buckets")

@@ -6,20 +6,28 @@ startup, so they survive a restart."""
 from __future__ import annotations
 
 import json
+import math
 
 from fastapi import APIRouter, HTTPException
 
+from alerts.standards import Profile
 from api.auth import Caller, Ctx, device_for, require_role, scoped_site_ids, site_for
-from api.schemas import DeviceIn, DeviceOut, SiteIn, SiteOut, SiteStatusOut
+from api.schemas import DeviceIn, DeviceOut, SiteIn, SiteOut, SiteStatusOut, error_responses
 from domain.model import AlertFamily, AlertStatus, Site
 from domain.registry import device_from_dict, device_to_dict, site_from_dict, site_to_dict
 from domain.timeutil import ms_to_iso
 from store.base import AlertQuery
 
-router = APIRouter(prefix="/api/v1", tags=["sites and devices"])
+router = APIRouter(
+    prefix="/api/v1", tags=["sites and devices"], responses=error_responses(401, 422)
+)
 
 SITES_NS = "registry.sites"
 DEVICES_NS = "registry.devices"
+
+# What a site may override per parameter (fields of alerts.standards.Limit that are numbers).
+OVERRIDABLE = ("min", "max", "hysteresis", "critical_min", "critical_max")
+OVERRIDABLE_TIMES = ("pending_s", "clear_s", "critical_after_s")
 
 
 def site_status(ctx, site: Site) -> SiteStatusOut:
@@ -63,18 +71,19 @@ def list_sites(ctx: Ctx, who: Caller) -> list[SiteOut]:
     return [_site_out(ctx, s) for s in sorted(sites, key=lambda s: s.id)]
 
 
-@router.get("/sites/{site_id}", response_model=SiteOut)
+@router.get("/sites/{site_id}", response_model=SiteOut, responses=error_responses(403, 404))
 def get_site(ctx: Ctx, who: Caller, site_id: str) -> SiteOut:
     return _site_out(ctx, site_for(ctx, who, site_id))
 
 
-@router.put("/sites/{site_id}", response_model=SiteOut)
+@router.put("/sites/{site_id}", response_model=SiteOut, responses=error_responses(400, 403, 503))
 def put_site(ctx: Ctx, who: Caller, site_id: str, body: SiteIn) -> SiteOut:
     """Create or replace a site (admin)."""
     require_role(who, "admin", doing="change sites")
     if body.profile not in ctx.engine.profiles:
         known = ", ".join(sorted(ctx.engine.profiles))
         raise HTTPException(400, f"unknown standards profile {body.profile!r} (known: {known})")
+    _check_overrides(ctx.engine.profiles[body.profile], body.overrides)
     site = site_from_dict(body.model_dump() | {"id": site_id})
     ctx.store.save_state(SITES_NS, {site_id: json.dumps(site_to_dict(site), ensure_ascii=False)})
     ctx.registry.add_site(site)
@@ -82,7 +91,28 @@ def put_site(ctx: Ctx, who: Caller, site_id: str, body: SiteIn) -> SiteOut:
     return _site_out(ctx, site)
 
 
-@router.get("/devices", response_model=list[DeviceOut])
+def _check_overrides(profile: Profile, overrides: dict[str, dict[str, float]]) -> None:
+    """Refuse overrides the alert engine could not apply: it judges every reading of the site
+    against them, so a bad one would stop the site's evaluation, not just this request."""
+    known = ", ".join(OVERRIDABLE + OVERRIDABLE_TIMES)
+    for param, settings in overrides.items():
+        if param not in profile.limits:
+            has = ", ".join(sorted(profile.limits))
+            raise HTTPException(
+                400, f"overrides: profile {profile.id} sets no limit for {param!r} (it has: {has})"
+            )
+        for key, value in settings.items():
+            if key not in OVERRIDABLE + OVERRIDABLE_TIMES:
+                raise HTTPException(400, f"overrides.{param}: unknown setting {key!r} ({known})")
+            if not math.isfinite(value) or (key in OVERRIDABLE_TIMES and value < 0):
+                raise HTTPException(400, f"overrides.{param}.{key}: {value} is not a usable value")
+        base = profile.limits[param]
+        low, high = settings.get("min", base.min), settings.get("max", base.max)
+        if low is not None and high is not None and low > high:
+            raise HTTPException(400, f"overrides.{param}: min {low:g} is above max {high:g}")
+
+
+@router.get("/devices", response_model=list[DeviceOut], responses=error_responses(403, 404))
 def list_devices(ctx: Ctx, who: Caller, site: str | None = None) -> list[DeviceOut]:
     ids = scoped_site_ids(ctx, who)
     if site is not None:
@@ -92,12 +122,14 @@ def list_devices(ctx: Ctx, who: Caller, site: str | None = None) -> list[DeviceO
     return [DeviceOut.of(d) for d in sorted(devices, key=lambda d: d.id)]
 
 
-@router.get("/devices/{device_id}", response_model=DeviceOut)
+@router.get("/devices/{device_id}", response_model=DeviceOut, responses=error_responses(403, 404))
 def get_device(ctx: Ctx, who: Caller, device_id: str) -> DeviceOut:
     return DeviceOut.of(device_for(ctx, who, device_id))
 
 
-@router.put("/devices/{device_id}", response_model=DeviceOut)
+@router.put(
+    "/devices/{device_id}", response_model=DeviceOut, responses=error_responses(400, 403, 409, 503)
+)
 def put_device(ctx: Ctx, who: Caller, device_id: str, body: DeviceIn) -> DeviceOut:
     """Create or replace a device (admin). Its site must exist."""
     require_role(who, "admin", doing="change devices")

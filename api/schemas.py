@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from domain.alert_json import alert_to_dict
 from domain.model import Alert, DeadLetter, Device, Reading
 from domain.timeutil import ms_to_iso
 from store.base import Bucket
+
+
+def _not_bool(value: object) -> object:
+    """JSON true/false is not a number, though pydantic would read it as 1/0."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true or false")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_not_bool)]
 
 
 class ReadingOut(BaseModel):
@@ -54,9 +64,10 @@ class SiteIn(BaseModel):
     address: str = Field("", max_length=500)
     profile: str = "gb37488-2019-pool"
     timezone: str = "Asia/Shanghai"
-    latitude: float | None = Field(None, ge=-90, le=90)
-    longitude: float | None = Field(None, ge=-180, le=180)
-    overrides: dict[str, dict[str, float]] = {}
+    # Bounds before the validator, so the OpenAPI schema states them as minimum/maximum.
+    latitude: Annotated[float, Field(ge=-90, le=90), BeforeValidator(_not_bool)] | None = None
+    longitude: Annotated[float, Field(ge=-180, le=180), BeforeValidator(_not_bool)] | None = None
+    overrides: dict[str, dict[str, Number]] = {}
 
 
 class SiteOut(BaseModel):
@@ -79,7 +90,7 @@ class DeviceIn(BaseModel):
     site: str
     kind: str = Field(min_length=1, max_length=64)
     parameters: list[str] = []
-    interval_s: int = Field(60, ge=1, le=86_400)
+    interval_s: Annotated[int, Field(ge=1, le=86_400), BeforeValidator(_not_bool)] = 60
     mn: str | None = Field(None, min_length=1, max_length=64)
 
 
@@ -295,6 +306,7 @@ _ERROR_MEANING = {
     404: "no such site, device or alert",
     409: "conflicts with the current state (see detail)",
     422: "the request does not match this schema",
+    503: "the store cannot take writes now; nothing was changed, retry after Retry-After",
 }
 
 

@@ -32,6 +32,10 @@ class Registry:
             other = self.by_mn.get(device.mn)
             if other is not None and other != device.id:
                 raise ValueError(f"device {device.id}: MN {device.mn} already belongs to {other}")
+        old = self.devices.get(device.id)
+        if old is not None and old.mn is not None:
+            self.by_mn.pop(old.mn, None)  # a device whose MN changed gives the old one up
+        if device.mn is not None:
             self.by_mn[device.mn] = device.id
         self.devices[device.id] = device
 

@@ -21,7 +21,7 @@ from alerts.engine import AlertEngine
 from alerts.notify_mqtt import MqttAlertPublisher
 from alerts.notify_webhook import WebhookNotifier, WebhookTarget
 from alerts.offline import OfflineRule
-from alerts.standards import builtin_profiles
+from alerts.standards import builtin_profiles, limits_for_site
 from api.app import create_app
 from api.context import AppContext
 from api.routes_sites import apply_stored_edits
@@ -101,7 +101,10 @@ class Core:
                 store.close()  # the SqliteStore, or the InfluxStore with it
                 raise
         apply_stored_edits(store, registry)
-        engine = AlertEngine(store, registry, builtin_profiles(), catalogue)
+        profiles = builtin_profiles()
+        for site in registry.sites.values():
+            limits_for_site(site, profiles)  # a bad profile or override fails here, not later
+        engine = AlertEngine(store, registry, profiles, catalogue)
         detectors = load_detector_settings()
         engine.rules.append(OfflineRule(registry, detectors.offline, store.last_seen(), now_ms()))
         engine.rules.append(DetectorRule(registry, catalogue, detectors))
