@@ -20,6 +20,7 @@ from api import (
     routes_ops,
     routes_readings,
     routes_sites,
+    routes_waste,
 )
 from api.context import AppContext
 from api.routes_ops import ApiMetrics
@@ -49,7 +50,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.state.ctx = ctx
     ctx.api_metrics = ApiMetrics()
     routers = (routes_ops, routes_readings, routes_alerts, routes_sites, routes_limits)
-    for module in (*routers, routes_compliance):
+    for module in (*routers, routes_compliance, routes_waste):
         app.include_router(module.router)
     dashboard.mount(app)
 

@@ -6,7 +6,7 @@ import csv
 import io
 import re
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
@@ -34,6 +34,8 @@ def _iso_only(value: object) -> object:
 
 
 Instant = Annotated[datetime, BeforeValidator(_iso_only)]
+# A calendar day, ISO only for the same reason ("0" would otherwise be 1970-01-01).
+Day = Annotated[date, BeforeValidator(_iso_only)]
 
 
 def to_ms(value: datetime | None, name: str) -> int | None:

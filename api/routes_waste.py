@@ -3,7 +3,7 @@ register), within the caller's jurisdictions."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from api.auth import Caller, Ctx, in_scope, site_for
 from api.context import AppContext
-from api.routes_readings import Instant, to_ms
+from api.routes_readings import Day, Instant, to_ms
 from api.schemas import error_responses
 from domain.timeutil import ms_to_iso, now_ms
 from domain.waste import Bag, WasteCategory, WasteEvent
@@ -173,13 +173,15 @@ def bag_chain(
     )
 
 
-@router.get("/sites/{site_id}/waste/daily", response_model=list[DayOut])
+@router.get(
+    "/sites/{site_id}/waste/daily", response_model=list[DayOut], responses=error_responses(400)
+)
 def site_daily(
     ctx: Ctx,
     who: Caller,
     site_id: str,
-    first: Annotated[date | None, Query(alias="from", description="first local day")] = None,
-    last: Annotated[date | None, Query(alias="to", description="last local day")] = None,
+    first: Annotated[Day | None, Query(alias="from", description="first local day")] = None,
+    last: Annotated[Day | None, Query(alias="to", description="last local day")] = None,
 ) -> list[DayOut]:
     """Bags and kilograms collected per local day (the site's zone), by department and
     category; by default the last 7 days. Days without waste are listed with zeros."""

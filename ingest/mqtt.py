@@ -23,7 +23,11 @@ from ingest.pipeline import IngestPipeline, RawMessage
 
 log = logging.getLogger("landun.ingest.mqtt")
 
-TOPICS = ("landun/v1/devices/+/telemetry", "landun/v1/devices/+/status")
+TOPICS = (
+    "landun/v1/devices/+/telemetry",
+    "landun/v1/devices/+/status",
+    "landun/v1/devices/+/events",
+)
 # Never subscribed: unsubscribing from it is a harmless round trip (see _flush_acks).
 FLUSH_TOPIC = "landun/v1/ingest/flush"
 

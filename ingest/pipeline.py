@@ -11,14 +11,18 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from domain.model import DeadLetter, Reading
 from domain.params import Catalogue
 from domain.registry import Registry
 from domain.timeutil import now_ms
+from domain.waste import WasteEvent
 from ingest.decode import DecodeLimits, decode_document, decode_status, decode_telemetry
+from ingest.events import decode_events
 from ingest.metrics import IngestMetrics
 from store.base import DeviceStatus, Store, StoreUnavailable
+from store.ledger import WasteLedger
 
 log = logging.getLogger("landun.ingest")
 
@@ -36,6 +40,8 @@ class RawMessage:
 
 
 ReadingsHook = Callable[[list[Reading]], None]
+EventsHook = Callable[[list[WasteEvent]], None]
+T = TypeVar("T")
 
 
 class IngestPipeline:
@@ -49,12 +55,16 @@ class IngestPipeline:
         metrics: IngestMetrics | None = None,
         retry_initial_s: float = 0.05,
         retry_max_s: float = 5.0,
+        ledger: WasteLedger | None = None,
+        on_events: EventsHook | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.catalogue = catalogue
         self.limits = limits or DecodeLimits()
         self.on_stored = on_stored
+        self.ledger = ledger  # None: `.../events` messages are refused
+        self.on_events = on_events
         self.metrics = metrics or IngestMetrics()
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
@@ -82,9 +92,15 @@ class IngestPipeline:
         readings: list[Reading] = []
         dead: list[DeadLetter] = []
         statuses: list[DeviceStatus] = []
+        events: list[WasteEvent] = []
         for m in msgs:
-            self._decode_one(m, readings, dead, statuses)
+            self._decode_one(m, readings, dead, statuses, events)
         if not self._commit(readings, dead, statuses):
+            return False
+        # Recorded after the batch (the ledger has its own transaction) and before the acks; a
+        # crash in between is healed by redelivery, as the ledger ignores events it already has.
+        fresh = self._retrying(lambda: self.ledger.record(events)) if events else []
+        if fresh is None:
             return False
         self.metrics.received += len(msgs)
         self.metrics.observe_batch(len(msgs))
@@ -93,18 +109,20 @@ class IngestPipeline:
         if readings:
             self.metrics.lag_ms_last = msgs[-1].recv_ms - readings[-1].ts_ms
         if self.on_stored and readings:
-            self._run_hook(readings)
+            self._run_hook(self.on_stored, readings)
+        if self.on_events and fresh:
+            self._run_hook(self.on_events, fresh)
         return True
 
-    def _run_hook(self, readings: list[Reading]) -> None:
-        """Hand committed readings to the alert stage. Its failure must not stop ingest: the
-        readings are stored and will be acknowledged; raising here would kill the caller's worker
-        thread and with it every later message."""
+    def _run_hook(self, hook: Callable[[list], None], items: list) -> None:
+        """Hand committed readings (or newly recorded events) to the alert stage. Its failure
+        must not stop ingest: the data are stored and will be acknowledged; raising here would
+        kill the caller's worker thread and with it every later message."""
         try:
-            self.on_stored(readings)
+            hook(items)
         except Exception:
             self.metrics.hook_errors += 1
-            log.exception("alert hook failed on %d committed readings", len(readings))
+            log.exception("alert hook failed on %d committed records", len(items))
 
     def _decode_one(
         self,
@@ -112,6 +130,7 @@ class IngestPipeline:
         readings: list[Reading],
         dead: list[DeadLetter],
         statuses: list[DeviceStatus],
+        events: list[WasteEvent],
     ) -> None:
         match = TOPIC_RE.match(m.topic)
         if match is None:
@@ -145,6 +164,14 @@ class IngestPipeline:
                 statuses.append(
                     DeviceStatus(device_id, m.recv_ms, detail.pop("ts_ms"), detail["state"], detail)
                 )
+        elif kind == "events" and self.ledger is not None:
+            decoded_events, reasons = decode_events(
+                m.payload, device, device.site_id, m.recv_ms, self.limits
+            )
+            if reasons:
+                dead.append(self._dead(m, device_id, "; ".join(reasons)))
+            else:
+                events.extend(decoded_events)
         else:
             dead.append(self._dead(m, device_id, f"{kind} messages are not accepted on this route"))
 
@@ -157,21 +184,26 @@ class IngestPipeline:
     def _commit(
         self, readings: list[Reading], dead: list[DeadLetter], statuses: list[DeviceStatus]
     ) -> bool:
+        stored = self._retrying(lambda: self.store.write_batch(readings, dead, statuses))
+        if stored is None:
+            return False
+        self.metrics.readings_stored += stored
+        self.metrics.readings_duplicate += len(readings) - stored
+        self.metrics.dead_lettered += len(dead)
+        self.metrics.statuses += len(statuses)
+        return True
+
+    def _retrying(self, write: Callable[[], T]) -> T | None:
+        """A store write, retried with backoff until it succeeds; None if stopped first."""
         delay = self._retry_initial_s
         while True:
             try:
-                stored = self.store.write_batch(readings, dead, statuses)
+                return write()
             except StoreUnavailable as exc:
                 # Hold the batch (and with it every later ack) until the store is back: the broker
                 # keeps the backlog, so memory stays bounded by its in-flight window.
                 self.metrics.store_retries += 1
                 log.warning("store unavailable, retrying in %.2fs: %s", delay, exc)
                 if self._stopping.wait(delay):
-                    return False
+                    return None
                 delay = min(delay * 2, self._retry_max_s)
-                continue
-            self.metrics.readings_stored += stored
-            self.metrics.readings_duplicate += len(readings) - stored
-            self.metrics.dead_lettered += len(dead)
-            self.metrics.statuses += len(statuses)
-            return True

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from domain.model import SiteKind
 from domain.registry import Registry
+from domain.waste import WASTE_SCANNER, WASTE_STORE_SENSOR
 from simulators.faults import Fault, FaultKind
+from simulators.hospital_model import HospitalModel
 from simulators.pool_model import PoolModel
 from simulators.runner import SimDevice
 
@@ -41,4 +43,14 @@ def demo_devices(registry: Registry, now: int, seed: int = 7) -> list[SimDevice]
             start_ms=start,
         )
         devices.append(SimDevice(site.id, dev.id, model))
+    for i, site in enumerate(s for s in registry.sites.values() if s.kind is SiteKind.MEDICAL):
+        by_kind = {d.kind: d for d in registry.devices_of(site.id)}
+        scanner, sensor = by_kind.get(WASTE_SCANNER), by_kind.get(WASTE_STORE_SENSOR)
+        if scanner is None or sensor is None:
+            continue
+        hospital = HospitalModel(
+            site.id, scanner.id, sensor.id, seed + 100 + i, start, interval_s=sensor.interval_s
+        )
+        devices.append(SimDevice(site.id, sensor.id, hospital))
+        devices.append(SimDevice(site.id, scanner.id, hospital, topic="events"))
     return devices

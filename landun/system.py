@@ -15,6 +15,7 @@ from pathlib import Path
 
 import uvicorn
 
+from alerts.custody import CustodyRule
 from alerts.detector_rule import DetectorRule
 from alerts.detectors.settings import load_detector_settings
 from alerts.engine import AlertEngine
@@ -37,6 +38,7 @@ from landun.broker import EmbeddedBroker
 from landun.demo import BACKFILL_MS, demo_devices, demo_registry_path
 from simulators.runner import RunnerSettings, SimulatorRunner
 from store.base import Store
+from store.ledger import SqliteLedger
 from store.sqlite import SqliteStore
 
 log = logging.getLogger("landun")
@@ -82,6 +84,7 @@ class Core:
     store: Store
     engine: AlertEngine
     pipeline: IngestPipeline
+    ledger: SqliteLedger
 
     @classmethod
     def open(cls, cfg: RunConfig) -> Core:
@@ -106,10 +109,28 @@ class Core:
             limits_for_site(site, profiles)  # a bad profile or override fails here, not later
         engine = AlertEngine(store, registry, profiles, catalogue)
         detectors = load_detector_settings()
-        engine.rules.append(OfflineRule(registry, detectors.offline, store.last_seen(), now_ms()))
-        engine.rules.append(DetectorRule(registry, catalogue, detectors))
-        pipeline = IngestPipeline(store, registry, catalogue, on_stored=engine.on_readings)
-        return cls(registry_path, registry, catalogue, db_path, store, engine, pipeline)
+        offline = OfflineRule(registry, detectors.offline, store.last_seen(), now_ms())
+        ledger = SqliteLedger(db_path)
+        custody = CustodyRule(registry, ledger)
+        engine.rules += [offline, DetectorRule(registry, catalogue, detectors), custody]
+
+        def on_events(events: list) -> None:
+            offline.observe(events)  # a bag scanner's events are its sign of life
+            custody.on_events(events, engine)
+
+        pipeline = IngestPipeline(
+            store,
+            registry,
+            catalogue,
+            on_stored=engine.on_readings,
+            ledger=ledger,
+            on_events=on_events,
+        )
+        return cls(registry_path, registry, catalogue, db_path, store, engine, pipeline, ledger)
+
+    def close(self) -> None:
+        self.ledger.close()
+        self.store.close()
 
 
 def ensure_admin(store: Store, data_dir: Path, password: str | None) -> str:
@@ -219,6 +240,7 @@ class System:
             engine=core.engine,
             metrics=core.pipeline.metrics,
             broker_connected=lambda: subscriber.connected,
+            ledger=core.ledger,
         )
         self._server = _ApiServer(
             uvicorn.Config(create_app(ctx), host=cfg.host, port=cfg.port, log_level="warning")
@@ -249,7 +271,7 @@ class System:
             if webhooks is not None:
                 await asyncio.to_thread(webhooks.stop)
             alerts_out.stop()
-            core.store.close()
+            core.close()
             if embedded is not None:
                 await embedded.stop()
             print("Landun stopped cleanly.", flush=True)
@@ -295,4 +317,4 @@ async def run_hj212_gateway(cfg: RunConfig, ready: threading.Event | None = None
     finally:
         await gateway.stop()
         clock.stop()
-        core.store.close()
+        core.close()

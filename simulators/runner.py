@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -24,11 +25,18 @@ from simulators.pool_model import PoolModel, Sample
 log = logging.getLogger("landun.simulators")
 
 
+class EventSource(Protocol):
+    def events_until(self, until_ms: int) -> list[dict]: ...
+
+
 @dataclass(slots=True)
 class SimDevice:
+    """A simulated device: a model sampled for `telemetry`, or an event source for `events`."""
+
     site_id: str
     device_id: str
-    model: PoolModel
+    model: PoolModel | EventSource
+    topic: str = "telemetry"
 
 
 def telemetry_record(sample: Sample, seq: int) -> dict:
@@ -90,6 +98,7 @@ class SimulatorRunner:
         self._rng = np.random.default_rng(self.settings.seed)
         self._seq = dict.fromkeys((d.device_id for d in self.devices), 0)
         self._inflight: list[mqtt.MQTTMessageInfo] = []
+        self._topics = {d.device_id: d.topic for d in self.devices}
         # With credentials each device connects as itself (user name = device id), as real
         # sensors do under the production ACL; otherwise one client speaks for all of them.
         if credentials:
@@ -140,6 +149,9 @@ class SimulatorRunner:
         backfill_until = s.backfill_until_ms or 0
         for t in paced_times(s, self.clock, self._stop):
             for d in self.devices:
+                if d.topic == "events":
+                    pending[d.device_id].extend(d.model.events_until(t))
+                    continue
                 jitter = int(self._rng.uniform(0, s.jitter_s * 1000))
                 sample = d.model.sample(t + jitter)
                 if sample is None:
@@ -157,7 +169,7 @@ class SimulatorRunner:
                 continue
             payload = records[0] if len(records) == 1 else records
             info = self.clients[device_id].publish(
-                f"landun/v1/devices/{device_id}/telemetry",
+                f"landun/v1/devices/{device_id}/{self._topics[device_id]}",
                 json.dumps(payload, separators=(",", ":")),
                 qos=1,
             )

@@ -1,0 +1,120 @@
+"""Medical-waste event decoding: raw payload bytes on `.../events` -> validated bag events, or
+precise reasons. Same rules as telemetry (ingest.decode): an object or an array of them, JSON
+and time checks shared, and a message with any bad part refused whole."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from domain.model import Device
+from domain.waste import WASTE_SCANNER, WasteCategory, WasteEvent, WasteEventKind
+from ingest.decode import DecodeLimits, _pydantic_reasons, parse_json, parse_ts
+
+# A full medical-waste bag or sharps box weighs a few kilograms; 100 kg is no single bag, so a
+# larger value is a scale or keying error, refused like a physically impossible reading.
+MAX_BAG_KG = 100.0
+
+# What each event must state beyond ts, event and bag_id (the 条例 art. 12 register needs the
+# category, weight and source at collection, and the weight and manifest at handover).
+REQUIRED: dict[WasteEventKind, tuple[str, ...]] = {
+    WasteEventKind.COLLECTED: ("category", "weight_kg", "department"),
+    WasteEventKind.STORED: (),
+    WasteEventKind.HANDED_OVER: ("weight_kg", "manifest_id"),
+}
+
+Text = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class WasteEventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    ts: int | str
+    event: Literal["bag_collected", "bag_stored", "bag_handed_over"]
+    bag_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+    category: (
+        Literal["infectious", "sharps", "pathological", "pharmaceutical", "chemical"] | None
+    ) = None
+    weight_kg: float | None = None
+    department: Text | None = None
+    manifest_id: Text | None = None
+    carrier: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+
+_event_one = TypeAdapter(WasteEventIn)
+
+
+def decode_event_record(
+    rec: WasteEventIn,
+    device: Device,
+    site_id: str,
+    recv_ms: int,
+    limits: DecodeLimits,
+    reasons: list[str],
+    prefix: str = "",
+) -> WasteEvent | None:
+    before = len(reasons)
+    ts_ms, why = parse_ts(rec.ts, recv_ms, limits)
+    if why:
+        reasons.append(prefix + why)
+    kind = WasteEventKind(rec.event)
+    missing = [name for name in REQUIRED[kind] if getattr(rec, name) is None]
+    if missing:
+        reasons.append(f"{prefix}{kind} without {', '.join(missing)}")
+    if rec.weight_kg is not None and not (
+        math.isfinite(rec.weight_kg) and 0 < rec.weight_kg <= MAX_BAG_KG
+    ):
+        reasons.append(
+            f"{prefix}weight_kg={rec.weight_kg:g} outside plausible range 0–{MAX_BAG_KG:g} kg"
+        )
+    if ts_ms is None or len(reasons) > before:
+        return None
+    return WasteEvent(
+        device_id=device.id,
+        site_id=site_id,
+        event=kind,
+        bag_id=rec.bag_id,
+        ts_ms=ts_ms,
+        recv_ms=recv_ms,
+        category=WasteCategory(rec.category) if rec.category else None,
+        weight_kg=None if rec.weight_kg is None else float(rec.weight_kg),
+        department=rec.department,
+        manifest_id=rec.manifest_id,
+        carrier=rec.carrier,
+    )
+
+
+def decode_events(
+    payload: bytes, device: Device, site_id: str, recv_ms: int, limits: DecodeLimits
+) -> tuple[list[WasteEvent], list[str]]:
+    """Bag events of one message, or every reason it is refused (then no events)."""
+    if device.kind != WASTE_SCANNER:
+        return [], [f"device {device.id} is a {device.kind}, not a {WASTE_SCANNER}: no events"]
+    doc, why = parse_json(payload, limits)
+    if why:
+        return [], [why]
+    if isinstance(doc, list):
+        if not doc:
+            return [], ["empty array"]
+        if len(doc) > limits.max_batch:
+            return [], [f"array of {len(doc)} records over the {limits.max_batch} limit"]
+        items, many = doc, True
+    elif isinstance(doc, dict):
+        items, many = [doc], False
+    else:
+        return [], [f"payload is a JSON {type(doc).__name__}, not an object or array"]
+    events: list[WasteEvent] = []
+    reasons: list[str] = []
+    for i, item in enumerate(items):
+        prefix = f"[{i}] " if many else ""
+        try:
+            rec = _event_one.validate_python(item)
+        except ValidationError as exc:
+            reasons.extend(_pydantic_reasons(exc, prefix))
+            continue
+        event = decode_event_record(rec, device, site_id, recv_ms, limits, reasons, prefix)
+        if event is not None:
+            events.append(event)
+    return ([], reasons) if reasons else (events, [])
