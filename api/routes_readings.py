@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from datetime import date, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BeforeValidator
 
 from api.auth import Caller, Ctx, device_for, site_for
-from api.schemas import BucketOut, ReadingOut, error_responses
+from api.schemas import BucketOut, ReadingOut, error_responses, reading_dict
 from domain.timeutil import ms_to_iso, now_ms
 from store.base import ReadingQuery
 
@@ -78,7 +78,6 @@ def _check_parameters(ctx, parameters: list[str] | None) -> tuple[str, ...]:
 def readings(
     ctx: Ctx,
     who: Caller,
-    response: Response,
     device: Annotated[str | None, Query(description="device id")] = None,
     site: Annotated[str | None, Query(description="site id")] = None,
     parameter: Annotated[list[str] | None, Query(description="repeat for several")] = None,
@@ -115,11 +114,12 @@ def readings(
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
     rows = ctx.store.query_readings(q)
+    headers = {}
     if len(rows) == limit and not newest_first:
         # Same-millisecond readings of other parameters may straddle the page edge; the store's
         # idempotent key makes re-reading them harmless, so the next page starts at that time.
-        response.headers["X-Next-Start"] = ms_to_iso(rows[-1].ts_ms + 1)
-    return [ReadingOut.of(r) for r in rows]
+        headers["X-Next-Start"] = ms_to_iso(rows[-1].ts_ms + 1)
+    return JSONResponse([reading_dict(r) for r in rows], headers=headers)
 
 
 def _csv_rows(ctx, q: ReadingQuery) -> Iterator[str]:
