@@ -1,6 +1,7 @@
 """Runs the streaming detectors on every valid reading and turns their decisions into alerts
 through the engine: data integrity (implausible, stuck, spike, drift, ORP/chlorine
-inconsistency) and water-quality events (several parameters moving together).
+inconsistency, flagged data, gaps, tampering by replay) and water-quality events (several
+parameters moving together).
 
 An alert opens when a detector becomes active and resolves when it is no longer active; its
 evidence carries the detector's score and the window statistics behind the decision."""
@@ -8,7 +9,7 @@ evidence carries the detector's score and the window statistics behind the decis
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,20 @@ from domain.registry import Registry
 
 if TYPE_CHECKING:
     from alerts.engine import AlertEngine
+
+MS_PER_H = 3_600_000
+# Tampering by replay: a logger re-sending the readings of exactly one day earlier (the
+# replayed_perfect_data scenario). A live analyzer's noise makes an exact repeat of every value
+# of a row rare (~1 in 1000 rows by chance), ten in a row practically impossible.
+REPLAY_LAG_MS = 24 * MS_PER_H
+REPLAY_TOLERANCE_MS = 90_000  # the row's slot a day earlier: within 1.5 reporting intervals
+REPLAY_MIN_ROWS = 10
+# Gaps: short outages (each below the offline timeout) that add up. A fraction of the last hour
+# lost; hysteresis so a flaky link gives one alert, not one per outage.
+GAP_WINDOW_MS = MS_PER_H
+GAP_ON = 0.10  # 6 min of the last hour lost in short gaps
+GAP_OFF = 0.05
+GAP_SLACK = 1.5  # a gap counts once it exceeds 1.5 reporting intervals (jitter is not a gap)
 
 
 def rule_id(kind: str, parameter: str | None) -> str:
@@ -47,10 +62,16 @@ class DetectorRule:
         self._events: dict[str, EventDetector] = {}
         self._last_row_ts: dict[str, int] = {}
         self._consistency: dict[str, InconsistencyDetector] = {}
+        self._replay: dict[str, ReplayDetector] = {}
+        self._gaps: dict[str, GapDetector] = {}
 
     def observe(self, readings: Sequence[Reading], engine: AlertEngine) -> None:
         rows: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
+        sent: dict[str, set[int]] = defaultdict(set)
         for r in sorted(readings, key=lambda r: r.ts_ms):
+            sent[r.device_id].add(r.ts_ms)
+            if r.parameter in self.settings.series:
+                self._flagged(engine, r)
             if r.flag != VALID_FLAG or r.parameter not in self.settings.series:
                 continue
             key = (r.device_id, r.parameter)
@@ -65,6 +86,27 @@ class DetectorRule:
             rows[(r.device_id, r.ts_ms)][r.parameter] = r.value
         for (device_id, ts), row in sorted(rows.items(), key=lambda kv: kv[0][1]):
             self._rows(engine, device_id, ts, row)
+        for device_id, stamps in sent.items():
+            self._sent(engine, device_id, sorted(stamps))
+
+    def _flagged(self, engine: AlertEngine, r: Reading) -> None:
+        """Data flagged invalid (calibration, maintenance, fault) are stored but not judged; the
+        inspector is told while a parameter reports only flagged data."""
+        flagged = r.flag != VALID_FLAG
+        res = DetectorResult("flagged", float(flagged), flagged, {"flag": r.flag})
+        self._decide(engine, r.site_id, r.device_id, r.parameter, r.ts_ms, r.value, res)
+
+    def _sent(self, engine: AlertEngine, device_id: str, stamps: list[int]) -> None:
+        device = self.registry.devices[device_id]
+        det = self._gaps.get(device_id)
+        if det is None:
+            offline = self.settings.offline
+            timeout_s = max(device.interval_s * offline.timeout_factor, offline.min_timeout_s)
+            det = self._gaps[device_id] = GapDetector(device.interval_s * 1000, timeout_s * 1000)
+        for ts in stamps:
+            res = det.update(ts)
+            if res is not None:
+                self._decide(engine, device.site_id, device_id, None, ts, None, res)
 
     def _rows(self, engine: AlertEngine, device_id: str, ts: int, row: dict[str, float]) -> None:
         if ts <= self._last_row_ts.get(device_id, -1):
@@ -85,6 +127,10 @@ class DetectorRule:
                 det = self._consistency[device_id] = InconsistencyDetector(cs)
             res = det.update(ts, row[cs.orp], row[cs.chlorine])
             self._decide(engine, site_id, device_id, None, ts, None, res)
+        replay = self._replay.get(device_id)
+        if replay is None:
+            replay = self._replay[device_id] = ReplayDetector()
+        self._decide(engine, site_id, device_id, None, ts, None, replay.update(ts, row))
 
     def _decide(
         self,
@@ -110,6 +156,67 @@ class DetectorRule:
 
     def tick(self, now: int, engine: AlertEngine) -> None:
         """Detectors decide on arrival; nothing to do on the clock."""
+
+
+class ReplayDetector:
+    """Tampering: rows whose every valid value equals a row sent REPLAY_LAG_MS earlier (within
+    REPLAY_TOLERANCE_MS), REPLAY_MIN_ROWS times in a row. Active until a row differs."""
+
+    def __init__(self) -> None:
+        self._history: deque[tuple[int, tuple]] = deque()
+        self._times: dict[tuple, deque[int]] = {}
+        self._run = 0
+
+    def update(self, ts: int, row: dict[str, float]) -> DetectorResult:
+        horizon = ts - REPLAY_LAG_MS - REPLAY_TOLERANCE_MS
+        while self._history and self._history[0][0] < horizon:
+            _, old_key = self._history.popleft()
+            times = self._times[old_key]
+            times.popleft()
+            if not times:
+                del self._times[old_key]
+        key = tuple(sorted(row.items()))
+        target = ts - REPLAY_LAG_MS
+        match = next(
+            (t for t in self._times.get(key, ()) if abs(t - target) <= REPLAY_TOLERANCE_MS), None
+        )
+        self._run = self._run + 1 if match is not None else 0
+        self._history.append((ts, key))
+        self._times.setdefault(key, deque()).append(ts)
+        evidence = {"identical_rows": self._run, "lag_h": REPLAY_LAG_MS / MS_PER_H}
+        if match is not None:
+            evidence["same_as_ms"] = match
+        return DetectorResult(
+            "tampering", self._run / REPLAY_MIN_ROWS, self._run >= REPLAY_MIN_ROWS, evidence
+        )
+
+
+class GapDetector:
+    """Fraction of the last GAP_WINDOW_MS lost in gaps longer than GAP_SLACK intervals but not
+    longer than the offline timeout (a longer silence is the offline rule's). Sensor time, so a
+    buffer flushed late leaves no gap. None until a gap has been seen."""
+
+    def __init__(self, interval_ms: float, offline_ms: float) -> None:
+        self.interval_ms = interval_ms
+        self.offline_ms = offline_ms
+        self._lost: deque[tuple[int, float]] = deque()
+        self._last_ts: int | None = None
+        self._active = False
+
+    def update(self, ts: int) -> DetectorResult | None:
+        if self._last_ts is not None and ts > self._last_ts:
+            gap = ts - self._last_ts
+            if GAP_SLACK * self.interval_ms < gap <= self.offline_ms:
+                self._lost.append((ts, gap - self.interval_ms))
+        self._last_ts = max(ts, self._last_ts or ts)
+        while self._lost and self._lost[0][0] < ts - GAP_WINDOW_MS:
+            self._lost.popleft()
+        if not self._lost and not self._active:
+            return None
+        fraction = sum(lost for _, lost in self._lost) / GAP_WINDOW_MS
+        self._active = fraction >= (GAP_OFF if self._active else GAP_ON)
+        evidence = {"lost_fraction": fraction, "gaps": len(self._lost), "window_h": 1.0}
+        return DetectorResult("gaps", fraction / GAP_ON, self._active, evidence)
 
 
 def _alert(

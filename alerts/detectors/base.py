@@ -141,4 +141,5 @@ def lagged_window_stats(
 def window_of(buffer: RingBuffer, lag: int) -> np.ndarray:
     """The baseline window of a (window + lag) ring buffer: all but its newest `lag` values."""
     values = buffer.values()
-    return values[: len(values) - lag]
+    # Clamped: a negative stop would slice from the end and hand back the oldest values.
+    return values[: max(len(values) - lag, 0)]
