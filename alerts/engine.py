@@ -152,7 +152,9 @@ class AlertEngine:
             site_id=r.site_id,
             device_id=r.device_id,
             rule_id=f"range:{r.parameter}",
-            family=AlertFamily.COMPLIANCE,
+            # An advisory band (water temperature) is information for the inspector, not a
+            # breach of a limit: it must not mark the site 超标.
+            family=AlertFamily.QUALITY if limit.advisory else AlertFamily.COMPLIANCE,
             severity=Severity.WARNING,
             parameter=r.parameter,
             message=(

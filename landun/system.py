@@ -9,7 +9,7 @@ import os
 import secrets
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,7 +77,7 @@ class RunConfig:
 class Core:
     """What every process mode shares: registry, store, alert engine, ingest pipeline."""
 
-    registry_path: Path
+    registry_path: Path | None
     registry: Registry
     catalogue: Catalogue
     db_path: Path
@@ -88,10 +88,21 @@ class Core:
 
     @classmethod
     def open(cls, cfg: RunConfig) -> Core:
+        """The configured registry and store, on the wall clock."""
         registry_path = cfg.registry_path or demo_registry_path()
-        registry = load_registry(registry_path)
+        return cls.build(load_registry(registry_path), cfg.data_dir / "landun.db", registry_path)
+
+    @classmethod
+    def build(
+        cls,
+        registry: Registry,
+        db_path: Path,
+        registry_path: Path | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> Core:
+        """Wire store, engine, rules and pipeline; `clock` lets a replay run on simulated time
+        (simulators/evaluate.py) through exactly the production wiring."""
         catalogue = default_catalogue()
-        db_path = cfg.data_dir / "landun.db"
         store = SqliteStore(db_path)
         if os.environ.get("LANDUN_INFLUX_URL"):
             # Readings in InfluxDB, everything else in SQLite; influxdb-client loads only if used.
@@ -107,9 +118,9 @@ class Core:
         profiles = builtin_profiles()
         for site in registry.sites.values():
             limits_for_site(site, profiles)  # a bad profile or override fails here, not later
-        engine = AlertEngine(store, registry, profiles, catalogue)
+        engine = AlertEngine(store, registry, profiles, catalogue, clock=clock)
         detectors = load_detector_settings()
-        offline = OfflineRule(registry, detectors.offline, store.last_seen(), now_ms())
+        offline = OfflineRule(registry, detectors.offline, store.last_seen(), clock())
         ledger = SqliteLedger(db_path)
         custody = CustodyRule(registry, ledger)
         engine.rules += [offline, DetectorRule(registry, catalogue, detectors), custody]
