@@ -1,0 +1,54 @@
+"""The benchmark scripts in their --quick form, so they never rot. Figures are printed, not
+judged: speed is measured by the benchmarks, never asserted here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.brokers import have_mosquitto
+
+BENCH = Path(__file__).parent.parent / "bench"
+
+
+def run_quick(script: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed (CI installs it)")
+def test_ingest_throughput_quick_reports_every_figure():
+    figures = run_quick("ingest_throughput.py")
+    for key in ("msgs_per_s", "readings_per_s", "bare_paho_msgs_per_s", "ratio", "peak_rss_mb"):
+        assert figures[key] > 0, key
+    assert figures["alerts_timed"] == 5
+    assert figures["p50_alert_ms"] <= figures["p99_alert_ms"]
+
+
+def test_query_quick_reports_every_figure():
+    figures = run_quick("query.py")
+    assert figures["week_raw_rows"] == 7 * 24 * 60
+    assert figures["week_hourly_buckets"] in (168, 169)  # a week, aligned to whole hours
+    assert figures["week_hourly_p50_ms"] > 0
+
+
+def test_detector_throughput_runs_on_a_small_series():
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "detectors_throughput.py"), "2000"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures and all(v > 0 for v in figures.values() if isinstance(v, int | float))
