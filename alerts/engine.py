@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from importlib import resources
 from typing import Protocol
 
 from alerts.standards import Limit, Profile, limits_for_site
@@ -44,8 +46,16 @@ class Rule(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
-    max_gap_s: int = 900  # a pending violation not seen for this long starts again
-    renotify_s: int = 3600  # unacknowledged critical alerts are re-announced this often
+    """alerts/data/engine.toml, where each setting says why."""
+
+    max_gap_s: int
+    renotify_s: int
+
+    @classmethod
+    def load(cls) -> EngineSettings:
+        text = resources.files("alerts").joinpath("data/engine.toml").read_text("utf-8")
+        doc = tomllib.loads(text)
+        return cls(max_gap_s=int(doc["max_gap_s"]), renotify_s=int(doc["renotify_s"]))
 
 
 class AlertEngine:
@@ -65,7 +75,7 @@ class AlertEngine:
         self.catalogue = catalogue
         self.sinks = list(sinks)
         self.rules: list[Rule] = []
-        self.settings = settings or EngineSettings()
+        self.settings = settings or EngineSettings.load()
         self.clock = clock
         self._lock = threading.RLock()
         self._limits: dict[str, dict[str, Limit]] = {}
