@@ -13,10 +13,12 @@ from collections import defaultdict, deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from alerts.detectors.bank import SeriesBank
 from alerts.detectors.base import DetectorResult
 from alerts.detectors.consistency import InconsistencyDetector
 from alerts.detectors.event import EventDetector
-from alerts.detectors.series import SeriesDetectors
 from alerts.detectors.settings import DetectorSettings
 from domain.model import VALID_FLAG, Alert, AlertFamily, Reading, Severity
 from domain.params import Catalogue
@@ -57,7 +59,7 @@ class DetectorRule:
         self.catalogue = catalogue
         self.settings = settings
         self.event_settings = settings.event_profile(event_profile)
-        self._series: dict[tuple[str, str], SeriesDetectors] = {}
+        self._banks: dict[str, SeriesBank] = {}  # per parameter, one row per device
         self._last_ts: dict[tuple[str, str], int] = {}
         self._events: dict[str, EventDetector] = {}
         self._last_row_ts: dict[str, int] = {}
@@ -68,26 +70,50 @@ class DetectorRule:
     def observe(self, readings: Sequence[Reading], engine: AlertEngine) -> None:
         rows: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
         sent: dict[str, set[int]] = defaultdict(set)
-        for r in sorted(readings, key=lambda r: r.ts_ms):
+        ordered = sorted(readings, key=lambda r: r.ts_ms)
+        judged = self._judge(ordered)
+        for i, r in enumerate(ordered):
             sent[r.device_id].add(r.ts_ms)
             if r.parameter in self.settings.series:
                 self._flagged(engine, r)
-            if r.flag != VALID_FLAG or r.parameter not in self.settings.series:
+            results = judged.get(i)
+            if results is None:
                 continue
-            key = (r.device_id, r.parameter)
-            if r.ts_ms <= self._last_ts.get(key, -1):
-                continue  # redelivered or late: the detectors only move forward
-            self._last_ts[key] = r.ts_ms
-            det = self._series.get(key)
-            if det is None:
-                det = self._series[key] = SeriesDetectors(r.parameter, self.settings)
-            for res in det.update(r.ts_ms, r.value):
+            for res in results:
                 self._decide(engine, r.site_id, r.device_id, r.parameter, r.ts_ms, r.value, res)
             rows[(r.device_id, r.ts_ms)][r.parameter] = r.value
         for (device_id, ts), row in sorted(rows.items(), key=lambda kv: kv[0][1]):
             self._rows(engine, device_id, ts, row)
         for device_id, stamps in sent.items():
             self._sent(engine, device_id, sorted(stamps))
+
+    def _judge(self, ordered: Sequence[Reading]) -> dict[int, list[DetectorResult]]:
+        """Single-series detector results per index of `ordered`, for the valid readings that
+        move their series forward; judged per parameter in one vectorised bank call."""
+        batches: dict[str, list[int]] = defaultdict(list)
+        for i, r in enumerate(ordered):
+            if r.flag != VALID_FLAG or r.parameter not in self.settings.series:
+                continue
+            key = (r.device_id, r.parameter)
+            if r.ts_ms <= self._last_ts.get(key, -1):
+                continue  # redelivered or late: the detectors only move forward
+            self._last_ts[key] = r.ts_ms
+            batches[r.parameter].append(i)
+        judged: dict[int, list[DetectorResult]] = {}
+        for parameter, idx in batches.items():
+            bank = self._banks.get(parameter)
+            if bank is None:
+                series = self.settings.for_parameter(parameter)
+                bank = self._banks[parameter] = SeriesBank(parameter, series)
+            batch = [ordered[i] for i in idx]
+            out = bank.update(
+                np.array([bank.row(r.device_id) for r in batch], dtype=np.int64),
+                np.array([r.ts_ms for r in batch], dtype=np.int64),
+                np.array([r.value for r in batch], dtype=np.float64),
+            )
+            for j, i in enumerate(idx):
+                judged[i] = out.detector_results(j)
+        return judged
 
     def _flagged(self, engine: AlertEngine, r: Reading) -> None:
         """Data flagged invalid (calibration, maintenance, fault) are stored but not judged; the

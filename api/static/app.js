@@ -12,6 +12,7 @@ const state = {
 };
 
 const t = (key) => (I18N[state.lang] && I18N[state.lang][key]) || I18N.en[key] || key;
+const pname = (p) => (p && I18N[state.lang].params[p]) || p;
 const view = () => document.getElementById("view");
 
 function esc(value) {
@@ -145,7 +146,7 @@ function handleEvent(block) {
   const li = document.createElement("li");
   li.innerHTML = `<span class="badge ${esc(a.severity)}">${esc(t(a.severity))}</span>
     <b>${esc(t(ev.action))}</b> ${fmtTime(ev.at)}<br>
-    <a href="#/alert/${a.id}">${esc(a.site_id)} · ${esc(a.parameter || a.rule_id)}</a>
+    <a href="#/alert/${a.id}">${esc(a.site_id)} · ${esc(pname(a.parameter) || a.rule_id)}</a>
     ${a.worst_value !== null ? `· ${fmtValue(a.worst_value)}` : ""}`;
   li.dataset.alertId = a.id;
   document.getElementById("feed-list").prepend(li);
@@ -227,7 +228,7 @@ function alertTable(alerts, names) {
     </tr></thead><tbody>${alerts.map((a) => `
       <tr data-alert="${a.id}">
         <td><a href="#/alert/${a.id}">${esc(names[a.site_id] || a.site_id)}</a></td>
-        <td>${esc(a.parameter || a.rule_id)}<br><span class="muted">${esc(t(a.family))}</span></td>
+        <td>${esc(pname(a.parameter) || a.rule_id)}<br><span class="muted">${esc(t(a.family))}</span></td>
         <td><span class="badge ${esc(a.severity)}">${esc(t(a.severity))}</span></td>
         <td class="${esc(a.status)}">${esc(t(a.status))}</td>
         <td class="hide-sm">${fmtTime(a.first)}</td>
@@ -282,7 +283,7 @@ async function sitePage(siteId, period) {
       box.className = "card chart";
       box.dataset.parameter = p;
       const lim = limitOf[p];
-      box.innerHTML = `<h3>${esc(p)} <span class="muted">${esc(device.id)}${lim ? ` · ${esc(t("limit"))} ${esc(lim.text)}` : ""}</span></h3>`;
+      box.innerHTML = `<h3>${esc(pname(p))} <span class="muted">${esc(device.id)}${lim ? ` · ${esc(t("limit"))} ${esc(lim.text)}` : ""}</span></h3>`;
       charts.appendChild(box);
       const episodes = alerts.filter((a) => a.device_id === device.id && a.parameter === p);
       drawChart(box, buckets.filter((b) => b.parameter === p), lim, episodes, start, end, step);
@@ -353,7 +354,7 @@ async function alertPage(alertId) {
       <dt>${esc(t("site"))}</dt><dd>${esc(s.name)} (${esc(s.id)}), ${esc(s.address)}</dd>
       <dt>${esc(t("jurisdiction"))}</dt><dd>${esc(s.jurisdiction)}</dd>
       <dt>${esc(t("device"))}</dt><dd>${esc(a.device_id || "—")}</dd>
-      <dt>${esc(t("parameter"))}</dt><dd>${esc(a.parameter || a.rule_id)} · ${esc(a.message)}</dd>
+      <dt>${esc(t("parameter"))}</dt><dd>${esc(pname(a.parameter) || a.rule_id)} · ${esc(a.message)}</dd>
       <dt>${esc(t("limit"))}</dt><dd>${esc(record.limit.text || "—")}</dd>
       <dt>${esc(t("clause"))}</dt><dd>${esc(record.limit.clause || "—")}</dd>
       <dt>${esc(t("first"))}</dt><dd>${fmtTime(a.first)}</dd>
@@ -371,7 +372,7 @@ async function alertPage(alertId) {
     <h2>${esc(t("readings"))} (${record.readings.length})</h2>
     <table><thead><tr><th>${esc(t("last"))}</th><th>${esc(t("parameter"))}</th><th>${esc(t("value"))}</th><th>flag</th></tr></thead>
     <tbody>${record.readings.map((r) => `<tr style="${r.in_episode ? "background:#fde2e2" : ""}">
-      <td>${fmtTime(r.ts)}</td><td>${esc(r.parameter)}</td><td>${fmtValue(r.value)}</td><td>${esc(r.flag)}</td></tr>`).join("")}</tbody></table>`;
+      <td>${fmtTime(r.ts)}</td><td>${esc(pname(r.parameter))}</td><td>${fmtValue(r.value)}</td><td>${esc(r.flag)}</td></tr>`).join("")}</tbody></table>`;
   const post = async (action) => {
     const comment = document.getElementById("comment").value;
     await api(`/api/v1/alerts/${alertId}/${action}`, { method: "POST", body: JSON.stringify({ comment }) });

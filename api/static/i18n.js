@@ -17,6 +17,11 @@ window.I18N = {
     audit: "处理记录", readings: "原始数据", device: "设备", duration: "持续", minutes: "分钟",
     limitBand: "限值范围", gaps: "空白处为数据缺失", episodes: "阴影为告警时段", mean: "均值",
     tz: "时间为北京时间 (Asia/Shanghai)",
+    params: {
+      free_chlorine: "游离性余氯", combined_chlorine: "化合性余氯", ph: "pH值", turbidity: "浑浊度",
+      orp: "氧化还原电位", temperature: "水温", cyanuric_acid: "氰尿酸", urea: "尿素",
+      room_temperature: "暂存间温度", room_humidity: "暂存间湿度", door_open: "暂存间门",
+    },
   },
   en: {
     brand: "Landun monitoring", logout: "Log out", login: "Log in", username: "User name",
@@ -37,5 +42,11 @@ window.I18N = {
     audit: "Audit trail", readings: "Raw readings", device: "Device", duration: "Duration",
     minutes: "min", limitBand: "limit band", gaps: "gaps are missing data",
     episodes: "shaded: alert episodes", mean: "mean", tz: "Times in China Standard Time (Asia/Shanghai)",
+    params: {
+      free_chlorine: "Free chlorine", combined_chlorine: "Combined chlorine", ph: "pH",
+      turbidity: "Turbidity", orp: "ORP", temperature: "Water temperature",
+      cyanuric_acid: "Cyanuric acid", urea: "Urea", room_temperature: "Store-room temperature",
+      room_humidity: "Store-room humidity", door_open: "Store-room door",
+    },
   },
 };
