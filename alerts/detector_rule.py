@@ -66,8 +66,14 @@ class DetectorRule:
         self._consistency: dict[str, InconsistencyDetector] = {}
         self._replay: dict[str, ReplayDetector] = {}
         self._gaps: dict[str, GapDetector] = {}
+        # (device, kind, parameter) of the alerts this rule has raised and not yet cleared: an
+        # inactive decision needs the engine only for these (most readings need nothing).
+        self._raised: set[tuple[str, str, str | None]] = set()
+        self._adopted = False
 
     def observe(self, readings: Sequence[Reading], engine: AlertEngine) -> None:
+        if not self._adopted:
+            self._adopt(engine)
         rows: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
         sent: dict[str, set[int]] = defaultdict(set)
         ordered = sorted(readings, key=lambda r: r.ts_ms)
@@ -87,6 +93,14 @@ class DetectorRule:
         for device_id, stamps in sent.items():
             self._sent(engine, device_id, sorted(stamps))
 
+    def _adopt(self, engine: AlertEngine) -> None:
+        """After a restart, the detector alerts still open are this rule's to clear."""
+        self._adopted = True
+        for a in engine.open_alerts(("integrity:", "quality:")):
+            _, kind, *param = a.rule_id.split(":", 2)
+            if a.device_id is not None:
+                self._raised.add((a.device_id, kind, param[0] if param else None))
+
     def _judge(self, ordered: Sequence[Reading]) -> dict[int, list[DetectorResult]]:
         """Single-series detector results per index of `ordered`, for the valid readings that
         move their series forward; judged per parameter in one vectorised bank call."""
@@ -100,6 +114,7 @@ class DetectorRule:
             self._last_ts[key] = r.ts_ms
             batches[r.parameter].append(i)
         judged: dict[int, list[DetectorResult]] = {}
+        raised = {(d, p) for d, _, p in self._raised}
         for parameter, idx in batches.items():
             bank = self._banks.get(parameter)
             if bank is None:
@@ -111,14 +126,20 @@ class DetectorRule:
                 np.array([r.ts_ms for r in batch], dtype=np.int64),
                 np.array([r.value for r in batch], dtype=np.float64),
             )
+            # Only readings with an active detector, or whose series has an alert open, need a
+            # decision; the rest are judged and done.
+            active = np.logical_or.reduce([k.active for k in out.kinds.values()])
             for j, i in enumerate(idx):
-                judged[i] = out.detector_results(j)
+                if active[j] or (ordered[i].device_id, parameter) in raised:
+                    judged[i] = out.detector_results(j)
         return judged
 
     def _flagged(self, engine: AlertEngine, r: Reading) -> None:
         """Data flagged invalid (calibration, maintenance, fault) are stored but not judged; the
         inspector is told while a parameter reports only flagged data."""
         flagged = r.flag != VALID_FLAG
+        if not flagged and (r.device_id, "flagged", r.parameter) not in self._raised:
+            return
         res = DetectorResult("flagged", float(flagged), flagged, {"flag": r.flag})
         self._decide(engine, r.site_id, r.device_id, r.parameter, r.ts_ms, r.value, res)
 
@@ -168,11 +189,15 @@ class DetectorRule:
         value: float | None,
         res: DetectorResult,
     ) -> None:
-        rid = rule_id(res.kind, parameter)
+        key = (device_id, res.kind, parameter)
         if not res.active:
-            if engine.is_open(site_id, device_id, rid):
+            if key in self._raised:
+                self._raised.discard(key)
+                rid = rule_id(res.kind, parameter)
                 engine.clear_alert(site_id, device_id, rid, f"{res.kind} detector no longer active")
             return
+        self._raised.add(key)
+        rid = rule_id(res.kind, parameter)
         evidence = {"score": round(float(res.score), 3), "detector": res.kind} | {
             k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.evidence.items()
         }

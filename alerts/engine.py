@@ -220,6 +220,11 @@ class AlertEngine:
             alert.resolved_ms = self.clock()
             self._announce(self._save([AlertChange(alert, "resolved", comment=why)]))
 
+    def open_alerts(self, rule_prefixes: tuple[str, ...]) -> list[Alert]:
+        """Open alerts whose rule id starts with one of the prefixes (a rule's own, at start)."""
+        with self._lock:
+            return [a for a in self._open.values() if a.rule_id.startswith(rule_prefixes)]
+
     def is_open(self, site_id: str, device_id: str | None, rule_id: str) -> bool:
         return (site_id, device_id, rule_id) in self._open
 

@@ -249,3 +249,29 @@ def test_webhooks_are_signed_retried_and_failures_recorded(broker, tmp_path, web
     finally:
         running.stop()
         pub.close()
+
+
+def test_detector_alerts_open_before_a_restart_are_cleared_after_it(broker, tmp_path):
+    cfg = config(broker, tmp_path)
+    pub = Publisher(broker.url, "restart-flagged")
+    start = now_ms() - 30 * MINUTE
+    running = start_system(cfg)
+    try:
+        send_chlorine(pub, start, [0.6] * 3, flag="C")  # calibration: only flagged data
+        flagged = wait_for(
+            lambda: alerts(running, rule="integrity:flagged:free_chlorine", status="open"),
+            what="the flagged-data alert",
+        )
+        assert len(flagged) == 1
+    finally:
+        running.stop()
+    running = start_system(cfg)
+    try:
+        send_chlorine(pub, start + 3 * MINUTE, [0.6])  # valid data again
+        wait_for(
+            lambda: alerts(running, rule="integrity:flagged:free_chlorine", status="resolved"),
+            what="the flagged-data alert resolved by the restarted system",
+        )
+    finally:
+        running.stop()
+        pub.close()
