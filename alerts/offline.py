@@ -32,10 +32,14 @@ class OfflineRule:
         self._back: set[str] = set()
 
     def observe(self, readings: Iterable[Reading], engine: object = None) -> None:
+        newest: dict[str, int] = {}
         for r in readings:
-            if r.device_id in self.monitor.index:
-                self.monitor.seen(r.device_id, r.recv_ms)
-                self._back.add(r.device_id)
+            if r.recv_ms > newest.get(r.device_id, -1):
+                newest[r.device_id] = r.recv_ms
+        for device_id, recv_ms in newest.items():
+            if device_id in self.monitor.index:
+                self.monitor.seen(device_id, recv_ms)
+                self._back.add(device_id)
 
     def tick(self, now: int, engine) -> None:
         overdue = {res.evidence["device_id"]: res for res in self.monitor.overdue(now)}

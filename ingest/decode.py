@@ -26,8 +26,9 @@ class TelemetryIn(BaseModel):
     ts: int | str
     seq: Annotated[int, Field(ge=0)] | None = None
     values: Annotated[dict[str, float], Field(min_length=1)]
-    flags: dict[str, Flag] = {}
-    units: dict[str, str] = {}
+    # default_factory: a plain `{}` default is deep-copied on every validation (hot path).
+    flags: dict[str, Flag] = Field(default_factory=dict)
+    units: dict[str, str] = Field(default_factory=dict)
 
 
 class StatusIn(BaseModel):

@@ -40,7 +40,14 @@ CREATE TABLE IF NOT EXISTS readings (
     site_id TEXT NOT NULL,
     PRIMARY KEY (device_id, parameter, ts_ms)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS readings_by_site ON readings (site_id, ts_ms);
+-- Which devices have reported for a site: a site's readings are found through the primary key
+-- (device, parameter, time) of its devices, which spares every insert a second index.
+DROP INDEX IF EXISTS readings_by_site;
+CREATE TABLE IF NOT EXISTS device_sites (
+    site_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    PRIMARY KEY (site_id, device_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     recv_ms INTEGER NOT NULL,
@@ -152,6 +159,8 @@ def _connect(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
     # cut may lose the last transactions, which the broker then redelivers as they were not acked.
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    # Checkpoint the WAL every ~40 MB instead of every 4 MB: fewer stalls on the ingest path.
+    conn.execute("PRAGMA wal_autocheckpoint=10000")
     return conn
 
 
@@ -249,9 +258,11 @@ class SqliteStore:
         statuses: Sequence[DeviceStatus] = (),
     ) -> int:
         last_seen: dict[str, int] = {}
+        sites: set[tuple[str, str]] = set()
         for r in readings:
             if r.recv_ms > last_seen.get(r.device_id, 0):
                 last_seen[r.device_id] = r.recv_ms
+                sites.add((r.site_id, r.device_id))
         try:
             with self._tx() as conn:
                 before = conn.total_changes
@@ -287,6 +298,10 @@ class SqliteStore:
                         " DO UPDATE SET recv_ms = max(recv_ms, excluded.recv_ms)",
                         list(last_seen.items()),
                     )
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO device_sites (site_id, device_id) VALUES (?, ?)",
+                        sites,
+                    )
         except sqlite3.OperationalError as exc:
             # Locked past the busy timeout, disk full, I/O error: the batch is not committed.
             raise StoreUnavailable(f"sqlite: {exc}") from exc
@@ -298,8 +313,11 @@ class SqliteStore:
             where.append("device_id = ?")
             args.append(q.device_id)
         if q.site_id is not None:
-            where.append("site_id = ?")
-            args.append(q.site_id)
+            where.append(
+                "device_id IN (SELECT device_id FROM device_sites WHERE site_id = ?)"
+                " AND site_id = ?"
+            )
+            args.extend((q.site_id, q.site_id))
         if q.parameters:
             where.append(f"parameter IN ({','.join('?' * len(q.parameters))})")
             args.extend(q.parameters)
