@@ -19,7 +19,7 @@ from alerts.detectors.bank import SeriesBank
 from alerts.detectors.base import DetectorResult
 from alerts.detectors.consistency import InconsistencyDetector
 from alerts.detectors.event import EventDetector
-from alerts.detectors.settings import DetectorSettings
+from alerts.detectors.settings import DetectorSettings, GapSettings, ReplaySettings
 from domain.model import VALID_FLAG, Alert, AlertFamily, Reading, Severity
 from domain.params import Catalogue
 from domain.registry import Registry
@@ -28,18 +28,6 @@ if TYPE_CHECKING:
     from alerts.engine import AlertEngine
 
 MS_PER_H = 3_600_000
-# Tampering by replay: a logger re-sending the readings of exactly one day earlier (the
-# replayed_perfect_data scenario). A live analyzer's noise makes an exact repeat of every value
-# of a row rare (~1 in 1000 rows by chance), ten in a row practically impossible.
-REPLAY_LAG_MS = 24 * MS_PER_H
-REPLAY_TOLERANCE_MS = 90_000  # the row's slot a day earlier: within 1.5 reporting intervals
-REPLAY_MIN_ROWS = 10
-# Gaps: short outages (each below the offline timeout) that add up. A fraction of the last hour
-# lost; hysteresis so a flaky link gives one alert, not one per outage.
-GAP_WINDOW_MS = MS_PER_H
-GAP_ON = 0.10  # 6 min of the last hour lost in short gaps
-GAP_OFF = 0.05
-GAP_SLACK = 1.5  # a gap counts once it exceeds 1.5 reporting intervals (jitter is not a gap)
 
 
 def rule_id(kind: str, parameter: str | None) -> str:
@@ -149,7 +137,9 @@ class DetectorRule:
         if det is None:
             offline = self.settings.offline
             timeout_s = max(device.interval_s * offline.timeout_factor, offline.min_timeout_s)
-            det = self._gaps[device_id] = GapDetector(device.interval_s * 1000, timeout_s * 1000)
+            det = self._gaps[device_id] = GapDetector(
+                self.settings.gaps, device.interval_s * 1000, timeout_s * 1000
+            )
         for ts in stamps:
             res = det.update(ts)
             if res is not None:
@@ -176,7 +166,7 @@ class DetectorRule:
             self._decide(engine, site_id, device_id, None, ts, None, res)
         replay = self._replay.get(device_id)
         if replay is None:
-            replay = self._replay[device_id] = ReplayDetector()
+            replay = self._replay[device_id] = ReplayDetector(self.settings.replay)
         self._decide(engine, site_id, device_id, None, ts, None, replay.update(ts, row))
 
     def _decide(
@@ -210,16 +200,19 @@ class DetectorRule:
 
 
 class ReplayDetector:
-    """Tampering: rows whose every valid value equals a row sent REPLAY_LAG_MS earlier (within
-    REPLAY_TOLERANCE_MS), REPLAY_MIN_ROWS times in a row. Active until a row differs."""
+    """Tampering: rows whose every valid value equals a row sent `lag_h` earlier (within
+    `tolerance_s`), `min_rows` times in a row. Active until a row differs."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: ReplaySettings) -> None:
+        self.lag_ms = int(settings.lag_h * MS_PER_H)
+        self.tolerance_ms = int(settings.tolerance_s * 1000)
+        self.min_rows = settings.min_rows
         self._history: deque[tuple[int, tuple]] = deque()
         self._times: dict[tuple, deque[int]] = {}
         self._run = 0
 
     def update(self, ts: int, row: dict[str, float]) -> DetectorResult:
-        horizon = ts - REPLAY_LAG_MS - REPLAY_TOLERANCE_MS
+        horizon = ts - self.lag_ms - self.tolerance_ms
         while self._history and self._history[0][0] < horizon:
             _, old_key = self._history.popleft()
             times = self._times[old_key]
@@ -227,27 +220,29 @@ class ReplayDetector:
             if not times:
                 del self._times[old_key]
         key = tuple(sorted(row.items()))
-        target = ts - REPLAY_LAG_MS
+        target = ts - self.lag_ms
         match = next(
-            (t for t in self._times.get(key, ()) if abs(t - target) <= REPLAY_TOLERANCE_MS), None
+            (t for t in self._times.get(key, ()) if abs(t - target) <= self.tolerance_ms), None
         )
         self._run = self._run + 1 if match is not None else 0
         self._history.append((ts, key))
         self._times.setdefault(key, deque()).append(ts)
-        evidence = {"identical_rows": self._run, "lag_h": REPLAY_LAG_MS / MS_PER_H}
+        evidence = {"identical_rows": self._run, "lag_h": self.lag_ms / MS_PER_H}
         if match is not None:
             evidence["same_as_ms"] = match
         return DetectorResult(
-            "tampering", self._run / REPLAY_MIN_ROWS, self._run >= REPLAY_MIN_ROWS, evidence
+            "tampering", self._run / self.min_rows, self._run >= self.min_rows, evidence
         )
 
 
 class GapDetector:
-    """Fraction of the last GAP_WINDOW_MS lost in gaps longer than GAP_SLACK intervals but not
-    longer than the offline timeout (a longer silence is the offline rule's). Sensor time, so a
-    buffer flushed late leaves no gap. None until a gap has been seen."""
+    """Fraction of the last `window_min` lost in gaps longer than `slack_intervals` intervals but
+    not longer than the offline timeout (a longer silence is the offline rule's). Sensor time, so
+    a buffer flushed late leaves no gap. None until a gap has been seen."""
 
-    def __init__(self, interval_ms: float, offline_ms: float) -> None:
+    def __init__(self, settings: GapSettings, interval_ms: float, offline_ms: float) -> None:
+        self.settings = settings
+        self.window_ms = settings.window_min * 60_000
         self.interval_ms = interval_ms
         self.offline_ms = offline_ms
         self._lost: deque[tuple[int, float]] = deque()
@@ -257,17 +252,18 @@ class GapDetector:
     def update(self, ts: int) -> DetectorResult | None:
         if self._last_ts is not None and ts > self._last_ts:
             gap = ts - self._last_ts
-            if GAP_SLACK * self.interval_ms < gap <= self.offline_ms:
+            if self.settings.slack_intervals * self.interval_ms < gap <= self.offline_ms:
                 self._lost.append((ts, gap - self.interval_ms))
         self._last_ts = max(ts, self._last_ts or ts)
-        while self._lost and self._lost[0][0] < ts - GAP_WINDOW_MS:
+        while self._lost and self._lost[0][0] < ts - self.window_ms:
             self._lost.popleft()
         if not self._lost and not self._active:
             return None
-        fraction = sum(lost for _, lost in self._lost) / GAP_WINDOW_MS
-        self._active = fraction >= (GAP_OFF if self._active else GAP_ON)
-        evidence = {"lost_fraction": fraction, "gaps": len(self._lost), "window_h": 1.0}
-        return DetectorResult("gaps", fraction / GAP_ON, self._active, evidence)
+        s = self.settings
+        fraction = sum(lost for _, lost in self._lost) / self.window_ms
+        self._active = fraction >= (s.off_fraction if self._active else s.on_fraction)
+        evidence = {"lost_fraction": fraction, "gaps": len(self._lost), "window_min": s.window_min}
+        return DetectorResult("gaps", fraction / s.on_fraction, self._active, evidence)
 
 
 def _alert(

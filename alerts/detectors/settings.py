@@ -90,6 +90,21 @@ class EventSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplaySettings:
+    lag_h: float
+    tolerance_s: float
+    min_rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class GapSettings:
+    window_min: float
+    on_fraction: float
+    off_fraction: float
+    slack_intervals: float
+
+
+@dataclass(frozen=True, slots=True)
 class DetectorSettings:
     source: str
     confidence: str
@@ -97,6 +112,8 @@ class DetectorSettings:
     offline: OfflineSettings
     inconsistency: InconsistencySettings
     event_profiles: dict[str, EventSettings]
+    replay: ReplaySettings
+    gaps: GapSettings
 
     def for_parameter(self, parameter: str) -> SeriesSettings:
         try:
@@ -147,6 +164,8 @@ def parse_detector_settings(doc: dict[str, Any]) -> DetectorSettings:
         offline=OfflineSettings(**doc["offline"]),
         inconsistency=InconsistencySettings(**doc["inconsistency"]),
         event_profiles=profiles,
+        replay=ReplaySettings(**doc["replay"]),
+        gaps=GapSettings(**doc["gaps"]),
     )
 
 
