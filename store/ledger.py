@@ -9,10 +9,8 @@ all of its events, so an event arriving before its predecessor is reconciled, no
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -22,7 +20,7 @@ from zoneinfo import ZoneInfo
 from domain.timeutil import SHANGHAI
 from domain.waste import Bag, WasteCategory, WasteEvent, WasteEventKind, derive_bag
 from store.base import StoreUnavailable
-from store.sqlite import _connect
+from store.sqlite_db import SqliteDatabase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS waste_events (
@@ -229,48 +227,9 @@ def local_day(ms: int, tz: str) -> date:
     return datetime.fromtimestamp(ms / 1000, ZoneInfo(tz)).date()
 
 
-class SqliteLedger:
+class SqliteLedger(SqliteDatabase):
     def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = _connect(self.path)
-        self._writer.executescript(SCHEMA)
-        self._lock = threading.Lock()
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-
-    # -- connections (as SqliteStore: one writer behind a lock, a reader per thread) -----------
-
-    def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = _connect(self.path)
-            self._local.conn = conn
-            with self._lock:
-                self._readers.append(conn)
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._writer
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"sqlite ledger: cannot begin a write: {exc}") from exc
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
-            self._writer.close()
+        super().__init__(path, SCHEMA)
 
     # -- writes -------------------------------------------------------------------------------
 

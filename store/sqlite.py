@@ -1,16 +1,11 @@
 """SQLite backend (WAL): readings, dead letters, device status, alerts with audit, engine state.
-
-One writer connection behind a lock; each reading thread gets its own connection, which WAL lets
-run alongside the writer."""
+Connections as store.sqlite_db: one writer behind a lock, a reader per thread."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 from domain.model import Alert, AlertFamily, AlertStatus, DeadLetter, Reading, Severity
@@ -27,6 +22,7 @@ from store.base import (
     ReadingQuery,
     StoreUnavailable,
 )
+from store.sqlite_db import SqliteDatabase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -150,20 +146,6 @@ _ALERT_COLS_A = ", ".join(f"a.{c.strip()}" for c in _ALERT_COLS.split(","))
 _ALERT_SETS = ", ".join(f"{c.strip()} = ?" for c in _ALERT_COLS.split(","))
 
 
-def _connect(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
-    conn = sqlite3.connect(
-        path, timeout=busy_timeout_ms / 1000, check_same_thread=False, isolation_level=None
-    )
-    conn.execute("PRAGMA journal_mode=WAL")
-    # NORMAL in WAL mode is durable against process crashes (what at-least-once needs); a power
-    # cut may lose the last transactions, which the broker then redelivers as they were not acked.
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-    # Checkpoint the WAL every ~40 MB instead of every 4 MB: fewer stalls on the ingest path.
-    conn.execute("PRAGMA wal_autocheckpoint=10000")
-    return conn
-
-
 def _alert_from_row(row: sqlite3.Row | tuple) -> Alert:
     (aid, site, dev, rule, fam, sev, param, status, msg, first, last, fv, lv, wv, wms, count,
      limit_json, ev_json, opened, updated, resolved) = row  # fmt: skip
@@ -201,53 +183,9 @@ def _alert_values(a: Alert) -> tuple:
     )  # fmt: skip
 
 
-class SqliteStore:
+class SqliteStore(SqliteDatabase):
     def __init__(self, path: Path | str, busy_timeout_ms: int = 5000) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = _connect(self.path, busy_timeout_ms)
-        self._writer.executescript(SCHEMA)
-        self._lock = threading.Lock()
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-
-    # -- connections --------------------------------------------------------------------------
-
-    def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = _connect(self.path)
-            self._local.conn = conn
-            with self._lock:
-                self._readers.append(conn)
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._writer
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"sqlite: cannot begin a write: {exc}") from exc
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                # SQLite may already have rolled back (disk full, I/O error): a failing ROLLBACK
-                # must not hide the error that matters.
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.OperationalError):
-                    raise StoreUnavailable(f"sqlite: {exc}") from exc
-                raise
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
-            self._writer.close()
+        super().__init__(path, SCHEMA, busy_timeout_ms)
 
     # -- ingest -------------------------------------------------------------------------------
 
@@ -260,9 +198,9 @@ class SqliteStore:
         last_seen: dict[str, int] = {}
         sites: set[tuple[str, str]] = set()
         for r in readings:
+            sites.add((r.site_id, r.device_id))
             if r.recv_ms > last_seen.get(r.device_id, 0):
                 last_seen[r.device_id] = r.recv_ms
-                sites.add((r.site_id, r.device_id))
         try:
             with self._tx() as conn:
                 before = conn.total_changes
@@ -298,6 +236,7 @@ class SqliteStore:
                         " DO UPDATE SET recv_ms = max(recv_ms, excluded.recv_ms)",
                         list(last_seen.items()),
                     )
+                if sites:
                     conn.executemany(
                         "INSERT OR IGNORE INTO device_sites (site_id, device_id) VALUES (?, ?)",
                         sites,
