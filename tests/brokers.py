@@ -5,23 +5,11 @@ from __future__ import annotations
 import asyncio
 import getpass
 import shutil
-import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
-from landun.broker import EmbeddedBroker, free_port
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on port {port}")
+from landun.broker import EmbeddedBroker, free_port, wait_port
 
 
 class MosquittoBroker:

@@ -31,7 +31,7 @@ from domain.registry import load_registry
 from domain.timeutil import now_ms
 from ingest.mqtt import BrokerAddress, MqttSubscriber, SubscriberSettings
 from ingest.pipeline import IngestPipeline
-from landun.broker import free_port
+from landun.broker import free_port, wait_port
 from landun.demo import demo_registry_path
 from landun.mosquitto_export import (
     add_subparser,
@@ -42,7 +42,6 @@ from landun.mosquitto_export import (
 )
 from store.base import ReadingQuery
 from store.sqlite import SqliteStore
-from tests.brokers import wait_port
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
