@@ -237,6 +237,16 @@ def alert_latencies(db: Path, sent_at: dict[str, int], timeout_s: float = 60) ->
             ).fetchall()
         )
         time.sleep(0.1)
+    if os.environ.get("LANDUN_BENCH_DEBUG"):
+        for d, t in list(sent_at.items())[:5]:
+            recv = conn.execute(
+                "SELECT recv_ms, ts_ms FROM readings WHERE device_id = ? AND parameter ="
+                " 'free_chlorine' ORDER BY ts_ms DESC LIMIT 1",
+                (d,),
+            ).fetchone()
+            print(
+                "debug", d, "sent", t, "recv-sent", recv[0] - t, "opened-sent", rows.get(d, 0) - t
+            )
     conn.close()
     return sorted(rows[d] - t for d, t in sent_at.items() if d in rows)
 
