@@ -88,6 +88,7 @@ class AlertEngine:
         }
         self._last_notified: dict[int, int] = {}
         self._unsaved: list[AlertChange] = []
+        self._batch: list[AlertChange] | None = None
         self._unsaved_state: dict[str, str | None] = {}
 
     # -- evaluation on arrival ------------------------------------------------------------------
@@ -109,8 +110,12 @@ class AlertEngine:
         dirty: dict[str, str | None] = {}
         max_gap_ms = self.settings.max_gap_s * 1000
         with self._lock:
-            for rule in self.rules:
-                rule.observe(readings, self)
+            self._batch = changes
+            try:
+                for rule in self.rules:
+                    rule.observe(readings, self)
+            finally:
+                self._batch = None
             for r in sorted(readings, key=_sensor_time):
                 limit = self.site_limits(r.site_id).get(r.parameter)
                 if limit is None:
@@ -208,7 +213,7 @@ class AlertEngine:
                 if current.severity is Severity.WARNING and alert.severity is Severity.CRITICAL:
                     current.severity = Severity.CRITICAL
                     change = AlertChange(current, "escalated")
-            self._announce(self._save([change]))
+            self._commit([change])
             return change.alert
 
     def clear_alert(self, site_id: str, device_id: str | None, rule_id: str, why: str) -> None:
@@ -218,7 +223,7 @@ class AlertEngine:
                 return
             alert.status = AlertStatus.RESOLVED
             alert.resolved_ms = self.clock()
-            self._announce(self._save([AlertChange(alert, "resolved", comment=why)]))
+            self._commit([AlertChange(alert, "resolved", comment=why)])
 
     def open_alerts(self, rule_prefixes: tuple[str, ...]) -> list[Alert]:
         """Open alerts whose rule id starts with one of the prefixes (a rule's own, at start)."""
@@ -304,6 +309,14 @@ class AlertEngine:
         return {f"{alert.device_id}|{alert.parameter}": None}
 
     # -- persistence ----------------------------------------------------------------------------
+
+    def _commit(self, changes: list[AlertChange]) -> None:
+        """Write and announce now, or, while a batch of readings is being judged, with the
+        batch: one transaction per batch however many readings the rules act on."""
+        if self._batch is not None:
+            self._batch.extend(changes)
+        else:
+            self._announce(self._save(changes))
 
     def _save(
         self, changes: list[AlertChange], state: dict[str, str | None] | None = None

@@ -193,16 +193,21 @@ def landun_drain(api_port: int, expected_readings: int) -> tuple[float, int]:
 def steady_load(
     port: int, devices: list[str], rate: int, seconds: float, triggers: int, rng: random.Random
 ) -> dict[str, int]:
-    """Publish at `rate` msgs/s; each trigger device first gets a low chlorine reading 11 min
-    in the past (pending starts), then one low reading now (pending time passed: alert). The
-    wall time of each trigger publish is returned per device."""
+    """Publish at `rate` msgs/s, every device reporting once a minute of sensor time as real
+    analyzers do (so the steady load stands for `rate` x 60 devices; the minutes lie in the past,
+    ending now). Each trigger device first gets a low chlorine reading 11 min before its trigger
+    (pending starts), then the low trigger reading (pending time passed: alert). The wall time of
+    each trigger publish is returned per device."""
     c = client(port, "bench-steady")
     c.loop_start()
+    total = int(rate * seconds)
+    others = len(devices) - triggers
+    rounds = total // others + 1
     now = int(time.time() * 1000)
+    first = now - rounds * MINUTE
     trig = devices[:triggers]
     for d in trig:
-        c.publish(f"landun/v1/devices/{d}/telemetry", payload(now - 11 * MINUTE, 0, rng, 0.05), 1)
-    total = int(rate * seconds)
+        c.publish(f"landun/v1/devices/{d}/telemetry", payload(first - 11 * MINUTE, 0, rng, 0.05), 1)
     every = max(1, total // max(1, triggers))
     sent_at: dict[str, int] = {}
     started = time.perf_counter()
@@ -211,14 +216,14 @@ def steady_load(
         pause = due - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
-        ts = int(time.time() * 1000)
         k = i // every
         if i % every == 0 and k < len(trig):
             d = trig[k]
-            c.publish(f"landun/v1/devices/{d}/telemetry", payload(ts, i, rng, 0.05), 1)
+            c.publish(f"landun/v1/devices/{d}/telemetry", payload(first, i, rng, 0.05), 1)
             sent_at[d] = int(time.time() * 1000)
         else:
-            d = devices[triggers + i % (len(devices) - triggers)]
+            d = devices[triggers + i % others]
+            ts = first + (i // others) * MINUTE
             c.publish(f"landun/v1/devices/{d}/telemetry", payload(ts, i + 1, rng), 1)
     c.disconnect()
     c.loop_stop()
