@@ -65,15 +65,14 @@ class DetectorRule:
         rows: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
         sent: dict[str, set[int]] = defaultdict(set)
         ordered = sorted(readings, key=lambda r: r.ts_ms)
-        judged = self._judge(ordered)
+        moved, judged = self._judge(ordered)
         for i, r in enumerate(ordered):
             sent[r.device_id].add(r.ts_ms)
             if r.parameter in self.settings.series:
                 self._flagged(engine, r)
-            results = judged.get(i)
-            if results is None:
+            if i not in moved:
                 continue
-            for res in results:
+            for res in judged.get(i, ()):
                 self._decide(engine, r.site_id, r.device_id, r.parameter, r.ts_ms, r.value, res)
             rows[(r.device_id, r.ts_ms)][r.parameter] = r.value
         for (device_id, ts), row in sorted(rows.items(), key=lambda kv: kv[0][1]):
@@ -89,9 +88,12 @@ class DetectorRule:
             if a.device_id is not None:
                 self._raised.add((a.device_id, kind, param[0] if param else None))
 
-    def _judge(self, ordered: Sequence[Reading]) -> dict[int, list[DetectorResult]]:
-        """Single-series detector results per index of `ordered`, for the valid readings that
-        move their series forward; judged per parameter in one vectorised bank call."""
+    def _judge(
+        self, ordered: Sequence[Reading]
+    ) -> tuple[set[int], dict[int, list[DetectorResult]]]:
+        """Indexes of `ordered` whose valid readings move their series forward (all of them feed
+        the multi-parameter detectors), and the single-series results of those that need a
+        decision; judged per parameter in one vectorised bank call."""
         batches: dict[str, list[int]] = defaultdict(list)
         for i, r in enumerate(ordered):
             if r.flag != VALID_FLAG or r.parameter not in self.settings.series:
@@ -102,6 +104,7 @@ class DetectorRule:
             self._last_ts[key] = r.ts_ms
             batches[r.parameter].append(i)
         judged: dict[int, list[DetectorResult]] = {}
+        moved = {i for idx in batches.values() for i in idx}
         raised = {(d, p) for d, _, p in self._raised}
         for parameter, idx in batches.items():
             bank = self._banks.get(parameter)
@@ -120,7 +123,7 @@ class DetectorRule:
             for j, i in enumerate(idx):
                 if active[j] or (ordered[i].device_id, parameter) in raised:
                     judged[i] = out.detector_results(j)
-        return judged
+        return moved, judged
 
     def _flagged(self, engine: AlertEngine, r: Reading) -> None:
         """Data flagged invalid (calibration, maintenance, fault) are stored but not judged; the

@@ -56,3 +56,10 @@ def test_same_seed_same_alerts() -> None:
 
     first = alerts(3)
     assert first and alerts(3) == first
+
+
+def test_replayed_perfect_data_is_found_as_tampering() -> None:
+    # The multi-parameter detectors see every valid row, not only rows a single-series detector
+    # had something to say about (a regression once starved them).
+    figures = score(run("replayed_perfect_data", pools=1, days=2))
+    assert figures["kinds"]["tampering"]["recall"] == 1.0
