@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+# Ingest refuses a reading whose sensor time lies ahead of the receive time; the refusal's reason
+# carries this phrase, which the clock-skew rule looks for in dead letters.
+FUTURE_TS = "in the future"
+
 # HJ 212 data flags. Only N (normal) readings are judged for compliance.
 VALID_FLAG = "N"
 DATA_FLAGS: dict[str, str] = {

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from domain.model import Device, Reading
+from domain.model import FUTURE_TS, Device, Reading
 from domain.params import Catalogue
 from domain.timeutil import ms_to_iso
 
@@ -141,7 +141,7 @@ def parse_ts(ts: int | str, now: int, limits: DecodeLimits) -> tuple[int | None,
     if ms > now + limits.max_future_ms:
         return None, (
             f"ts {shown} ({_calendar(ms)}) more than {limits.max_future_ms // 60_000} min"
-            " in the future"
+            f" {FUTURE_TS}"
         )
     if ms < now - limits.max_age_ms:
         return None, (

@@ -57,6 +57,7 @@ class IngestPipeline:
         retry_max_s: float = 5.0,
         ledger: WasteLedger | None = None,
         on_events: EventsHook | None = None,
+        on_dead: Callable[[list[DeadLetter]], None] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -65,6 +66,7 @@ class IngestPipeline:
         self.on_stored = on_stored
         self.ledger = ledger  # None: `.../events` messages are refused
         self.on_events = on_events
+        self.on_dead = on_dead
         self.metrics = metrics or IngestMetrics()
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
@@ -112,6 +114,8 @@ class IngestPipeline:
             self._run_hook(self.on_stored, readings)
         if self.on_events and fresh:
             self._run_hook(self.on_events, fresh)
+        if self.on_dead and dead:
+            self._run_hook(self.on_dead, dead)
         return True
 
     def _run_hook(self, hook: Callable[[list], None], items: list) -> None:

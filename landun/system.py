@@ -15,6 +15,7 @@ from pathlib import Path
 
 import uvicorn
 
+from alerts.clock_skew import ClockSkewRule
 from alerts.custody import CustodyRule
 from alerts.detector_rule import DetectorRule
 from alerts.detectors.settings import load_detector_settings
@@ -123,7 +124,8 @@ class Core:
         offline = OfflineRule(registry, detectors.offline, store.last_seen(), clock())
         ledger = SqliteLedger(db_path)
         custody = CustodyRule(registry, ledger)
-        engine.rules += [offline, DetectorRule(registry, catalogue, detectors), custody]
+        skew = ClockSkewRule(registry, detectors.clock_skew)
+        engine.rules += [offline, DetectorRule(registry, catalogue, detectors), custody, skew]
 
         def on_events(events: list) -> None:
             offline.observe(events)  # a bag scanner's events are its sign of life
@@ -136,6 +138,7 @@ class Core:
             on_stored=engine.on_readings,
             ledger=ledger,
             on_events=on_events,
+            on_dead=lambda dead: skew.dead_letters(dead, engine),
         )
         return cls(registry_path, registry, catalogue, db_path, store, engine, pipeline, ledger)
 

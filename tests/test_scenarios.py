@@ -63,3 +63,9 @@ def test_replayed_perfect_data_is_found_as_tampering() -> None:
     # had something to say about (a regression once starved them).
     figures = score(run("replayed_perfect_data", pools=1, days=2))
     assert figures["kinds"]["tampering"]["recall"] == 1.0
+
+
+def test_a_clock_running_ahead_is_found_from_the_refused_readings() -> None:
+    figures = score(run("clock_skew", pools=1, days=2))
+    assert figures["kinds"]["clock_skew"]["recall"] == 1.0
+    assert figures["dead_letters"] > 0  # the readings themselves are refused, with the reason

@@ -105,6 +105,11 @@ class GapSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClockSkewSettings:
+    min_refused: int
+
+
+@dataclass(frozen=True, slots=True)
 class DetectorSettings:
     source: str
     confidence: str
@@ -114,6 +119,7 @@ class DetectorSettings:
     event_profiles: dict[str, EventSettings]
     replay: ReplaySettings
     gaps: GapSettings
+    clock_skew: ClockSkewSettings
 
     def for_parameter(self, parameter: str) -> SeriesSettings:
         try:
@@ -166,6 +172,7 @@ def parse_detector_settings(doc: dict[str, Any]) -> DetectorSettings:
         event_profiles=profiles,
         replay=ReplaySettings(**doc["replay"]),
         gaps=GapSettings(**doc["gaps"]),
+        clock_skew=ClockSkewSettings(**doc["clock_skew"]),
     )
 
 
