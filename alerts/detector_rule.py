@@ -169,7 +169,9 @@ class DetectorRule:
             self._decide(engine, site_id, device_id, None, ts, None, res)
         replay = self._replay.get(device_id)
         if replay is None:
-            replay = self._replay[device_id] = ReplayDetector(self.settings.replay)
+            replay = self._replay[device_id] = ReplayDetector(
+                self.settings.replay, self.registry.devices[device_id].interval_s
+            )
         self._decide(engine, site_id, device_id, None, ts, None, replay.update(ts, row))
 
     def _decide(
@@ -204,32 +206,31 @@ class DetectorRule:
 
 class ReplayDetector:
     """Tampering: rows whose every valid value equals a row sent `lag_h` earlier (within
-    `tolerance_s`), `min_rows` times in a row. Active until a row differs."""
+    `tolerance_s`), `min_rows` times in a row. Active until a row differs.
 
-    def __init__(self, settings: ReplaySettings) -> None:
+    The last day of rows is kept as (time, 64-bit hash of the row) in two numpy rings sized for
+    the device's reporting interval: ~16 bytes a row, so a province of devices keeps a day of
+    history in tens of MB. A hash collision would need 2^-64 luck."""
+
+    def __init__(self, settings: ReplaySettings, interval_s: float) -> None:
         self.lag_ms = int(settings.lag_h * MS_PER_H)
         self.tolerance_ms = int(settings.tolerance_s * 1000)
         self.min_rows = settings.min_rows
-        self._history: deque[tuple[int, tuple]] = deque()
-        self._times: dict[tuple, deque[int]] = {}
+        capacity = int((self.lag_ms + 2 * self.tolerance_ms) / (interval_s * 1000)) + 16
+        self._ts = np.full(capacity, -(2**62), dtype=np.int64)  # "never": far past, no overflow
+        self._hash = np.zeros(capacity, dtype=np.int64)
+        self._head = 0
         self._run = 0
 
     def update(self, ts: int, row: dict[str, float]) -> DetectorResult:
-        horizon = ts - self.lag_ms - self.tolerance_ms
-        while self._history and self._history[0][0] < horizon:
-            _, old_key = self._history.popleft()
-            times = self._times[old_key]
-            times.popleft()
-            if not times:
-                del self._times[old_key]
-        key = tuple(sorted(row.items()))
+        h = hash(tuple(sorted(row.items())))
         target = ts - self.lag_ms
-        match = next(
-            (t for t in self._times.get(key, ()) if abs(t - target) <= self.tolerance_ms), None
-        )
+        hits = np.flatnonzero((np.abs(self._ts - target) <= self.tolerance_ms) & (self._hash == h))
+        match = int(self._ts[hits[0]]) if len(hits) else None
         self._run = self._run + 1 if match is not None else 0
-        self._history.append((ts, key))
-        self._times.setdefault(key, deque()).append(ts)
+        self._ts[self._head] = ts
+        self._hash[self._head] = h
+        self._head = (self._head + 1) % len(self._ts)
         evidence = {"identical_rows": self._run, "lag_h": self.lag_ms / MS_PER_H}
         if match is not None:
             evidence["same_as_ms"] = match
