@@ -46,15 +46,20 @@ def _median_rows(a: np.ndarray) -> np.ndarray:
 class _Rings:
     """One unordered ring of `size` values per parameter in a (parameters, size) array."""
 
-    __slots__ = ("count", "data", "head", "size")
+    __slots__ = ("cached", "count", "data", "head", "pushes", "refresh", "size")
 
-    def __init__(self, parameters: int, size: int) -> None:
+    def __init__(self, parameters: int, size: int, refresh: int = 1) -> None:
         self.size = size
         self.data = np.zeros((parameters, size))
         self.head = [0] * parameters
         self.count = [0] * parameters
+        # Full rings: the baseline is recomputed every `refresh` pushes (1: every row).
+        self.refresh = refresh
+        self.pushes = 0
+        self.cached: tuple[np.ndarray, np.ndarray] | None = None
 
     def push(self, j: int, value: float) -> None:
+        self.pushes += 1
         h = self.head[j]
         self.data[j, h] = value
         self.head[j] = (h + 1) % self.size
@@ -64,9 +69,12 @@ class _Rings:
     def stats(self, floors: np.ndarray, min_history: int) -> tuple[np.ndarray, np.ndarray]:
         """Median and floored MAD scale per parameter; NaN where fewer than `min_history`."""
         if min(self.count) == self.size:  # steady state: one call for every parameter
+            if self.cached is not None and self.pushes < self.refresh * len(self.count):
+                return self.cached
             med = _median_rows(self.data)
             mad = _median_rows(np.abs(self.data - med[:, None])) * MAD_TO_SD
-            return med, np.maximum(mad, floors)
+            self.cached, self.pushes = (med, np.maximum(mad, floors)), 0
+            return self.cached
         med = np.full(len(self.count), np.nan)
         scale = np.full(len(self.count), np.nan)
         for j, c in enumerate(self.count):
@@ -89,7 +97,7 @@ class EventDetector:
         self.settings = settings
         p = len(self.parameters)
         self.floors = np.array([settings.scale_floor[q] for q in self.parameters], dtype=float)
-        self.long = _Rings(p, settings.window)
+        self.long = _Rings(p, settings.window, settings.refresh_rows)
         self.short = _Rings(p, settings.short_window) if settings.short_window else None
         # Readings wait `lag` rows (per parameter) before they enter the baselines.
         self.pending: list[list[float]] = [[] for _ in range(p)]

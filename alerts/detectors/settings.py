@@ -87,6 +87,8 @@ class EventSettings:
     short_window: int = 0
     # Rows the baselines stay frozen while an event is active (0 = never frozen).
     max_frozen: int = 0
+    # Rows between recomputations of the full baseline (1: every row).
+    refresh_rows: int = 1
 
 
 @dataclass(frozen=True, slots=True)
