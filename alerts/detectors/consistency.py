@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from alerts.detectors.base import DetectorResult, RingBuffer, batch_result
+from alerts.detectors.base import DetectorResult, RingBuffer, batch_result, median_last
 from alerts.detectors.settings import InconsistencySettings
 
 KIND = "inconsistent"
@@ -21,7 +21,7 @@ KIND = "inconsistent"
 def _half_slope(windows: np.ndarray) -> np.ndarray:
     """Robust change across each window: median of its newer half minus its older half."""
     half = windows.shape[-1] // 2
-    return np.median(windows[..., -half:], axis=-1) - np.median(windows[..., :half], axis=-1)
+    return median_last(windows[..., -half:]) - median_last(windows[..., :half])
 
 
 class InconsistencyDetector:

@@ -27,20 +27,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from alerts.detectors.base import MAD_TO_SD, DetectorResult, batch_result
+from alerts.detectors.base import MAD_TO_SD, DetectorResult, batch_result, median_last
 from alerts.detectors.settings import EventSettings
 
 KIND = "water_quality_event"
-
-
-def _median_rows(a: np.ndarray) -> np.ndarray:
-    """Median of each row of a 2-D array without NaNs (np.median without its overhead)."""
-    n = a.shape[1]
-    h = n // 2
-    if n % 2:
-        return np.partition(a, h, axis=1)[:, h]
-    part = np.partition(a, (h - 1, h), axis=1)
-    return (part[:, h - 1] + part[:, h]) * 0.5
 
 
 class _Rings:
@@ -71,8 +61,8 @@ class _Rings:
         if min(self.count) == self.size:  # steady state: one call for every parameter
             if self.cached is not None and self.pushes < self.refresh * len(self.count):
                 return self.cached
-            med = _median_rows(self.data)
-            mad = _median_rows(np.abs(self.data - med[:, None])) * MAD_TO_SD
+            med = median_last(self.data)
+            mad = median_last(np.abs(self.data - med[:, None])) * MAD_TO_SD
             self.cached, self.pushes = (med, np.maximum(mad, floors)), 0
             return self.cached
         med = np.full(len(self.count), np.nan)
@@ -80,9 +70,9 @@ class _Rings:
         for j, c in enumerate(self.count):
             if c >= min_history:  # not yet wrapped: the stored values are data[j, :c]
                 w = self.data[j : j + 1, :c]
-                m = _median_rows(w)
+                m = median_last(w)
                 med[j] = m[0]
-                scale[j] = max(float(_median_rows(np.abs(w - m[0]))[0]) * MAD_TO_SD, floors[j])
+                scale[j] = max(float(median_last(np.abs(w - m[0]))[0]) * MAD_TO_SD, floors[j])
         return med, scale
 
 
