@@ -69,3 +69,9 @@ def test_a_clock_running_ahead_is_found_from_the_refused_readings() -> None:
     figures = score(run("clock_skew", pools=1, days=2))
     assert figures["kinds"]["clock_skew"]["recall"] == 1.0
     assert figures["dead_letters"] > 0  # the readings themselves are refused, with the reason
+
+
+def test_slow_orp_electrode_drift_is_found_within_its_allowance() -> None:
+    figures = score(run("sensor_drift", pools=1, days=2, seed=2))
+    drift = figures["kinds"]["drift"]
+    assert drift["recall"] == 1.0 and drift["median_ttd_min"] <= 720
