@@ -16,7 +16,7 @@ from landun.system import RunConfig
 from simulators.faults import Fault, FaultKind
 from simulators.pool_model import PoolModel
 from simulators.runner import RunnerSettings, SimDevice, SimulatorRunner
-from tests.conftest import ADMIN_PASSWORD, start_system, wait_for
+from tests.conftest import ADMIN_PASSWORD, Publisher, start_system, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -126,6 +126,21 @@ def test_inspector_sees_pool_go_over_limit_acknowledges_and_charts_render(
         assert page.locator(".chart").count() == 6
         if SHOTS:
             page.screenshot(path=f"{SHOTS}/site.png", full_page=True)
+
+        # A medical institution's page shows its bag ledger and daily totals.
+        scanner = Publisher(broker.url, "browser-test-scanner")
+        t0 = now_ms() - 3 * HOUR
+        bag = {"bag_id": "HX-1", "category": "sharps", "weight_kg": 1.5, "department": "ICU"}
+        scanner.publish("hosp-xh-01-scan", {"ts": t0, "event": "bag_collected", **bag}, "events")
+        scanner.close()
+        wait_for(
+            lambda: running.http.get("/api/v1/sites/hosp-xh-01/waste/bags").json(),
+            what="the bag in the ledger",
+        )
+        page.goto(running.base_url + "/#/site/hosp-xh-01/h24")
+        page.wait_for_selector("#waste-bags tr[data-bag='HX-1']")
+        assert "损伤性" in page.locator("#waste-bags").inner_text()
+        assert page.locator("#waste-daily tbody tr").count() == 7
 
         page.click("#lang")
         page.goto(running.base_url + "/#/")

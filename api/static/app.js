@@ -269,9 +269,11 @@ async function sitePage(siteId, period) {
     </div>
     <p class="muted">${esc(t("limitBand"))} · ${esc(t("episodes"))} · ${esc(t("gaps"))} · ${esc(t("tz"))}</p>
     <div class="charts" id="charts"></div>
+    <div id="waste"></div>
     <h2>${esc(t("alerts"))}</h2>
     ${alertTable(alerts, { [site.id]: site.name })}`;
   bindAlertActions();
+  if (site.kind === "medical_institution") await wastePanel(siteId);
   const charts = document.getElementById("charts");
   for (const device of devices) {
     if (!device.parameters.length) continue;
@@ -289,6 +291,28 @@ async function sitePage(siteId, period) {
       drawChart(box, buckets.filter((b) => b.parameter === p), lim, episodes, start, end, step);
     }
   }
+}
+
+async function wastePanel(siteId) {
+  const [daily, bags] = await Promise.all([
+    api(`/api/v1/sites/${encodeURIComponent(siteId)}/waste/daily`),
+    api(`/api/v1/sites/${encodeURIComponent(siteId)}/waste/bags?limit=100`),
+  ]);
+  const kg = (v) => (v === null || v === undefined ? "—" : `${fmtValue(v)} kg`);
+  document.getElementById("waste").innerHTML = `
+    <h2>${esc(t("wasteDaily"))}</h2>
+    <table id="waste-daily"><thead><tr><th>${esc(t("day"))}</th><th>${esc(t("bags"))}</th>
+      <th>${esc(t("weight"))}</th><th class="hide-sm">${esc(t("byCategory"))}</th></tr></thead>
+    <tbody>${daily.map((d) => `<tr><td>${esc(d.day)}</td><td>${d.bags}</td><td>${kg(d.weight_kg)}</td>
+      <td class="hide-sm">${Object.entries(d.by_category).map(([c, v]) => `${esc(t(c))} ${kg(v.weight_kg)}`).join("; ")}</td></tr>`).join("")}</tbody></table>
+    <h2>${esc(t("wasteBags"))}</h2>
+    <table id="waste-bags"><thead><tr><th>${esc(t("bag"))}</th><th>${esc(t("status"))}</th>
+      <th class="hide-sm">${esc(t("department"))}</th><th>${esc(t("collected"))}</th>
+      <th>${esc(t("handedOver"))}</th><th>${esc(t("weightLoss"))}</th></tr></thead>
+    <tbody>${bags.map((b) => `<tr data-bag="${esc(b.bag_id)}"><td>${esc(b.bag_id)}<br><span class="muted">${esc(t(b.category))}</span></td>
+      <td>${esc(t(b.status))}</td><td class="hide-sm">${esc(b.department || "—")}</td>
+      <td>${fmtTime(b.collected)}<br>${kg(b.collected_kg)}</td><td>${fmtTime(b.handed_over)}<br>${kg(b.handed_kg)}</td>
+      <td class="${b.weight_loss_kg > 0.2 ? "open" : ""}">${kg(b.weight_loss_kg)}</td></tr>`).join("")}</tbody></table>`;
 }
 
 function drawChart(box, buckets, limit, episodes, start, end, step) {

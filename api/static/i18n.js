@@ -17,6 +17,11 @@ window.I18N = {
     audit: "处理记录", readings: "原始数据", device: "设备", duration: "持续", minutes: "分钟",
     limitBand: "限值范围", gaps: "空白处为数据缺失", episodes: "阴影为告警时段", mean: "均值",
     tz: "时间为北京时间 (Asia/Shanghai)",
+    wasteDaily: "医疗废物日产量", wasteBags: "医疗废物袋台账", day: "日期", bags: "袋数", weight: "重量",
+    byCategory: "按类别", bag: "袋号", department: "科室", collected: "收集", handedOver: "交接",
+    weightLoss: "重量差", stored: "已入暂存间", handed_over: "已交接",
+    infectious: "感染性", sharps: "损伤性", pathological: "病理性", pharmaceutical: "药物性",
+    chemical: "化学性",
     params: {
       free_chlorine: "游离性余氯", combined_chlorine: "化合性余氯", ph: "pH值", turbidity: "浑浊度",
       orp: "氧化还原电位", temperature: "水温", cyanuric_acid: "氰尿酸", urea: "尿素",
@@ -42,6 +47,11 @@ window.I18N = {
     audit: "Audit trail", readings: "Raw readings", device: "Device", duration: "Duration",
     minutes: "min", limitBand: "limit band", gaps: "gaps are missing data",
     episodes: "shaded: alert episodes", mean: "mean", tz: "Times in China Standard Time (Asia/Shanghai)",
+    wasteDaily: "Medical waste per day", wasteBags: "Bag ledger", day: "Day", bags: "Bags",
+    weight: "Weight", byCategory: "By category", bag: "Bag", department: "Department",
+    collected: "Collected", handedOver: "Handed over", weightLoss: "Weight lost",
+    stored: "Stored", handed_over: "Handed over", infectious: "Infectious", sharps: "Sharps",
+    pathological: "Pathological", pharmaceutical: "Pharmaceutical", chemical: "Chemical",
     params: {
       free_chlorine: "Free chlorine", combined_chlorine: "Combined chlorine", ph: "pH",
       turbidity: "Turbidity", orp: "ORP", temperature: "Water temperature",
