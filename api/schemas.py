@@ -32,10 +32,6 @@ class ReadingOut(BaseModel):
     flag: str = Field(description="HJ 212 data flag; only N is judged for compliance")
     seq: int | None = None
 
-    @classmethod
-    def of(cls, r: Reading) -> ReadingOut:
-        return cls(**reading_dict(r))
-
 
 def reading_dict(r: Reading) -> dict:
     """ReadingOut's fields as plain data: large pages are served from these directly, since

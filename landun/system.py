@@ -71,7 +71,6 @@ class RunConfig:
     webhooks: list[WebhookTarget] = field(default_factory=list)
     admin_password: str | None = None  # None: generate one on first start and print it
     tick_s: float = 5.0
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
