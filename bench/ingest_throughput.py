@@ -245,7 +245,7 @@ def alert_latencies(db: Path, sent_at: dict[str, int], timeout_s: float = 60) ->
     if os.environ.get("LANDUN_BENCH_DEBUG"):
         for d, t in list(sent_at.items())[:5]:
             recv = conn.execute(
-                "SELECT recv_ms, ts_ms FROM readings WHERE device_id = ? AND parameter ="
+                "SELECT recv_ms, ts_ms FROM readings_all WHERE device_id = ? AND parameter ="
                 " 'free_chlorine' ORDER BY ts_ms DESC LIMIT 1",
                 (d,),
             ).fetchone()

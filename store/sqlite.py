@@ -4,7 +4,9 @@ Connections as store.sqlite_db: one writer behind a lock, a reader per thread.""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,8 +26,10 @@ from store.base import (
 )
 from store.sqlite_db import SqliteDatabase
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS readings (
+log = logging.getLogger("landun.store")
+
+_READING_COLS = "device_id, parameter, ts_ms, value, flag, recv_ms, seq, site_id"
+_READING_TABLE = """(
     device_id TEXT NOT NULL,
     parameter TEXT NOT NULL,
     ts_ms INTEGER NOT NULL,          -- sensor time, UTC epoch ms
@@ -35,7 +39,18 @@ CREATE TABLE IF NOT EXISTS readings (
     seq INTEGER,
     site_id TEXT NOT NULL,
     PRIMARY KEY (device_id, parameter, ts_ms)
-) WITHOUT ROWID;
+) WITHOUT ROWID"""
+
+SCHEMA = f"""
+-- Readings are clustered by series (device, parameter, time): a week of one series is a short
+-- range scan. Inserting a batch that holds one reading of each of thousands of series straight
+-- into that tree would dirty one page per reading on every commit, so new readings land in the
+-- small `readings_recent` tree first and compaction moves them over a few devices at a time,
+-- each series bringing many rows to its page at once. `readings_all` is what queries read.
+CREATE TABLE IF NOT EXISTS readings {_READING_TABLE};
+CREATE TABLE IF NOT EXISTS readings_recent {_READING_TABLE};
+CREATE VIEW IF NOT EXISTS readings_all AS
+    SELECT {_READING_COLS} FROM readings UNION ALL SELECT {_READING_COLS} FROM readings_recent;
 -- Which devices have reported for a site: a site's readings are found through the primary key
 -- (device, parameter, time) of its devices, which spares every insert a second index.
 DROP INDEX IF EXISTS readings_by_site;
@@ -184,8 +199,28 @@ def _alert_values(a: Alert) -> tuple:
 
 
 class SqliteStore(SqliteDatabase):
-    def __init__(self, path: Path | str, busy_timeout_ms: int = 5000) -> None:
+    """`recent_max_rows` bounds `readings_recent` (the more rows a series gathers there, the
+    fewer pages compaction rewrites per reading; the tree must stay small enough to be cheap to
+    insert into); `compact_rows` is about how many rows one compaction step moves, so that the
+    ingest path never stalls for long."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        busy_timeout_ms: int = 5000,
+        recent_max_rows: int = 200_000,
+        compact_rows: int = 20_000,
+    ) -> None:
         super().__init__(path, SCHEMA, busy_timeout_ms)
+        self.recent_max_rows = recent_max_rows
+        self.compact_rows = compact_rows
+        self._recent_rows = self._count_recent(self._writer)
+        self._compact_from = ""  # compaction sweeps the devices in key order, then wraps
+        # Compaction runs on its own thread: sqlite3 releases the GIL while a statement runs, so
+        # moving rows overlaps with decoding the next batch instead of delaying its acks.
+        self._compact_wanted = threading.Event()
+        self._compactor: threading.Thread | None = None
+        self._closing = False
 
     # -- ingest -------------------------------------------------------------------------------
 
@@ -204,10 +239,11 @@ class SqliteStore(SqliteDatabase):
         try:
             with self._tx() as conn:
                 before = conn.total_changes
+                # A reading already compacted is a duplicate too.
                 conn.executemany(
-                    "INSERT OR IGNORE INTO readings"
-                    " (device_id, parameter, ts_ms, value, flag, recv_ms, seq, site_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT OR IGNORE INTO readings_recent ({_READING_COLS})"
+                    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE NOT EXISTS (SELECT 1 FROM"
+                    " readings WHERE device_id = ?1 AND parameter = ?2 AND ts_ms = ?3)",
                     [
                         (r.device_id, r.parameter, r.ts_ms, r.value, r.flag, r.recv_ms, r.seq,
                          r.site_id)
@@ -244,7 +280,93 @@ class SqliteStore(SqliteDatabase):
         except sqlite3.OperationalError as exc:
             # Locked past the busy timeout, disk full, I/O error: the batch is not committed.
             raise StoreUnavailable(f"sqlite: {exc}") from exc
+        self._recent_rows += stored
+        if self._recent_rows > self.recent_max_rows:
+            self._wake_compactor()
         return stored
+
+    def close(self) -> None:
+        self._closing = True  # a step in progress finishes; no new one starts
+        if self._compactor is not None:
+            self._compact_wanted.set()
+            self._compactor.join()
+        super().close()
+
+    def _wake_compactor(self) -> None:
+        with self._lock:
+            if self._compactor is None:
+                self._compactor = threading.Thread(
+                    target=self._compact_loop, name="landun-compact", daemon=True
+                )
+                self._compactor.start()
+        self._compact_wanted.set()
+
+    def _compact_loop(self) -> None:
+        while True:
+            self._compact_wanted.wait()
+            self._compact_wanted.clear()
+            if self._closing:
+                return
+            try:
+                self.compact()
+            except StoreUnavailable as exc:
+                # Nothing is lost: the rows wait in readings_recent for the next attempt.
+                log.warning("compaction postponed: %s", exc)
+
+    def compact(self, max_rows: int | None = None) -> int:
+        """Compaction steps until `readings_recent` holds at most `max_rows` (default
+        `recent_max_rows`; 0 moves everything); returns the rows moved."""
+        limit = self.recent_max_rows if max_rows is None else max_rows
+        moved = 0
+        while not self._closing:
+            step = self.compact_step(limit)
+            if not step:
+                break
+            moved += step
+        return moved
+
+    @staticmethod
+    def _first_recent_device(conn: sqlite3.Connection, at_or_after: str) -> str | None:
+        return conn.execute(
+            "SELECT min(device_id) FROM readings_recent WHERE device_id >= ?", (at_or_after,)
+        ).fetchone()[0]
+
+    @staticmethod
+    def _count_recent(conn: sqlite3.Connection) -> int:
+        return conn.execute("SELECT count(*) FROM readings_recent").fetchone()[0]
+
+    def compact_step(self, max_rows: int) -> int:
+        """If `readings_recent` holds more than `max_rows`, move the recent readings of the next
+        devices in key order (about `compact_rows` rows, whole devices) into `readings`, in one
+        transaction; returns the rows moved."""
+        with self._tx() as conn:
+            # Another process on the same file (workers on a shared subscription) compacts too.
+            self._recent_rows = self._count_recent(conn)
+            if self._recent_rows <= max_rows:
+                return 0
+            first = self._first_recent_device(conn, self._compact_from)
+            if first is None:  # the sweep is past the last device: start again
+                first = self._first_recent_device(conn, "")
+            row = conn.execute(
+                "SELECT device_id FROM readings_recent WHERE device_id >= ?"
+                " ORDER BY device_id, parameter, ts_ms LIMIT 1 OFFSET ?",
+                (first, self.compact_rows),
+            ).fetchone()
+            if row is None:  # the rest of the sweep: up to the last device, then wrap
+                where, args, self._compact_from = "device_id >= ?", (first,), ""
+            elif row[0] == first:  # one device holds more than a step: move it alone
+                where, args, self._compact_from = "device_id = ?", (first,), first + "\0"
+            else:
+                where, args = "device_id >= ? AND device_id < ?", (first, row[0])
+                self._compact_from = row[0]
+            conn.execute(
+                f"INSERT OR IGNORE INTO readings ({_READING_COLS})"
+                f" SELECT {_READING_COLS} FROM readings_recent WHERE {where}",
+                args,
+            )
+            moved = conn.execute(f"DELETE FROM readings_recent WHERE {where}", args).rowcount
+        self._recent_rows -= moved
+        return moved
 
     def query_readings(self, q: ReadingQuery) -> list[Reading]:
         where, args = [], []
@@ -266,7 +388,10 @@ class SqliteStore(SqliteDatabase):
         if q.end_ms is not None:
             where.append("ts_ms < ?")
             args.append(q.end_ms)
-        sql = "SELECT device_id, site_id, parameter, ts_ms, value, flag, recv_ms, seq FROM readings"
+        sql = (
+            "SELECT device_id, site_id, parameter, ts_ms, value, flag, recv_ms, seq"
+            " FROM readings_all"
+        )
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY ts_ms DESC" if q.descending else " ORDER BY ts_ms"
@@ -376,7 +501,7 @@ class SqliteStore(SqliteDatabase):
         # SQLite takes the bare columns from the row holding max(ts_ms).
         rows = self._reader().execute(
             "SELECT device_id, site_id, parameter, max(ts_ms), value, flag, recv_ms, seq"
-            " FROM readings WHERE device_id = ? GROUP BY parameter",
+            " FROM readings_all WHERE device_id = ? GROUP BY parameter",
             (device_id,),
         )
         return [Reading(*r) for r in rows]
@@ -397,7 +522,8 @@ class SqliteStore(SqliteDatabase):
             .execute(
                 "SELECT count(*), ifnull(sum(flag = 'N'), 0),"
                 " ifnull(sum(flag = 'N' AND (value < ? OR value > ?)), 0)"
-                " FROM readings WHERE device_id = ? AND parameter = ? AND ts_ms >= ? AND ts_ms < ?",
+                " FROM readings_all WHERE device_id = ? AND parameter = ? AND ts_ms >= ?"
+                " AND ts_ms < ?",
                 (lo, hi, device_id, parameter, start_ms, end_ms),
             )
             .fetchone()
@@ -444,7 +570,7 @@ class SqliteStore(SqliteDatabase):
         flag = " AND flag = 'N'" if valid_only else ""
         rows = self._reader().execute(
             f"SELECT (ts_ms / ?) * ? AS b, parameter, avg(value), min(value), max(value), count(*)"
-            f" FROM readings WHERE device_id = ? AND parameter IN ({marks})"
+            f" FROM readings_all WHERE device_id = ? AND parameter IN ({marks})"
             f" AND ts_ms >= ? AND ts_ms < ?{flag} GROUP BY b, parameter ORDER BY b, parameter",
             (every_ms, every_ms, device_id, *parameters, start_ms, end_ms),
         )

@@ -82,13 +82,15 @@ def count_rows(db: Path) -> int:
     if not db.exists():
         return 0
     with sqlite3.connect(db, timeout=10) as conn:
-        return conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+        return conn.execute("SELECT count(*) FROM readings_all").fetchone()[0]
 
 
 def assert_stored_exactly(db: Path, stream: Stream) -> int:
     """Every published reading is in the store once, with its own value; nothing else is."""
     with sqlite3.connect(db, timeout=10) as conn:
-        rows = conn.execute("SELECT device_id, parameter, ts_ms, value FROM readings").fetchall()
+        rows = conn.execute(
+            "SELECT device_id, parameter, ts_ms, value FROM readings_all"
+        ).fetchall()
         dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
     assert dead == 0
     keys = {(d, p, t) for d, p, t, _ in rows}
