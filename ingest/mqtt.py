@@ -1,7 +1,8 @@
 """MQTT subscriber: persistent session, QoS 1, manual acks after commit, batched.
 
-paho's network thread only enqueues; one worker thread drains the queue in batches, hands each
-batch to the pipeline, and acknowledges the batch's messages in arrival order once committed.
+paho's network thread only enqueues; one worker thread drains the queue in batches and has the
+pipeline commit each; a second thread hands committed batches on to the alert stage, in commit
+order, and then acknowledges their messages in arrival order.
 Unacknowledged messages stay with the broker, so a crash loses nothing and the store's idempotent
 writes absorb the redelivery. tests/test_reliability.py proves it against a real Mosquitto: ingest
 killed, broker restarted, store locked, two workers on a shared subscription."""
@@ -9,6 +10,7 @@ killed, broker restarted, store locked, two workers on a shared subscription."""
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -19,7 +21,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from domain.timeutil import now_ms
-from ingest.pipeline import IngestPipeline, RawMessage
+from ingest.pipeline import Committed, IngestPipeline, RawMessage
 
 log = logging.getLogger("landun.ingest.mqtt")
 
@@ -94,6 +96,13 @@ class MqttSubscriber:
         self._subscribed = threading.Event()
         self._flushed = threading.Event()
         self._worker = threading.Thread(target=self._run, name="landun-ingest", daemon=True)
+        # Committed batches wait here for their alert evaluation and acks, on a second thread:
+        # SQLite releases the GIL while it writes, so batch n is judged while batch n+1 is being
+        # stored. Two at most, so memory and the unacknowledged window stay bounded. None: done.
+        self._committed: queue.Queue[tuple[Committed, list[_Item]] | None] = queue.Queue(2)
+        self._deliverer = threading.Thread(
+            target=self._deliver_run, name="landun-deliver", daemon=True
+        )
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.settings.client_id,
@@ -131,17 +140,19 @@ class MqttSubscriber:
 
     def start(self, wait_s: float = 10.0) -> None:
         self._worker.start()
+        self._deliverer.start()
         self.client.connect_async(self.broker.host, self.broker.port, self.settings.keepalive_s)
         self.client.loop_start()
         if wait_s and not self._subscribed.wait(wait_s):
             log.warning("not subscribed on %s:%s yet; retrying", self.broker.host, self.broker.port)
 
     def stop(self) -> None:
-        """Finish the batch in hand, then disconnect; queued but uncommitted messages stay with
-        the broker (they were not acknowledged)."""
+        """Finish the batch in hand, judge and acknowledge what is committed, then disconnect;
+        queued but uncommitted messages stay with the broker (they were not acknowledged)."""
         self._stop.set()
         self.pipeline.stop()
         self._worker.join(timeout=30)
+        self._deliverer.join(timeout=30)
         self._flush_acks()
         self.client.disconnect()
         self.client.loop_stop()
@@ -248,19 +259,23 @@ class MqttSubscriber:
         return batch
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            batch = self._next_batch()
-            if batch and self._commit(batch):
-                self._ack(batch)
+        try:
+            while not self._stop.is_set():
+                batch = self._next_batch()
+                committed = self._commit(batch) if batch else None
+                if committed is not None:
+                    self._committed.put((committed, batch))
+        finally:
+            self._committed.put(None)
 
-    def _commit(self, batch: list[_Item]) -> bool:
-        """Hand the batch to the pipeline until it is committed; False if stopped first."""
+    def _commit(self, batch: list[_Item]) -> Committed | None:
+        """Hand the batch to the pipeline until it is committed; None if stopped first."""
         metrics = self.pipeline.metrics
         metrics.redelivered += sum(1 for i in batch if i.dup)
         delay = self.settings.reconnect_min_s
         while True:
             try:
-                return self.pipeline.process([i.message for i in batch])
+                return self.pipeline.commit([i.message for i in batch])
             except Exception:
                 # A bug rather than an outage (the pipeline rides out StoreUnavailable itself).
                 # Keep the worker alive and the batch unacknowledged: a dead worker would stop
@@ -268,8 +283,19 @@ class MqttSubscriber:
                 metrics.worker_errors += 1
                 log.exception("ingest batch of %d messages failed; retrying", len(batch))
                 if self._stop.wait(delay):
-                    return False
+                    return None
                 delay = min(delay * 2, self.settings.reconnect_max_s)
+
+    def _deliver_run(self) -> None:
+        while (job := self._committed.get()) is not None:
+            committed, batch = job
+            try:
+                self.pipeline.deliver(committed)
+            except Exception:
+                # The batch is stored: acknowledge it anyway, or ingest would stall for good.
+                self.pipeline.metrics.worker_errors += 1
+                log.exception("handing a committed batch of %d messages on failed", len(batch))
+            self._ack(batch)
 
     def _ack(self, batch: list[_Item]) -> None:
         with self._ack_lock:

@@ -39,6 +39,15 @@ class RawMessage:
     doc: object = None  # an already-decoded document (HJ 212 records), instead of payload bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A batch in the store, waiting to be handed on to the alert stage."""
+
+    readings: list[Reading]
+    events: list[WasteEvent]  # only those the ledger did not have yet
+    dead: list[DeadLetter]
+
+
 ReadingsHook = Callable[[list[Reading]], None]
 EventsHook = Callable[[list[WasteEvent]], None]
 T = TypeVar("T")
@@ -71,9 +80,10 @@ class IngestPipeline:
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._stopping = threading.Event()
-        # The MQTT worker and the HJ 212 gateway share one pipeline: serialising batches keeps
-        # the counters exact and hands the alert hook one batch at a time, in commit order.
+        # The MQTT worker and the HJ 212 gateway share one pipeline: serialising commits keeps
+        # the counters exact, and serialising deliveries hands the hooks one batch at a time.
         self._lock = threading.Lock()
+        self._deliver_lock = threading.Lock()
 
     def stop(self) -> None:
         """Make a pending store retry give up; the unacknowledged batch stays with the broker."""
@@ -86,11 +96,32 @@ class IngestPipeline:
             return self._commit([], [self._dead(m, device_id, reason)], [])
 
     def process(self, msgs: Sequence[RawMessage]) -> bool:
-        """Store a batch; True once committed, False if stopped before the store came back."""
+        """Store a batch and hand it on; True once committed, False if stopped before the store
+        came back."""
+        committed = self.commit(msgs)
+        if committed is None:
+            return False
+        self.deliver(committed)
+        return True
+
+    def commit(self, msgs: Sequence[RawMessage]) -> Committed | None:
+        """Decode and store a batch; None if stopped before the store came back. The caller
+        then `deliver`s it, in commit order, before acknowledging its messages, so a crash in
+        between has the broker redeliver them and the alert stage still sees them."""
         with self._lock:
             return self._process(msgs)
 
-    def _process(self, msgs: Sequence[RawMessage]) -> bool:
+    def deliver(self, committed: Committed) -> None:
+        """Hand a committed batch to the hooks (alert evaluation, custody, clock skew)."""
+        with self._deliver_lock:
+            if self.on_stored and committed.readings:
+                self._run_hook(self.on_stored, committed.readings)
+            if self.on_events and committed.events:
+                self._run_hook(self.on_events, committed.events)
+            if self.on_dead and committed.dead:
+                self._run_hook(self.on_dead, committed.dead)
+
+    def _process(self, msgs: Sequence[RawMessage]) -> Committed | None:
         readings: list[Reading] = []
         dead: list[DeadLetter] = []
         statuses: list[DeviceStatus] = []
@@ -98,25 +129,19 @@ class IngestPipeline:
         for m in msgs:
             self._decode_one(m, readings, dead, statuses, events)
         if not self._commit(readings, dead, statuses):
-            return False
+            return None
         # Recorded after the batch (the ledger has its own transaction) and before the acks; a
         # crash in between is healed by redelivery, as the ledger ignores events it already has.
         fresh = self._retrying(lambda: self.ledger.record(events)) if events else []
         if fresh is None:
-            return False
+            return None
         self.metrics.received += len(msgs)
         self.metrics.observe_batch(len(msgs))
         if msgs:
             self.metrics.commit_delay_ms_last = now_ms() - min(m.recv_ms for m in msgs)
         if readings:
             self.metrics.lag_ms_last = msgs[-1].recv_ms - readings[-1].ts_ms
-        if self.on_stored and readings:
-            self._run_hook(self.on_stored, readings)
-        if self.on_events and fresh:
-            self._run_hook(self.on_events, fresh)
-        if self.on_dead and dead:
-            self._run_hook(self.on_dead, dead)
-        return True
+        return Committed(readings, fresh, dead)
 
     def _run_hook(self, hook: Callable[[list], None], items: list) -> None:
         """Hand committed readings (or newly recorded events) to the alert stage. Its failure
