@@ -7,6 +7,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -209,7 +210,7 @@ class SqliteStore(SqliteDatabase):
         path: Path | str,
         busy_timeout_ms: int = 5000,
         recent_max_rows: int = 200_000,
-        compact_rows: int = 20_000,
+        compact_rows: int = 5_000,
     ) -> None:
         super().__init__(path, SCHEMA, busy_timeout_ms)
         self.recent_max_rows = recent_max_rows
@@ -308,7 +309,10 @@ class SqliteStore(SqliteDatabase):
             if self._closing:
                 return
             try:
-                self.compact()
+                while not self._closing and self.compact_step(self.recent_max_rows):
+                    # Let the ingest thread's next commit in between steps: a released lock is
+                    # otherwise often taken again at once by the thread that released it.
+                    time.sleep(0.002)
             except StoreUnavailable as exc:
                 # Nothing is lost: the rows wait in readings_recent for the next attempt.
                 log.warning("compaction postponed: %s", exc)
