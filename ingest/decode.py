@@ -1,19 +1,27 @@
 """Wire contract decoding: raw MQTT payload bytes -> validated readings, or precise reasons.
 
 Pydantic checks the shape at the edge; catalogue, unit, range and time checks then run on plain
-data. A message with any bad part is rejected whole, with every reason listed."""
+data. A message with any bad part is rejected whole, with every reason listed.
+
+Nearly every message has the plain shape (int or string ts, numbers in `values`, known flags, no
+extra keys). Those take a fast path: orjson parses them and a hand check stands in for pydantic,
+passing only what pydantic would pass, as pydantic would read it. Anything else, including every
+message refused for its shape, goes the full way (stdlib json, pydantic), so shape reasons are
+always that path's. Catalogue, unit, range and time checks are the same code on both paths."""
 
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Literal
+from math import isfinite
+from typing import Annotated, Literal, get_args
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from domain.model import FUTURE_TS, Device, Reading
+from domain.model import FUTURE_TS, VALID_FLAG, Device, Reading
 from domain.params import Catalogue
 from domain.timeutil import ms_to_iso
 
@@ -42,6 +50,16 @@ class StatusIn(BaseModel):
 
 
 _telemetry_one = TypeAdapter(TelemetryIn)
+
+# One telemetry record as decode_record takes it: ts, seq, values, flags, units.
+RecordFields = tuple[int | str, int | None, dict[str, float], dict[str, str], dict[str, str]]
+
+_RECORD_KEYS = frozenset(TelemetryIn.model_fields)
+_FLAGS = frozenset(get_args(Flag))
+# Stands in for absent flags or units on the fast path; only ever read.
+_NO_ENTRIES: dict[str, str] = {}
+# The deepest plain document: an array (1) of objects (2) of dicts (3) of numbers or strings (4).
+_PLAIN_DEPTH = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +146,6 @@ def parse_ts(ts: int | str, now: int, limits: DecodeLimits) -> tuple[int | None,
     """Sensor time in UTC epoch ms from epoch-ms or ISO 8601 with zone, checked against now."""
     if isinstance(ts, int):
         ms = ts
-        shown = str(ts)
     else:
         try:
             dt = datetime.fromisoformat(ts)
@@ -137,15 +154,14 @@ def parse_ts(ts: int | str, now: int, limits: DecodeLimits) -> tuple[int | None,
         if dt.tzinfo is None:
             return None, f"ts {ts!r} has no zone offset (sensor time must state its zone)"
         ms = int(dt.timestamp() * 1000)
-        shown = ts
     if ms > now + limits.max_future_ms:
         return None, (
-            f"ts {shown} ({_calendar(ms)}) more than {limits.max_future_ms // 60_000} min"
+            f"ts {ts!s} ({_calendar(ms)}) more than {limits.max_future_ms // 60_000} min"
             f" {FUTURE_TS}"
         )
     if ms < now - limits.max_age_ms:
         return None, (
-            f"ts {shown} ({_calendar(ms)}) older than {limits.max_age_ms // 86_400_000} days"
+            f"ts {ts!s} ({_calendar(ms)}) older than {limits.max_age_ms // 86_400_000} days"
         )
     return ms, None
 
@@ -158,31 +174,37 @@ def _calendar(ms: int) -> str:
 
 
 def decode_record(
-    rec: TelemetryIn,
+    rec: RecordFields,
     device: Device,
     site_id: str,
     catalogue: Catalogue,
     recv_ms: int,
     limits: DecodeLimits,
+    readings: list[Reading],
     reasons: list[str],
     prefix: str = "",
-) -> list[Reading]:
-    ts_ms, why = parse_ts(rec.ts, recv_ms, limits)
+) -> None:
+    """Appends the readings of one well-shaped record, or the reasons they are refused."""
+    ts, seq, values, flags, units = rec
+    ts_ms, why = parse_ts(ts, recv_ms, limits)
     if why:
         reasons.append(prefix + why)
-    out: list[Reading] = []
-    for wire_name, raw_value in rec.values.items():
-        param = catalogue.resolve(wire_name)
+    # Hoisted out of the loop: this runs for every value of every message.
+    resolve = catalogue.by_wire_name.get
+    registered = device.parameters
+    device_id = device.id
+    for wire_name, raw_value in values.items():
+        param = resolve(wire_name)
         if param is None:
             reasons.append(f"{prefix}unknown parameter {wire_name!r}")
             continue
-        if device.parameters and param.name not in device.parameters:
+        if registered and param.name not in registered:
             reasons.append(
-                f"{prefix}parameter {param.name!r} is not registered for device {device.id}"
+                f"{prefix}parameter {param.name!r} is not registered for device {device_id}"
             )
             continue
         value = float(raw_value)
-        unit = rec.units.get(wire_name)
+        unit = units.get(wire_name) if units else None
         if unit is not None and unit != param.unit:
             conv = param.units.get(unit)
             if conv is None:
@@ -191,21 +213,20 @@ def decode_record(
                 )
                 continue
             value = conv.apply(value)
-        if not math.isfinite(value) or not param.physical_min <= value <= param.physical_max:
+        if not param.physical_min <= value <= param.physical_max or not isfinite(value):
             reasons.append(
                 f"{prefix}{wire_name}={raw_value:g} outside physical range "
                 f"{param.physical_min:g}–{param.physical_max:g} {param.unit}"
             )
             continue
-        flag = rec.flags.get(wire_name, "N")
         if ts_ms is not None:
-            out.append(
-                Reading(device.id, site_id, param.name, ts_ms, value, flag, recv_ms, rec.seq)
+            flag = flags.get(wire_name, VALID_FLAG) if flags else VALID_FLAG
+            readings.append(
+                Reading(device_id, site_id, param.name, ts_ms, value, flag, recv_ms, seq)
             )
-    for wire_name in rec.flags:
-        if wire_name not in rec.values:
+    for wire_name in flags:
+        if wire_name not in values:
             reasons.append(f"{prefix}flag for {wire_name!r} but no value")
-    return out
 
 
 def decode_telemetry(
@@ -216,10 +237,84 @@ def decode_telemetry(
     recv_ms: int,
     limits: DecodeLimits,
 ) -> Decoded:
+    decoded = decode_plain(payload, device, site_id, catalogue, recv_ms, limits)
+    if decoded is not None:
+        return decoded
     doc, why = parse_json(payload, limits)
     if why:
         return Decoded(reasons=[why])
     return decode_document(doc, device, site_id, catalogue, recv_ms, limits)
+
+
+def decode_plain(
+    payload: bytes,
+    device: Device,
+    site_id: str,
+    catalogue: Catalogue,
+    recv_ms: int,
+    limits: DecodeLimits,
+) -> Decoded | None:
+    """The fast path: a payload orjson parses into records that all have the plain shape.
+    None for anything else, which the full path then decides, with its exact reasons."""
+    # Refusals for size, or for a depth limit a plain document could break, are the full path's.
+    if len(payload) > limits.max_payload_bytes or limits.max_depth < _PLAIN_DEPTH:
+        return None
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if type(doc) is dict:
+        rec = _plain_record(doc)
+        if rec is None:
+            return None
+        readings: list[Reading] = []
+        reasons: list[str] = []
+        decode_record(rec, device, site_id, catalogue, recv_ms, limits, readings, reasons)
+        return _verdict(readings, reasons)
+    if type(doc) is not list or not 0 < len(doc) <= limits.max_batch:
+        return None
+    records = []
+    for item in doc:
+        rec = _plain_record(item)
+        if rec is None:
+            return None
+        records.append(rec)
+    return _decode_records(records, True, device, site_id, catalogue, recv_ms, limits, [])
+
+
+def _plain_record(item: object) -> RecordFields | None:
+    """The fields of one orjson-parsed record if TelemetryIn would accept it as it is; None to
+    leave it to pydantic. What orjson guarantees is not checked again: keys are strings, floats
+    are finite (it refuses NaN and overflow). It reads an int past 64 bits as a float, which is
+    refused here as ts or seq and is, in values, the float pydantic would make of the int."""
+    if type(item) is not dict or not _RECORD_KEYS.issuperset(item):
+        return None
+    ts = item.get("ts")
+    seq = item.get("seq")
+    values = item.get("values")
+    flags = item.get("flags", _NO_ENTRIES)
+    units = item.get("units", _NO_ENTRIES)
+    # Strict mode: bool is not int, float is not int, and an explicit null flags or units is an
+    # error (a null seq is not).
+    if (
+        (type(ts) is not int and type(ts) is not str)
+        or (seq is not None and (type(seq) is not int or seq < 0))
+        or type(values) is not dict
+        or not values
+        or type(flags) is not dict
+        or type(units) is not dict
+    ):
+        return None
+    for value in values.values():
+        if type(value) is not float and type(value) is not int:
+            return None
+    for flag in flags.values():
+        if type(flag) is not str or flag not in _FLAGS:
+            return None
+    for unit in units.values():
+        if type(unit) is not str:
+            return None
+    return ts, seq, values, flags, units
 
 
 def decode_document(
@@ -231,31 +326,56 @@ def decode_document(
     limits: DecodeLimits,
 ) -> Decoded:
     """Decode an already-parsed telemetry document (an object or an array of them)."""
-    result = Decoded()
+    reasons: list[str] = []
     if isinstance(doc, list):
         if not doc:
-            result.reasons.append("empty array")
+            reasons.append("empty array")
         elif len(doc) > limits.max_batch:
-            result.reasons.append(f"array of {len(doc)} records over the {limits.max_batch} limit")
+            reasons.append(f"array of {len(doc)} records over the {limits.max_batch} limit")
         items = doc if len(doc) <= limits.max_batch else []
         many = True
     elif isinstance(doc, dict):
         items, many = [doc], False
     else:
         return Decoded(reasons=[f"payload is a JSON {type(doc).__name__}, not an object or array"])
-    for i, item in enumerate(items):
+    records = [_validated(item) for item in items]
+    return _decode_records(records, many, device, site_id, catalogue, recv_ms, limits, reasons)
+
+
+def _validated(item: object) -> RecordFields | ValidationError:
+    try:
+        rec = _telemetry_one.validate_python(item)
+    except ValidationError as exc:
+        return exc
+    return rec.ts, rec.seq, rec.values, rec.flags, rec.units
+
+
+def _decode_records(
+    records: Sequence[RecordFields | ValidationError],
+    many: bool,
+    device: Device,
+    site_id: str,
+    catalogue: Catalogue,
+    recv_ms: int,
+    limits: DecodeLimits,
+    reasons: list[str],
+) -> Decoded:
+    """Records, or why pydantic refused them, to readings."""
+    readings: list[Reading] = []
+    for i, rec in enumerate(records):
         prefix = f"[{i}] " if many else ""
-        try:
-            rec = _telemetry_one.validate_python(item)
-        except ValidationError as exc:
-            result.reasons.extend(_pydantic_reasons(exc, prefix))
-            continue
-        result.readings.extend(
-            decode_record(rec, device, site_id, catalogue, recv_ms, limits, result.reasons, prefix)
-        )
-    if result.reasons:
-        result.readings.clear()
-    return result
+        if isinstance(rec, ValidationError):
+            reasons.extend(_pydantic_reasons(rec, prefix))
+        else:
+            decode_record(
+                rec, device, site_id, catalogue, recv_ms, limits, readings, reasons, prefix
+            )
+    return _verdict(readings, reasons)
+
+
+def _verdict(readings: list[Reading], reasons: list[str]) -> Decoded:
+    """A message with any reason at all is refused whole."""
+    return Decoded([] if reasons else readings, reasons)
 
 
 def decode_status(
