@@ -38,6 +38,18 @@ class RunningSystem:
         self.anon = httpx.Client(base_url=self.base_url, timeout=10)
         self.http = self.login("admin", ADMIN_PASSWORD)
 
+    def judged(self) -> bool:
+        """Every message committed so far has been through the alert stage too: acks follow
+        it, and the stage runs one batch behind the commits."""
+        counters = {}
+        for line in self.anon.get("/metrics").text.splitlines():
+            name, _, value = line.partition(" ")
+            counters[name] = value
+        return (
+            counters["landun_ingest_messages_received_total"]
+            == counters["landun_ingest_messages_acked_total"]
+        )
+
     def login(self, name: str, password: str) -> httpx.Client:
         r = self.anon.post("/api/v1/auth/login", json={"username": name, "password": password})
         r.raise_for_status()

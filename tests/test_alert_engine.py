@@ -33,7 +33,9 @@ def send_chlorine(pub: Publisher, start: int, values: list[float], flag: str = "
 
 
 def readings_count(system, device: str = DEVICE) -> int:
-    return len(system.http.get("/api/v1/readings", params={"device": device}).json())
+    """Readings stored for the device, or -1 until they have been judged as well."""
+    n = len(system.http.get("/api/v1/readings", params={"device": device}).json())
+    return n if system.judged() else -1  # counted first: a later batch cannot slip in between
 
 
 def alerts(system, **params) -> list[dict]:

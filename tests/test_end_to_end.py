@@ -78,7 +78,10 @@ def test_brief_excursion_shorter_than_pending_time_raises_nothing(system, publis
     for i, v in enumerate(values):
         publisher.publish(DEVICE, record(start + i * MINUTE, i, v))
     wait_for(
-        lambda: len(system.http.get("/api/v1/readings", params={"device": DEVICE}).json()) == 75,
-        what="all readings",
+        lambda: (
+            len(system.http.get("/api/v1/readings", params={"device": DEVICE}).json()) == 75
+            and system.judged()
+        ),
+        what="all readings, judged",
     )
     assert system.http.get("/api/v1/alerts").json() == []
