@@ -8,18 +8,25 @@ evidence carries the detector's score and the window statistics behind the decis
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from alerts.detectors.bank import SeriesBank
+from alerts.detectors.bank import BankResult, SeriesBank
 from alerts.detectors.base import DetectorResult
-from alerts.detectors.consistency import InconsistencyDetector
-from alerts.detectors.event import EventDetector
-from alerts.detectors.settings import DetectorSettings, GapSettings, ReplaySettings
+from alerts.detectors.consistency import KIND as INCONSISTENT
+from alerts.detectors.consistency import InconsistencyBank
+from alerts.detectors.event import KIND as EVENT
+from alerts.detectors.event_bank import EventBank
+from alerts.detectors.gaps import GapBank
+from alerts.detectors.replay import KIND as TAMPERING
+from alerts.detectors.replay import ReplayBank, row_hashes
+from alerts.detectors.settings import DetectorSettings
+from alerts.detectors.stacked import Stacked
 from domain.model import VALID_FLAG, Alert, AlertFamily, Reading, Severity
 from domain.params import Catalogue
 from domain.registry import Registry
@@ -27,15 +34,71 @@ from domain.registry import Registry
 if TYPE_CHECKING:
     from alerts.engine import AlertEngine
 
-MS_PER_H = 3_600_000
-
 
 def rule_id(kind: str, parameter: str | None) -> str:
     family = "quality" if kind == "water_quality_event" else "integrity"
     return f"{family}:{kind}" + (f":{parameter}" if parameter else "")
 
 
+@dataclass(slots=True)
+class _Batch:
+    """A batch of readings as arrays, in the order the rule takes them: by sensor time (stable).
+    `column` is the parameter's column among the judged series (-1: a parameter not judged)."""
+
+    order: np.ndarray  # position -> index in the readings
+    device: np.ndarray
+    column: np.ndarray
+    ts: np.ndarray
+    value: np.ndarray
+    valid: np.ndarray
+
+
+@dataclass(slots=True)
+class _Rows:
+    """The rows (a device's valid readings of one sensor time) a batch moves forward, in time
+    order; `values` has a column per judged series (NaN where `present` is False)."""
+
+    device: np.ndarray
+    ts: np.ndarray
+    values: np.ndarray
+    present: np.ndarray
+
+
+class _Devices(Stacked):
+    """Row numbers of the devices the rule has seen and their per-device progress."""
+
+    STATE = (("last_ts", -1), ("last_row_ts", -1), ("bank_rows", -1))
+
+    def __init__(self, columns: int, capacity: int = 64) -> None:
+        super().__init__(capacity)
+        self.index: dict[str, int] = {}
+        self.ids: list[str] = []
+        # Newest reading judged, per device and series: the detectors only move forward.
+        self.last_ts = np.full((capacity, columns), -1, dtype=np.int64)
+        self.last_row_ts = np.full(capacity, -1, dtype=np.int64)
+        self.bank_rows = np.full((capacity, columns), -1, dtype=np.int64)  # row in SeriesBank
+
+    def rows(self, ids: list[str]) -> np.ndarray:
+        """The row of each device id, registering those not seen before."""
+        try:
+            return np.fromiter(map(self.index.__getitem__, ids), dtype=np.int64, count=len(ids))
+        except KeyError:
+            for device_id in dict.fromkeys(ids):  # in the order the batch names them
+                if device_id not in self.index:
+                    self.index[device_id] = len(self.ids)
+                    self.ids.append(device_id)
+            self.fit(np.array([len(self.ids) - 1]))
+            return self.rows(ids)
+
+
 class DetectorRule:
+    """Judges a batch as arrays, every detector holding one row of state per device: the
+    single-series detectors per parameter (SeriesBank), the multi-parameter ones per row
+    (EventBank, InconsistencyBank, ReplayBank) and gaps (GapBank). Only decisions that may need
+    the engine run one by one, in the order the readings are judged: per reading (flagged data,
+    then the single-series detectors), then per row (event, inconsistency, tampering), then the
+    gaps per device."""
+
     def __init__(
         self,
         registry: Registry,
@@ -47,13 +110,16 @@ class DetectorRule:
         self.catalogue = catalogue
         self.settings = settings
         self.event_settings = settings.event_profile(event_profile)
-        self._banks: dict[str, SeriesBank] = {}  # per parameter, one row per device
-        self._last_ts: dict[tuple[str, str], int] = {}
-        self._events: dict[str, EventDetector] = {}
-        self._last_row_ts: dict[str, int] = {}
-        self._consistency: dict[str, InconsistencyDetector] = {}
-        self._replay: dict[str, ReplayDetector] = {}
-        self._gaps: dict[str, GapDetector] = {}
+        self._series = tuple(settings.series)
+        self._columns = {p: j for j, p in enumerate(self._series)}
+        self._devices = _Devices(len(self._series))
+        self._banks: list[SeriesBank | None] = [None] * len(self._series)  # per column
+        params = self.event_settings.parameters
+        self._events = EventBank(params, self.event_settings)
+        self._event_columns = np.array([self._columns.get(p, -1) for p in params], dtype=np.int64)
+        self._consistency = InconsistencyBank(settings.inconsistency)
+        self._replay = ReplayBank(settings.replay)
+        self._gaps = GapBank(settings.gaps)
         # (device, kind, parameter) of the alerts this rule has raised and not yet cleared: an
         # inactive decision needs the engine only for these (most readings need nothing).
         self._raised: set[tuple[str, str, str | None]] = set()
@@ -62,23 +128,23 @@ class DetectorRule:
     def observe(self, readings: Sequence[Reading], engine: AlertEngine) -> None:
         if not self._adopted:
             self._adopt(engine)
-        rows: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
-        sent: dict[str, set[int]] = defaultdict(set)
-        ordered = sorted(readings, key=lambda r: r.ts_ms)
-        moved, judged = self._judge(ordered)
-        for i, r in enumerate(ordered):
-            sent[r.device_id].add(r.ts_ms)
-            if r.parameter in self.settings.series:
+        if not readings:
+            return
+        batch = self._batch(readings)
+        moved = self._moved(batch)
+        judged = self._judge(batch, moved)
+        flagged = set(self._maybe_flagged(batch).tolist())
+        for i in sorted(flagged.union(judged)):
+            r = readings[batch.order[i]]
+            if i in flagged:
                 self._flagged(engine, r)
-            if i not in moved:
-                continue
-            for res in judged.get(i, ()):
-                self._decide(engine, r.site_id, r.device_id, r.parameter, r.ts_ms, r.value, res)
-            rows[(r.device_id, r.ts_ms)][r.parameter] = r.value
-        for (device_id, ts), row in sorted(rows.items(), key=lambda kv: kv[0][1]):
-            self._rows(engine, device_id, ts, row)
-        for device_id, stamps in sent.items():
-            self._sent(engine, device_id, sorted(stamps))
+            if i in judged:
+                out, j = judged[i]
+                for res in out.detector_results(j):
+                    self._decide(engine, r.site_id, r.device_id, r.parameter, r.ts_ms, r.value, res)
+        if moved.any():
+            self._rows(engine, self._gather_rows(batch, moved))
+        self._sent(engine, batch)
 
     def _adopt(self, engine: AlertEngine) -> None:
         """After a restart, the detector alerts still open are this rule's to clear."""
@@ -88,42 +154,90 @@ class DetectorRule:
             if a.device_id is not None:
                 self._raised.add((a.device_id, kind, param[0] if param else None))
 
-    def _judge(
-        self, ordered: Sequence[Reading]
-    ) -> tuple[set[int], dict[int, list[DetectorResult]]]:
-        """Indexes of `ordered` whose valid readings move their series forward (all of them feed
-        the multi-parameter detectors), and the single-series results of those that need a
-        decision; judged per parameter in one vectorised bank call."""
-        batches: dict[str, list[int]] = defaultdict(list)
-        for i, r in enumerate(ordered):
-            if r.flag != VALID_FLAG or r.parameter not in self.settings.series:
+    def _batch(self, readings: Sequence[Reading]) -> _Batch:
+        n = len(readings)
+        ts = np.fromiter(map(attrgetter("ts_ms"), readings), dtype=np.int64, count=n)
+        order = np.argsort(ts, kind="stable")
+        device = self._devices.rows(list(map(attrgetter("device_id"), readings)))
+        parameters = map(attrgetter("parameter"), readings)
+        column = np.fromiter(map(self._columns.get, parameters, [-1] * n), dtype=np.int64, count=n)
+        value = np.fromiter(map(attrgetter("value"), readings), dtype=np.float64, count=n)
+        flags = list(map(attrgetter("flag"), readings))
+        if flags.count(VALID_FLAG) == n:  # the usual batch: counting is quicker than comparing
+            valid = np.ones(n, dtype=bool)
+        else:
+            valid = np.fromiter(map(VALID_FLAG.__eq__, flags), dtype=bool, count=n)
+        return _Batch(order, device[order], column[order], ts[order], value[order], valid[order])
+
+    def _moved(self, b: _Batch) -> np.ndarray:
+        """Which readings move their series forward: valid, of a judged series, and newer than any
+        reading of that series before (redelivered or late ones are not judged again)."""
+        moved = np.zeros(len(b.ts), dtype=bool)
+        judged = np.flatnonzero(b.valid & (b.column >= 0))
+        if not len(judged):
+            return moved
+        key = b.device[judged] * len(self._series) + b.column[judged]
+        by_key = np.argsort(key, kind="stable")  # each series in time order
+        key, ts = key[by_key], b.ts[judged][by_key]
+        same = key[1:] == key[:-1]
+        repeat = np.concatenate(([False], same & (ts[1:] == ts[:-1])))
+        last = self._devices.last_ts.reshape(-1)
+        moved[judged[by_key[~repeat & (ts > last[key])]]] = True
+        newest = np.concatenate((~same, [True]))  # the newest reading of each series
+        last[key[newest]] = np.maximum(last[key[newest]], ts[newest])
+        return moved
+
+    def _judge(self, b: _Batch, moved: np.ndarray) -> dict[int, tuple[BankResult, int]]:
+        """The single-series results of the moved readings that need a decision, judged per
+        parameter in one vectorised bank call: by position in the batch, the bank's result and
+        the reading's index in it."""
+        raised = self._series_mask([(d, p) for d, _, p in self._raised])
+        judged: dict[int, tuple[BankResult, int]] = {}
+        for j, parameter in enumerate(self._series):
+            idx = np.flatnonzero(moved & (b.column == j))
+            if not len(idx):
                 continue
-            key = (r.device_id, r.parameter)
-            if r.ts_ms <= self._last_ts.get(key, -1):
-                continue  # redelivered or late: the detectors only move forward
-            self._last_ts[key] = r.ts_ms
-            batches[r.parameter].append(i)
-        judged: dict[int, list[DetectorResult]] = {}
-        moved = {i for idx in batches.values() for i in idx}
-        raised = {(d, p) for d, _, p in self._raised}
-        for parameter, idx in batches.items():
-            bank = self._banks.get(parameter)
+            bank = self._banks[j]
             if bank is None:
                 series = self.settings.for_parameter(parameter)
-                bank = self._banks[parameter] = SeriesBank(parameter, series)
-            batch = [ordered[i] for i in idx]
-            out = bank.update(
-                np.array([bank.row(r.device_id) for r in batch], dtype=np.int64),
-                np.array([r.ts_ms for r in batch], dtype=np.int64),
-                np.array([r.value for r in batch], dtype=np.float64),
-            )
+                # Sized for the devices seen so far: growing a bank copies all its buffers.
+                capacity = max(64, len(self._devices.ids))
+                bank = self._banks[j] = SeriesBank(parameter, series, capacity)
+            out = bank.update(self._bank_rows(bank, j, b.device[idx]), b.ts[idx], b.value[idx])
             # Only readings with an active detector, or whose series has an alert open, need a
             # decision; the rest are judged and done.
             active = np.logical_or.reduce([k.active for k in out.kinds.values()])
-            for j, i in enumerate(idx):
-                if active[j] or (ordered[i].device_id, parameter) in raised:
-                    judged[i] = out.detector_results(j)
-        return moved, judged
+            for m in np.flatnonzero(active | raised[b.device[idx], j]).tolist():
+                judged[int(idx[m])] = (out, m)
+        return judged
+
+    def _series_mask(self, pairs: list[tuple[str, str | None]]) -> np.ndarray:
+        """(device id, parameter) pairs as a devices x columns mask; pairs of a device not seen
+        or a parameter not judged are left out."""
+        mask = np.zeros(self._devices.last_ts.shape, dtype=bool)
+        for device_id, parameter in pairs:
+            d, j = self._devices.index.get(device_id), self._columns.get(parameter or "")
+            if d is not None and j is not None:
+                mask[d, j] = True
+        return mask
+
+    def _bank_rows(self, bank: SeriesBank, column: int, devices: np.ndarray) -> np.ndarray:
+        rows = self._devices.bank_rows[:, column]
+        for d in np.unique(devices[rows[devices] < 0]).tolist():
+            rows[d] = bank.row(self._devices.ids[d])
+        return rows[devices]
+
+    def _maybe_flagged(self, b: _Batch) -> np.ndarray:
+        """Positions of the readings `_flagged` may act on: those of a judged series that are
+        flagged, or whose series has been flagged in this batch or has a flagged alert open."""
+        series = b.column >= 0
+        invalid = series & ~b.valid
+        open_ = [(d, p) for d, kind, p in self._raised if kind == "flagged"]
+        if not invalid.any() and not open_:
+            return np.zeros(0, dtype=np.int64)
+        marked = self._series_mask(open_)
+        marked[b.device[invalid], b.column[invalid]] = True
+        return np.flatnonzero(series & marked[b.device, np.maximum(b.column, 0)])
 
     def _flagged(self, engine: AlertEngine, r: Reading) -> None:
         """Data flagged invalid (calibration, maintenance, fault) are stored but not judged; the
@@ -134,45 +248,118 @@ class DetectorRule:
         res = DetectorResult("flagged", float(flagged), flagged, {"flag": r.flag})
         self._decide(engine, r.site_id, r.device_id, r.parameter, r.ts_ms, r.value, res)
 
-    def _sent(self, engine: AlertEngine, device_id: str, stamps: list[int]) -> None:
-        device = self.registry.devices[device_id]
-        det = self._gaps.get(device_id)
-        if det is None:
-            offline = self.settings.offline
-            timeout_s = max(device.interval_s * offline.timeout_factor, offline.min_timeout_s)
-            det = self._gaps[device_id] = GapDetector(
-                self.settings.gaps, device.interval_s * 1000, timeout_s * 1000
-            )
-        for ts in stamps:
-            res = det.update(ts)
-            if res is not None:
-                self._decide(engine, device.site_id, device_id, None, ts, None, res)
+    def _gather_rows(self, b: _Batch, moved: np.ndarray) -> _Rows:
+        """The moved readings as rows, newer than the device's last row (a late reading of a
+        parameter missing from a row already judged does not reopen it)."""
+        m = np.flatnonzero(moved)
+        by_row = m[np.lexsort((b.ts[m], b.device[m]))]  # each row's readings in batch order
+        device, ts = b.device[by_row], b.ts[by_row]
+        first = np.concatenate(([True], (device[1:] != device[:-1]) | (ts[1:] != ts[:-1])))
+        starts = by_row[first]
+        rank = np.empty(len(starts), dtype=np.int64)
+        rank[np.argsort(starts)] = np.arange(len(starts))  # rows in time order, as they came
+        row = rank[np.cumsum(first) - 1]
+        n, columns = len(starts), len(self._series)
+        values = np.full((n, columns), np.nan)
+        present = np.zeros((n, columns), dtype=bool)
+        values[row, b.column[by_row]] = b.value[by_row]
+        present[row, b.column[by_row]] = True
+        device, ts = np.empty_like(starts), np.empty_like(starts)
+        device[rank], ts[rank] = b.device[starts], b.ts[starts]
+        last = self._devices.last_row_ts
+        keep = ts > last[device]
+        np.maximum.at(last, device[keep], ts[keep])
+        return _Rows(device[keep], ts[keep], values[keep], present[keep])
 
-    def _rows(self, engine: AlertEngine, device_id: str, ts: int, row: dict[str, float]) -> None:
-        if ts <= self._last_row_ts.get(device_id, -1):
+    def _rows(self, engine: AlertEngine, rows: _Rows) -> None:
+        """The multi-parameter detectors on each row: water-quality event (when the row has an
+        event parameter), ORP/chlorine inconsistency (when it has both) and replay (always)."""
+        if not len(rows.ts):
             return
-        self._last_row_ts[device_id] = ts
-        site_id = self.registry.devices[device_id].site_id
-        params = self.event_settings.parameters
-        if any(p in row for p in params):
-            ev = self._events.get(device_id)
-            if ev is None:
-                ev = self._events[device_id] = EventDetector(params, self.event_settings)
-            res = ev.update(ts, [row.get(p, math.nan) for p in params])
-            self._decide(engine, site_id, device_id, None, ts, None, res)
+        cols = np.maximum(self._event_columns, 0)
+        present = rows.present[:, cols] & (self._event_columns >= 0)
+        ev_rows = np.flatnonzero(present.any(axis=1))
+        ev_values = np.where(present[ev_rows], rows.values[ev_rows][:, cols], np.nan)
+        events = self._events.update(rows.device[ev_rows], rows.ts[ev_rows], ev_values)
         cs = self.settings.inconsistency
-        if cs.orp in row and cs.chlorine in row:
-            det = self._consistency.get(device_id)
-            if det is None:
-                det = self._consistency[device_id] = InconsistencyDetector(cs)
-            res = det.update(ts, row[cs.orp], row[cs.chlorine])
-            self._decide(engine, site_id, device_id, None, ts, None, res)
-        replay = self._replay.get(device_id)
-        if replay is None:
-            replay = self._replay[device_id] = ReplayDetector(
-                self.settings.replay, self.registry.devices[device_id].interval_s
-            )
-        self._decide(engine, site_id, device_id, None, ts, None, replay.update(ts, row))
+        orp, cl = self._columns.get(cs.orp, -1), self._columns.get(cs.chlorine, -1)
+        cs_rows = np.zeros(0, dtype=np.int64)
+        if orp >= 0 and cl >= 0:
+            cs_rows = np.flatnonzero(rows.present[:, orp] & rows.present[:, cl])
+        consistency = self._consistency.update(
+            rows.device[cs_rows],
+            rows.ts[cs_rows],
+            rows.values[cs_rows, orp],
+            rows.values[cs_rows, cl],
+        )
+        new = np.unique(rows.device[~self._replay.registered(rows.device)])
+        if len(new):
+            self._replay.register(new, self._intervals_s(new))
+        replays = self._replay.update(rows.device, rows.ts, row_hashes(rows.values, rows.present))
+        every = np.arange(len(rows.ts))
+        self._decide_rows(
+            engine,
+            rows,
+            [
+                (EVENT, ev_rows, events.active, events.result),
+                (INCONSISTENT, cs_rows, consistency.active, consistency.result),
+                (TAMPERING, every, replays.active, replays.result),
+            ],
+        )
+
+    def _decide_rows(
+        self,
+        engine: AlertEngine,
+        rows: _Rows,
+        kinds: list[tuple[str, np.ndarray, np.ndarray, Callable[[int], DetectorResult]]],
+    ) -> None:
+        """Decide, row by row in time order and per row in the order of `kinds` (kind, the rows
+        it judged, its active flags, its results), where a detector is active or its alert is
+        open: only rows of devices with such an alert open, or turning active in this batch."""
+        todo: dict[int, list[tuple[str, bool, Callable[[], DetectorResult]]]] = {}
+        for kind, at, active, result in kinds:
+            watch = np.zeros(len(self._devices.ids), dtype=bool)
+            watch[rows.device[at[active]]] = True
+            for d, k, p in self._raised:
+                i = self._devices.index.get(d)
+                if k == kind and p is None and i is not None:
+                    watch[i] = True
+            for m in np.flatnonzero(watch[rows.device[at]]).tolist():
+                todo.setdefault(int(at[m]), []).append((kind, bool(active[m]), partial(result, m)))
+        for r in sorted(todo):
+            device_id = self._devices.ids[rows.device[r]]
+            site_id = self.registry.devices[device_id].site_id
+            ts = int(rows.ts[r])
+            for kind, active, result in todo[r]:
+                if active or (device_id, kind, None) in self._raised:
+                    self._decide(engine, site_id, device_id, None, ts, None, result())
+
+    def _sent(self, engine: AlertEngine, b: _Batch) -> None:
+        """Gaps, per device (in the order the batch first names it) over its distinct sensor
+        times, every reading counted (flagged or not judged too)."""
+        by_device = np.lexsort((b.ts, b.device))  # positions ascend within a device
+        device, ts = b.device[by_device], b.ts[by_device]
+        new = np.concatenate(([True], (device[1:] != device[:-1]) | (ts[1:] != ts[:-1])))
+        device, ts, position = device[new], ts[new], by_device[new]
+        first = np.concatenate(([True], device[1:] != device[:-1]))
+        first_seen = position[first][np.cumsum(first) - 1]
+        order = np.argsort(first_seen, kind="stable")  # a device's times stay in order
+        device, ts = device[order], ts[order]
+        new = np.unique(device[~self._gaps.registered(device)])
+        if len(new):
+            interval_s = self._intervals_s(new)
+            offline = self.settings.offline
+            timeout_s = np.maximum(interval_s * offline.timeout_factor, offline.min_timeout_s)
+            self._gaps.register(new, interval_s * 1000, timeout_s * 1000)
+        for g in self._gaps.update(device, ts):
+            device_id = self._devices.ids[device[g.index]]
+            site_id = self.registry.devices[device_id].site_id
+            self._decide(engine, site_id, device_id, None, int(ts[g.index]), None, g.result)
+
+    def _intervals_s(self, devices: np.ndarray) -> np.ndarray:
+        """The reporting interval of each device, as the registry has it now."""
+        ids = self._devices.ids
+        return np.array([self.registry.devices[ids[d]].interval_s for d in devices.tolist()])
 
     def _decide(
         self,
@@ -202,72 +389,6 @@ class DetectorRule:
 
     def tick(self, now: int, engine: AlertEngine) -> None:
         """Detectors decide on arrival; nothing to do on the clock."""
-
-
-class ReplayDetector:
-    """Tampering: rows whose every valid value equals a row sent `lag_h` earlier (within
-    `tolerance_s`), `min_rows` times in a row. Active until a row differs.
-
-    The last day of rows is kept as (time, 64-bit hash of the row) in two numpy rings sized for
-    the device's reporting interval: ~16 bytes a row, so a province of devices keeps a day of
-    history in tens of MB. A hash collision would need 2^-64 luck."""
-
-    def __init__(self, settings: ReplaySettings, interval_s: float) -> None:
-        self.lag_ms = int(settings.lag_h * MS_PER_H)
-        self.tolerance_ms = int(settings.tolerance_s * 1000)
-        self.min_rows = settings.min_rows
-        capacity = int((self.lag_ms + 2 * self.tolerance_ms) / (interval_s * 1000)) + 16
-        self._ts = np.full(capacity, -(2**62), dtype=np.int64)  # "never": far past, no overflow
-        self._hash = np.zeros(capacity, dtype=np.int64)
-        self._head = 0
-        self._run = 0
-
-    def update(self, ts: int, row: dict[str, float]) -> DetectorResult:
-        h = hash(tuple(sorted(row.items())))
-        target = ts - self.lag_ms
-        hits = np.flatnonzero((np.abs(self._ts - target) <= self.tolerance_ms) & (self._hash == h))
-        match = int(self._ts[hits[0]]) if len(hits) else None
-        self._run = self._run + 1 if match is not None else 0
-        self._ts[self._head] = ts
-        self._hash[self._head] = h
-        self._head = (self._head + 1) % len(self._ts)
-        evidence = {"identical_rows": self._run, "lag_h": self.lag_ms / MS_PER_H}
-        if match is not None:
-            evidence["same_as_ms"] = match
-        return DetectorResult(
-            "tampering", self._run / self.min_rows, self._run >= self.min_rows, evidence
-        )
-
-
-class GapDetector:
-    """Fraction of the last `window_min` lost in gaps longer than `slack_intervals` intervals but
-    not longer than the offline timeout (a longer silence is the offline rule's). Sensor time, so
-    a buffer flushed late leaves no gap. None until a gap has been seen."""
-
-    def __init__(self, settings: GapSettings, interval_ms: float, offline_ms: float) -> None:
-        self.settings = settings
-        self.window_ms = settings.window_min * 60_000
-        self.interval_ms = interval_ms
-        self.offline_ms = offline_ms
-        self._lost: deque[tuple[int, float]] = deque()
-        self._last_ts: int | None = None
-        self._active = False
-
-    def update(self, ts: int) -> DetectorResult | None:
-        if self._last_ts is not None and ts > self._last_ts:
-            gap = ts - self._last_ts
-            if self.settings.slack_intervals * self.interval_ms < gap <= self.offline_ms:
-                self._lost.append((ts, gap - self.interval_ms))
-        self._last_ts = max(ts, self._last_ts or ts)
-        while self._lost and self._lost[0][0] < ts - self.window_ms:
-            self._lost.popleft()
-        if not self._lost and not self._active:
-            return None
-        s = self.settings
-        fraction = sum(lost for _, lost in self._lost) / self.window_ms
-        self._active = fraction >= (s.off_fraction if self._active else s.on_fraction)
-        evidence = {"lost_fraction": fraction, "gaps": len(self._lost), "window_min": s.window_min}
-        return DetectorResult("gaps", fraction / s.on_fraction, self._active, evidence)
 
 
 def _alert(

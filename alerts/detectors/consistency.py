@@ -8,12 +8,15 @@ no longer responds (a pH rise also lowers ORP; the evidence carries both slopes 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from alerts.detectors.bank import _rounds
 from alerts.detectors.base import DetectorResult, RingBuffer, batch_result, median_last
 from alerts.detectors.settings import InconsistencySettings
+from alerts.detectors.stacked import Stacked
 
 KIND = "inconsistent"
 
@@ -22,6 +25,33 @@ def _half_slope(windows: np.ndarray) -> np.ndarray:
     """Robust change across each window: median of its newer half minus its older half."""
     half = windows.shape[-1] // 2
     return median_last(windows[..., -half:]) - median_last(windows[..., :half])
+
+
+def _score(
+    settings: InconsistencySettings, orp_slope: np.ndarray, cl_slope: np.ndarray
+) -> np.ndarray:
+    s = settings
+    return np.where(cl_slope >= -s.chlorine_tolerance, -orp_slope / s.orp_drop, 0.0)
+
+
+def _result(
+    settings: InconsistencySettings,
+    ts_ms: int,
+    orp_slope: float,
+    cl_slope: float,
+    start_ms: int,
+) -> DetectorResult:
+    """The decision on a full window of `settings.window` rows, from `start_ms` to `ts_ms`."""
+    score = float(_score(settings, np.float64(orp_slope), np.float64(cl_slope)))
+    evidence = {
+        "orp_change": orp_slope,
+        "chlorine_change": cl_slope,
+        "orp_drop": settings.orp_drop,
+        "chlorine_tolerance": settings.chlorine_tolerance,
+        "window_start_ms": start_ms,
+        "window_end_ms": ts_ms,
+    }
+    return DetectorResult(KIND, score, score >= 1.0, evidence)
 
 
 class InconsistencyDetector:
@@ -35,10 +65,6 @@ class InconsistencyDetector:
         self.chlorine = RingBuffer(settings.window)
         self.times = RingBuffer(settings.window)
 
-    def _score(self, orp_slope: np.ndarray, cl_slope: np.ndarray) -> np.ndarray:
-        s = self.settings
-        return np.where(cl_slope >= -s.chlorine_tolerance, -orp_slope / s.orp_drop, 0.0)
-
     def update(self, ts_ms: int, orp: float, chlorine: float) -> DetectorResult:
         if math.isnan(orp) or math.isnan(chlorine):
             return DetectorResult(KIND, math.nan, False)
@@ -49,16 +75,7 @@ class InconsistencyDetector:
             return DetectorResult(KIND, math.nan, False)
         orp_slope = float(_half_slope(self.orp.values()))
         cl_slope = float(_half_slope(self.chlorine.values()))
-        score = float(self._score(np.float64(orp_slope), np.float64(cl_slope)))
-        evidence = {
-            "orp_change": orp_slope,
-            "chlorine_change": cl_slope,
-            "orp_drop": self.settings.orp_drop,
-            "chlorine_tolerance": self.settings.chlorine_tolerance,
-            "window_start_ms": int(self.times.values()[0]),
-            "window_end_ms": ts_ms,
-        }
-        return DetectorResult(KIND, score, score >= 1.0, evidence)
+        return _result(self.settings, ts_ms, orp_slope, cl_slope, int(self.times.values()[0]))
 
     def update_many(self, ts_ms: np.ndarray, orp: np.ndarray, chlorine: np.ndarray) -> np.ndarray:
         w = self.settings.window
@@ -75,8 +92,106 @@ class InconsistencyDetector:
             start = h + first - w + 1
             orp_slope = _half_slope(sliding_window_view(ext_o[start:], w))
             cl_slope = _half_slope(sliding_window_view(ext_c[start:], w))
-            score[ok[first:]] = self._score(orp_slope, cl_slope)
+            score[ok[first:]] = _score(self.settings, orp_slope, cl_slope)
         self.orp.extend(o[ok])
         self.chlorine.extend(c[ok])
         self.times.extend(np.asarray(ts_ms, dtype=np.float64)[ok])
         return batch_result(score, score >= 1.0)
+
+
+@dataclass(slots=True)
+class InconsistencyBatch:
+    """The decisions on a batch of rows, one entry per row; NaN where no full window was judged."""
+
+    settings: InconsistencySettings
+    ts_ms: np.ndarray
+    orp_change: np.ndarray
+    chlorine_change: np.ndarray
+    start_ms: np.ndarray
+    score: np.ndarray
+    active: np.ndarray
+
+    def result(self, i: int) -> DetectorResult:
+        """Row i as `InconsistencyDetector.update` reports it."""
+        if math.isnan(self.score[i]):
+            return DetectorResult(KIND, math.nan, False)
+        return _result(
+            self.settings,
+            int(self.ts_ms[i]),
+            float(self.orp_change[i]),
+            float(self.chlorine_change[i]),
+            int(self.start_ms[i]),
+        )
+
+
+class InconsistencyBank(Stacked):
+    """`InconsistencyDetector` state of many devices (rows 0, 1, ...), judged together: rows in
+    rounds of at most one per device, as `EventBank` does. Per device, rings of the last `window`
+    rows where both values were valid."""
+
+    STATE = (("orp", 0.0), ("chlorine", 0.0), ("times", 0), ("head", 0), ("count", 0))
+
+    def __init__(self, settings: InconsistencySettings, capacity: int = 64) -> None:
+        super().__init__(capacity)
+        self.settings = settings
+        w = settings.window
+        self.orp = np.zeros((capacity, w))
+        self.chlorine = np.zeros((capacity, w))
+        self.times = np.zeros((capacity, w), dtype=np.int64)
+        self.head = np.zeros(capacity, dtype=np.int64)  # the oldest value once a ring is full
+        self.count = np.zeros(capacity, dtype=np.int64)
+
+    def update(
+        self, rows: np.ndarray, ts_ms: np.ndarray, orp: np.ndarray, chlorine: np.ndarray
+    ) -> InconsistencyBatch:
+        """Judge a batch; a device may repeat (its rows in input order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ts = np.asarray(ts_ms, dtype=np.int64)
+        o = np.asarray(orp, dtype=np.float64)
+        c = np.asarray(chlorine, dtype=np.float64)
+        self.fit(rows)
+        n = len(rows)
+        out = InconsistencyBatch(
+            self.settings,
+            ts,
+            np.full(n, np.nan),
+            np.full(n, np.nan),
+            np.zeros(n, dtype=np.int64),
+            np.full(n, np.nan),
+            np.zeros(n, dtype=bool),
+        )
+        # A row missing either value is not judged and leaves the rings as they were.
+        valid = np.flatnonzero(~(np.isnan(o) | np.isnan(c)))
+        for idx in _rounds(rows[valid]) if len(valid) else ():
+            self._round(valid[idx], rows, ts, o, c, out)
+        return out
+
+    def _round(
+        self,
+        idx: np.ndarray,
+        rows: np.ndarray,
+        ts: np.ndarray,
+        o: np.ndarray,
+        c: np.ndarray,
+        out: InconsistencyBatch,
+    ) -> None:
+        """Rows `idx` of the batch (valid, at most one per device): push, then judge the full
+        windows."""
+        w = self.settings.window
+        d = rows[idx]
+        h = self.head[d]
+        self.orp[d, h], self.chlorine[d, h], self.times[d, h] = o[idx], c[idx], ts[idx]
+        self.head[d] = (h + 1) % w
+        self.count[d] = np.minimum(self.count[d] + 1, w)
+        full = self.count[d] == w
+        idx, d = idx[full], d[full]
+        if not len(idx):
+            return
+        oldest = self.head[d]
+        chronological = (oldest[:, None] + np.arange(w)) % w
+        orp_slope = _half_slope(self.orp[d[:, None], chronological])
+        cl_slope = _half_slope(self.chlorine[d[:, None], chronological])
+        score = _score(self.settings, orp_slope, cl_slope)
+        out.orp_change[idx], out.chlorine_change[idx] = orp_slope, cl_slope
+        out.start_ms[idx] = self.times[d, oldest]
+        out.score[idx], out.active[idx] = score, score >= 1.0

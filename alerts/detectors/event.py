@@ -17,7 +17,8 @@ missing leave the state untouched.
 `update` and `update_many` run the same scalar step (the baseline depends on the decisions, so a
 batch cannot be vectorised across rows); the window statistics use only medians, which do not
 depend on the order of the ring, so the per-parameter rings can share one 2-D array and one
-`np.median` call per row.
+`np.median` call per row. `EventBank` (event_bank.py) keeps this state for many devices at once,
+sharing the settings check, the z-scores and the result built here.
 """
 
 from __future__ import annotations
@@ -76,17 +77,64 @@ class _Rings:
         return med, scale
 
 
+def scale_floors(parameters: Sequence[str], settings: EventSettings) -> np.ndarray:
+    """The scale floor of each parameter, after checking the settings can judge them."""
+    unknown = set(parameters) - set(settings.scale_floor)
+    if unknown:
+        raise ValueError(f"no scale_floor in the event settings for {sorted(unknown)}")
+    if settings.short_window and settings.short_window > settings.window:
+        raise ValueError("short_window must not exceed window")
+    return np.array([settings.scale_floor[q] for q in parameters], dtype=float)
+
+
+def z_scores(
+    row: np.ndarray,
+    present: np.ndarray,
+    med: np.ndarray,
+    scale: np.ndarray,
+    short: tuple[np.ndarray, np.ndarray] | None,
+) -> np.ndarray:
+    """z of the present readings against the long baseline (median, scale) and, when given, the
+    short one. Elementwise, so one row or a stack of rows."""
+    with np.errstate(invalid="ignore"):
+        z = np.where(present, (row - med) / scale, np.nan)
+        if short is not None:
+            zs = (row - short[0]) / short[1]
+            # Same direction against both baselines, else 0; NaN short z: long z stands.
+            both = np.where(z * zs > 0, np.sign(z) * np.minimum(abs(z), abs(zs)), 0.0)
+            z = np.where(np.isnan(zs) | np.isnan(z), z, both)
+    return z
+
+
+def event_result(
+    parameters: Sequence[str],
+    settings: EventSettings,
+    ts_ms: int,
+    score: float,
+    active: bool,
+    active_since_ms: int,
+    z: Sequence[float],
+    med: Sequence[float],
+) -> DetectorResult:
+    """The decision on one row, with the z and baseline median of every parameter judged."""
+    if math.isnan(score):
+        return DetectorResult(KIND, math.nan, active)
+    evidence = {
+        "threshold": settings.threshold,
+        "active_since_ms": active_since_ms if active else -1,
+        "window_end_ms": ts_ms,
+        **{f"z_{p}": float(z[j]) for j, p in enumerate(parameters)},
+        **{f"median_{p}": float(med[j]) for j, p in enumerate(parameters) if not math.isnan(z[j])},
+    }
+    return DetectorResult(KIND, score, active, evidence)
+
+
 class EventDetector:
     def __init__(self, parameters: Sequence[str], settings: EventSettings) -> None:
-        unknown = set(parameters) - set(settings.scale_floor)
-        if unknown:
-            raise ValueError(f"no scale_floor in the event settings for {sorted(unknown)}")
-        if settings.short_window and settings.short_window > settings.window:
-            raise ValueError("short_window must not exceed window")
+        self.floors = scale_floors(parameters, settings)
         self.parameters = tuple(parameters)
         self.settings = settings
         p = len(self.parameters)
-        self.floors = np.array([settings.scale_floor[q] for q in self.parameters], dtype=float)
         self.long = _Rings(p, settings.window, settings.refresh_rows)
         self.short = _Rings(p, settings.short_window) if settings.short_window else None
         # Readings wait `lag` rows (per parameter) before they enter the baselines.
@@ -120,15 +168,10 @@ class EventDetector:
     def _z(self, row: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         s = self.settings
         med, scale = self.long.stats(self.floors, s.min_history)
-        with np.errstate(invalid="ignore"):
-            z = np.where(present, (row - med) / scale, np.nan)
-            if self.short is not None:
-                smed, sscale = self.short.stats(self.floors, min(s.min_history, s.short_window))
-                zs = (row - smed) / sscale
-                # Same direction against both baselines, else 0; NaN short z: long z stands.
-                both = np.where(z * zs > 0, np.sign(z) * np.minimum(abs(z), abs(zs)), 0.0)
-                z = np.where(np.isnan(zs) | np.isnan(z), z, both)
-        return z, med
+        short = None
+        if self.short is not None:
+            short = self.short.stats(self.floors, min(s.min_history, s.short_window))
+        return z_scores(row, present, med, scale, short), med
 
     def _push(self, row: np.ndarray, present: np.ndarray) -> None:
         lag = self.settings.lag
@@ -161,20 +204,9 @@ class EventDetector:
     def update(self, ts_ms: int, values: Sequence[float] | np.ndarray) -> DetectorResult:
         row = np.asarray(values, dtype=np.float64).reshape(len(self.parameters))
         score, active, z, med = self._step(ts_ms, row)
-        if math.isnan(score):
-            return DetectorResult(KIND, math.nan, active)
-        evidence = {
-            "threshold": self.settings.threshold,
-            "active_since_ms": self.active_since_ms if active else -1,
-            "window_end_ms": ts_ms,
-            **{f"z_{p}": float(z[j]) for j, p in enumerate(self.parameters)},
-            **{
-                f"median_{p}": float(med[j])
-                for j, p in enumerate(self.parameters)
-                if not math.isnan(z[j])
-            },
-        }
-        return DetectorResult(KIND, score, active, evidence)
+        return event_result(
+            self.parameters, self.settings, ts_ms, score, active, self.active_since_ms, z, med
+        )
 
     def _score(self, z: np.ndarray) -> float:
         """sqrt(mean of the top-k z^2) over the parameters with a z; NaN when none has one."""

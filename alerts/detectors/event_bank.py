@@ -1,0 +1,271 @@
+"""The water-quality event detectors of many devices, evaluated together.
+
+`EventDetector` keeps one device's state and judges one row at a time; on the ingest path a batch
+holds a row for each of thousands of devices, and the dozen small numpy calls per row dominate.
+`EventBank` holds the same state for many devices in stacked arrays (devices x parameters x ring)
+and judges a batch in rounds: round k holds row k of every device, judged with array operations
+across the devices of the round.
+
+Contract: for any interleaving of devices and rows, every device gets, row by row, the score,
+active flag, z and baseline medians `EventDetector(parameters, settings).update` would give it.
+
+The window statistics come from `robust_rows` (the order statistics `median_last` picks, hence
+bit-identical), and the baseline cache follows `event._Rings.stats`: once all of a device's rings
+are full its baselines are recomputed after `refresh` pushes per parameter; while any is filling,
+every row recomputes each parameter that has `min_history` values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from alerts.detectors.bank import _rounds, robust_rows
+from alerts.detectors.base import DetectorResult
+from alerts.detectors.event import event_result, scale_floors, z_scores
+from alerts.detectors.settings import EventSettings
+from alerts.detectors.stacked import Stacked
+
+
+class _RingBank(Stacked):
+    """Per device, one unordered ring of `size` values per parameter, with the baseline cache."""
+
+    STATE = (
+        ("data", 0.0),
+        ("head", 0),
+        ("count", 0),
+        ("pushes", 0),
+        ("cached", False),
+        ("med", 0.0),
+        ("scale", 0.0),
+    )
+
+    def __init__(self, capacity: int, parameters: int, size: int, refresh: int = 1) -> None:
+        super().__init__(capacity)
+        self.size = size
+        self.refresh = refresh
+        self.parameters = parameters
+        self.data = np.zeros((capacity, parameters, size))
+        self.head = np.zeros((capacity, parameters), dtype=np.int64)
+        self.count = np.zeros((capacity, parameters), dtype=np.int64)
+        self.pushes = np.zeros(capacity, dtype=np.int64)  # since the baseline was last computed
+        self.cached = np.zeros(capacity, dtype=bool)
+        self.med = np.zeros((capacity, parameters))
+        self.scale = np.zeros((capacity, parameters))
+
+    def push(self, devices: np.ndarray, mask: np.ndarray, values: np.ndarray) -> None:
+        """values[i, j] into ring j of devices[i] where mask[i, j]; devices distinct."""
+        i, j = np.nonzero(mask)
+        d = devices[i]
+        h = self.head[d, j]
+        self.data[d, j, h] = values[i, j]
+        self.head[d, j] = (h + 1) % self.size
+        self.count[d, j] = np.minimum(self.count[d, j] + 1, self.size)
+        self.pushes[devices] += mask.sum(axis=1)
+
+    def stats(
+        self, devices: np.ndarray, floors: np.ndarray, min_history: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Median and floored MAD scale per device and parameter; NaN below `min_history`."""
+        count = self.count[devices]
+        full = (count == self.size).all(axis=1)
+        due = full & (
+            ~self.cached[devices] | (self.pushes[devices] >= self.refresh * count.shape[1])
+        )
+        i, j = np.nonzero(due[:, None] | (~full[:, None] & (count >= min_history)))
+        med = np.full(count.shape, np.nan)
+        scale = np.full(count.shape, np.nan)
+        if len(i):
+            d, lengths = devices[i], count[i, j]
+            # A ring that has not wrapped holds its values at the front; robust_rows wants them
+            # at the back.
+            windows = self.data[d, j, : int(lengths.max())][:, ::-1]
+            m, s = robust_rows(windows, lengths, 0.0)
+            s = np.maximum(s, floors[j])
+            refreshed = due[i]
+            self.med[d[refreshed], j[refreshed]] = m[refreshed]
+            self.scale[d[refreshed], j[refreshed]] = s[refreshed]
+            med[i, j], scale[i, j] = m, s
+        self.cached[devices[due]] = True
+        self.pushes[devices[due]] = 0
+        med[full], scale[full] = self.med[devices[full]], self.scale[devices[full]]
+        return med, scale
+
+
+@dataclass(slots=True)
+class EventBatch:
+    """The decisions on a batch of rows, one entry per row."""
+
+    parameters: tuple[str, ...]
+    settings: EventSettings
+    ts_ms: np.ndarray
+    score: np.ndarray  # NaN where the row had nothing to judge
+    active: np.ndarray
+    active_since_ms: np.ndarray
+    z: np.ndarray  # (rows, parameters)
+    med: np.ndarray
+
+    def result(self, i: int) -> DetectorResult:
+        """Row i as `EventDetector.update` reports it."""
+        return event_result(
+            self.parameters,
+            self.settings,
+            int(self.ts_ms[i]),
+            float(self.score[i]),
+            bool(self.active[i]),
+            int(self.active_since_ms[i]),
+            self.z[i].tolist(),
+            self.med[i].tolist(),
+        )
+
+
+class EventBank(Stacked):
+    """`EventDetector` state of many devices (rows 0, 1, ...)."""
+
+    STATE = (
+        ("pending", 0.0),
+        ("entered", 0),
+        ("raw", False),
+        ("raw_head", 0),
+        ("raw_sum", 0),
+        ("active", False),
+        ("active_since_ms", -1),
+        ("frozen_rows", 0),
+    )
+
+    def __init__(
+        self, parameters: Sequence[str], settings: EventSettings, capacity: int = 64
+    ) -> None:
+        super().__init__(capacity)
+        self.floors = scale_floors(parameters, settings)
+        self.parameters = tuple(parameters)
+        self.settings = settings
+        p = len(self.parameters)
+        self.long = _RingBank(capacity, p, settings.window, settings.refresh_rows)
+        self.short = (
+            _RingBank(capacity, p, settings.short_window) if settings.short_window else None
+        )
+        # Readings wait `lag` rows (per parameter) before they enter the baselines: a FIFO ring
+        # per parameter, slot (values entered) % lag.
+        self.pending = np.zeros((capacity, p, max(settings.lag, 1)))
+        self.entered = np.zeros((capacity, p), dtype=np.int64)
+        self.raw = np.zeros((capacity, settings.persist_n), dtype=bool)
+        self.raw_head = np.zeros(capacity, dtype=np.int64)
+        self.raw_sum = np.zeros(capacity, dtype=np.int64)
+        self.active = np.zeros(capacity, dtype=bool)
+        self.active_since_ms = np.full(capacity, -1, dtype=np.int64)
+        self.frozen_rows = np.zeros(capacity, dtype=np.int64)
+
+    def fit(self, rows: np.ndarray) -> None:
+        super().fit(rows)
+        for rings in (self.long, self.short):
+            if rings is not None:
+                rings.fit(rows)
+
+    def update(self, rows: np.ndarray, ts_ms: np.ndarray, values: np.ndarray) -> EventBatch:
+        """Judge a batch: row i of device rows[i] at ts_ms[i], `values` with one column per
+        parameter (NaN: missing). A device may repeat; its rows are judged in input order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ts = np.asarray(ts_ms, dtype=np.int64)
+        v = np.asarray(values, dtype=np.float64).reshape(len(rows), len(self.parameters))
+        self.fit(rows)
+        out = EventBatch(
+            self.parameters,
+            self.settings,
+            ts,
+            np.full(len(rows), np.nan),
+            np.zeros(len(rows), dtype=bool),
+            np.full(len(rows), -1, dtype=np.int64),
+            np.full(v.shape, np.nan),
+            np.full(v.shape, np.nan),
+        )
+        for idx in _rounds(rows) if len(rows) else ():
+            self._round(idx, rows[idx], ts[idx], v[idx], out)
+        return out
+
+    def _round(
+        self, idx: np.ndarray, devices: np.ndarray, ts: np.ndarray, v: np.ndarray, out: EventBatch
+    ) -> None:
+        """Rows `idx` of the batch, at most one per device: score, decide, feed the baselines. A
+        row with nothing in it leaves the state untouched."""
+        present = ~np.isnan(v)
+        judged = present.any(axis=1)
+        if judged.any():
+            self._judge(idx[judged], devices[judged], ts[judged], v[judged], present[judged], out)
+        out.active[idx] = self.active[devices]
+        out.active_since_ms[idx] = self.active_since_ms[devices]
+
+    def _judge(
+        self,
+        idx: np.ndarray,
+        devices: np.ndarray,
+        ts: np.ndarray,
+        v: np.ndarray,
+        present: np.ndarray,
+        out: EventBatch,
+    ) -> None:
+        s = self.settings
+        med, scale = self.long.stats(devices, self.floors, s.min_history)
+        short = None
+        if self.short is not None:
+            short = self.short.stats(devices, self.floors, min(s.min_history, s.short_window))
+        z = z_scores(v, present, med, scale, short)
+        score = _top_k_score(z, s.top_k)
+        self._persist(devices, ts, score)
+        hold = self.active[devices] & (self.frozen_rows[devices] < s.max_frozen)
+        self.frozen_rows[devices[hold]] += 1  # baseline held: event rows do not become normal
+        self._push(devices[~hold], v[~hold], present[~hold])
+        out.score[idx], out.z[idx], out.med[idx] = score, z, med
+
+    def _persist(self, devices: np.ndarray, ts: np.ndarray, score: np.ndarray) -> None:
+        """Persistence (m of the last n rows raw-positive) and hysteresis."""
+        s = self.settings
+        raw = score > s.threshold
+        h = self.raw_head[devices]
+        self.raw_sum[devices] += raw.astype(np.int64) - self.raw[devices, h]
+        self.raw[devices, h] = raw
+        self.raw_head[devices] = (h + 1) % s.persist_n
+        was = self.active[devices]
+        off = was & ~(score > s.off_ratio * s.threshold)
+        on = ~was & (self.raw_sum[devices] >= s.persist_m)
+        # A new episode must earn its own m-of-n, not reuse the last one's rows.
+        self.raw[devices[off]] = False
+        self.raw_sum[devices[off]] = 0
+        self.active[devices] = (was & ~off) | on
+        self.active_since_ms[devices[on]] = ts[on]
+        self.frozen_rows[devices[on]] = 0
+
+    def _push(self, devices: np.ndarray, v: np.ndarray, present: np.ndarray) -> None:
+        lag = self.settings.lag
+        if lag:
+            i, j = np.nonzero(present)
+            d = devices[i]
+            entered = self.entered[d, j]
+            slot = entered % lag
+            leaving = self.pending[d, j, slot]  # entered `lag` values ago, once the FIFO is full
+            self.pending[d, j, slot] = v[i, j]
+            self.entered[d, j] = entered + 1
+            ready = entered >= lag
+            present = np.zeros_like(present)
+            present[i[ready], j[ready]] = True
+            v = np.zeros_like(v)
+            v[i[ready], j[ready]] = leaving[ready]
+        self.long.push(devices, present, v)
+        if self.short is not None:
+            self.short.push(devices, present, v)
+
+
+def _top_k_score(z: np.ndarray, top_k: int) -> np.ndarray:
+    """Per row, sqrt(mean of the top-k z^2) over the parameters with a z; NaN when none has one.
+    Sums in the order `EventDetector._score` does (largest first), so the results are identical."""
+    has = ~np.isnan(z)
+    k = np.minimum(has.sum(axis=1), top_k)
+    z2 = -np.sort(np.where(has, -(z * z), np.inf), axis=1)  # descending; missing last (-inf)
+    acc = np.zeros(len(z))
+    for i in range(min(top_k, z.shape[1])):
+        acc = acc + np.where(i < k, z2[:, i], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(k > 0, np.sqrt(acc / k), math.nan)
