@@ -210,7 +210,7 @@ class SqliteStore(SqliteDatabase):
         path: Path | str,
         busy_timeout_ms: int = 5000,
         recent_max_rows: int = 200_000,
-        compact_rows: int = 5_000,
+        compact_rows: int = 20_000,
     ) -> None:
         super().__init__(path, SCHEMA, busy_timeout_ms)
         self.recent_max_rows = recent_max_rows
@@ -309,24 +309,27 @@ class SqliteStore(SqliteDatabase):
             if self._closing:
                 return
             try:
-                while not self._closing and self.compact_step(self.recent_max_rows):
-                    # Let the ingest thread's next commit in between steps: a released lock is
-                    # otherwise often taken again at once by the thread that released it.
-                    time.sleep(0.002)
+                # The pause lets the ingest thread's next commit in between steps: a released
+                # lock is otherwise often taken again at once by the thread that released it.
+                self.compact(pause_s=0.002)
             except StoreUnavailable as exc:
                 # Nothing is lost: the rows wait in readings_recent for the next attempt.
                 log.warning("compaction postponed: %s", exc)
 
-    def compact(self, max_rows: int | None = None) -> int:
+    def compact(self, max_rows: int | None = None, pause_s: float = 0.0) -> int:
         """Compaction steps until `readings_recent` holds at most `max_rows` (default
         `recent_max_rows`; 0 moves everything); returns the rows moved."""
         limit = self.recent_max_rows if max_rows is None else max_rows
+        # Counted once per run, not per step (a full scan of the tree): another process on the
+        # same file (workers on a shared subscription) may have compacted meanwhile.
+        self._recent_rows = self._count_recent(self._reader())
         moved = 0
         while not self._closing:
             step = self.compact_step(limit)
             if not step:
                 break
             moved += step
+            time.sleep(pause_s)
         return moved
 
     @staticmethod
@@ -343,11 +346,9 @@ class SqliteStore(SqliteDatabase):
         """If `readings_recent` holds more than `max_rows`, move the recent readings of the next
         devices in key order (about `compact_rows` rows, whole devices) into `readings`, in one
         transaction; returns the rows moved."""
+        if self._recent_rows <= max_rows:
+            return 0
         with self._tx() as conn:
-            # Another process on the same file (workers on a shared subscription) compacts too.
-            self._recent_rows = self._count_recent(conn)
-            if self._recent_rows <= max_rows:
-                return 0
             first = self._first_recent_device(conn, self._compact_from)
             if first is None:  # the sweep is past the last device: start again
                 first = self._first_recent_device(conn, "")
