@@ -264,22 +264,18 @@ def decode_plain(
     except orjson.JSONDecodeError:
         return None
     if type(doc) is dict:
-        rec = _plain_record(doc)
-        if rec is None:
-            return None
-        readings: list[Reading] = []
-        reasons: list[str] = []
-        decode_record(rec, device, site_id, catalogue, recv_ms, limits, readings, reasons)
-        return _verdict(readings, reasons)
-    if type(doc) is not list or not 0 < len(doc) <= limits.max_batch:
+        items, many = [doc], False
+    elif type(doc) is list and 0 < len(doc) <= limits.max_batch:
+        items, many = doc, True
+    else:
         return None
     records = []
-    for item in doc:
+    for item in items:
         rec = _plain_record(item)
         if rec is None:
             return None
         records.append(rec)
-    return _decode_records(records, True, device, site_id, catalogue, recv_ms, limits, [])
+    return _decode_records(records, many, device, site_id, catalogue, recv_ms, limits, [])
 
 
 def _plain_record(item: object) -> RecordFields | None:
