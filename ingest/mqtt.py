@@ -1,26 +1,27 @@
 """MQTT subscriber: persistent session, QoS 1, manual acks after commit, batched.
 
-paho's network thread only enqueues; one worker thread drains the queue in batches and has the
-pipeline commit each; a second thread hands committed batches on to the alert stage, in commit
-order, and then acknowledges their messages in arrival order.
-Unacknowledged messages stay with the broker, so a crash loses nothing and the store's idempotent
-writes absorb the redelivery. tests/test_reliability.py proves it against a real Mosquitto: ingest
-killed, broker restarted, store locked, two workers on a shared subscription."""
+Three threads. The network thread owns the connection: it reads whatever the broker sent in one
+system call, splits it into packets (ingest/mqtt_wire.py) and only enqueues the messages. The
+worker drains the queue in batches and has the pipeline commit each. The deliverer hands
+committed batches on to the alert stage, in commit order, then acknowledges their messages in one
+write. Unacknowledged messages stay with the broker, so a crash loses nothing and the store's
+idempotent writes absorb the redelivery. tests/test_reliability.py proves it against a real
+Mosquitto: ingest killed, broker restarted, store locked, two workers on a shared subscription."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import socket
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from domain.timeutil import now_ms
+from ingest import mqtt_wire as wire
 from ingest.pipeline import Committed, IngestPipeline, RawMessage
 
 log = logging.getLogger("landun.ingest.mqtt")
@@ -32,6 +33,7 @@ TOPICS = (
 )
 # Never subscribed: unsubscribing from it is a harmless round trip (see _flush_acks).
 FLUSH_TOPIC = "landun/v1/ingest/flush"
+RECV_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,8 @@ class SubscriberSettings:
     keepalive_s: int = 30
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    # How often the network thread wakes when the broker is silent (keepalive, stopping).
+    poll_s: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,13 @@ class _Item:
     generation: int
     message: RawMessage
     dup: bool
+
+
+_Packets = tuple[list[wire.Publish], list[wire.Control]]
+
+
+class _Refused(Exception):
+    """The broker answered CONNECT with a refusal."""
 
 
 class MqttSubscriber:
@@ -87,14 +98,21 @@ class MqttSubscriber:
         self._queue: deque[_Item] = deque()
         self._arrived = threading.Event()
         self._idle = False
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # stop taking messages
+        self._closing = threading.Event()  # and then close the connection
         # Counts connections lost. Packet ids are only valid on the connection that delivered
-        # them, so an ack is sent only while the generation is unchanged, under this lock.
+        # them, so an ack is sent only while the generation is unchanged. Everything written
+        # to the socket goes under this lock, so packets never interleave.
         self._generation = 0
-        self._ack_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._last_sent = self._last_heard = 0.0
+        self._ping_sent: float | None = None
+        self._packet_id = 0
         self._connected = threading.Event()
         self._subscribed = threading.Event()
         self._flushed = threading.Event()
+        self._network = threading.Thread(target=self._network_run, name="landun-mqtt", daemon=True)
         self._worker = threading.Thread(target=self._run, name="landun-ingest", daemon=True)
         # Committed batches wait here for their alert evaluation and acks, on a second thread:
         # SQLite releases the GIL while it writes, so batch n is judged while batch n+1 is being
@@ -103,23 +121,6 @@ class MqttSubscriber:
         self._deliverer = threading.Thread(
             target=self._deliver_run, name="landun-deliver", daemon=True
         )
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.settings.client_id,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-            manual_ack=True,
-        )
-        if broker.username:
-            self.client.username_pw_set(broker.username, broker.password)
-        self.client.reconnect_delay_set(
-            self.settings.reconnect_min_s, self.settings.reconnect_max_s
-        )
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_unsubscribe = self._on_unsubscribe
-        self.client.on_message = self._on_message
 
     @property
     def connected(self) -> bool:
@@ -141,8 +142,7 @@ class MqttSubscriber:
     def start(self, wait_s: float = 10.0) -> None:
         self._worker.start()
         self._deliverer.start()
-        self.client.connect_async(self.broker.host, self.broker.port, self.settings.keepalive_s)
-        self.client.loop_start()
+        self._network.start()
         if wait_s and not self._subscribed.wait(wait_s):
             log.warning("not subscribed on %s:%s yet; retrying", self.broker.host, self.broker.port)
 
@@ -154,8 +154,9 @@ class MqttSubscriber:
         self._worker.join(timeout=30)
         self._deliverer.join(timeout=30)
         self._flush_acks()
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._closing.set()
+        self._send(wire.DISCONNECT_PACKET)
+        self._network.join(timeout=10)
 
     def _flush_acks(self, timeout_s: float = 5.0) -> None:
         """Wait until the broker has read our last PUBACKs. Closing a socket that still has unread
@@ -167,70 +168,196 @@ class MqttSubscriber:
         if not self.connected:
             return
         self._flushed.clear()
-        self.client.unsubscribe(FLUSH_TOPIC)
+        if not self._send(wire.unsubscribe_packet(self._next_packet_id(), [FLUSH_TOPIC])):
+            return
         if not self._flushed.wait(timeout_s):
             log.warning("broker did not confirm the last acks; they may be redelivered")
 
-    # -- paho callbacks (network thread) --------------------------------------------------------
+    # -- network thread -------------------------------------------------------------------------
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.error("broker refused connection: %s", reason_code)
-            return
+    def _network_run(self) -> None:
+        delay = self.settings.reconnect_min_s
+        while not self._closing.is_set():
+            try:
+                sock, reader, session_present, early = self._open()
+            except (OSError, wire.ProtocolError, _Refused) as exc:
+                log.warning("cannot connect to broker %s:%s (%s); retrying in %.1f s",
+                            self.broker.host, self.broker.port, exc, delay)  # fmt: skip
+                if self._closing.wait(delay):
+                    return
+                delay = min(delay * 2, self.settings.reconnect_max_s)
+                continue
+            try:
+                self._on_connected(sock, session_present)
+                self._handle(*early, now_ms())
+                self._read_until_closed(sock, reader)
+                delay = self.settings.reconnect_min_s
+            except (OSError, wire.ProtocolError) as exc:
+                if not self._closing.is_set():
+                    log.warning("connection to broker lost (%s); reconnecting", exc)
+            finally:
+                self._on_disconnected(sock)
+            # Not at once: a broker that drops us on arrival (say, another client took our id)
+            # must not be hammered.
+            if self._closing.wait(delay):
+                return
+
+    def _open(self) -> tuple[socket.socket, wire.PacketReader, bool, _Packets]:
+        """Connect and log in: the socket, its reader, whether the broker kept our session, and
+        the packets that came in the same read as the CONNACK (a kept session's queue)."""
+        s = self.settings
+        sock = socket.create_connection((self.broker.host, self.broker.port), timeout=10)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(
+                wire.connect_packet(
+                    s.client_id, s.keepalive_s, False, self.broker.username, self.broker.password
+                )
+            )
+            reader = wire.PacketReader()
+            publishes: list[wire.Publish] = []
+            controls: list[wire.Control] = []
+            while not controls and not publishes:
+                data = sock.recv(RECV_BYTES)
+                if not data:
+                    raise ConnectionError("broker closed the connection before CONNACK")
+                publishes, controls = reader.feed(data)
+            # CONNACK is the first packet of a connection, so publishes read with it came after.
+            if not controls or controls[0].kind != wire.CONNACK:
+                raise wire.ProtocolError("the broker's first packet is not a CONNACK")
+            session_present, code = wire.parse_connack(controls[0].body)
+            if code:
+                raise _Refused(wire.CONNACK_REFUSALS.get(code, f"return code {code}"))
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(self.settings.poll_s)
+        return sock, reader, session_present, (publishes, controls[1:])
+
+    def _on_connected(self, sock: socket.socket, session_present: bool) -> None:
         metrics = self.pipeline.metrics
         metrics.connects += 1
-        if metrics.connects > 1 and not flags.session_present:
+        if metrics.connects > 1 and not session_present:
             # The broker forgot us (restarted without persistence, or expired the session):
             # whatever it queued while we were away is gone; only a resubscribe can help now.
             metrics.sessions_lost += 1
             log.error("broker has no session for %s; messages sent meanwhile are lost",
                       self.settings.client_id)  # fmt: skip
+        self._last_sent = self._last_heard = time.monotonic()
+        self._ping_sent = None
+        with self._send_lock:
+            self._sock = sock
         # Subscribing again is harmless when the session kept the subscriptions, and required
         # when it did not.
-        client.subscribe([(t, 1) for t in self.topics()])
+        self._send(wire.subscribe_packet(self._next_packet_id(), [(t, 1) for t in self.topics()]))
         self._connected.set()
         log.info("connected (session present: %s), subscribing to %s",
-                 flags.session_present, self.topics())  # fmt: skip
+                 session_present, self.topics())  # fmt: skip
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        refused = [str(rc) for rc in reason_codes if rc.is_failure]
-        if refused:
-            log.error("broker refused subscriptions %s: %s", self.topics(), refused)
-            return
-        self._subscribed.set()
-
-    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        self._flushed.set()  # the only unsubscribe is _flush_acks'
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        # paho calls this before it reconnects, so no ack from the old connection can be queued
-        # onto the new one once the generation has moved on.
-        with self._ack_lock:
+    def _on_disconnected(self, sock: socket.socket) -> None:
+        # Under the send lock: no ack from the old connection can be written once the
+        # generation has moved on.
+        with self._send_lock:
             self._generation += 1
+            self._sock = None
         self._connected.clear()
         self._subscribed.clear()
-        if not self._stop.is_set():
-            log.warning("disconnected from broker (%s); reconnecting", reason_code)
+        sock.close()
 
-    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        item = _Item(
-            msg.mid,
-            msg.qos,
-            self._generation,
-            RawMessage(msg.topic, msg.payload, now_ms()),
-            bool(msg.dup),
-        )
+    def _read_until_closed(self, sock: socket.socket, reader: wire.PacketReader) -> None:
+        while not self._closing.is_set():
+            try:
+                data = sock.recv(RECV_BYTES)
+            except TimeoutError:
+                data = None
+            if data is not None:
+                if not data:
+                    if self._closing.is_set():
+                        return
+                    raise ConnectionError("broker closed the connection")
+                self._last_heard = time.monotonic()
+                self._handle(*reader.feed(data), now_ms())
+            self._keepalive()
+
+    def _handle(
+        self, publishes: list[wire.Publish], controls: list[wire.Control], recv_ms: int
+    ) -> None:
+        generation = self._generation
+        for p in publishes:
+            if self._stop.is_set():
+                break  # not acknowledged: the broker keeps them for the next start
+            message = RawMessage(p.topic, p.payload, recv_ms)
+            self._enqueue(_Item(p.mid, p.qos, generation, message, p.dup))
+        for c in controls:
+            if c.kind == wire.SUBACK:
+                _, granted = wire.parse_suback(c.body)
+                if wire.SUBACK_FAILURE in granted:
+                    log.error("broker refused subscriptions %s: %s", self.topics(), list(granted))
+                else:
+                    self._subscribed.set()
+            elif c.kind == wire.UNSUBACK:
+                self._flushed.set()  # the only unsubscribe is _flush_acks'
+            elif c.kind == wire.PINGRESP:
+                self._ping_sent = None
+            else:
+                raise wire.ProtocolError(f"unexpected packet type {c.kind:#x} from the broker")
+
+    def _enqueue(self, item: _Item) -> None:
         # Waits while full: TCP backpressure to the broker, which holds the backlog. Gives up
-        # only when stopping (the message is unacknowledged, so the broker keeps it); an endless
-        # wait would make stop() hang joining this thread.
+        # only when stopping (the message is unacknowledged, so the broker keeps it).
         if len(self._queue) >= self.settings.queue_max:
             self.pipeline.metrics.observe_queue(len(self._queue))
             while len(self._queue) >= self.settings.queue_max:
                 if self._stop.wait(0.005):
                     return
+                self._keepalive_send()
         self._queue.append(item)
         if self._idle:
             self._arrived.set()
+
+    def _keepalive(self) -> None:
+        """Ping when idle; give the connection up when a ping goes unanswered for a keepalive."""
+        ping_sent = self._ping_sent
+        keepalive = self.settings.keepalive_s
+        if ping_sent is None:
+            if time.monotonic() - self._last_heard >= keepalive / 2:
+                self._ping()
+            else:
+                self._keepalive_send()
+        elif time.monotonic() - max(ping_sent, self._last_heard) > keepalive:
+            raise TimeoutError(f"no reply from the broker for {keepalive} s")
+
+    def _keepalive_send(self) -> None:
+        """The broker drops a client that sends nothing for 1.5 keepalives (3.1.2.10)."""
+        if time.monotonic() - self._last_sent >= self.settings.keepalive_s / 2:
+            self._ping()
+
+    def _ping(self) -> None:
+        if self._ping_sent is None:
+            self._ping_sent = time.monotonic()
+        self._send(wire.PINGREQ_PACKET)
+
+    def _send(self, data: bytes, generation: int | None = None) -> bool:
+        """Write whole packets; False if there is no connection (or not the one of
+        `generation`). A failed write shuts the socket, so the network thread reconnects
+        rather than go on after half a packet."""
+        with self._send_lock:
+            sock = self._sock
+            if sock is None or (generation is not None and generation != self._generation):
+                return False
+            try:
+                sock.sendall(data)
+            except OSError as exc:
+                log.warning("writing to the broker failed (%s); reconnecting", exc)
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                return False
+            self._last_sent = time.monotonic()
+            return True
+
+    def _next_packet_id(self) -> int:
+        self._packet_id = self._packet_id % 0xFFFF + 1
+        return self._packet_id
 
     # -- worker thread --------------------------------------------------------------------------
 
@@ -298,14 +425,10 @@ class MqttSubscriber:
             self._ack(batch)
 
     def _ack(self, batch: list[_Item]) -> None:
-        with self._ack_lock:
-            generation = self._generation
-            acked = 0
-            for item in batch:
-                # A message from an earlier connection will be redelivered by the broker anyway
-                # (it was stored, so the copy is a duplicate); its packet id may now name another,
-                # uncommitted message, so acking it could lose that one.
-                if item.qos > 0 and item.generation == generation:
-                    self.client.ack(item.mid, item.qos)
-                    acked += 1
-        self.pipeline.metrics.acked += acked
+        # A message from an earlier connection will be redelivered by the broker anyway (it was
+        # stored, so the copy is a duplicate); its packet id may now name another, uncommitted
+        # message, so acking it could lose that one.
+        generation = self._generation
+        mids = [i.mid for i in batch if i.qos and i.generation == generation]
+        if mids and self._send(wire.puback_packets(mids), generation):
+            self.pipeline.metrics.acked += len(mids)
