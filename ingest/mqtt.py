@@ -265,18 +265,21 @@ class MqttSubscriber:
         sock.close()
 
     def _read_until_closed(self, sock: socket.socket, reader: wire.PacketReader) -> None:
+        # One buffer for every read: a fresh 256 KiB object per recv, shrunk to what came,
+        # fragments the heap of a long-running process.
+        buffer = memoryview(bytearray(RECV_BYTES))
         while not self._closing.is_set():
             try:
-                data = sock.recv(RECV_BYTES)
+                n = sock.recv_into(buffer)
             except TimeoutError:
-                data = None
-            if data is not None:
-                if not data:
-                    if self._closing.is_set():
-                        return
-                    raise ConnectionError("broker closed the connection")
+                n = -1
+            if n == 0:
+                if self._closing.is_set():
+                    return
+                raise ConnectionError("broker closed the connection")
+            if n > 0:
                 self._last_heard = time.monotonic()
-                self._handle(*reader.feed(data), now_ms())
+                self._handle(*reader.feed(buffer[:n]), now_ms())
             self._keepalive()
 
     def _handle(

@@ -136,7 +136,7 @@ class PacketReader:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> tuple[list[Publish], list[Control]]:
+    def feed(self, data: bytes | memoryview) -> tuple[list[Publish], list[Control]]:
         """The whole packets now available: PUBLISHes in arrival order, and any others."""
         buf = self._buf
         buf += data
