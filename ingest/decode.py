@@ -28,11 +28,16 @@ from domain.timeutil import ms_to_iso
 Flag = Literal["N", "F", "M", "S", "D", "C", "T", "B"]
 
 
+# A reading row keeps seq in a signed 64-bit column (SQLite INTEGER): a larger one must be refused
+# here, or the store would refuse the whole batch on every retry and stall ingest.
+SEQ_MAX = 2**63 - 1
+
+
 class TelemetryIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     ts: int | str
-    seq: Annotated[int, Field(ge=0)] | None = None
+    seq: Annotated[int, Field(ge=0, le=SEQ_MAX)] | None = None
     values: Annotated[dict[str, float], Field(min_length=1)]
     # default_factory: a plain `{}` default is deep-copied on every validation (hot path).
     flags: dict[str, Flag] = Field(default_factory=dict)
@@ -294,7 +299,7 @@ def _plain_record(item: object) -> RecordFields | None:
     # error (a null seq is not).
     if (
         (type(ts) is not int and type(ts) is not str)
-        or (seq is not None and (type(seq) is not int or seq < 0))
+        or (seq is not None and (type(seq) is not int or not 0 <= seq <= SEQ_MAX))
         or type(values) is not dict
         or not values
         or type(flags) is not dict

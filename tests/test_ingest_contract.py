@@ -58,6 +58,8 @@ BAD_INPUTS: list[tuple[bytes | dict | list, str, str | None]] = [
     ({"ts": True, "values": {"ph": 7.4}}, DEVICE, "ts.int: Input should be a valid integer"),
     (b'{"ts": 1795334400000.0, "values": {"ph": 7.4}}', DEVICE, "ts.int: Input should be a valid integer"),
     ({"ts": "{now}", "seq": -1, "values": {"ph": 7.4}}, DEVICE, "seq: Input should be greater than or equal to 0"),
+    ({"ts": "{now}", "seq": 2**63, "values": {"ph": 7.4}}, DEVICE, "seq: Input should be less than or equal to 9223372036854775807"),
+    ({"ts": "{now}", "seq": 2**63 - 1, "values": {"ph": 7.4}}, DEVICE, None),
     ({"ts": "{now}", "values": {"ph": 7.4}, "flags": None}, DEVICE, "flags: Input should be a valid dictionary"),
     ({"ts": "{now}", "values": {"ph": 7.4}, "flags": {"ph": ["N"]}}, DEVICE, "flags.ph: Input should be"),
     ({"ts": "{now}", "values": {"temperature": 20}, "units": {"temperature": 1}}, DEVICE, "units.temperature: Input should be a valid string"),
