@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-simulators", action="store_true", help="do not run simulators")
     run.add_argument("--sim-interval", type=int, help="simulated reporting interval, seconds")
     run.add_argument("--client-id", default="landun-ingest", help="MQTT client id of ingest")
-    run.add_argument("--shared-group", help="share the subscription with other workers")
+    run.add_argument(
+        "--shared-group",
+        help="share the subscription with other workers (each judges alerts only on its share)",
+    )
     run.add_argument(
         "--webhook",
         action="append",
