@@ -10,6 +10,10 @@
 5. Steady load at a stated rate; some devices cross their pending time at known moments, and
    the time from publishing that message to the alert stored is the alert latency.
 Prints the figures; the last line is a JSON object. `--quick` is a small run for the tests.
+
+`--workers N` drains the backlog with N Landun processes on one shared subscription and one
+SQLite file instead (step 4 only): each worker judges alerts on its share of every device's
+readings, so alert latency is not measured there.
 """
 
 from __future__ import annotations
@@ -92,12 +96,12 @@ def client(port: int, client_id: str, clean: bool = True) -> mqtt.Client:
     return c
 
 
-def register_session(port: int, client_id: str) -> None:
+def register_session(port: int, client_id: str, topic: str = TOPIC) -> None:
     done = threading.Event()
     c = client(port, client_id, clean=False)
     c.on_subscribe = lambda *a: done.set()
     c.loop_start()
-    c.subscribe(TOPIC, qos=1)
+    c.subscribe(topic, qos=1)
     if not done.wait(10):
         raise RuntimeError(f"{client_id}: no SUBACK")
     c.disconnect()
@@ -145,9 +149,13 @@ def bare_drain(port: int, expected: int) -> float:
     return (expected - 1) / (last - first)
 
 
-def readings_stored(api_port: int) -> int:
-    with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/healthz", timeout=5) as r:
-        return json.load(r)["readings_stored"]
+def readings_stored(api_ports: list[int]) -> int:
+    """Readings stored by every worker (each counts its own)."""
+    total = 0
+    for port in api_ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            total += json.load(r)["readings_stored"]
+    return total
 
 
 def _status_mb(pid: int, field: str) -> float:
@@ -189,24 +197,28 @@ class RssSampler:
                 return
 
 
-def start_landun(port: int, api_port: int, registry: Path, data: Path) -> subprocess.Popen:
+def start_landun(
+    port: int, api_port: int, registry: Path, data: Path, client_id: str, group: str | None
+) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "landun.cli", "run", "--no-simulators",
         "--broker", f"mqtt://127.0.0.1:{port}", "--port", str(api_port),
-        "--client-id", "landun-bench", "--registry", str(registry), "--data-dir", str(data),
+        "--client-id", client_id, "--registry", str(registry), "--data-dir", str(data),
     ]  # fmt: skip
-    log = open(data / "landun.log", "wb")  # noqa: SIM115 (kept for the process's lifetime)
+    if group is not None:
+        cmd += ["--shared-group", group]
+    log = open(data / f"{client_id}.log", "wb")  # noqa: SIM115 (kept for the process's lifetime)
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
-def landun_drain(api_port: int, expected_readings: int, launched: float) -> float:
+def landun_drain(api_ports: list[int], expected_readings: int, launched: float) -> float:
     """Readings per second from the first stored batch to the last. Polled every 0.2 s: the
     API shares the ingest's process, and a tighter poll would take its CPU. A backlog drained
     before the first poll (a --quick run) is timed from the launch of the process instead."""
     deadline = time.monotonic() + 3600
     while True:
         try:
-            n = readings_stored(api_port)
+            n = readings_stored(api_ports)
         except OSError:
             n = 0
         if n > 0:
@@ -221,7 +233,7 @@ def landun_drain(api_port: int, expected_readings: int, launched: float) -> floa
         if time.monotonic() > deadline:
             raise RuntimeError(f"Landun stored {n} of {expected_readings} readings")
         time.sleep(0.2)
-        n = readings_stored(api_port)
+        n = readings_stored(api_ports)
     return (n - first_n) / (time.perf_counter() - first_t)
 
 
@@ -301,6 +313,29 @@ def percentile(values: list[int], q: float) -> float:
     )
 
 
+def steady_phase(
+    args: argparse.Namespace, port: int, devices: list[str], db: Path, pid: int, rng: random.Random
+) -> dict[str, object]:
+    """Alert latency and memory under the steady load (one worker)."""
+    with RssSampler(pid) as rss_steady:
+        sent = steady_load(port, devices, args.rate, args.seconds, args.triggers, rng)
+        lat = alert_latencies(db, sent)
+    p50, p99 = percentile(lat, 50), percentile(lat, 99)
+    samples = rss_steady.samples
+    print(
+        f"steady load {args.rate} msgs/s for {args.seconds:g} s: alert latency"
+        f" p50 {p50:.0f} ms, p99 {p99:.0f} ms over {len(lat)} alerts; RSS {samples[0]:.0f}"
+        f" -> {samples[-1]:.0f} MB over the load (max {max(samples):.0f})"
+    )
+    return {
+        "steady_rate": args.rate,
+        "alerts_timed": len(lat),
+        "p50_alert_ms": p50,
+        "p99_alert_ms": p99,
+        "steady_rss_mb_first_last": [round(samples[0], 1), round(samples[-1], 1)],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=200_000)
@@ -308,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, default=5_000, help="steady load, messages/s")
     ap.add_argument("--seconds", type=float, default=20.0, help="steady load duration")
     ap.add_argument("--triggers", type=int, default=100, help="alerts timed under steady load")
+    ap.add_argument("--workers", type=int, default=1, help="Landun processes on $share")
     ap.add_argument("--quick", action="store_true", help="a small run (for the tests)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -317,19 +353,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rng = random.Random(1)
     work = Path(tempfile.mkdtemp(prefix="landun-bench-"))
-    port, api_port = free_port(), free_port()
+    port = free_port()
+    api_ports = [free_port() for _ in range(args.workers)]
+    group = "landun-bench" if args.workers > 1 else None
+    ids = [f"landun-bench-{k}" for k in range(args.workers)] if group else ["landun-bench"]
     conf = work / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
         "max_inflight_messages 2000\nmax_queued_messages 0\nmax_queued_bytes 0\n"
     )
     broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
-    landun = None
+    workers: list[subprocess.Popen] = []
     try:
         wait_port(port)
         devices = write_registry(work / "registry.toml", args.devices)
         register_session(port, "bench-bare")
-        register_session(port, "landun-bench")
+        for client_id in ids:
+            # Each member of a shared group holds its share of the backlog in its own session.
+            register_session(port, client_id, f"$share/{group}/{TOPIC}" if group else TOPIC)
         start = int(time.time() * 1000) - 3 * 86_400_000
         per_device = -(-args.messages // len(devices))
         backlog = [
@@ -347,52 +388,49 @@ def main(argv: list[str] | None = None) -> int:
         data = work / "var"
         data.mkdir()
         launched = time.perf_counter()
-        landun = start_landun(port, api_port, work / "registry.toml", data)
-        readings_per_s = landun_drain(api_port, len(backlog) * 5, launched)
+        for client_id, api_port in zip(ids, api_ports, strict=True):
+            workers.append(
+                start_landun(port, api_port, work / "registry.toml", data, client_id, group)
+            )
+        readings_per_s = landun_drain(api_ports, len(backlog) * 5, launched)
         msgs_per_s = readings_per_s / 5
-        rss_drain = peak_rss_mb(landun.pid)
+        rss_drain = [peak_rss_mb(w.pid) for w in workers]
         print(
-            f"landun ingest: {msgs_per_s:,.0f} msgs/s, {readings_per_s:,.0f} readings/s"
-            f" ({msgs_per_s / bare:.0%} of bare paho); peak RSS {rss_drain:.0f} MB"
+            f"landun ingest, {args.workers} worker(s): {msgs_per_s:,.0f} msgs/s,"
+            f" {readings_per_s:,.0f} readings/s ({msgs_per_s / bare:.0%} of bare paho);"
+            f" peak RSS {' + '.join(f'{r:.0f}' for r in rss_drain)} MB"
         )
-
-        with RssSampler(landun.pid) as rss_steady:
-            sent = steady_load(port, devices, args.rate, args.seconds, args.triggers, rng)
-            lat = alert_latencies(data / "landun.db", sent)
-        p50, p99 = percentile(lat, 50), percentile(lat, 99)
-        rss = peak_rss_mb(landun.pid)
-        first_rss, last_rss = rss_steady.samples[0], rss_steady.samples[-1]
-        print(
-            f"steady load {args.rate} msgs/s for {args.seconds:g} s: alert latency"
-            f" p50 {p50:.0f} ms, p99 {p99:.0f} ms over {len(lat)} alerts; RSS {first_rss:.0f}"
-            f" -> {last_rss:.0f} MB over the load (max {max(rss_steady.samples):.0f});"
-            f" peak RSS {rss:.0f} MB after {readings_stored(api_port):,} readings"
-        )
+        figures: dict[str, object] = {"p50_alert_ms": None, "p99_alert_ms": None}
+        if group is None:
+            figures = steady_phase(args, port, devices, data / "landun.db", workers[0].pid, rng)
+        else:
+            print("steady load skipped: shared-subscription workers judge alerts on their share")
+        peak = max(peak_rss_mb(w.pid) for w in workers)
+        stored = readings_stored(api_ports)
+        print(f"peak RSS {peak:.0f} MB (largest worker) after {stored:,} readings")
         print(
             json.dumps(
                 {
                     "messages": len(backlog),
                     "devices": len(devices),
+                    "workers": args.workers,
                     "msgs_per_s": round(msgs_per_s),
                     "readings_per_s": round(readings_per_s),
                     "bare_paho_msgs_per_s": round(bare),
                     "ratio": round(msgs_per_s / bare, 3),
-                    "steady_rate": args.rate,
-                    "alerts_timed": len(lat),
-                    "p50_alert_ms": p50,
-                    "p99_alert_ms": p99,
-                    "peak_rss_mb": round(rss, 1),
-                    "steady_rss_mb_first_last": [round(first_rss, 1), round(last_rss, 1)],
-                    "readings_stored": readings_stored(api_port),
+                    **figures,
+                    "peak_rss_mb": round(peak, 1),
+                    "readings_stored": stored,
                     "machine": machine(),
                 }
             )
         )
         return 0
     finally:
-        if landun is not None:
-            landun.terminate()
-            landun.wait(30)
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(30)
         broker.terminate()
         broker.wait(10)
         shutil.rmtree(work, ignore_errors=True)

@@ -15,9 +15,9 @@ from tests.brokers import have_mosquitto
 BENCH = Path(__file__).parent.parent / "bench"
 
 
-def run_quick(script: str) -> dict:
+def run_quick(script: str, *extra: str) -> dict:
     out = subprocess.run(
-        [sys.executable, str(BENCH / script), "--quick"],
+        [sys.executable, str(BENCH / script), "--quick", *extra],
         capture_output=True,
         text=True,
         timeout=600,
@@ -33,6 +33,14 @@ def test_ingest_throughput_quick_reports_every_figure():
         assert figures[key] > 0, key
     assert figures["alerts_timed"] == 5
     assert figures["p50_alert_ms"] <= figures["p99_alert_ms"]
+
+
+@pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed (CI installs it)")
+def test_ingest_throughput_quick_with_two_workers_on_a_shared_subscription():
+    figures = run_quick("ingest_throughput.py", "--workers", "2")
+    assert figures["workers"] == 2
+    assert figures["readings_stored"] == figures["messages"] * 5  # each stored once, by one worker
+    assert figures["msgs_per_s"] > 0 and figures["p99_alert_ms"] is None
 
 
 def test_query_quick_reports_every_figure():
