@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from alerts.detectors import SeriesDetectors, load_detector_settings
+from alerts.detectors import bank as bank_module
 from alerts.detectors.bank import SeriesBank, robust_rows
 from alerts.detectors.base import robust_stats
 from alerts.detectors.settings import SeriesSettings
@@ -114,6 +115,13 @@ def check_interleaved(
 @pytest.mark.parametrize("seed", range(12))
 def test_bank_equals_series_detectors_small_windows(seed: int) -> None:
     check_interleaved(small(), seed, n_series=5, max_len=160)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_windows_judged_in_chunks_give_the_same_results(seed: int, monkeypatch) -> None:
+    """Rounds of more rows than one chunk: vectorised chunks of nine, and a short last one."""
+    monkeypatch.setattr(bank_module, "CHUNK_ROWS", 9)
+    check_interleaved(small(), seed, n_series=20, max_len=160)
 
 
 @pytest.mark.parametrize("parameter", ["ph", "turbidity"])

@@ -20,6 +20,7 @@ import pytest
 
 from alerts.detector_rule import DetectorRule
 from alerts.detectors import EventDetector, InconsistencyDetector, load_detector_settings
+from alerts.detectors import bank as bank_module
 from alerts.detectors.bank import SeriesBank
 from alerts.detectors.base import DetectorResult
 from alerts.detectors.consistency import InconsistencyBank
@@ -317,6 +318,12 @@ def test_event_bank_equals_event_detectors(variant: str, seed: int) -> None:
     lengths = np.random.default_rng(seed).integers(0, 400, size=7).tolist()
     # The persistence, hysteresis (and freezing) paths ran.
     assert check_event_bank(EVENT_VARIANTS[variant], seed, lengths, 7)
+
+
+def test_event_baselines_judged_in_chunks_give_the_same_results(monkeypatch) -> None:
+    monkeypatch.setattr(bank_module, "CHUNK_ROWS", 9)
+    lengths = np.random.default_rng(5).integers(0, 400, size=20).tolist()
+    check_event_bank(EVENT_VARIANTS[sorted(EVENT_VARIANTS)[0]], 5, lengths, 20)
 
 
 def test_event_bank_committed_profile_past_the_full_window() -> None:

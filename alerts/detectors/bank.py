@@ -24,7 +24,7 @@ no buffer. `SeriesDetectors` still computes a finite score there that nothing ac
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +39,11 @@ from alerts.detectors.shift import CUSUM_CAP
 # Up to this many windows, np.median row by row beats the fixed cost of the vectorised search
 # (a series flushing its offline buffer is judged one reading per round).
 FEW_ROWS = 8
+# Windows are judged this many rows at a time. The windows, their sort and the unfilled mask are
+# temporaries of rows x up to 1,680 values: a 2,000-row drift round made 23 MB ones, which glibc
+# serves from thread arenas that then stay grown (the 10 M-reading ingest run peaked at 513 MB).
+# At 256 rows they are ~3 MB, reused from one chunk to the next, and stay in cache.
+CHUNK_ROWS = 256
 Evidence = dict[str, np.ndarray | float]
 
 
@@ -164,6 +169,29 @@ def robust_rows(
     med = (s[rows, lo] + s[rows, hi]) / 2
     mad = (_kth_deviation(s, med, lengths, lo) + _kth_deviation(s, med, lengths, hi)) / 2
     return med, np.maximum(mad * MAD_TO_SD, scale_floor)
+
+
+def robust_in_chunks(
+    windows_of: Callable[[slice], np.ndarray], lengths: np.ndarray, scale_floor: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """`robust_rows` CHUNK_ROWS rows at a time; `windows_of(part)` builds the windows of the rows
+    `part` (it may overwrite them)."""
+    med, scale = np.empty(len(lengths)), np.empty(len(lengths))
+    for start in range(0, len(lengths), CHUNK_ROWS):
+        part = slice(start, start + CHUNK_ROWS)
+        med[part], scale[part] = robust_rows(windows_of(part), lengths[part], scale_floor)
+    return med, scale
+
+
+def _lane_stats(
+    lanes: _Lanes, rows: np.ndarray, back: int, lengths: np.ndarray, scale_floor: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Robust stats of each row's window of `lengths` values ending `back` before its newest."""
+    return robust_in_chunks(
+        lambda part: lanes.windows(rows[part], back, int(lengths[part].max())),
+        lengths,
+        scale_floor,
+    )
 
 
 def _rounds(rows: np.ndarray) -> list[np.ndarray]:
@@ -379,8 +407,7 @@ class SeriesBank:
         if not ready.any():
             return
         idx, rows, v, lengths = idx[ready], rows[ready], v[ready], lengths[ready]
-        width = int(lengths.max())
-        med, scale = robust_rows(self.spike_values.windows(rows, 0, width), lengths, s.scale_floor)
+        med, scale = _lane_stats(self.spike_values, rows, 0, lengths, s.scale_floor)
         z = (v - med) / scale
         b.score[idx] = np.abs(z)
         b.active[idx] = np.abs(z) > s.threshold
@@ -397,9 +424,7 @@ class SeriesBank:
         if not ready.any():
             return
         idx, rows, v, lengths = idx[ready], rows[ready], v[ready], lengths[ready]
-        width = int(lengths.max())
-        windows = self.shift_values.windows(rows, s.lag, width)
-        med, scale = robust_rows(windows, lengths, s.scale_floor)
+        med, scale = _lane_stats(self.shift_values, rows, s.lag, lengths, s.scale_floor)
         z = (v - med) / scale
         # The same arithmetic, in the same order, as ShiftDetector._step.
         cap = CUSUM_CAP * s.threshold

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alerts.detectors.bank import _rounds, robust_rows
+from alerts.detectors.bank import _rounds, robust_in_chunks
 from alerts.detectors.base import DetectorResult
 from alerts.detectors.event import event_result, scale_floors, z_scores
 from alerts.detectors.settings import EventSettings
@@ -82,8 +82,11 @@ class _RingBank(Stacked):
             d, lengths = devices[i], count[i, j]
             # A ring that has not wrapped holds its values at the front; robust_rows wants them
             # at the back.
-            windows = self.data[d, j, : int(lengths.max())][:, ::-1]
-            m, s = robust_rows(windows, lengths, 0.0)
+            m, s = robust_in_chunks(
+                lambda part: self.data[d[part], j[part], : int(lengths[part].max())][:, ::-1],
+                lengths,
+                0.0,
+            )
             s = np.maximum(s, floors[j])
             refreshed = due[i]
             self.med[d[refreshed], j[refreshed]] = m[refreshed]
