@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--devices", type=int, default=2_000)
     ap.add_argument("--rate", type=int, default=5_000, help="steady load, messages/s")
     ap.add_argument("--seconds", type=float, default=20.0, help="steady load duration")
-    ap.add_argument("--triggers", type=int, default=100, help="alerts timed under steady load")
+    ap.add_argument("--triggers", type=int, default=500, help="alerts timed under steady load")
     ap.add_argument("--workers", type=int, default=1, help="Landun processes on $share")
     ap.add_argument("--quick", action="store_true", help="a small run (for the tests)")
     args = ap.parse_args(argv)
