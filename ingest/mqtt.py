@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from domain.timeutil import now_ms
 from ingest import mqtt_wire as wire
@@ -48,7 +48,8 @@ class BrokerAddress:
         u = urlparse(url if "://" in url else f"mqtt://{url}")
         if u.scheme not in ("mqtt", "tcp"):
             raise ValueError(f"broker URL {url!r}: scheme must be mqtt://")
-        return cls(u.hostname or "127.0.0.1", u.port or 1883, u.username, u.password)
+        user, password = (None if v is None else unquote(v) for v in (u.username, u.password))
+        return cls(u.hostname or "127.0.0.1", u.port or 1883, user, password)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +58,20 @@ class SubscriberSettings:
     shared_group: str | None = None  # e.g. "landun-ingest" -> $share/landun-ingest/<topic>
     batch_max: int = 2000
     batch_wait_s: float = 0.02  # gather for up to 20 ms: fixed costs per commit amortise
-    # Bound on messages held between broker and store; matches the broker's in-flight window.
+    # Bound on messages held between broker and store. Mosquitto sends at most its in-flight
+    # window unacknowledged (2,000 in mosquitto/mosquitto.conf); a broker without one stops here.
     queue_max: int = 20_000
     keepalive_s: int = 30
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
     # How often the network thread wakes when the broker is silent (keepalive, stopping).
     poll_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.keepalive_s <= 0xFFFF:
+            raise ValueError(f"keepalive_s {self.keepalive_s}: MQTT allows 1 to 65535 s here")
+        if self.poll_s <= 0 or self.reconnect_min_s <= 0:
+            raise ValueError("poll_s and reconnect_min_s must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,31 +184,37 @@ class MqttSubscriber:
     # -- network thread -------------------------------------------------------------------------
 
     def _network_run(self) -> None:
-        delay = self.settings.reconnect_min_s
+        s = self.settings
+        delay = s.reconnect_min_s
         while not self._closing.is_set():
             try:
                 sock, reader, session_present, early = self._open()
             except (OSError, wire.ProtocolError, _Refused) as exc:
                 log.warning("cannot connect to broker %s:%s (%s); retrying in %.1f s",
                             self.broker.host, self.broker.port, exc, delay)  # fmt: skip
-                if self._closing.wait(delay):
-                    return
-                delay = min(delay * 2, self.settings.reconnect_max_s)
-                continue
-            try:
-                self._on_connected(sock, session_present)
-                self._handle(*early, now_ms())
-                self._read_until_closed(sock, reader)
-                delay = self.settings.reconnect_min_s
-            except (OSError, wire.ProtocolError) as exc:
-                if not self._closing.is_set():
-                    log.warning("connection to broker lost (%s); reconnecting", exc)
-            finally:
-                self._on_disconnected(sock)
-            # Not at once: a broker that drops us on arrival (say, another client took our id)
-            # must not be hammered.
+            except Exception:
+                # A bug, not an outage: keep trying rather than end ingest for good.
+                log.exception("connecting to the broker failed; retrying in %.1f s", delay)
+            else:
+                opened = time.monotonic()
+                try:
+                    self._on_connected(sock, session_present)
+                    self._handle(*early, now_ms())
+                    self._read_until_closed(sock, reader)
+                except (OSError, wire.ProtocolError, _Refused) as exc:
+                    if not self._closing.is_set():
+                        log.warning("connection to broker lost (%s); reconnecting", exc)
+                except Exception:
+                    log.exception("ingest's MQTT connection failed; reconnecting")
+                finally:
+                    self._on_disconnected(sock)
+                # A connection that served a keepalive or more starts the backoff afresh; one
+                # dropped on arrival (say, another client took our id) backs off like a refusal.
+                if time.monotonic() - opened >= s.keepalive_s:
+                    delay = s.reconnect_min_s
             if self._closing.wait(delay):
                 return
+            delay = min(delay * 2, s.reconnect_max_s)
 
     def _open(self) -> tuple[socket.socket, wire.PacketReader, bool, _Packets]:
         """Connect and log in: the socket, its reader, whether the broker kept our session, and
@@ -294,10 +308,11 @@ class MqttSubscriber:
         for c in controls:
             if c.kind == wire.SUBACK:
                 _, granted = wire.parse_suback(c.body)
-                if wire.SUBACK_FAILURE in granted:
-                    log.error("broker refused subscriptions %s: %s", self.topics(), list(granted))
-                else:
-                    self._subscribed.set()
+                # Refused (0x80), or granted at QoS 0, where messages come without acks and a
+                # crash loses them: reconnect and ask again (with backoff) rather than go on.
+                if granted != bytes(len(TOPICS) * [1]):
+                    raise _Refused(f"subscriptions {self.topics()} granted as {list(granted)}")
+                self._subscribed.set()
             elif c.kind == wire.UNSUBACK:
                 self._flushed.set()  # the only unsubscribe is _flush_acks'
             elif c.kind == wire.PINGRESP:
@@ -313,7 +328,11 @@ class MqttSubscriber:
             while len(self._queue) >= self.settings.queue_max:
                 if self._stop.wait(0.005):
                     return
-                self._keepalive_send()
+                # Only to be heard: its reply waits unread until the queue has room again.
+                if time.monotonic() - self._last_sent >= self.settings.keepalive_s / 2:
+                    self._send(wire.PINGREQ_PACKET)
+            # Nothing was read while waiting, so silence until now says nothing of the broker.
+            self._last_heard = time.monotonic()
         self._queue.append(item)
         if self._idle:
             self._arrived.set()
@@ -322,23 +341,15 @@ class MqttSubscriber:
         """Ping when idle; give the connection up when a ping goes unanswered for a keepalive."""
         ping_sent = self._ping_sent
         keepalive = self.settings.keepalive_s
+        now = time.monotonic()
         if ping_sent is None:
-            if time.monotonic() - self._last_heard >= keepalive / 2:
-                self._ping()
-            else:
-                self._keepalive_send()
-        elif time.monotonic() - max(ping_sent, self._last_heard) > keepalive:
+            # The broker silent for half a keepalive (is it still there?), or we have been (it
+            # drops a client that sends nothing for 1.5 keepalives, 3.1.2.10).
+            if now - min(self._last_heard, self._last_sent) >= keepalive / 2:
+                self._ping_sent = now
+                self._send(wire.PINGREQ_PACKET)
+        elif now - max(ping_sent, self._last_heard) > keepalive:
             raise TimeoutError(f"no reply from the broker for {keepalive} s")
-
-    def _keepalive_send(self) -> None:
-        """The broker drops a client that sends nothing for 1.5 keepalives (3.1.2.10)."""
-        if time.monotonic() - self._last_sent >= self.settings.keepalive_s / 2:
-            self._ping()
-
-    def _ping(self) -> None:
-        if self._ping_sent is None:
-            self._ping_sent = time.monotonic()
-        self._send(wire.PINGREQ_PACKET)
 
     def _send(self, data: bytes, generation: int | None = None) -> bool:
         """Write whole packets; False if there is no connection (or not the one of

@@ -19,7 +19,7 @@ from domain.params import default_catalogue
 from domain.registry import load_registry
 from ingest import mqtt_wire as wire
 from ingest.mqtt import BrokerAddress, MqttSubscriber, SubscriberSettings
-from ingest.pipeline import IngestPipeline
+from ingest.pipeline import Committed, IngestPipeline
 from landun.demo import demo_registry_path
 from store.sqlite import SqliteStore
 from tests.brokers import MosquittoBroker, have_mosquitto
@@ -133,6 +133,8 @@ def test_byte_by_byte() -> None:
     [
         (b"\x30\xff\xff\xff\xff\x01", "longer than four bytes"),
         (b"\x36\x03\x00\x01a", "QoS 3"),
+        (b"\x34\x05\x00\x01a\x00\x01", "QoS 2"),
+        (b"\x32\x05\x00\x01a\x00\x00", "packet id 0"),
         (b"\x30\x01\x00", "too short"),
         (b"\x32\x04\x00\x05ab", "runs past the end"),
         (b"\x30\x03\x00\x01\xff", "not UTF-8"),
@@ -244,3 +246,66 @@ def test_stop_while_the_broker_is_gone_returns(broker, tmp_path: Path) -> None:
         assert done.wait(15)
     finally:
         store.close()
+
+
+def test_settings_the_protocol_cannot_carry_are_refused() -> None:
+    for keepalive in (0, 65_536):
+        with pytest.raises(ValueError, match="keepalive_s"):
+            SubscriberSettings(keepalive_s=keepalive)
+
+
+def test_credentials_in_the_broker_url_are_percent_decoded() -> None:
+    address = BrokerAddress.parse("mqtt://in%40gest:p%2Fw%3A1@broker:1884")
+    assert (address.username, address.password, address.port) == ("in@gest", "p/w:1", 1884)
+
+
+def test_a_store_stall_longer_than_the_keepalive_keeps_the_connection(broker, tmp_path) -> None:
+    """While the queue is full the network thread does not read (the broker's answers to its
+    pings wait unread); once the stall ends, that must not look like a dead broker."""
+    sub, store = subscriber(tmp_path, broker.url, keepalive_s=1, poll_s=0.1, queue_max=5)
+    release = threading.Event()
+    commit = sub.pipeline.commit
+
+    def stalled_commit(msgs) -> Committed | None:
+        release.wait(10)
+        return commit(msgs)
+
+    sub.pipeline.commit = stalled_commit  # type: ignore[method-assign]
+    sub.start()
+    try:
+        device = next(iter(load_registry(demo_registry_path()).devices))
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"stall-pub-{tmp_path.name}")
+        pub.connect("127.0.0.1", int(broker.url.rsplit(":", 1)[1]))
+        pub.loop_start()
+        now = int(time.time() * 1000)
+        for k in range(30):
+            body = f'{{"ts": {now - k * 60_000}, "seq": {k}, "values": {{"ph": 7.2}}}}'
+            pub.publish(f"landun/v1/devices/{device}/telemetry", body, qos=1).wait_for_publish(5)
+        pub.disconnect()
+        pub.loop_stop()
+        time.sleep(3)  # three keepalives with the queue full
+        release.set()
+        assert wait_for(lambda: sub.pipeline.metrics.acked == 30)
+        metrics = sub.pipeline.metrics
+        assert metrics.connects == 1 and metrics.readings_stored == 30
+        assert metrics.redelivered == 0
+    finally:
+        release.set()
+        sub.stop()
+        store.close()
+
+
+@needs_mosquitto
+def test_a_qos0_grant_is_not_taken_for_a_subscription(tmp_path: Path) -> None:
+    """Granted QoS 0, messages would come without acks and a crash would lose them."""
+    b = MosquittoBroker(tmp_path, extra="max_qos 0")
+    b.start()
+    sub, store = subscriber(tmp_path, b.url, reconnect_min_s=0.05, reconnect_max_s=0.2)
+    try:
+        sub.start(wait_s=1.5)
+        assert not sub.subscribed
+        assert sub.pipeline.metrics.connects >= 2  # refused, reconnected, asked again
+    finally:
+        sub.stop()
+        store.close()
+        b.stop()
