@@ -64,14 +64,16 @@ class SubscriberSettings:
     keepalive_s: int = 30
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
-    # How often the network thread wakes when the broker is silent (keepalive, stopping).
-    poll_s: float = 0.5
+    # The socket's timeout: how long a read waits before the keepalive is looked at, and how
+    # long a write may take before the connection is given up (its messages are redelivered).
+    poll_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.keepalive_s <= 0xFFFF:
             raise ValueError(f"keepalive_s {self.keepalive_s}: MQTT allows 1 to 65535 s here")
-        if self.poll_s <= 0 or self.reconnect_min_s <= 0:
-            raise ValueError("poll_s and reconnect_min_s must be positive")
+        if not 0 < self.poll_s <= self.keepalive_s / 2 or self.reconnect_min_s <= 0:
+            raise ValueError("poll_s must be positive and at most half of keepalive_s, and"
+                             " reconnect_min_s positive")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +165,12 @@ class MqttSubscriber:
         self._deliverer.join(timeout=30)
         self._flush_acks()
         self._closing.set()
-        self._send(wire.DISCONNECT_PACKET)
-        self._network.join(timeout=10)
+        # Wake the network thread from its read; it says DISCONNECT and closes (_on_disconnected).
+        with self._send_lock:
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RD)
+        self._network.join(timeout=15)
 
     def _flush_acks(self, timeout_s: float = 5.0) -> None:
         """Wait until the broker has read our last PUBACKs. Closing a socket that still has unread
@@ -272,6 +278,9 @@ class MqttSubscriber:
         # Under the send lock: no ack from the old connection can be written once the
         # generation has moved on.
         with self._send_lock:
+            if self._closing.is_set():
+                with contextlib.suppress(OSError):
+                    sock.sendall(wire.DISCONNECT_PACKET)  # a clean goodbye, no will message
             self._generation += 1
             self._sock = None
         self._connected.clear()

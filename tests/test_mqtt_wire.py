@@ -309,3 +309,21 @@ def test_a_qos0_grant_is_not_taken_for_a_subscription(tmp_path: Path) -> None:
         sub.stop()
         store.close()
         b.stop()
+
+
+@needs_mosquitto
+def test_stop_says_disconnect_and_does_not_wait_for_a_poll(tmp_path: Path) -> None:
+    b = MosquittoBroker(tmp_path)
+    b.start()
+    sub, store = subscriber(tmp_path, b.url, client_id="wire-goodbye", poll_s=5.0)
+    try:
+        sub.start()
+        assert sub.subscribed
+        started = time.monotonic()
+        sub.stop()
+        assert time.monotonic() - started < 3  # woken from its read, not after the 5 s timeout
+        log = tmp_path / "mosquitto.log"
+        assert wait_for(lambda: "Client wire-goodbye disconnected." in log.read_text())
+    finally:
+        store.close()
+        b.stop()
