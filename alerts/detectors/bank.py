@@ -194,9 +194,12 @@ def _lane_stats(
     )
 
 
-def _rounds(rows: np.ndarray) -> list[np.ndarray]:
-    """Reading indices per round: round k holds occurrence k of every row, in input order."""
+def rounds(rows: np.ndarray) -> list[np.ndarray]:
+    """Reading indices per round: round k holds occurrence k of every row, in input order; no
+    rounds for no rows."""
     n = len(rows)
+    if not n:
+        return []
     order = np.argsort(rows, kind="stable")
     sorted_rows = rows[order]
     first = np.ones(n, dtype=bool)
@@ -272,7 +275,7 @@ class SeriesBank:
         ts = np.asarray(ts_ms, dtype=np.int64)
         v = np.asarray(values, dtype=np.float64)
         out = self._empty(ts, v)
-        for idx in _rounds(rows) if len(rows) else ():
+        for idx in rounds(rows):
             self._round(idx, rows[idx], ts[idx], v[idx], out)
         return BankResult(out)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from alerts.detectors.bank import _rounds
+from alerts.detectors.bank import rounds
 from alerts.detectors.base import DetectorResult, RingBuffer, batch_result, median_last
 from alerts.detectors.settings import InconsistencySettings
 from alerts.detectors.stacked import Stacked
@@ -162,7 +162,7 @@ class InconsistencyBank(Stacked):
         )
         # A row missing either value is not judged and leaves the rings as they were.
         valid = np.flatnonzero(~(np.isnan(o) | np.isnan(c)))
-        for idx in _rounds(rows[valid]) if len(valid) else ():
+        for idx in rounds(rows[valid]):
             self._round(valid[idx], rows, ts, o, c, out)
         return out
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alerts.detectors.bank import _rounds, robust_in_chunks
+from alerts.detectors.bank import robust_in_chunks, rounds
 from alerts.detectors.base import DetectorResult
 from alerts.detectors.event import event_result, scale_floors, z_scores
 from alerts.detectors.settings import EventSettings
@@ -185,7 +185,7 @@ class EventBank(Stacked):
             np.full(v.shape, np.nan),
             np.full(v.shape, np.nan),
         )
-        for idx in _rounds(rows) if len(rows) else ():
+        for idx in rounds(rows):
             self._round(idx, rows[idx], ts[idx], v[idx], out)
         return out
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alerts.detectors.bank import _rounds
+from alerts.detectors.bank import rounds
 from alerts.detectors.base import DetectorResult
 from alerts.detectors.settings import ReplaySettings
 from alerts.detectors.stacked import Stacked, grown
@@ -121,7 +121,7 @@ class ReplayBank(Stacked):
             np.zeros(len(rows), dtype=np.int64),
             np.full(len(rows), NEVER, dtype=np.int64),
         )
-        for idx in _rounds(rows) if len(rows) else ():
+        for idx in rounds(rows):
             self._round(idx, rows[idx], ts[idx], hashes[idx], out)
         return out
 
