@@ -7,13 +7,13 @@ import itertools
 import struct
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
 
 from domain.params import default_catalogue
 from domain.registry import load_registry
@@ -23,6 +23,7 @@ from ingest.pipeline import Committed, IngestPipeline
 from landun.demo import demo_registry_path
 from store.sqlite import SqliteStore
 from tests.brokers import MosquittoBroker, have_mosquitto
+from tests.conftest import Publisher, wait_for
 
 needs_mosquitto = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto not on PATH")
 
@@ -164,13 +165,26 @@ def subscriber(tmp_path: Path, url: str, **settings: object) -> tuple[MqttSubscr
     return MqttSubscriber(pipeline, BrokerAddress.parse(url), sub_settings), store
 
 
-def wait_for(check, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
+@contextmanager
+def mosquitto(tmp_path: Path, extra: str = "") -> Iterator[MosquittoBroker]:
+    """A Mosquitto of this test's own, for settings the shared `broker` fixture lacks."""
+    b = MosquittoBroker(tmp_path, extra=extra)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def publish_readings(url: str, count: int, client_id: str) -> None:
+    """`count` telemetry messages from one demo device, a minute apart, acknowledged by the
+    broker."""
+    device = next(iter(load_registry(demo_registry_path()).devices))
+    pub = Publisher(url, client_id)
+    now = int(time.time() * 1000)
+    for k in range(count):
+        pub.publish(device, {"ts": now - k * 60_000, "seq": k, "values": {"ph": 7.2}})
+    pub.close()
 
 
 def test_idle_connection_is_kept_alive_by_pings(broker, tmp_path: Path) -> None:
@@ -187,51 +201,38 @@ def test_idle_connection_is_kept_alive_by_pings(broker, tmp_path: Path) -> None:
 
 @needs_mosquitto
 def test_refused_login_is_retried_and_stop_still_returns(tmp_path: Path) -> None:
-    b = MosquittoBroker(tmp_path, extra="allow_anonymous false")
-    b.start()
-    sub, store = subscriber(tmp_path, b.url, reconnect_min_s=0.05, reconnect_max_s=0.1)
-    try:
-        sub.start(wait_s=1)
-        assert not sub.connected and sub.pipeline.metrics.connects == 0
-        started = time.monotonic()
-        sub.stop()
-        assert time.monotonic() - started < 5
-    finally:
-        store.close()
-        b.stop()
+    with mosquitto(tmp_path, "allow_anonymous false") as b:
+        sub, store = subscriber(tmp_path, b.url, reconnect_min_s=0.05, reconnect_max_s=0.1)
+        try:
+            sub.start(wait_s=1)
+            assert not sub.connected and sub.pipeline.metrics.connects == 0
+            started = time.monotonic()
+            sub.stop()
+            assert time.monotonic() - started < 5
+        finally:
+            store.close()
 
 
 @needs_mosquitto
 def test_a_kept_session_queue_arriving_with_connack_is_stored(tmp_path: Path) -> None:
     """Mosquitto sends a persistent session's queue straight after CONNACK, often in the same
     TCP segment: those messages must be taken like any other."""
-    b = MosquittoBroker(tmp_path)
-    b.start()
-    sub, store = subscriber(tmp_path, b.url, client_id="wire-session")
-    try:
-        sub.start()
-        sub.stop()  # the session stays, subscribed, with nobody connected
-        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="wire-pub")
-        pub.connect("127.0.0.1", b.port)
-        pub.loop_start()
-        device = next(iter(load_registry(demo_registry_path()).devices))
-        now = int(time.time() * 1000)
-        for k in range(50):
-            body = f'{{"ts": {now - k * 60_000}, "seq": {k}, "values": {{"ph": 7.2}}}}'
-            pub.publish(f"landun/v1/devices/{device}/telemetry", body, qos=1).wait_for_publish(5)
-        pub.disconnect()
-        pub.loop_stop()
-        again, store2 = subscriber(tmp_path, b.url, client_id="wire-session")
-        again.start()
+    with mosquitto(tmp_path) as b:
+        sub, store = subscriber(tmp_path, b.url, client_id="wire-session")
         try:
-            assert wait_for(lambda: again.pipeline.metrics.acked == 50)
-            assert again.pipeline.metrics.readings_stored == 50
+            sub.start()
+            sub.stop()  # the session stays, subscribed, with nobody connected
+            publish_readings(b.url, 50, "wire-pub")
+            again, store2 = subscriber(tmp_path, b.url, client_id="wire-session")
+            again.start()
+            try:
+                assert wait_for(lambda: again.pipeline.metrics.acked == 50)
+                assert again.pipeline.metrics.readings_stored == 50
+            finally:
+                again.stop()
+                store2.close()
         finally:
-            again.stop()
-            store2.close()
-    finally:
-        store.close()
-        b.stop()
+            store.close()
 
 
 def test_stop_while_the_broker_is_gone_returns(broker, tmp_path: Path) -> None:
@@ -273,16 +274,7 @@ def test_a_store_stall_longer_than_the_keepalive_keeps_the_connection(broker, tm
     sub.pipeline.commit = stalled_commit  # type: ignore[method-assign]
     sub.start()
     try:
-        device = next(iter(load_registry(demo_registry_path()).devices))
-        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"stall-pub-{tmp_path.name}")
-        pub.connect("127.0.0.1", int(broker.url.rsplit(":", 1)[1]))
-        pub.loop_start()
-        now = int(time.time() * 1000)
-        for k in range(30):
-            body = f'{{"ts": {now - k * 60_000}, "seq": {k}, "values": {{"ph": 7.2}}}}'
-            pub.publish(f"landun/v1/devices/{device}/telemetry", body, qos=1).wait_for_publish(5)
-        pub.disconnect()
-        pub.loop_stop()
+        publish_readings(broker.url, 30, f"stall-pub-{tmp_path.name}")
         time.sleep(3)  # three keepalives with the queue full
         release.set()
         assert wait_for(lambda: sub.pipeline.metrics.acked == 30)
@@ -298,32 +290,28 @@ def test_a_store_stall_longer_than_the_keepalive_keeps_the_connection(broker, tm
 @needs_mosquitto
 def test_a_qos0_grant_is_not_taken_for_a_subscription(tmp_path: Path) -> None:
     """Granted QoS 0, messages would come without acks and a crash would lose them."""
-    b = MosquittoBroker(tmp_path, extra="max_qos 0")
-    b.start()
-    sub, store = subscriber(tmp_path, b.url, reconnect_min_s=0.05, reconnect_max_s=0.2)
-    try:
-        sub.start(wait_s=1.5)
-        assert not sub.subscribed
-        assert sub.pipeline.metrics.connects >= 2  # refused, reconnected, asked again
-    finally:
-        sub.stop()
-        store.close()
-        b.stop()
+    with mosquitto(tmp_path, "max_qos 0") as b:
+        sub, store = subscriber(tmp_path, b.url, reconnect_min_s=0.05, reconnect_max_s=0.2)
+        try:
+            sub.start(wait_s=1.5)
+            assert not sub.subscribed
+            assert sub.pipeline.metrics.connects >= 2  # refused, reconnected, asked again
+        finally:
+            sub.stop()
+            store.close()
 
 
 @needs_mosquitto
 def test_stop_says_disconnect_and_does_not_wait_for_a_poll(tmp_path: Path) -> None:
-    b = MosquittoBroker(tmp_path)
-    b.start()
-    sub, store = subscriber(tmp_path, b.url, client_id="wire-goodbye", poll_s=5.0)
-    try:
-        sub.start()
-        assert sub.subscribed
-        started = time.monotonic()
-        sub.stop()
-        assert time.monotonic() - started < 3  # woken from its read, not after the 5 s timeout
-        log = tmp_path / "mosquitto.log"
-        assert wait_for(lambda: "Client wire-goodbye disconnected." in log.read_text())
-    finally:
-        store.close()
-        b.stop()
+    with mosquitto(tmp_path) as b:
+        sub, store = subscriber(tmp_path, b.url, client_id="wire-goodbye", poll_s=5.0)
+        try:
+            sub.start()
+            assert sub.subscribed
+            started = time.monotonic()
+            sub.stop()
+            assert time.monotonic() - started < 3  # woken from its read, not after the 5 s timeout
+            log = tmp_path / "mosquitto.log"
+            assert wait_for(lambda: "Client wire-goodbye disconnected." in log.read_text())
+        finally:
+            store.close()
