@@ -117,6 +117,14 @@ def test_bank_equals_series_detectors_small_windows(seed: int) -> None:
     check_interleaved(small(), seed, n_series=5, max_len=160)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_bank_equals_series_detectors_with_drift_refresh(seed: int) -> None:
+    """A full drift baseline recomputed every 3 readings, held in between."""
+    s = small()
+    settings = dataclasses.replace(s, shift=dataclasses.replace(s.shift, refresh_rows=3))
+    check_interleaved(settings, seed, n_series=5, max_len=160)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_windows_judged_in_chunks_give_the_same_results(seed: int, monkeypatch) -> None:
     """Rounds of more rows than one chunk: vectorised chunks of nine, and a short last one."""

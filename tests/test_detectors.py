@@ -193,6 +193,31 @@ def test_series_batch_equals_streaming(parameter: str) -> None:
         np.testing.assert_array_equal(batch["active"], np.array(actives), err_msg=kind)
 
 
+def test_drift_baseline_refreshed_every_k_readings() -> None:
+    """Streaming and batches agree, and a full baseline moves only every `refresh_rows`."""
+    s = SETTINGS.for_parameter("orp")
+    shift = dataclasses.replace(s.shift, window=200, lag=30, min_history=30, refresh_rows=7)
+    settings = dataclasses.replace(s, shift=shift)
+    x = _with_faults_and_gaps("orp", seed=4)
+    ts = minutes(DAY)
+    one = SeriesDetectors("orp", settings)
+    results = [one.update(t, v)[3] for t, v in zip(ts.tolist(), x.tolist(), strict=True)]
+    many = SeriesDetectors("orp", settings)
+    batch = np.concatenate([p["drift"] for p in _split_batches(many, ts, x)])
+    np.testing.assert_array_equal(batch["score"], [r.score for r in results])
+    np.testing.assert_array_equal(batch["active"], [r.active for r in results])
+    valid = ~np.isnan(np.where((x >= 100) & (x <= 1000), x, np.nan))
+    count = np.cumsum(valid) - valid  # valid readings before each one
+    medians = [r.evidence.get("median") for r in results]
+    steady = [
+        (c, m)
+        for c, m, ok in zip(count.tolist(), medians, valid.tolist(), strict=True)
+        if ok and c > 230
+    ]
+    changes = {c for (c, m), (_, prev) in zip(steady[1:], steady, strict=False) if m != prev}
+    assert changes and all(c % 7 == 0 for c in changes)
+
+
 def test_event_and_consistency_batch_equals_streaming() -> None:
     params = ["free_chlorine", "ph", "orp", "turbidity"]
     rows = np.column_stack([_with_faults_and_gaps(p, seed=5) for p in params])

@@ -34,7 +34,7 @@ from alerts.detectors.base import MAD_TO_SD, DetectorResult, robust_stats
 from alerts.detectors.flatline import MS_PER_MIN
 from alerts.detectors.plausibility import MIN_RATE_DT_MS
 from alerts.detectors.settings import SeriesSettings
-from alerts.detectors.shift import CUSUM_CAP
+from alerts.detectors.shift import CUSUM_CAP, baseline_anchor
 
 # Up to this many windows, np.median row by row beats the fixed cost of the vectorised search
 # (a series flushing its offline buffer is judged one reading per round).
@@ -239,6 +239,10 @@ class SeriesBank:
         self.shift_values = _Lanes(shift if self.drift_on else 0, capacity, np.float64)
         self.s_pos = np.zeros(capacity)
         self.s_neg = np.zeros(capacity)
+        # The drift baseline last computed per row (ShiftDetector.baseline).
+        self.drift_anchor = np.full(capacity, -1, dtype=np.int64)
+        self.drift_med = np.full(capacity, np.nan)
+        self.drift_scale = np.full(capacity, np.nan)
 
     def row(self, key: Hashable) -> int:
         """The row of series `key`, registering it on first sight."""
@@ -265,6 +269,9 @@ class SeriesBank:
         self.pushed = grown(self.pushed, 0)
         self.s_pos = grown(self.s_pos, 0.0)
         self.s_neg = grown(self.s_neg, 0.0)
+        self.drift_anchor = grown(self.drift_anchor, -1)
+        self.drift_med = grown(self.drift_med, np.nan)
+        self.drift_scale = grown(self.drift_scale, np.nan)
         for lanes in (self.spike_values, self.spike_times, self.shift_values):
             lanes.grow(capacity)
         self.capacity = capacity
@@ -427,7 +434,15 @@ class SeriesBank:
         if not ready.any():
             return
         idx, rows, v, lengths = idx[ready], rows[ready], v[ready], lengths[ready]
-        med, scale = _lane_stats(self.shift_values, rows, s.lag, lengths, s.scale_floor)
+        anchor = baseline_anchor(self.pushed[rows], s)
+        stale = anchor != self.drift_anchor[rows]
+        if stale.any():  # a stale row's anchor is its own count: its window ends `lag` back
+            r = rows[stale]
+            self.drift_med[r], self.drift_scale[r] = _lane_stats(
+                self.shift_values, r, s.lag, lengths[stale], s.scale_floor
+            )
+            self.drift_anchor[r] = anchor[stale]
+        med, scale = self.drift_med[rows], self.drift_scale[rows]
         z = (v - med) / scale
         # The same arithmetic, in the same order, as ShiftDetector._step.
         cap = CUSUM_CAP * s.threshold

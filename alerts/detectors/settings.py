@@ -45,6 +45,8 @@ class ShiftSettings:
     slack: float
     threshold: float
     clip: float
+    # Readings between recomputations of a full baseline (1: every reading); see shift.py.
+    refresh_rows: int = 1
 
 
 @dataclass(frozen=True, slots=True)
