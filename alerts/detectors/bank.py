@@ -127,23 +127,24 @@ def _kth_deviation(s: np.ndarray, med: np.ndarray, n: np.ndarray, k: np.ndarray)
     Below the split p = n // 2 the deviations med - s[p-1-i] rise with i, above it s[p+j] - med
     rise with j: two sorted runs, so binary-search how many of the k+1 smallest come from the
     lower run. (m - x is exactly -(x - m) in IEEE arithmetic, so the values equal np.abs(x - m).)
-    Probe indices stay within [-1, width); a -1 wraps to a slot whose value the masks ignore.
+    Probes index the flattened rows (one `take` instead of a 2-D fancy index per probe). A probe
+    stays within [-1, width) of its row; a -1 reads a value the masks ignore.
     """
-    rows = np.arange(len(s))
+    flat = s.reshape(-1)
     p = n // 2
+    split = np.arange(len(s)) * s.shape[1] + p  # flat index of each row's s[p]
     lo = np.maximum(0, k + 1 - (n - p))
     hi = np.minimum(p, k + 1)
     while (open_ := lo < hi).any():
         mid = (lo + hi) // 2
-        j = k + 1 - mid
-        lower = med - s[rows, p - 1 - mid]
-        upper = s[rows, p + j - 1] - med
-        enough = (mid >= p) | (j <= 0) | (lower >= upper)
-        hi = np.where(open_ & enough, mid, hi)
+        # mid values from the lower run against the (k + 1 - mid)-th of the upper run
+        lower = med - flat.take(split - 1 - mid)
+        upper = flat.take(split + k - mid) - med
+        enough = (mid >= p) | (mid > k) | (lower >= upper)
+        hi = np.where(enough, mid, hi)  # a closed row has mid == hi
         lo = np.where(open_ & ~enough, mid + 1, lo)
-    j = k + 1 - lo
-    lower = np.where(lo > 0, med - s[rows, p - lo], -np.inf)
-    upper = np.where(j > 0, s[rows, p + j - 1] - med, -np.inf)
+    lower = np.where(lo > 0, med - flat.take(split - lo), -np.inf)
+    upper = np.where(lo <= k, flat.take(split + k - lo) - med, -np.inf)
     return np.maximum(lower, upper)
 
 
@@ -167,7 +168,9 @@ def robust_rows(
     lo, hi = (lengths - 1) // 2, lengths // 2
     # np.median averages the one or two middle values: (a + b) / 2, which is a when they coincide.
     med = (s[rows, lo] + s[rows, hi]) / 2
-    mad = (_kth_deviation(s, med, lengths, lo) + _kth_deviation(s, med, lengths, hi)) / 2
+    mad_lo = _kth_deviation(s, med, lengths, lo)
+    # Odd lengths (full spike windows) have one middle deviation: (a + a) / 2 == a.
+    mad = mad_lo if (lo == hi).all() else (mad_lo + _kth_deviation(s, med, lengths, hi)) / 2
     return med, np.maximum(mad * MAD_TO_SD, scale_floor)
 
 
