@@ -119,7 +119,7 @@ def test_bank_equals_series_detectors_small_windows(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_bank_equals_series_detectors_with_drift_refresh(seed: int) -> None:
-    """A full drift baseline recomputed every 3 readings, held in between."""
+    """A drift baseline recomputed every 3 readings, held in between."""
     s = small()
     settings = dataclasses.replace(s, shift=dataclasses.replace(s.shift, refresh_rows=3))
     check_interleaved(settings, seed, n_series=5, max_len=160)

@@ -45,7 +45,7 @@ class ShiftSettings:
     slack: float
     threshold: float
     clip: float
-    # Readings between recomputations of a full baseline (1: every reading); see shift.py.
+    # Readings between recomputations of the baseline (1: every reading); see shift.py.
     refresh_rows: int = 1
 
 

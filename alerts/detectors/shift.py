@@ -26,21 +26,21 @@ def baseline_anchor(pushed: np.ndarray, settings: ShiftSettings) -> np.ndarray:
     """Per series, the count of valid readings at which the baseline of its next reading was
     computed (`pushed`: valid readings seen so far).
 
-    While the baseline fills, every reading gets its own. Once it is full it is recomputed only
-    when the count is a multiple of `refresh_rows`: a day-long median ending hours back moves
-    little in a few readings, and sorting it for every reading was the detectors' main cost.
-    The anchor only changes at a reading whose own count it is, so the baseline computed then is
-    that reading's.
+    The first baseline is computed as soon as it has `min_history` values; after that, only when
+    the count is a multiple of `refresh_rows`: a reference of hundreds of readings ending hours
+    back moves little in a few readings, and sorting it for every reading was the detectors' main
+    cost. The anchor only changes at a reading whose own count it is, so the baseline computed
+    then is that reading's own.
     """
-    full = settings.window + settings.lag
+    first = settings.lag + settings.min_history
     k = settings.refresh_rows
-    return np.where(pushed <= full, pushed, np.maximum(full, pushed - pushed % k))
+    return np.where(pushed <= first, pushed, np.maximum(first, pushed - pushed % k))
 
 
 class ShiftDetector:
     """z = clip((x - median) / scale) against the `window` readings ending `lag` readings back;
     S+ = max(0, S+ + z - slack), S- = max(0, S- - z - slack); active while max(S+, S-) > threshold.
-    A slow drift shows up because the lagged baseline trails it. A full baseline is recomputed
+    A slow drift shows up because the lagged baseline trails it. The baseline is recomputed
     every `refresh_rows` readings (`baseline_anchor`).
     """
 
