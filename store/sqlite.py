@@ -30,7 +30,7 @@ from store.sqlite_db import SqliteDatabase
 log = logging.getLogger("landun.store")
 
 _READING_COLS = "device_id, parameter, ts_ms, value, flag, recv_ms, seq, site_id"
-_READING_TABLE = """(
+_READING_COLUMNS = """
     device_id TEXT NOT NULL,
     parameter TEXT NOT NULL,
     ts_ms INTEGER NOT NULL,          -- sensor time, UTC epoch ms
@@ -38,20 +38,35 @@ _READING_TABLE = """(
     flag TEXT NOT NULL,
     recv_ms INTEGER NOT NULL,        -- receive time, UTC epoch ms
     seq INTEGER,
-    site_id TEXT NOT NULL,
-    PRIMARY KEY (device_id, parameter, ts_ms)
-) WITHOUT ROWID"""
+    site_id TEXT NOT NULL,"""
+
+
+def _table(key: str) -> str:
+    return f"({_READING_COLUMNS}\n    PRIMARY KEY ({key})\n) WITHOUT ROWID"
+
+
+_READING_TABLE = _table("device_id, parameter, ts_ms")
+_INBOX_TABLE = _table("ts_ms, device_id, parameter")  # the same key columns, time first
+_READINGS_ALL = f"""CREATE VIEW IF NOT EXISTS readings_all AS
+    SELECT {_READING_COLS} FROM readings UNION ALL SELECT {_READING_COLS} FROM readings_recent
+    UNION ALL SELECT {_READING_COLS} FROM readings_inbox"""
 
 SCHEMA = f"""
 -- Readings are clustered by series (device, parameter, time): a week of one series is a short
--- range scan. Inserting a batch that holds one reading of each of thousands of series straight
--- into that tree would dirty one page per reading on every commit, so new readings land in the
--- small `readings_recent` tree first and compaction moves them over a few devices at a time,
--- each series bringing many rows to its page at once. `readings_all` is what queries read.
+-- range scan. A batch holds one reading of each of thousands of series, and inserting it into a
+-- tree keyed by series dirties one page per reading: with 200,000 rows in such a tree, a commit
+-- of 10,000 readings wrote ~14 MB of WAL, and the checkpoints stalled the commits. So readings
+-- pass through three trees, newest first:
+-- - `readings_inbox`, keyed by time: a commit of the newest readings fills a few pages.
+-- - `readings_recent`, keyed by series: the whole inbox moves in, sorted, in one transaction,
+--   once it holds `inbox_max_rows`: its pages are rewritten once per move, not once per commit.
+-- - `readings`: compaction moves the recent rows over a few devices at a time, each series
+--   bringing many rows to its page at once.
+-- `readings_all` is what queries read; they scan the inbox rows of their time range.
 CREATE TABLE IF NOT EXISTS readings {_READING_TABLE};
 CREATE TABLE IF NOT EXISTS readings_recent {_READING_TABLE};
-CREATE VIEW IF NOT EXISTS readings_all AS
-    SELECT {_READING_COLS} FROM readings UNION ALL SELECT {_READING_COLS} FROM readings_recent;
+CREATE TABLE IF NOT EXISTS readings_inbox {_INBOX_TABLE};
+{_READINGS_ALL};
 -- Which devices have reported for a site: a site's readings are found through the primary key
 -- (device, parameter, time) of its devices, which spares every insert a second index.
 DROP INDEX IF EXISTS readings_by_site;
@@ -200,10 +215,11 @@ def _alert_values(a: Alert) -> tuple:
 
 
 class SqliteStore(SqliteDatabase):
-    """`recent_max_rows` bounds `readings_recent` (the more rows a series gathers there, the
-    fewer pages compaction rewrites per reading; the tree must stay small enough to be cheap to
-    insert into); `compact_rows` is about how many rows one compaction step moves, so that the
-    ingest path never stalls for long."""
+    """`inbox_max_rows` bounds `readings_inbox` (more rows per move rewrite fewer pages of
+    `readings_recent` per reading; every query scans the inbox). `recent_max_rows` bounds
+    `readings_recent` (the more rows a series gathers there, the fewer pages compaction rewrites
+    per reading; the tree must stay small enough to be cheap to move into); `compact_rows` is
+    about how many rows one compaction step moves, so that the ingest path never stalls long."""
 
     def __init__(
         self,
@@ -211,17 +227,31 @@ class SqliteStore(SqliteDatabase):
         busy_timeout_ms: int = 5000,
         recent_max_rows: int = 200_000,
         compact_rows: int = 20_000,
+        inbox_max_rows: int = 25_000,
     ) -> None:
         super().__init__(path, SCHEMA, busy_timeout_ms)
+        self._add_inbox_to_view()
+        self.inbox_max_rows = inbox_max_rows
         self.recent_max_rows = recent_max_rows
         self.compact_rows = compact_rows
-        self._recent_rows = self._count_recent(self._writer)
+        self._inbox_rows = self._count(self._writer, "readings_inbox")
+        self._recent_rows = self._count(self._writer, "readings_recent")
         self._compact_from = ""  # compaction sweeps the devices in key order, then wraps
         # Compaction runs on its own thread: sqlite3 releases the GIL while a statement runs, so
         # moving rows overlaps with decoding the next batch instead of delaying its acks.
         self._compact_wanted = threading.Event()
         self._compactor: threading.Thread | None = None
         self._closing = False
+
+    def _add_inbox_to_view(self) -> None:
+        """A database from before `readings_inbox`: its view does not read the inbox yet."""
+        sql = self._writer.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'view' AND name = 'readings_all'"
+        ).fetchone()[0]
+        if "readings_inbox" not in sql:
+            with self._tx() as conn:  # one transaction: no query sees the view missing
+                conn.execute("DROP VIEW readings_all")
+                conn.execute(_READINGS_ALL)
 
     # -- ingest -------------------------------------------------------------------------------
 
@@ -240,11 +270,13 @@ class SqliteStore(SqliteDatabase):
         try:
             with self._tx() as conn:
                 before = conn.total_changes
-                # A reading already compacted is a duplicate too.
+                # A reading already moved on is a duplicate too.
                 conn.executemany(
-                    f"INSERT OR IGNORE INTO readings_recent ({_READING_COLS})"
+                    f"INSERT OR IGNORE INTO readings_inbox ({_READING_COLS})"
                     " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE NOT EXISTS (SELECT 1 FROM"
-                    " readings WHERE device_id = ?1 AND parameter = ?2 AND ts_ms = ?3)",
+                    " readings_recent WHERE device_id = ?1 AND parameter = ?2 AND ts_ms = ?3)"
+                    " AND NOT EXISTS (SELECT 1 FROM readings WHERE device_id = ?1 AND"
+                    " parameter = ?2 AND ts_ms = ?3)",
                     [
                         (r.device_id, r.parameter, r.ts_ms, r.value, r.flag, r.recv_ms, r.seq,
                          r.site_id)
@@ -281,8 +313,8 @@ class SqliteStore(SqliteDatabase):
         except sqlite3.OperationalError as exc:
             # Locked past the busy timeout, disk full, I/O error: the batch is not committed.
             raise StoreUnavailable(f"sqlite: {exc}") from exc
-        self._recent_rows += stored
-        if self._recent_rows > self.recent_max_rows:
+        self._inbox_rows += stored
+        if self._inbox_rows > self.inbox_max_rows:
             self._wake_compactor()
         return stored
 
@@ -317,12 +349,14 @@ class SqliteStore(SqliteDatabase):
                 log.warning("compaction postponed: %s", exc)
 
     def compact(self, max_rows: int | None = None, pause_s: float = 0.0) -> int:
-        """Compaction steps until `readings_recent` holds at most `max_rows` (default
-        `recent_max_rows`; 0 moves everything); returns the rows moved."""
+        """Move the inbox into `readings_recent`, then compaction steps until it holds at most
+        `max_rows` (default `recent_max_rows`; 0 moves everything); returns the rows moved into
+        `readings`."""
         limit = self.recent_max_rows if max_rows is None else max_rows
+        self.flush_inbox()
         # Counted once per run, not per step (a full scan of the tree): another process on the
         # same file (workers on a shared subscription) may have compacted meanwhile.
-        self._recent_rows = self._count_recent(self._reader())
+        self._recent_rows = self._count(self._reader(), "readings_recent")
         moved = 0
         while not self._closing:
             step = self.compact_step(limit)
@@ -339,8 +373,22 @@ class SqliteStore(SqliteDatabase):
         ).fetchone()[0]
 
     @staticmethod
-    def _count_recent(conn: sqlite3.Connection) -> int:
-        return conn.execute("SELECT count(*) FROM readings_recent").fetchone()[0]
+    def _count(conn: sqlite3.Connection, table: str) -> int:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+    def flush_inbox(self) -> int:
+        """Move every inbox row into `readings_recent`, in one transaction; returns the rows."""
+        with self._tx() as conn:
+            # In series order, so each page of `readings_recent` is visited once.
+            conn.execute(
+                f"INSERT OR IGNORE INTO readings_recent ({_READING_COLS})"
+                f" SELECT {_READING_COLS} FROM readings_inbox"
+                " ORDER BY device_id, parameter, ts_ms"
+            )
+            moved = conn.execute("DELETE FROM readings_inbox").rowcount
+        self._inbox_rows = 0  # another process's rows went too
+        self._recent_rows += moved
+        return moved
 
     def compact_step(self, max_rows: int) -> int:
         """If `readings_recent` holds more than `max_rows`, move the recent readings of the next

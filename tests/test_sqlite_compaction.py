@@ -14,6 +14,7 @@ from store.sqlite import SqliteStore
 T0 = 1_795_334_400_000
 MIN = 60_000
 PARAMS = ("ph", "orp", "free_chlorine")
+COLS = "device_id, parameter, ts_ms, value, flag, recv_ms, seq, site_id"
 
 
 def _batch(minute: int, devices: int = 6) -> list[Reading]:
@@ -26,10 +27,18 @@ def _batch(minute: int, devices: int = 6) -> list[Reading]:
 
 
 def _tables(path: Path) -> tuple[int, int]:
+    """Rows in `readings`, and in the inbox and `readings_recent` together."""
     with sqlite3.connect(path) as conn:
         main = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
-        recent = conn.execute("SELECT count(*) FROM readings_recent").fetchone()[0]
+        recent = conn.execute(
+            "SELECT (SELECT count(*) FROM readings_recent) + (SELECT count(*) FROM readings_inbox)"
+        ).fetchone()[0]
     return main, recent
+
+
+def _inbox(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT count(*) FROM readings_inbox").fetchone()[0]
 
 
 def _everything(store: SqliteStore) -> dict:
@@ -53,6 +62,9 @@ def test_compaction_moves_every_reading_once_and_queries_do_not_change(tmp_path:
     assert len(before["raw"]) == 180 and len(before["latest"]) == 3
     assert _tables(path) == (0, 1080)
 
+    assert store.flush_inbox() == 1080
+    assert _tables(path) == (0, 1080)
+    assert _everything(store) == before
     # Part way: some devices compacted, the rest still recent.
     assert store.compact_step(max_rows=500) > 0
     main, recent = _tables(path)
@@ -74,6 +86,7 @@ def test_one_device_bigger_than_a_step_is_moved_whole(tmp_path: Path) -> None:
     store = SqliteStore(path, recent_max_rows=1_000_000, compact_rows=5)
     for minute in range(40):
         store.write_batch(_batch(minute, devices=1))
+    store.flush_inbox()
     assert store.compact_step(max_rows=0) == 120  # dev-0's three series, 40 rows each
     assert _tables(path) == (120, 0)
     store.close()
@@ -81,16 +94,43 @@ def test_one_device_bigger_than_a_step_is_moved_whole(tmp_path: Path) -> None:
 
 def test_background_compaction_keeps_recent_bounded(tmp_path: Path) -> None:
     path = tmp_path / "landun.db"
-    store = SqliteStore(path, recent_max_rows=100, compact_rows=30)
+    store = SqliteStore(path, recent_max_rows=100, compact_rows=30, inbox_max_rows=40)
     for minute in range(50):
         store.write_batch(_batch(minute))
     deadline = time.monotonic() + 30  # a bound for a stuck thread, not a speed claim
-    while _tables(path)[1] > 100 and time.monotonic() < deadline:
+    while _tables(path)[1] - _inbox(path) > 100 and time.monotonic() < deadline:
         time.sleep(0.05)
     main, recent = _tables(path)
-    assert recent <= 100 and main + recent == 900
+    assert recent - _inbox(path) <= 100 and main + recent == 900
+    assert _inbox(path) <= 40 + 18  # moved on once over 40: at most one batch more
     store.close()
     # Reopened: the count of recent rows is read back, and nothing was lost.
-    store = SqliteStore(path, recent_max_rows=100, compact_rows=30)
+    store = SqliteStore(path, recent_max_rows=100, compact_rows=30, inbox_max_rows=40)
     assert len(store.query_readings(ReadingQuery(limit=10_000))) == 900
+    store.close()
+
+
+def test_a_database_from_before_the_inbox_is_read_whole(tmp_path: Path) -> None:
+    """Its view read `readings` and `readings_recent` only: opening it adds the inbox, and the
+    readings it holds are all still found, and still refused when sent again."""
+    path = tmp_path / "landun.db"
+    store = SqliteStore(path)
+    for minute in range(10):
+        store.write_batch(_batch(minute))
+    store.flush_inbox()
+    before = _everything(store)
+    store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP VIEW readings_all")
+        conn.execute(
+            f"CREATE VIEW readings_all AS SELECT {COLS} FROM readings"
+            f" UNION ALL SELECT {COLS} FROM readings_recent"
+        )
+        conn.execute("DROP TABLE readings_inbox")
+
+    store = SqliteStore(path)
+    assert _everything(store) == before
+    assert store.write_batch(_batch(3) + _batch(10)) == 18  # duplicates still refused
+    assert _inbox(path) == 18
+    assert len(store.query_readings(ReadingQuery(device_id="dev-3", limit=10_000))) == 33
     store.close()
