@@ -158,6 +158,17 @@ def readings_stored(api_ports: list[int]) -> int:
     return total
 
 
+def settled_readings(api_ports: list[int], expected: int, timeout_s: float = 60) -> int:
+    """Readings stored once the last published ones are in (or the timeout passed): every
+    message sent must be stored, and a shortfall is printed, not hidden."""
+    deadline = time.monotonic() + timeout_s
+    while (n := readings_stored(api_ports)) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if n != expected:
+        print(f"STORED {n:,} READINGS, EXPECTED {expected:,}")
+    return n
+
+
 def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field):
@@ -406,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("steady load skipped: shared-subscription workers judge alerts on their share")
         peak = max(peak_rss_mb(w.pid) for w in workers)
-        stored = readings_stored(api_ports)
+        sent = len(backlog) + (0 if group else int(args.rate * args.seconds) + args.triggers)
+        stored = settled_readings(api_ports, sent * 5)
         print(f"peak RSS {peak:.0f} MB (largest worker) after {stored:,} readings")
         print(
             json.dumps(

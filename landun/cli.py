@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from alerts.notify_webhook import WebhookTarget
-from landun import accounts
+from landun import accounts, gc_settings
 from landun.mosquitto_export import add_subparser as add_devices_subparser
 from landun.system import RunConfig, System, run_hj212_gateway
 from simulators.cli import add_subparser as add_simulate_subparser
@@ -34,6 +34,7 @@ def _run(args: argparse.Namespace) -> int:
         hj212_host=args.hj212_host,
         webhooks=_webhooks(args.webhook),
     )
+    gc_settings.settle()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(System(cfg).run())
     return 0
@@ -55,6 +56,7 @@ def _hj212_gateway(args: argparse.Namespace) -> int:
         hj212_port=args.hj212_port,
         hj212_host=args.hj212_host,
     )
+    gc_settings.settle()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_hj212_gateway(cfg))
     return 0

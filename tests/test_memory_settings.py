@@ -49,3 +49,17 @@ def test_numpy_huge_page_advice_is_off_unless_asked_for(setting: dict, advised: 
 @pytest.mark.parametrize(("setting", "arenas"), [({}, 1), ({"MALLOC_ARENA_MAX": "3"}, 3)])
 def test_one_malloc_arena_unless_asked_for_more(setting: dict, arenas: int) -> None:
     assert run(ARENAS, **setting).stderr.count("Arena ") == arenas
+
+
+GC_SETTLED = """
+import gc
+from landun import gc_settings
+gc_settings.settle()
+print(gc.get_threshold(), gc.get_freeze_count() > 1000)
+"""
+
+
+def test_gc_settle_freezes_what_is_loaded_and_enlarges_the_young_generation() -> None:
+    """What `landun run` does once its modules are loaded (the effect on pauses and drain rate
+    is measured by bench/ingest_throughput.py, see landun/gc_settings.py)."""
+    assert run(GC_SETTLED).stdout.strip() == "(50000, 20, 20) True"
