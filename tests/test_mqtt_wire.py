@@ -176,6 +176,18 @@ def mosquitto(tmp_path: Path, extra: str = "") -> Iterator[MosquittoBroker]:
         b.stop()
 
 
+@contextmanager
+def retrying_subscriber(tmp_path: Path, extra: str) -> Iterator[MqttSubscriber]:
+    """A subscriber that reconnects quickly, to a Mosquitto of its own configured with `extra`
+    (one that refuses it somehow); the caller starts and stops it."""
+    with mosquitto(tmp_path, extra) as b:
+        sub, store = subscriber(tmp_path, b.url, reconnect_min_s=0.05, reconnect_max_s=0.2)
+        try:
+            yield sub
+        finally:
+            store.close()
+
+
 def publish_readings(url: str, count: int, client_id: str) -> None:
     """`count` telemetry messages from one demo device, a minute apart, acknowledged by the
     broker."""
@@ -201,16 +213,12 @@ def test_idle_connection_is_kept_alive_by_pings(broker, tmp_path: Path) -> None:
 
 @needs_mosquitto
 def test_refused_login_is_retried_and_stop_still_returns(tmp_path: Path) -> None:
-    with mosquitto(tmp_path, "allow_anonymous false") as b:
-        sub, store = subscriber(tmp_path, b.url, reconnect_min_s=0.05, reconnect_max_s=0.1)
-        try:
-            sub.start(wait_s=1)
-            assert not sub.connected and sub.pipeline.metrics.connects == 0
-            started = time.monotonic()
-            sub.stop()
-            assert time.monotonic() - started < 5
-        finally:
-            store.close()
+    with retrying_subscriber(tmp_path, "allow_anonymous false") as sub:
+        sub.start(wait_s=1)
+        assert not sub.connected and sub.pipeline.metrics.connects == 0
+        started = time.monotonic()
+        sub.stop()
+        assert time.monotonic() - started < 5
 
 
 @needs_mosquitto
@@ -290,15 +298,13 @@ def test_a_store_stall_longer_than_the_keepalive_keeps_the_connection(broker, tm
 @needs_mosquitto
 def test_a_qos0_grant_is_not_taken_for_a_subscription(tmp_path: Path) -> None:
     """Granted QoS 0, messages would come without acks and a crash would lose them."""
-    with mosquitto(tmp_path, "max_qos 0") as b:
-        sub, store = subscriber(tmp_path, b.url, reconnect_min_s=0.05, reconnect_max_s=0.2)
+    with retrying_subscriber(tmp_path, "max_qos 0") as sub:
         try:
             sub.start(wait_s=1.5)
             assert not sub.subscribed
             assert sub.pipeline.metrics.connects >= 2  # refused, reconnected, asked again
         finally:
             sub.stop()
-            store.close()
 
 
 @needs_mosquitto
