@@ -9,12 +9,12 @@ from pathlib import Path
 
 from domain.model import Reading
 from store.base import ReadingQuery
+from store.sqlite import _READING_COLS as COLS
 from store.sqlite import SqliteStore
 
 T0 = 1_795_334_400_000
 MIN = 60_000
 PARAMS = ("ph", "orp", "free_chlorine")
-COLS = "device_id, parameter, ts_ms, value, flag, recv_ms, seq, site_id"
 
 
 def _batch(minute: int, devices: int = 6) -> list[Reading]:
