@@ -250,12 +250,12 @@ def landun_drain(api_ports: list[int], expected_readings: int, launched: float) 
 
 def steady_load(
     port: int, devices: list[str], rate: int, seconds: float, triggers: int, rng: random.Random
-) -> dict[str, int]:
+) -> tuple[dict[str, int], int]:
     """Publish at `rate` msgs/s, every device reporting once a minute of sensor time as real
     analyzers do (so the steady load stands for `rate` x 60 devices; the minutes lie in the past,
     ending now). Each trigger device first gets a low chlorine reading 11 min before its trigger
     (pending starts), then the low trigger reading (pending time passed: alert). The wall time of
-    each trigger publish is returned per device."""
+    each trigger publish is returned per device, with the number of messages published."""
     c = client(port, "bench-steady")
     c.loop_start()
     total = int(rate * seconds)
@@ -290,7 +290,7 @@ def steady_load(
         last.wait_for_publish(60)
     c.disconnect()
     c.loop_stop()
-    return sent_at
+    return sent_at, len(trig) + total
 
 
 def alert_latencies(db: Path, sent_at: dict[str, int], timeout_s: float = 60) -> list[int]:
@@ -331,10 +331,10 @@ def percentile(values: list[int], q: float) -> float:
 
 def steady_phase(
     args: argparse.Namespace, port: int, devices: list[str], db: Path, pid: int, rng: random.Random
-) -> dict[str, object]:
-    """Alert latency and memory under the steady load (one worker)."""
+) -> tuple[dict[str, object], int]:
+    """Alert latency and memory under the steady load (one worker), and the messages it sent."""
     with RssSampler(pid) as rss_steady:
-        sent = steady_load(port, devices, args.rate, args.seconds, args.triggers, rng)
+        sent, published = steady_load(port, devices, args.rate, args.seconds, args.triggers, rng)
         lat = alert_latencies(db, sent)
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
     samples = rss_steady.samples
@@ -349,7 +349,7 @@ def steady_phase(
         "p50_alert_ms": p50,
         "p99_alert_ms": p99,
         "steady_rss_mb_first_last": [round(samples[0], 1), round(samples[-1], 1)],
-    }
+    }, published
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,13 +417,14 @@ def main(argv: list[str] | None = None) -> int:
             f" peak RSS {' + '.join(f'{r:.0f}' for r in rss_drain)} MB"
         )
         figures: dict[str, object] = {"p50_alert_ms": None, "p99_alert_ms": None}
+        steady_sent = 0
         if group is None:
-            figures = steady_phase(args, port, devices, data / "landun.db", workers[0].pid, rng)
+            db = data / "landun.db"
+            figures, steady_sent = steady_phase(args, port, devices, db, workers[0].pid, rng)
         else:
             print("steady load skipped: shared-subscription workers judge alerts on their share")
         peak = max(peak_rss_mb(w.pid) for w in workers)
-        sent = len(backlog) + (0 if group else int(args.rate * args.seconds) + args.triggers)
-        stored = settled_readings(api_ports, sent * 5)
+        stored = settled_readings(api_ports, (len(backlog) + steady_sent) * 5)
         print(f"peak RSS {peak:.0f} MB (largest worker) after {stored:,} readings")
         print(
             json.dumps(
