@@ -24,7 +24,6 @@ import os
 import platform
 import random
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from landun.broker import free_port, wait_port
+from store.sqlite import connect_readonly
 
 TOPIC = "landun/v1/devices/+/telemetry"
 MINUTE = 60_000
@@ -295,7 +295,7 @@ def steady_load(
 
 def alert_latencies(db: Path, sent_at: dict[str, int], timeout_s: float = 60) -> list[int]:
     deadline = time.monotonic() + timeout_s
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = connect_readonly(db)
     rows: dict[str, int] = {}
     while time.monotonic() < deadline and len(rows) < len(sent_at):
         rows = dict(

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
     rows = args.devices * args.minutes * 5
-    db_mb = sum(p.stat().st_size for p in (work / "var").glob("landun.db*")) / 2**20
+    db_mb = sum(p.stat().st_size for p in (work / "var").glob("landun*.db*")) / 2**20
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
             token = c.post(

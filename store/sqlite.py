@@ -7,8 +7,8 @@ import json
 import logging
 import sqlite3
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from domain.model import Alert, AlertFamily, AlertStatus, DeadLetter, Reading, Severity
@@ -25,7 +25,7 @@ from store.base import (
     ReadingQuery,
     StoreUnavailable,
 )
-from store.sqlite_db import SqliteDatabase
+from store.sqlite_db import SqliteDatabase, attach_readonly, readonly_uri
 
 log = logging.getLogger("landun.store")
 
@@ -39,34 +39,77 @@ _READING_COLUMNS = """
     recv_ms INTEGER NOT NULL,        -- receive time, UTC epoch ms
     seq INTEGER,
     site_id TEXT NOT NULL,"""
+_SAME_KEY = "device_id = {0}.device_id AND parameter = {0}.parameter AND ts_ms = {0}.ts_ms"
+INBOXES = ("readings_inbox0", "readings_inbox1")
+LEGACY_TABLES = ("readings_inbox", "readings_recent", "readings")  # in the main file until 2026-11
 
 
 def _table(key: str) -> str:
     return f"({_READING_COLUMNS}\n    PRIMARY KEY ({key})\n) WITHOUT ROWID"
 
 
-_READING_TABLE = _table("device_id, parameter, ts_ms")
-_INBOX_TABLE = _table("ts_ms, device_id, parameter")  # the same key columns, time first
-_READINGS_ALL = f"""CREATE VIEW IF NOT EXISTS readings_all AS
-    SELECT {_READING_COLS} FROM readings UNION ALL SELECT {_READING_COLS} FROM readings_recent
-    UNION ALL SELECT {_READING_COLS} FROM readings_inbox"""
+def readings_path(path: Path) -> Path:
+    """The file beside the main database that holds the series-keyed readings."""
+    return path.with_name(f"{path.stem}-readings{path.suffix}")
+
+
+# Readings are clustered by series (device, parameter, time): a week of one series is a short
+# range scan. A batch holds one reading of each of thousands of series, and inserting it into a
+# tree keyed by series dirties one page per reading: with 200,000 rows in such a tree, a commit
+# of 10,000 readings wrote ~14 MB of WAL, and the checkpoints stalled the commits. So readings
+# pass through three trees, newest first:
+# - an inbox in the main file, keyed by time: a commit of the newest readings fills a few pages.
+#   There are two: ingest appends to the active one while the other is being moved on.
+# - `readings_recent`, keyed by series: an inbox moves in, sorted, once it holds
+#   `inbox_max_rows`: its pages are rewritten once per move, not once per commit.
+# - `readings`: compaction moves the recent rows over a few devices at a time, each series
+#   bringing many rows to its page at once.
+# The last two live in their own file (`readings_path`). SQLite has one writer per file: moves
+# and compaction hold that file's write lock for up to a few hundred milliseconds, and ingest
+# commits and alert writes, in the main file, no longer wait behind them. A move copies an inbox
+# in one transaction of the readings file, then empties it in a short one of the main file; in
+# between its rows are in both, and `readings_all` shows them once.
+READINGS_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS readings {_table("device_id, parameter, ts_ms")};
+CREATE TABLE IF NOT EXISTS readings_recent {_table("device_id, parameter, ts_ms")};
+"""
+# What queries read, on every reader connection (a view in the main file cannot name an
+# attached one; the readings file is attached as `cold`). Readers and ingest take the main
+# file's snapshot first, then the readings file's (SQLite begins a statement's transactions in
+# schema order, attached files last): a row an inbox no longer holds is in the readings file.
+_READINGS_ALL = (
+    f"CREATE TEMP VIEW readings_all AS SELECT {_READING_COLS} FROM cold.readings"
+    f" UNION ALL SELECT {_READING_COLS} FROM cold.readings_recent"
+    + "".join(
+        f" UNION ALL SELECT {_READING_COLS} FROM main.{inbox} AS i"
+        f" WHERE NOT EXISTS (SELECT 1 FROM cold.readings_recent WHERE {_SAME_KEY.format('i')})"
+        f" AND NOT EXISTS (SELECT 1 FROM cold.readings WHERE {_SAME_KEY.format('i')})"
+        for inbox in INBOXES
+    )
+)
+
+
+def _add_readings_view(conn: sqlite3.Connection, path: Path) -> None:
+    attach_readonly(conn, readings_path(path), "cold")
+    conn.execute(_READINGS_ALL)
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the store at `path` on which `readings_all` holds every
+    reading, for tools and tests that open the files themselves."""
+    conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=10)
+    _add_readings_view(conn, path)
+    return conn
+
 
 SCHEMA = f"""
--- Readings are clustered by series (device, parameter, time): a week of one series is a short
--- range scan. A batch holds one reading of each of thousands of series, and inserting it into a
--- tree keyed by series dirties one page per reading: with 200,000 rows in such a tree, a commit
--- of 10,000 readings wrote ~14 MB of WAL, and the checkpoints stalled the commits. So readings
--- pass through three trees, newest first:
--- - `readings_inbox`, keyed by time: a commit of the newest readings fills a few pages.
--- - `readings_recent`, keyed by series: the whole inbox moves in, sorted, in one transaction,
---   once it holds `inbox_max_rows`: its pages are rewritten once per move, not once per commit.
--- - `readings`: compaction moves the recent rows over a few devices at a time, each series
---   bringing many rows to its page at once.
--- `readings_all` is what queries read; they scan the inbox rows of their time range.
-CREATE TABLE IF NOT EXISTS readings {_READING_TABLE};
-CREATE TABLE IF NOT EXISTS readings_recent {_READING_TABLE};
-CREATE TABLE IF NOT EXISTS readings_inbox {_INBOX_TABLE};
-{_READINGS_ALL};
+CREATE TABLE IF NOT EXISTS {INBOXES[0]} {_table("ts_ms, device_id, parameter")};
+CREATE TABLE IF NOT EXISTS {INBOXES[1]} {_table("ts_ms, device_id, parameter")};
+CREATE TABLE IF NOT EXISTS inbox_state (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    active INTEGER NOT NULL CHECK (active IN (0, 1))  -- the inbox ingest appends to
+);
+INSERT OR IGNORE INTO inbox_state (one, active) VALUES (1, 0);
 -- Which devices have reported for a site: a site's readings are found through the primary key
 -- (device, parameter, time) of its devices, which spares every insert a second index.
 DROP INDEX IF EXISTS readings_by_site;
@@ -215,11 +258,11 @@ def _alert_values(a: Alert) -> tuple:
 
 
 class SqliteStore(SqliteDatabase):
-    """`inbox_max_rows` bounds `readings_inbox` (more rows per move rewrite fewer pages of
+    """`inbox_max_rows` bounds an inbox (more rows per move rewrite fewer pages of
     `readings_recent` per reading; every query scans the inbox). `recent_max_rows` bounds
     `readings_recent` (the more rows a series gathers there, the fewer pages compaction rewrites
     per reading; the tree must stay small enough to be cheap to move into); `compact_rows` is
-    about how many rows one compaction step moves, so that the ingest path never stalls long."""
+    about how many rows one compaction step moves."""
 
     def __init__(
         self,
@@ -229,13 +272,15 @@ class SqliteStore(SqliteDatabase):
         compact_rows: int = 20_000,
         inbox_max_rows: int = 25_000,
     ) -> None:
+        self._cold = SqliteDatabase(readings_path(Path(path)), READINGS_SCHEMA, busy_timeout_ms)
         super().__init__(path, SCHEMA, busy_timeout_ms)
-        self._add_inbox_to_view()
+        attach_readonly(self._writer, self._cold.path, "cold")  # for the duplicate checks
+        self._move_legacy_readings()
         self.inbox_max_rows = inbox_max_rows
         self.recent_max_rows = recent_max_rows
         self.compact_rows = compact_rows
-        self._inbox_rows = self._count(self._writer, "readings_inbox")
-        self._recent_rows = self._count(self._writer, "readings_recent")
+        self._inbox_rows = sum(self._count(self._writer, t) for t in INBOXES)
+        self._recent_rows = self._count(self._cold._writer, "readings_recent")
         self._compact_from = ""  # compaction sweeps the devices in key order, then wraps
         # Compaction runs on its own thread: sqlite3 releases the GIL while a statement runs, so
         # moving rows overlaps with decoding the next batch instead of delaying its acks.
@@ -243,15 +288,46 @@ class SqliteStore(SqliteDatabase):
         self._compactor: threading.Thread | None = None
         self._closing = False
 
-    def _add_inbox_to_view(self) -> None:
-        """A database from before `readings_inbox`: its view does not read the inbox yet."""
-        sql = self._writer.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'view' AND name = 'readings_all'"
-        ).fetchone()[0]
-        if "readings_inbox" not in sql:
-            with self._tx() as conn:  # one transaction: no query sees the view missing
-                conn.execute("DROP VIEW readings_all")
-                conn.execute(_READINGS_ALL)
+    def _setup_reader(self, conn: sqlite3.Connection) -> None:
+        _add_readings_view(conn, self.path)
+
+    def _move_legacy_readings(self) -> None:
+        """A database from before the readings file holds its readings in the main file: they
+        move over once, on open (copied, then dropped: a crash in between only copies again)."""
+        legacy = [
+            t
+            for (t,) in self._writer.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if t in LEGACY_TABLES
+        ]
+        if not legacy:
+            return
+        log.warning("moving the readings in %s to %s (once)", self.path, self._cold.path)
+        with self._attached_main() as cold:
+            for table in legacy:
+                target = "readings" if table == "readings" else "readings_recent"
+                cold.execute(
+                    f"INSERT OR IGNORE INTO {target} ({_READING_COLS})"
+                    f" SELECT {_READING_COLS} FROM hot.{table}"
+                )
+        with self._tx() as conn:
+            conn.execute("DROP VIEW IF EXISTS readings_all")
+            for table in legacy:
+                conn.execute(f"DROP TABLE {table}")
+
+    @contextmanager
+    def _attached_main(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction of the readings file that can read the main file (as `hot`).
+        Attached only meanwhile: every transaction of the readings writer would otherwise hold
+        a snapshot of the main file, and the main file's checkpoints would wait for it."""
+        conn = self._cold._writer
+        with self._cold._lock:
+            attach_readonly(conn, self.path, "hot")
+        try:
+            with self._cold._tx() as cold:
+                yield cold
+        finally:
+            with self._cold._lock:
+                conn.execute("DETACH DATABASE hot")
 
     # -- ingest -------------------------------------------------------------------------------
 
@@ -270,13 +346,15 @@ class SqliteStore(SqliteDatabase):
         try:
             with self._tx() as conn:
                 before = conn.total_changes
-                # A reading already moved on is a duplicate too.
+                active = self._active_inbox(conn)
+                # A reading in the other inbox or already moved on is a duplicate too.
                 conn.executemany(
-                    f"INSERT OR IGNORE INTO readings_inbox ({_READING_COLS})"
+                    f"INSERT OR IGNORE INTO {INBOXES[active]} ({_READING_COLS})"
                     " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE NOT EXISTS (SELECT 1 FROM"
-                    " readings_recent WHERE device_id = ?1 AND parameter = ?2 AND ts_ms = ?3)"
-                    " AND NOT EXISTS (SELECT 1 FROM readings WHERE device_id = ?1 AND"
-                    " parameter = ?2 AND ts_ms = ?3)",
+                    f" {INBOXES[1 - active]} WHERE device_id = ?1 AND parameter = ?2 AND"
+                    " ts_ms = ?3) AND NOT EXISTS (SELECT 1 FROM cold.readings_recent WHERE"
+                    " device_id = ?1 AND parameter = ?2 AND ts_ms = ?3) AND NOT EXISTS (SELECT 1"
+                    " FROM cold.readings WHERE device_id = ?1 AND parameter = ?2 AND ts_ms = ?3)",
                     [
                         (r.device_id, r.parameter, r.ts_ms, r.value, r.flag, r.recv_ms, r.seq,
                          r.site_id)
@@ -324,6 +402,7 @@ class SqliteStore(SqliteDatabase):
             self._compact_wanted.set()
             self._compactor.join()
         super().close()
+        self._cold.close()
 
     def _wake_compactor(self) -> None:
         with self._lock:
@@ -341,30 +420,31 @@ class SqliteStore(SqliteDatabase):
             if self._closing:
                 return
             try:
-                # The pause lets the ingest thread's next commit in between steps: a released
-                # lock is otherwise often taken again at once by the thread that released it.
-                self.compact(pause_s=0.002)
+                self.compact()
             except StoreUnavailable as exc:
-                # Nothing is lost: the rows wait in readings_recent for the next attempt.
+                # Nothing is lost: the rows wait in their inbox or in readings_recent.
                 log.warning("compaction postponed: %s", exc)
 
-    def compact(self, max_rows: int | None = None, pause_s: float = 0.0) -> int:
+    def compact(self, max_rows: int | None = None) -> int:
         """Move the inbox into `readings_recent`, then compaction steps until it holds at most
         `max_rows` (default `recent_max_rows`; 0 moves everything); returns the rows moved into
         `readings`."""
         limit = self.recent_max_rows if max_rows is None else max_rows
         self.flush_inbox()
         # Counted once per run, not per step (a full scan of the tree): another process on the
-        # same file (workers on a shared subscription) may have compacted meanwhile.
-        self._recent_rows = self._count(self._reader(), "readings_recent")
+        # same files (workers on a shared subscription) may have compacted meanwhile.
+        self._recent_rows = self._count(self._cold._reader(), "readings_recent")
         moved = 0
         while not self._closing:
             step = self.compact_step(limit)
             if not step:
                 break
             moved += step
-            time.sleep(pause_s)
         return moved
+
+    @staticmethod
+    def _active_inbox(conn: sqlite3.Connection) -> int:
+        return conn.execute("SELECT active FROM inbox_state").fetchone()[0]
 
     @staticmethod
     def _first_recent_device(conn: sqlite3.Connection, at_or_after: str) -> str | None:
@@ -377,26 +457,47 @@ class SqliteStore(SqliteDatabase):
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
     def flush_inbox(self) -> int:
-        """Move every inbox row into `readings_recent`, in one transaction; returns the rows."""
+        """Move every inbox row into `readings_recent`; returns the rows."""
+        moved = 0
+        for _ in INBOXES:  # the other inbox first if a move was cut short, then the active one
+            inbox, switched = self._switch_inbox()
+            moved += self._move_inbox(inbox)
+            if switched:
+                break
+        return moved
+
+    def _switch_inbox(self) -> tuple[int, bool]:
+        """Have ingest append to the other inbox if that one is empty; returns the inbox to move
+        and whether ingest switched away from it."""
         with self._tx() as conn:
+            active = self._active_inbox(conn)
+            if conn.execute(f"SELECT 1 FROM {INBOXES[1 - active]} LIMIT 1").fetchone():
+                return 1 - active, False
+            conn.execute("UPDATE inbox_state SET active = ?", (1 - active,))
+        return active, True
+
+    def _move_inbox(self, inbox: int) -> int:
+        """Copy an inbox ingest no longer appends to into `readings_recent`, then empty it."""
+        with self._attached_main() as cold:
             # In series order, so each page of `readings_recent` is visited once.
-            conn.execute(
+            cold.execute(
                 f"INSERT OR IGNORE INTO readings_recent ({_READING_COLS})"
-                f" SELECT {_READING_COLS} FROM readings_inbox"
+                f" SELECT {_READING_COLS} FROM hot.{INBOXES[inbox]}"
                 " ORDER BY device_id, parameter, ts_ms"
             )
-            moved = conn.execute("DELETE FROM readings_inbox").rowcount
-        self._inbox_rows = 0  # another process's rows went too
+        with self._tx() as conn:
+            moved = conn.execute(f"DELETE FROM {INBOXES[inbox]}").rowcount
+        self._inbox_rows = max(0, self._inbox_rows - moved)
         self._recent_rows += moved
         return moved
 
     def compact_step(self, max_rows: int) -> int:
         """If `readings_recent` holds more than `max_rows`, move the recent readings of the next
         devices in key order (about `compact_rows` rows, whole devices) into `readings`, in one
-        transaction; returns the rows moved."""
+        transaction of the readings file; returns the rows moved."""
         if self._recent_rows <= max_rows:
             return 0
-        with self._tx() as conn:
+        with self._cold._tx() as conn:
             first = self._first_recent_device(conn, self._compact_from)
             if first is None:  # the sweep is past the last device: start again
                 first = self._first_recent_device(conn, "")

@@ -1,6 +1,7 @@
 """One SQLite database file in WAL mode: a single writer connection behind a lock, and a reader
 connection per thread, which WAL lets run alongside the writer. The store and the waste ledger
-share the file, each with its own tables and this connection handling."""
+share the file, each with its own tables and this connection handling. Other files may be
+attached read-only: a write transaction then locks this file only."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 from store.base import StoreUnavailable
 
 
 def connect(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
     conn = sqlite3.connect(
-        path, timeout=busy_timeout_ms / 1000, check_same_thread=False, isolation_level=None
+        path.resolve(),  # absolute: with URIs on, only a name starting with "file:" is a URI
+        timeout=busy_timeout_ms / 1000,
+        check_same_thread=False,
+        isolation_level=None,
+        uri=True,
     )
     conn.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode is durable against process crashes (what at-least-once needs); a power
@@ -26,6 +32,17 @@ def connect(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
     # Checkpoint the WAL every ~40 MB instead of every 4 MB: fewer stalls on the ingest path.
     conn.execute("PRAGMA wal_autocheckpoint=10000")
     return conn
+
+
+def readonly_uri(path: Path) -> str:
+    return f"file:{quote(str(path.resolve()))}?mode=ro"
+
+
+def attach_readonly(conn: sqlite3.Connection, path: Path, name: str) -> None:
+    """Attach another database file read-only. BEGIN IMMEDIATE takes the write lock of every
+    writable attached file, but only a read snapshot of a read-only one, taken after the write
+    lock of this connection's own file."""
+    conn.execute("ATTACH DATABASE ? AS " + name, (readonly_uri(path),))
 
 
 class SqliteDatabase:
@@ -38,10 +55,14 @@ class SqliteDatabase:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
 
+    def _setup_reader(self, conn: sqlite3.Connection) -> None:
+        """A new reader connection's attachments and temporary views; none here."""
+
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = connect(self.path)
+            self._setup_reader(conn)
             self._local.conn = conn
             with self._lock:
                 self._readers.append(conn)

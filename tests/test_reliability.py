@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from domain.timeutil import now_ms
 from ingest.metrics import IngestMetrics, render_prometheus
 from ingest.pipeline import IngestPipeline, RawMessage
 from landun.demo import demo_registry_path
-from store.sqlite import SqliteStore
+from store.sqlite import SqliteStore, connect_readonly
 from tests.brokers import MosquittoBroker, have_mosquitto
 from tests.conftest import wait_for
 
@@ -79,15 +80,15 @@ class Stream:
 
 
 def count_rows(db: Path) -> int:
-    if not db.exists():
+    if not db.exists():  # created after the readings file
         return 0
-    with sqlite3.connect(db, timeout=10) as conn:
+    with closing(connect_readonly(db)) as conn:
         return conn.execute("SELECT count(*) FROM readings_all").fetchone()[0]
 
 
 def assert_stored_exactly(db: Path, stream: Stream) -> int:
     """Every published reading is in the store once, with its own value; nothing else is."""
-    with sqlite3.connect(db, timeout=10) as conn:
+    with closing(connect_readonly(db)) as conn:
         rows = conn.execute(
             "SELECT device_id, parameter, ts_ms, value FROM readings_all"
         ).fetchall()

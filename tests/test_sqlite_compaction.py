@@ -1,5 +1,6 @@
-"""SQLite readings land in `readings_recent` and are compacted into `readings`: nothing is lost,
-doubled or hidden from a query on the way, whichever table a reading is in."""
+"""SQLite readings land in an inbox in the main file, move to `readings_recent` in the readings
+file and are compacted into `readings` there: nothing is lost, doubled or hidden from a query on
+the way, whichever table (or two tables, during a move) a reading is in."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import sqlite3
 import time
 from pathlib import Path
 
-from domain.model import Reading
-from store.base import ReadingQuery
+import pytest
+
+from domain.model import Alert, AlertFamily, Reading, Severity
+from store.base import AlertChange, ReadingQuery, StoreUnavailable
 from store.sqlite import _READING_COLS as COLS
-from store.sqlite import SqliteStore
+from store.sqlite import INBOXES, SqliteStore, connect_readonly, readings_path
 
 T0 = 1_795_334_400_000
 MIN = 60_000
@@ -26,19 +29,27 @@ def _batch(minute: int, devices: int = 6) -> list[Reading]:
     ]  # fmt: skip
 
 
-def _tables(path: Path) -> tuple[int, int]:
-    """Rows in `readings`, and in the inbox and `readings_recent` together."""
-    with sqlite3.connect(path) as conn:
-        main = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
-        recent = conn.execute(
-            "SELECT (SELECT count(*) FROM readings_recent) + (SELECT count(*) FROM readings_inbox)"
-        ).fetchone()[0]
-    return main, recent
+def _counts(path: Path) -> tuple[int, int, int]:
+    """Rows in the inboxes, `readings_recent` and `readings`, read in one statement as queries
+    read them (a row being moved is counted in its inbox and in `readings_recent`)."""
+    conn = connect_readonly(path)
+    try:
+        return conn.execute(
+            f"SELECT (SELECT count(*) FROM {INBOXES[0]}) + (SELECT count(*) FROM {INBOXES[1]}),"
+            " (SELECT count(*) FROM cold.readings_recent), (SELECT count(*) FROM cold.readings)"
+        ).fetchone()
+    finally:
+        conn.close()
 
 
 def _inbox(path: Path) -> int:
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT count(*) FROM readings_inbox").fetchone()[0]
+    return _counts(path)[0]
+
+
+def _tables(path: Path) -> tuple[int, int]:
+    """Rows in `readings`, and in the inboxes and `readings_recent` together."""
+    inbox, recent, main = _counts(path)
+    return main, recent + inbox
 
 
 def _everything(store: SqliteStore) -> dict:
@@ -98,11 +109,12 @@ def test_background_compaction_keeps_recent_bounded(tmp_path: Path) -> None:
     for minute in range(50):
         store.write_batch(_batch(minute))
     deadline = time.monotonic() + 30  # a bound for a stuck thread, not a speed claim
-    while _tables(path)[1] - _inbox(path) > 100 and time.monotonic() < deadline:
+    # Once the compactor has settled: none of its rows counted twice, `readings_recent` within
+    # bounds, and the inboxes moved on once over 40 rows (so at most one batch more).
+    settled = lambda c: c[1] <= 100 and sum(c) == 900 and c[0] <= 40 + 18  # noqa: E731
+    while not settled(counts := _counts(path)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    main, recent = _tables(path)
-    assert recent - _inbox(path) <= 100 and main + recent == 900
-    assert _inbox(path) <= 40 + 18  # moved on once over 40: at most one batch more
+    assert settled(counts), counts
     store.close()
     # Reopened: the count of recent rows is read back, and nothing was lost.
     store = SqliteStore(path, recent_max_rows=100, compact_rows=30, inbox_max_rows=40)
@@ -110,27 +122,109 @@ def test_background_compaction_keeps_recent_bounded(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_database_from_before_the_inbox_is_read_whole(tmp_path: Path) -> None:
-    """Its view read `readings` and `readings_recent` only: opening it adds the inbox, and the
-    readings it holds are all still found, and still refused when sent again."""
+def test_a_move_cut_short_shows_each_reading_once_and_is_finished_later(tmp_path: Path) -> None:
+    """A move copies an inbox to the readings file, then empties it in the main file: a crash
+    in between leaves its rows in both. Queries show them once, they are still refused, ingest
+    goes on into the other inbox, and the next move finishes the job."""
     path = tmp_path / "landun.db"
     store = SqliteStore(path)
     for minute in range(10):
         store.write_batch(_batch(minute))
+    before = _everything(store)
+    inbox, switched = store._switch_inbox()
+    assert switched
+    with sqlite3.connect(readings_path(path)) as cold:  # the copy, without the emptying
+        cold.execute("ATTACH DATABASE ? AS hot", (str(path),))
+        cold.execute(
+            f"INSERT INTO readings_recent ({COLS}) SELECT {COLS} FROM hot.{INBOXES[inbox]}"
+        )
+    assert _counts(path) == (180, 180, 0)
+    assert _everything(store) == before
+    assert store.write_batch(_batch(9) + _batch(10)) == 18
+    assert _counts(path) == (198, 180, 0)
+    assert store.flush_inbox() == 198
+    assert _counts(path) == (0, 198, 0)
+    assert len(store.query_readings(ReadingQuery(device_id="dev-3", limit=10_000))) == 33
+    store.close()
+
+
+def test_ingest_and_alerts_do_not_wait_for_the_readings_file(tmp_path: Path) -> None:
+    """Moves and compaction hold the readings file's write lock; ingest commits and alert
+    writes are in the main file and go on meanwhile (a compaction step is postponed)."""
+    path = tmp_path / "landun.db"
+    store = SqliteStore(path, busy_timeout_ms=100)
+    for minute in range(5):
+        store.write_batch(_batch(minute))
     store.flush_inbox()
+    blocker = sqlite3.connect(readings_path(path), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        assert store.write_batch(_batch(4) + _batch(5)) == 18  # still checks for duplicates
+        alert = Alert("site-1", "dev-1", "range:ph", AlertFamily.COMPLIANCE, Severity.WARNING,
+                      "ph", "pH 9.1 above 8.5", T0, T0)  # fmt: skip
+        store.save_alerts([AlertChange(alert, "opened")])
+        assert [a.id for a in store.open_alerts()] == [alert.id]
+        with pytest.raises(StoreUnavailable):
+            store.compact(max_rows=0)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert store.compact(max_rows=0) == 108
+    assert _counts(path) == (0, 0, 108)
+    store.close()
+
+
+LEGACY_TABLE = """(device_id TEXT NOT NULL, parameter TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+    value REAL NOT NULL, flag TEXT NOT NULL, recv_ms INTEGER NOT NULL, seq INTEGER,
+    site_id TEXT NOT NULL, PRIMARY KEY ({})) WITHOUT ROWID"""
+
+
+@pytest.mark.parametrize("with_inbox", [True, False], ids=["inbox", "before-inbox"])
+def test_a_database_with_readings_in_the_main_file_is_moved_whole(
+    tmp_path: Path, with_inbox: bool
+) -> None:
+    """Earlier releases kept every reading in the main file (`readings`, `readings_recent` and,
+    later, `readings_inbox`, read through a view there). Opening such a database moves them to
+    the readings file: all still found, still refused when sent again, the old tables gone."""
+    path = tmp_path / "landun.db"
+    store = SqliteStore(path)
+    for minute in range(10):
+        store.write_batch(_batch(minute))
     before = _everything(store)
     store.close()
+    readings_path(path).unlink()
+    legacy = {"readings": range(0, 4), "readings_recent": range(4, 7)}
+    if with_inbox:
+        legacy["readings_inbox"] = range(7, 10)
+    else:
+        legacy["readings_recent"] = range(4, 10)
     with sqlite3.connect(path) as conn:
-        conn.execute("DROP VIEW readings_all")
+        for table, minutes in legacy.items():
+            key = (
+                "ts_ms, device_id, parameter"
+                if table == "readings_inbox"
+                else "device_id, parameter, ts_ms"
+            )
+            conn.execute(f"CREATE TABLE {table} {LEGACY_TABLE.format(key)}")
+            conn.execute(
+                f"INSERT INTO {table} ({COLS}) SELECT {COLS} FROM {INBOXES[0]}"
+                " WHERE ts_ms >= ? AND ts_ms < ?",
+                (T0 + minutes.start * MIN, T0 + minutes.stop * MIN),
+            )
         conn.execute(
-            f"CREATE VIEW readings_all AS SELECT {COLS} FROM readings"
-            f" UNION ALL SELECT {COLS} FROM readings_recent"
+            "CREATE VIEW readings_all AS "
+            + " UNION ALL ".join(f"SELECT {COLS} FROM {t}" for t in legacy)
         )
-        conn.execute("DROP TABLE readings_inbox")
+        for inbox in INBOXES:
+            conn.execute(f"DROP TABLE {inbox}")
 
     store = SqliteStore(path)
     assert _everything(store) == before
-    assert store.write_batch(_batch(3) + _batch(10)) == 18  # duplicates still refused
+    assert _tables(path) == (4 * 18, 6 * 18)
+    with sqlite3.connect(path) as conn:
+        names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master")}
+    assert not names & {"readings", "readings_recent", "readings_inbox", "readings_all"}
+    assert store.write_batch(_batch(3) + _batch(7) + _batch(10)) == 18  # duplicates refused
     assert _inbox(path) == 18
     assert len(store.query_readings(ReadingQuery(device_id="dev-3", limit=10_000))) == 33
     store.close()
