@@ -107,7 +107,10 @@ CREATE TABLE IF NOT EXISTS {INBOXES[0]} {_table("ts_ms, device_id, parameter")};
 CREATE TABLE IF NOT EXISTS {INBOXES[1]} {_table("ts_ms, device_id, parameter")};
 CREATE TABLE IF NOT EXISTS inbox_state (
     one INTEGER PRIMARY KEY CHECK (one = 1),
-    active INTEGER NOT NULL CHECK (active IN (0, 1))  -- the inbox ingest appends to
+    active INTEGER NOT NULL CHECK (active IN (0, 1)),  -- the inbox ingest appends to
+    -- The newest sensor time that has left an inbox for the readings file (NULL: not known).
+    -- A newer reading cannot be there, so ingest skips looking: most readings are the newest.
+    moved_ts_ms INTEGER
 );
 INSERT OR IGNORE INTO inbox_state (one, active) VALUES (1, 0);
 -- Which devices have reported for a site: a site's readings are found through the primary key
@@ -276,6 +279,10 @@ class SqliteStore(SqliteDatabase):
         super().__init__(path, SCHEMA, busy_timeout_ms)
         attach_readonly(self._writer, self._cold.path, "cold")  # for the duplicate checks
         self._move_legacy_readings()
+        if self._writer.execute("SELECT moved_ts_ms IS NULL FROM inbox_state").fetchone()[0]:
+            # A new main file beside a readings file that has readings (one scan, if any).
+            with self._tx() as conn:
+                self._note_moved(conn, ["cold.readings", "cold.readings_recent"])
         self.inbox_max_rows = inbox_max_rows
         self.recent_max_rows = recent_max_rows
         self.compact_rows = compact_rows
@@ -310,6 +317,7 @@ class SqliteStore(SqliteDatabase):
                     f" SELECT {_READING_COLS} FROM hot.{table}"
                 )
         with self._tx() as conn:
+            self._note_moved(conn, legacy)
             conn.execute("DROP VIEW IF EXISTS readings_all")
             for table in legacy:
                 conn.execute(f"DROP TABLE {table}")
@@ -346,18 +354,21 @@ class SqliteStore(SqliteDatabase):
         try:
             with self._tx() as conn:
                 before = conn.total_changes
-                active = self._active_inbox(conn)
+                active, moved_ts = conn.execute(
+                    "SELECT active, moved_ts_ms FROM inbox_state"
+                ).fetchone()
                 # A reading in the other inbox or already moved on is a duplicate too.
                 conn.executemany(
                     f"INSERT OR IGNORE INTO {INBOXES[active]} ({_READING_COLS})"
                     " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE NOT EXISTS (SELECT 1 FROM"
                     f" {INBOXES[1 - active]} WHERE device_id = ?1 AND parameter = ?2 AND"
-                    " ts_ms = ?3) AND NOT EXISTS (SELECT 1 FROM cold.readings_recent WHERE"
-                    " device_id = ?1 AND parameter = ?2 AND ts_ms = ?3) AND NOT EXISTS (SELECT 1"
-                    " FROM cold.readings WHERE device_id = ?1 AND parameter = ?2 AND ts_ms = ?3)",
+                    " ts_ms = ?3) AND (?3 > ?9 OR NOT EXISTS (SELECT 1 FROM cold.readings_recent"
+                    " WHERE device_id = ?1 AND parameter = ?2 AND ts_ms = ?3) AND NOT EXISTS"
+                    " (SELECT 1 FROM cold.readings WHERE device_id = ?1 AND parameter = ?2 AND"
+                    " ts_ms = ?3))",
                     [
                         (r.device_id, r.parameter, r.ts_ms, r.value, r.flag, r.recv_ms, r.seq,
-                         r.site_id)
+                         r.site_id, moved_ts)
                         for r in readings
                     ],
                 )  # fmt: skip
@@ -447,6 +458,16 @@ class SqliteStore(SqliteDatabase):
         return conn.execute("SELECT active FROM inbox_state").fetchone()[0]
 
     @staticmethod
+    def _note_moved(conn: sqlite3.Connection, tables: Sequence[str]) -> None:
+        """Raise `moved_ts_ms` to the newest sensor time in `tables`, in the transaction that
+        removes their readings from the main file."""
+        newest = " UNION ALL ".join(f"SELECT max(ts_ms) AS ts FROM {t}" for t in tables)
+        conn.execute(
+            "UPDATE inbox_state SET moved_ts_ms = max(ifnull(moved_ts_ms, ts), ts)"
+            f" FROM (SELECT max(ts) AS ts FROM ({newest})) WHERE ts IS NOT NULL"
+        )
+
+    @staticmethod
     def _first_recent_device(conn: sqlite3.Connection, at_or_after: str) -> str | None:
         return conn.execute(
             "SELECT min(device_id) FROM readings_recent WHERE device_id >= ?", (at_or_after,)
@@ -486,6 +507,7 @@ class SqliteStore(SqliteDatabase):
                 " ORDER BY device_id, parameter, ts_ms"
             )
         with self._tx() as conn:
+            self._note_moved(conn, [INBOXES[inbox]])
             moved = conn.execute(f"DELETE FROM {INBOXES[inbox]}").rowcount
         self._inbox_rows = max(0, self._inbox_rows - moved)
         self._recent_rows += moved

@@ -174,6 +174,28 @@ def test_ingest_and_alerts_do_not_wait_for_the_readings_file(tmp_path: Path) -> 
     store.close()
 
 
+def test_a_new_main_file_beside_a_readings_file_still_refuses_what_it_holds(
+    tmp_path: Path,
+) -> None:
+    """Ingest looks for duplicates in the readings file only below the newest sensor time moved
+    there, noted in the main file: a main file started afresh learns it from the readings."""
+    path = tmp_path / "landun.db"
+    store = SqliteStore(path)
+    for minute in range(10):
+        store.write_batch(_batch(minute))
+    store.compact(max_rows=0)
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    store = SqliteStore(path)
+    assert store.write_batch(_batch(-5)) == 18  # older than all: moving it must not lower
+    assert store.flush_inbox() == 18  # what the main file knows was moved
+    assert store.write_batch(_batch(9)) == 0
+    assert store.write_batch(_batch(10)) == 18
+    assert _counts(path) == (18, 18, 180)
+    store.close()
+
+
 LEGACY_TABLE = """(device_id TEXT NOT NULL, parameter TEXT NOT NULL, ts_ms INTEGER NOT NULL,
     value REAL NOT NULL, flag TEXT NOT NULL, recv_ms INTEGER NOT NULL, seq INTEGER,
     site_id TEXT NOT NULL, PRIMARY KEY ({})) WITHOUT ROWID"""
