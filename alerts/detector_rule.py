@@ -112,14 +112,17 @@ class DetectorRule:
         self.event_settings = settings.event_profile(event_profile)
         self._series = tuple(settings.series)
         self._columns = {p: j for j, p in enumerate(self._series)}
-        self._devices = _Devices(len(self._series))
+        # A row for every registered device from the start: growing a bank copies its arrays,
+        # and the copy makes every row it writes resident. Rows never written cost no memory.
+        rows = max(64, len(registry.devices))
+        self._devices = _Devices(len(self._series), rows)
         self._banks: list[SeriesBank | None] = [None] * len(self._series)  # per column
         params = self.event_settings.parameters
-        self._events = EventBank(params, self.event_settings)
+        self._events = EventBank(params, self.event_settings, rows)
         self._event_columns = np.array([self._columns.get(p, -1) for p in params], dtype=np.int64)
-        self._consistency = InconsistencyBank(settings.inconsistency)
-        self._replay = ReplayBank(settings.replay)
-        self._gaps = GapBank(settings.gaps)
+        self._consistency = InconsistencyBank(settings.inconsistency, rows)
+        self._replay = ReplayBank(settings.replay, rows)
+        self._gaps = GapBank(settings.gaps, rows)
         # (device, kind, parameter) of the alerts this rule has raised and not yet cleared: an
         # inactive decision needs the engine only for these (most readings need nothing).
         self._raised: set[tuple[str, str, str | None]] = set()
@@ -200,9 +203,7 @@ class DetectorRule:
             bank = self._banks[j]
             if bank is None:
                 series = self.settings.for_parameter(parameter)
-                # Sized for the devices seen so far: growing a bank copies all its buffers.
-                capacity = max(64, len(self._devices.ids))
-                bank = self._banks[j] = SeriesBank(parameter, series, capacity)
+                bank = self._banks[j] = SeriesBank(parameter, series, self._devices.capacity)
             out = bank.update(self._bank_rows(bank, j, b.device[idx]), b.ts[idx], b.value[idx])
             # Only readings with an active detector, or whose series has an alert open, need a
             # decision; the rest are judged and done.

@@ -35,6 +35,7 @@ from alerts.detectors.flatline import MS_PER_MIN
 from alerts.detectors.plausibility import MIN_RATE_DT_MS
 from alerts.detectors.settings import SeriesSettings
 from alerts.detectors.shift import CUSUM_CAP, baseline_anchor
+from alerts.detectors.stacked import grown
 
 # Up to this many windows, np.median row by row beats the fixed cost of the vectorised search
 # (a series flushing its offline buffer is judged one reading per round).
@@ -98,11 +99,8 @@ class _Lanes:
         self.end = np.full(capacity, keep, dtype=np.int64)  # index after each row's newest value
 
     def grow(self, capacity: int) -> None:
-        data = np.zeros((capacity, self.width), dtype=self.data.dtype)
-        data[: len(self.data)] = self.data
-        end = np.full(capacity, self.keep, dtype=np.int64)
-        end[: len(self.end)] = self.end
-        self.data, self.end = data, end
+        self.data = grown(self.data, capacity, 0)
+        self.end = grown(self.end, capacity, self.keep)
 
     def push(self, rows: np.ndarray, values: np.ndarray) -> None:
         """Append one value to each of `rows` (distinct)."""
@@ -259,24 +257,17 @@ class SeriesBank:
         return r
 
     def _grow(self, capacity: int) -> None:
-        old = self.capacity
-
-        def grown(a: np.ndarray, fill: float) -> np.ndarray:
-            out = np.full(capacity, fill, dtype=a.dtype)
-            out[:old] = a
-            return out
-
-        self.imp_ts = grown(self.imp_ts, -1)
-        self.imp_value = grown(self.imp_value, np.nan)
-        self.stuck_value = grown(self.stuck_value, np.nan)
-        self.stuck_start = grown(self.stuck_start, 0)
-        self.stuck_count = grown(self.stuck_count, 0)
-        self.pushed = grown(self.pushed, 0)
-        self.s_pos = grown(self.s_pos, 0.0)
-        self.s_neg = grown(self.s_neg, 0.0)
-        self.drift_anchor = grown(self.drift_anchor, -1)
-        self.drift_med = grown(self.drift_med, np.nan)
-        self.drift_scale = grown(self.drift_scale, np.nan)
+        self.imp_ts = grown(self.imp_ts, capacity, -1)
+        self.imp_value = grown(self.imp_value, capacity, np.nan)
+        self.stuck_value = grown(self.stuck_value, capacity, np.nan)
+        self.stuck_start = grown(self.stuck_start, capacity, 0)
+        self.stuck_count = grown(self.stuck_count, capacity, 0)
+        self.pushed = grown(self.pushed, capacity, 0)
+        self.s_pos = grown(self.s_pos, capacity, 0.0)
+        self.s_neg = grown(self.s_neg, capacity, 0.0)
+        self.drift_anchor = grown(self.drift_anchor, capacity, -1)
+        self.drift_med = grown(self.drift_med, capacity, np.nan)
+        self.drift_scale = grown(self.drift_scale, capacity, np.nan)
         for lanes in (self.spike_values, self.spike_times, self.shift_values):
             lanes.grow(capacity)
         self.capacity = capacity

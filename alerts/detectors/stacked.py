@@ -6,9 +6,13 @@ import numpy as np
 
 
 def grown(a: np.ndarray, capacity: int, fill: float | int | bool) -> np.ndarray:
-    """`a` with `capacity` rows: the old rows first, new rows filled with `fill`."""
-    out = np.full((capacity, *a.shape[1:]), fill, dtype=a.dtype)
+    """`a` with `capacity` rows: the old rows first, new rows filled with `fill`. Zero-filled
+    rows are left to the allocator's zeroed pages, so they use no memory until written (a
+    `np.full` of a ring bank wrote, and so kept resident, every page of its spare rows)."""
+    out = np.zeros((capacity, *a.shape[1:]), dtype=a.dtype)
     out[: len(a)] = a
+    if fill:
+        out[len(a) :] = fill
     return out
 
 
