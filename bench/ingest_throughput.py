@@ -325,8 +325,9 @@ class AlertWatcher:
         return sorted(self.arrived[d] - t for d, t in sent_at.items() if d in self.arrived)
 
 
-def decision_latencies(db: Path, sent_at: dict[str, int]) -> list[int]:
-    """Publish to the engine's decision (the alert's `opened_ms`, taken before it is written)."""
+def decision_latencies(db: Path, sent_at: dict[str, int]) -> tuple[list[int], list[int]]:
+    """Publish to the engine's decision (the alert's `opened_ms`, taken before it is written),
+    and the part of it inside Landun: the trigger reading's receive time to the decision."""
     conn = connect_readonly(db)
     opened = dict(
         conn.execute(
@@ -334,8 +335,20 @@ def decision_latencies(db: Path, sent_at: dict[str, int]) -> list[int]:
             " WHERE rule_id = 'range:free_chlorine' GROUP BY device_id"
         ).fetchall()
     )
+    received = {
+        d: conn.execute(
+            "SELECT recv_ms FROM readings_all WHERE device_id = ? AND parameter = 'free_chlorine'"
+            " ORDER BY ts_ms DESC LIMIT 1",  # the trigger is each device's newest reading
+            (d,),
+        ).fetchone()[0]
+        for d in sent_at
+        if d in opened
+    }
     conn.close()
-    return sorted(opened[d] - t for d, t in sent_at.items() if d in opened)
+    return (
+        sorted(opened[d] - t for d, t in sent_at.items() if d in opened),
+        sorted(opened[d] - r for d, r in received.items()),
+    )
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -356,15 +369,16 @@ def steady_phase(
     with RssSampler(pid) as rss_steady:
         sent, published = steady_load(port, devices, args.rate, args.seconds, args.triggers, rng)
         lat = watcher.latencies(sent)
-    decided = decision_latencies(db, sent)
+    decided, inside = decision_latencies(db, sent)
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
     samples = rss_steady.samples
     print(
         f"steady load {args.rate} msgs/s for {args.seconds:g} s: alert latency (publish to alert"
         f" stored and announced) p50 {p50:.0f} ms, p99 {p99:.0f} ms over {len(lat)} alerts"
         f" (to the engine's decision: p50 {percentile(decided, 50):.0f} ms, p99"
-        f" {percentile(decided, 99):.0f} ms); RSS {samples[0]:.0f} -> {samples[-1]:.0f} MB over"
-        f" the load (max {max(samples):.0f})"
+        f" {percentile(decided, 99):.0f} ms, of which from receipt: p50"
+        f" {percentile(inside, 50):.0f} ms, p99 {percentile(inside, 99):.0f} ms);"
+        f" RSS {samples[0]:.0f} -> {samples[-1]:.0f} MB over the load (max {max(samples):.0f})"
     )
     return {
         "steady_rate": args.rate,
@@ -372,6 +386,7 @@ def steady_phase(
         "p50_alert_ms": p50,
         "p99_alert_ms": p99,
         "p99_alert_decided_ms": percentile(decided, 99),
+        "p99_alert_received_to_decided_ms": percentile(inside, 99),
         "steady_rss_mb_first_last": [round(samples[0], 1), round(samples[-1], 1)],
     }, published
 
