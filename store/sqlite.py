@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from domain.model import Alert, AlertFamily, AlertStatus, DeadLetter, Reading, Severity
@@ -28,6 +30,7 @@ from store.base import (
 from store.sqlite_db import SqliteDatabase, attach_readonly, readonly_uri
 
 log = logging.getLogger("landun.store")
+COMPACTION_NICE = 10  # added to the compaction thread's nice value (lower CPU priority)
 
 _READING_COLS = "device_id, parameter, ts_ms, value, flag, recv_ms, seq, site_id"
 _READING_COLUMNS = """
@@ -425,6 +428,11 @@ class SqliteStore(SqliteDatabase):
         self._compact_wanted.set()
 
     def _compact_loop(self) -> None:
+        if sys.platform == "linux":  # there, a thread's id names the thread alone
+            # Compaction is background work; ingest and alert evaluation come first. It holds
+            # only the readings file's write lock for long, which nothing on the hot path takes.
+            with suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COMPACTION_NICE)
         while True:
             self._compact_wanted.wait()
             self._compact_wanted.clear()
