@@ -80,9 +80,12 @@ CREATE TABLE IF NOT EXISTS readings_recent {_table("device_id, parameter, ts_ms"
 # attached one; the readings file is attached as `cold`). Readers and ingest take the main
 # file's snapshot first, then the readings file's (SQLite begins a statement's transactions in
 # schema order, attached files last): a row an inbox no longer holds is in the readings file.
+# A row can be in two trees for a while: copied but not yet emptied from its inbox, or copied
+# again after another process's compaction moved it on (until compaction meets it again).
 _READINGS_ALL = (
     f"CREATE TEMP VIEW readings_all AS SELECT {_READING_COLS} FROM cold.readings"
-    f" UNION ALL SELECT {_READING_COLS} FROM cold.readings_recent"
+    f" UNION ALL SELECT {_READING_COLS} FROM cold.readings_recent AS r"
+    f" WHERE NOT EXISTS (SELECT 1 FROM cold.readings WHERE {_SAME_KEY.format('r')})"
     + "".join(
         f" UNION ALL SELECT {_READING_COLS} FROM main.{inbox} AS i"
         f" WHERE NOT EXISTS (SELECT 1 FROM cold.readings_recent WHERE {_SAME_KEY.format('i')})"
@@ -111,6 +114,9 @@ CREATE TABLE IF NOT EXISTS {INBOXES[1]} {_table("ts_ms, device_id, parameter")};
 CREATE TABLE IF NOT EXISTS inbox_state (
     one INTEGER PRIMARY KEY CHECK (one = 1),
     active INTEGER NOT NULL CHECK (active IN (0, 1)),  -- the inbox ingest appends to
+    -- Counts switches. While it stays the same, the other inbox gets no new rows: a move
+    -- empties that inbox only if no other compactor emptied it and switched meanwhile.
+    generation INTEGER NOT NULL DEFAULT 0,
     -- The newest sensor time that has left an inbox for the readings file (NULL: not known).
     -- A newer reading cannot be there, so ingest skips looking: most readings are the newest.
     moved_ts_ms INTEGER
@@ -296,6 +302,7 @@ class SqliteStore(SqliteDatabase):
         # moving rows overlaps with decoding the next batch instead of delaying its acks.
         self._compact_wanted = threading.Event()
         self._compactor: threading.Thread | None = None
+        self._compacting = threading.RLock()  # one compaction at a time in this process
         self._closing = False
 
     def _setup_reader(self, conn: sqlite3.Connection) -> None:
@@ -332,12 +339,16 @@ class SqliteStore(SqliteDatabase):
         a snapshot of the main file, and the main file's checkpoints would wait for it."""
         conn = self._cold._writer
         with self._cold._lock:
-            attach_readonly(conn, self.path, "hot")
+            try:
+                attach_readonly(conn, self.path, "hot")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"sqlite: cannot attach {self.path}: {exc}") from exc
         try:
             with self._cold._tx() as cold:
                 yield cold
         finally:
-            with self._cold._lock:
+            with self._cold._lock, suppress(sqlite3.Error):
+                # If this fails, the next ATTACH fails too and says why.
                 conn.execute("DETACH DATABASE hot")
 
     # -- ingest -------------------------------------------------------------------------------
@@ -443,22 +454,26 @@ class SqliteStore(SqliteDatabase):
             except StoreUnavailable as exc:
                 # Nothing is lost: the rows wait in their inbox or in readings_recent.
                 log.warning("compaction postponed: %s", exc)
+            except Exception:
+                # Nor here; the thread must live on, or the inboxes would grow without bound.
+                log.exception("compaction failed; trying again at the next wake-up")
 
     def compact(self, max_rows: int | None = None) -> int:
         """Move the inbox into `readings_recent`, then compaction steps until it holds at most
         `max_rows` (default `recent_max_rows`; 0 moves everything); returns the rows moved into
         `readings`."""
         limit = self.recent_max_rows if max_rows is None else max_rows
-        self.flush_inbox()
-        # Counted once per run, not per step (a full scan of the tree): another process on the
-        # same files (workers on a shared subscription) may have compacted meanwhile.
-        self._recent_rows = self._count(self._cold._reader(), "readings_recent")
         moved = 0
-        while not self._closing:
-            step = self.compact_step(limit)
-            if not step:
-                break
-            moved += step
+        with self._compacting:
+            self.flush_inbox()
+            # Counted once per run, not per step (a full scan of the tree): another process on
+            # the same files (workers on a shared subscription) may have compacted meanwhile.
+            self._recent_rows = self._count(self._cold._reader(), "readings_recent")
+            while not self._closing:
+                step = self.compact_step(limit)
+                if not step:
+                    break
+                moved += step
         return moved
 
     @staticmethod
@@ -488,25 +503,31 @@ class SqliteStore(SqliteDatabase):
     def flush_inbox(self) -> int:
         """Move every inbox row into `readings_recent`; returns the rows."""
         moved = 0
-        for _ in INBOXES:  # the other inbox first if a move was cut short, then the active one
-            inbox, switched = self._switch_inbox()
-            moved += self._move_inbox(inbox)
-            if switched:
-                break
+        with self._compacting:
+            for _ in INBOXES:  # the other inbox first if a move was cut short, then the active one
+                inbox, switched, generation = self._switch_inbox()
+                self._copy_inbox(inbox)
+                moved += self._empty_inbox(inbox, generation)
+                if switched:
+                    break
         return moved
 
-    def _switch_inbox(self) -> tuple[int, bool]:
-        """Have ingest append to the other inbox if that one is empty; returns the inbox to move
-        and whether ingest switched away from it."""
+    def _switch_inbox(self) -> tuple[int, bool, int]:
+        """Have ingest append to the other inbox if that one is empty; returns the inbox to move,
+        whether ingest switched away from it, and the generation from which it gets no rows."""
         with self._tx() as conn:
-            active = self._active_inbox(conn)
+            active, generation = conn.execute(
+                "SELECT active, generation FROM inbox_state"
+            ).fetchone()
             if conn.execute(f"SELECT 1 FROM {INBOXES[1 - active]} LIMIT 1").fetchone():
-                return 1 - active, False
-            conn.execute("UPDATE inbox_state SET active = ?", (1 - active,))
-        return active, True
+                return 1 - active, False, generation
+            conn.execute(
+                "UPDATE inbox_state SET active = ?, generation = generation + 1", (1 - active,)
+            )
+        return active, True, generation + 1
 
-    def _move_inbox(self, inbox: int) -> int:
-        """Copy an inbox ingest no longer appends to into `readings_recent`, then empty it."""
+    def _copy_inbox(self, inbox: int) -> None:
+        """Copy an inbox ingest no longer appends to into `readings_recent`."""
         with self._attached_main() as cold:
             # In series order, so each page of `readings_recent` is visited once.
             cold.execute(
@@ -514,7 +535,13 @@ class SqliteStore(SqliteDatabase):
                 f" SELECT {_READING_COLS} FROM hot.{INBOXES[inbox]}"
                 " ORDER BY device_id, parameter, ts_ms"
             )
+
+    def _empty_inbox(self, inbox: int, generation: int) -> int:
+        """Empty an inbox once copied, unless it was switched to since `generation` (another
+        compactor emptied it then, and it may hold new rows now)."""
         with self._tx() as conn:
+            if conn.execute("SELECT generation FROM inbox_state").fetchone()[0] != generation:
+                return 0
             self._note_moved(conn, [INBOXES[inbox]])
             moved = conn.execute(f"DELETE FROM {INBOXES[inbox]}").rowcount
         self._inbox_rows = max(0, self._inbox_rows - moved)
@@ -527,7 +554,7 @@ class SqliteStore(SqliteDatabase):
         transaction of the readings file; returns the rows moved."""
         if self._recent_rows <= max_rows:
             return 0
-        with self._cold._tx() as conn:
+        with self._compacting, self._cold._tx() as conn:
             first = self._first_recent_device(conn, self._compact_from)
             if first is None:  # the sweep is past the last device: start again
                 first = self._first_recent_device(conn, "")

@@ -131,7 +131,7 @@ def test_a_move_cut_short_shows_each_reading_once_and_is_finished_later(tmp_path
     for minute in range(10):
         store.write_batch(_batch(minute))
     before = _everything(store)
-    inbox, switched = store._switch_inbox()
+    inbox, switched, _ = store._switch_inbox()
     assert switched
     with sqlite3.connect(readings_path(path)) as cold:  # the copy, without the emptying
         cold.execute("ATTACH DATABASE ? AS hot", (str(path),))
@@ -146,6 +146,41 @@ def test_a_move_cut_short_shows_each_reading_once_and_is_finished_later(tmp_path
     assert _counts(path) == (0, 198, 0)
     assert len(store.query_readings(ReadingQuery(device_id="dev-3", limit=10_000))) == 33
     store.close()
+
+
+def test_two_compactors_interleaved_lose_nothing_and_count_nothing_twice(tmp_path: Path) -> None:
+    """Workers on a shared subscription each compact the same files. One copies an inbox and is
+    held up before emptying it; the other moves that inbox, compacts, and switches ingest back
+    to it. The first one's late emptying must not take the new rows with it, and its late copy
+    of rows already compacted must not show twice."""
+    path = tmp_path / "landun.db"
+    a, b = SqliteStore(path), SqliteStore(path)
+    for minute in range(10):
+        a.write_batch(_batch(minute))
+    inbox, switched, generation = a._switch_inbox()
+    assert switched
+    a._copy_inbox(inbox)
+    assert b.compact(max_rows=0) == 180  # moved the copied inbox on, and switched back to it
+    a._copy_inbox(inbox)  # empty now: nothing to copy
+    assert b.write_batch(_batch(10)) == 18  # into the inbox `a` still means to empty
+    assert a._empty_inbox(inbox, generation) == 0
+    assert _counts(path) == (18, 0, 180)
+    before = _everything(a)
+    # `a` copies its inbox again (as after a crash between copy and emptying) once a third
+    # worker has compacted the first copy: rows in both trees, shown once.
+    inbox, switched, generation = a._switch_inbox()
+    a._copy_inbox(inbox)
+    c = SqliteStore(path)
+    assert c.compact_step(max_rows=0) == 18
+    c.close()
+    a._copy_inbox(inbox)
+    assert _counts(path) == (18, 18, 198)
+    assert _everything(a) == _everything(b) == before
+    assert a.write_batch(_batch(10)) == 0
+    a.compact(max_rows=0)  # the second copy meets its twin in `readings` and goes
+    assert _counts(path) == (0, 0, 198) and _everything(a) == before
+    a.close()
+    b.close()
 
 
 def test_ingest_and_alerts_do_not_wait_for_the_readings_file(tmp_path: Path) -> None:
