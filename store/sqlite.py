@@ -94,6 +94,18 @@ _READINGS_ALL = (
     )
 )
 
+# Ingest's insert into each inbox (?1-?8: the reading, ?9: `moved_ts_ms`). A reading in the other
+# inbox, or already moved on, is a duplicate too; only one not newer than `moved_ts_ms` can be
+# in the readings file.
+_KEY_IS_READING = "device_id = ?1 AND parameter = ?2 AND ts_ms = ?3"
+_INSERT_INTO_INBOX = tuple(
+    f"INSERT OR IGNORE INTO {inbox} ({_READING_COLS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8"
+    f" WHERE NOT EXISTS (SELECT 1 FROM {other} WHERE {_KEY_IS_READING}) AND (?3 > ?9 OR"
+    f" NOT EXISTS (SELECT 1 FROM cold.readings_recent WHERE {_KEY_IS_READING})"
+    f" AND NOT EXISTS (SELECT 1 FROM cold.readings WHERE {_KEY_IS_READING}))"
+    for inbox, other in (INBOXES, INBOXES[::-1])
+)
+
 
 def _add_readings_view(conn: sqlite3.Connection, path: Path) -> None:
     attach_readonly(conn, readings_path(path), "cold")
@@ -371,15 +383,8 @@ class SqliteStore(SqliteDatabase):
                 active, moved_ts = conn.execute(
                     "SELECT active, moved_ts_ms FROM inbox_state"
                 ).fetchone()
-                # A reading in the other inbox or already moved on is a duplicate too.
                 conn.executemany(
-                    f"INSERT OR IGNORE INTO {INBOXES[active]} ({_READING_COLS})"
-                    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE NOT EXISTS (SELECT 1 FROM"
-                    f" {INBOXES[1 - active]} WHERE device_id = ?1 AND parameter = ?2 AND"
-                    " ts_ms = ?3) AND (?3 > ?9 OR NOT EXISTS (SELECT 1 FROM cold.readings_recent"
-                    " WHERE device_id = ?1 AND parameter = ?2 AND ts_ms = ?3) AND NOT EXISTS"
-                    " (SELECT 1 FROM cold.readings WHERE device_id = ?1 AND parameter = ?2 AND"
-                    " ts_ms = ?3))",
+                    _INSERT_INTO_INBOX[active],
                     [
                         (r.device_id, r.parameter, r.ts_ms, r.value, r.flag, r.recv_ms, r.seq,
                          r.site_id, moved_ts)
@@ -475,10 +480,6 @@ class SqliteStore(SqliteDatabase):
                     break
                 moved += step
         return moved
-
-    @staticmethod
-    def _active_inbox(conn: sqlite3.Connection) -> int:
-        return conn.execute("SELECT active FROM inbox_state").fetchone()[0]
 
     @staticmethod
     def _note_moved(conn: sqlite3.Connection, tables: Sequence[str]) -> None:
