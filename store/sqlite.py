@@ -45,6 +45,7 @@ _READING_COLUMNS = """
 _SAME_KEY = "device_id = {0}.device_id AND parameter = {0}.parameter AND ts_ms = {0}.ts_ms"
 INBOXES = ("readings_inbox0", "readings_inbox1")
 LEGACY_TABLES = ("readings_inbox", "readings_recent", "readings")  # in the main file until 2026-11
+LEGACY_COLD_TABLES = ("readings_recent",)  # in the readings file until 2026-11
 
 
 def _table(key: str) -> str:
@@ -63,10 +64,11 @@ def readings_path(path: Path) -> Path:
 # pass through three trees, newest first:
 # - an inbox in the main file, keyed by time: a commit of the newest readings fills a few pages.
 #   There are two: ingest appends to the active one while the other is being moved on.
-# - `readings_recent`, keyed by series: an inbox moves in, sorted, once it holds
-#   `inbox_max_rows`: its pages are rewritten once per move, not once per commit.
-# - `readings`: compaction moves the recent rows over a few devices at a time, each series
-#   bringing many rows to its page at once.
+# - `readings_runs`, keyed by run, then series: an inbox moves in, sorted, as one new run once it
+#   holds `inbox_max_rows`. A run's key range is new: a move appends pages, whatever the size of
+#   the tree. Queries look up a series in each live run (listed in `runs`, with their row counts).
+# - `readings`: compaction moves the runs' rows over a few devices at a time, each series
+#   bringing the rows of every run to its page at once.
 # The last two live in their own file (`readings_path`). SQLite has one writer per file: moves
 # and compaction hold that file's write lock for up to a few hundred milliseconds, and ingest
 # commits and alert writes, in the main file, no longer wait behind them. A move copies an inbox
@@ -74,21 +76,36 @@ def readings_path(path: Path) -> Path:
 # between its rows are in both, and `readings_all` shows them once.
 READINGS_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS readings {_table("device_id, parameter, ts_ms")};
-CREATE TABLE IF NOT EXISTS readings_recent {_table("device_id, parameter, ts_ms")};
+CREATE TABLE IF NOT EXISTS readings_runs (
+    run INTEGER NOT NULL,            -- the inbox generation it was moved at
+    {_READING_COLUMNS}
+    PRIMARY KEY (run, device_id, parameter, ts_ms)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (
+    run INTEGER PRIMARY KEY,
+    rows INTEGER NOT NULL,           -- rows of the run still in `readings_runs`
+    min_ts_ms INTEGER NOT NULL,      -- the sensor times of the rows it ever held
+    max_ts_ms INTEGER NOT NULL
+);
 """
+# A series' rows in the runs: one index lookup per live run.
+_IN_RUNS = "run IN (SELECT run FROM {0}runs)"
 # What queries read, on every reader connection (a view in the main file cannot name an
 # attached one; the readings file is attached as `cold`). Readers and ingest take the main
 # file's snapshot first, then the readings file's (SQLite begins a statement's transactions in
 # schema order, attached files last): a row an inbox no longer holds is in the readings file.
 # A row can be in two trees for a while: copied but not yet emptied from its inbox, or copied
 # again after another process's compaction moved it on (until compaction meets it again).
+_IN_COLD_RUNS = _IN_RUNS.format("cold.")
+_IN_OWN_RUNS = _IN_RUNS.format("")  # in the readings file's own connection
 _READINGS_ALL = (
     f"CREATE TEMP VIEW readings_all AS SELECT {_READING_COLS} FROM cold.readings"
-    f" UNION ALL SELECT {_READING_COLS} FROM cold.readings_recent AS r"
-    f" WHERE NOT EXISTS (SELECT 1 FROM cold.readings WHERE {_SAME_KEY.format('r')})"
+    f" UNION ALL SELECT {_READING_COLS} FROM cold.readings_runs AS r WHERE {_IN_COLD_RUNS}"
+    f" AND NOT EXISTS (SELECT 1 FROM cold.readings WHERE {_SAME_KEY.format('r')})"
     + "".join(
         f" UNION ALL SELECT {_READING_COLS} FROM main.{inbox} AS i"
-        f" WHERE NOT EXISTS (SELECT 1 FROM cold.readings_recent WHERE {_SAME_KEY.format('i')})"
+        f" WHERE NOT EXISTS (SELECT 1 FROM cold.readings_runs"
+        f" WHERE {_IN_COLD_RUNS} AND {_SAME_KEY.format('i')})"
         f" AND NOT EXISTS (SELECT 1 FROM cold.readings WHERE {_SAME_KEY.format('i')})"
         for inbox in INBOXES
     )
@@ -101,10 +118,25 @@ _KEY_IS_READING = "device_id = ?1 AND parameter = ?2 AND ts_ms = ?3"
 _INSERT_INTO_INBOX = tuple(
     f"INSERT OR IGNORE INTO {inbox} ({_READING_COLS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8"
     f" WHERE NOT EXISTS (SELECT 1 FROM {other} WHERE {_KEY_IS_READING}) AND (?3 > ?9 OR"
-    f" NOT EXISTS (SELECT 1 FROM cold.readings_recent WHERE {_KEY_IS_READING})"
+    " NOT EXISTS (SELECT 1 FROM cold.readings_runs WHERE run IN (SELECT run FROM cold.runs"
+    f" WHERE ?3 BETWEEN min_ts_ms AND max_ts_ms) AND {_KEY_IS_READING})"
     f" AND NOT EXISTS (SELECT 1 FROM cold.readings WHERE {_KEY_IS_READING}))"
     for inbox, other in (INBOXES, INBOXES[::-1])
 )
+
+
+def _tables_among(conn: sqlite3.Connection, names: Sequence[str]) -> list[str]:
+    """Which of `names` are tables of the connection's main file."""
+    rows = conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")
+    return [t for (t,) in rows if t in names]
+
+
+def _first_device_in_runs(conn: sqlite3.Connection, at_or_after: str) -> str | None:
+    return conn.execute(
+        "SELECT min((SELECT device_id FROM readings_runs WHERE run = runs.run AND device_id >= ?"
+        " ORDER BY device_id LIMIT 1)) FROM runs",
+        (at_or_after,),
+    ).fetchone()[0]
 
 
 def _add_readings_view(conn: sqlite3.Connection, path: Path) -> None:
@@ -282,18 +314,17 @@ def _alert_values(a: Alert) -> tuple:
 
 
 class SqliteStore(SqliteDatabase):
-    """`inbox_max_rows` bounds an inbox (more rows per move rewrite fewer pages of
-    `readings_recent` per reading; every query scans the inbox). `recent_max_rows` bounds
-    `readings_recent` (the more rows a series gathers there, the fewer pages compaction rewrites
-    per reading; the tree must stay small enough to be cheap to move into); `compact_rows` is
+    """`inbox_max_rows` bounds an inbox (every query scans the inboxes; each move is one more
+    run). `recent_max_rows` bounds the rows in runs (the more rows a series gathers there, the
+    fewer pages compaction rewrites per reading; a query looks in every run); `compact_rows` is
     about how many rows one compaction step moves."""
 
     def __init__(
         self,
         path: Path | str,
         busy_timeout_ms: int = 5000,
-        recent_max_rows: int = 200_000,
-        compact_rows: int = 20_000,
+        recent_max_rows: int = 1_000_000,
+        compact_rows: int = 50_000,
         inbox_max_rows: int = 25_000,
     ) -> None:
         self._cold = SqliteDatabase(readings_path(Path(path)), READINGS_SCHEMA, busy_timeout_ms)
@@ -303,12 +334,11 @@ class SqliteStore(SqliteDatabase):
         if self._writer.execute("SELECT moved_ts_ms IS NULL FROM inbox_state").fetchone()[0]:
             # A new main file beside a readings file that has readings (one scan, if any).
             with self._tx() as conn:
-                self._note_moved(conn, ["cold.readings", "cold.readings_recent"])
+                self._note_moved(conn, ["cold.readings", "cold.readings_runs"])
         self.inbox_max_rows = inbox_max_rows
         self.recent_max_rows = recent_max_rows
         self.compact_rows = compact_rows
         self._inbox_rows = sum(self._count(self._writer, t) for t in INBOXES)
-        self._recent_rows = self._count(self._cold._writer, "readings_recent")
         self._compact_from = ""  # compaction sweeps the devices in key order, then wraps
         # Compaction runs on its own thread: sqlite3 releases the GIL while a statement runs, so
         # moving rows overlaps with decoding the next batch instead of delaying its acks.
@@ -321,28 +351,28 @@ class SqliteStore(SqliteDatabase):
         _add_readings_view(conn, self.path)
 
     def _move_legacy_readings(self) -> None:
-        """A database from before the readings file holds its readings in the main file: they
-        move over once, on open (copied, then dropped: a crash in between only copies again)."""
-        legacy = [
-            t
-            for (t,) in self._writer.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            if t in LEGACY_TABLES
-        ]
-        if not legacy:
+        """Databases from earlier releases hold readings in tables this one no longer has, in
+        the main file or the readings file: they move into `readings` once, on open (copied,
+        then dropped: a crash in between only copies again)."""
+        legacy = _tables_among(self._writer, LEGACY_TABLES)
+        legacy_cold = _tables_among(self._cold._writer, LEGACY_COLD_TABLES)
+        if not legacy and not legacy_cold:
             return
-        log.warning("moving the readings in %s to %s (once)", self.path, self._cold.path)
+        log.warning("moving the readings of %s into %s (once)", self.path, self._cold.path)
         with self._attached_main() as cold:
-            for table in legacy:
-                target = "readings" if table == "readings" else "readings_recent"
+            for table in [f"hot.{t}" for t in legacy] + legacy_cold:
                 cold.execute(
-                    f"INSERT OR IGNORE INTO {target} ({_READING_COLS})"
-                    f" SELECT {_READING_COLS} FROM hot.{table}"
+                    f"INSERT OR IGNORE INTO readings ({_READING_COLS})"
+                    f" SELECT {_READING_COLS} FROM {table}"
                 )
-        with self._tx() as conn:
-            self._note_moved(conn, legacy)
-            conn.execute("DROP VIEW IF EXISTS readings_all")
-            for table in legacy:
-                conn.execute(f"DROP TABLE {table}")
+            for table in legacy_cold:
+                cold.execute(f"DROP TABLE {table}")
+        if legacy:
+            with self._tx() as conn:
+                self._note_moved(conn, legacy)
+                conn.execute("DROP VIEW IF EXISTS readings_all")
+                for table in legacy:
+                    conn.execute(f"DROP TABLE {table}")
 
     @contextmanager
     def _attached_main(self) -> Iterator[sqlite3.Connection]:
@@ -457,23 +487,20 @@ class SqliteStore(SqliteDatabase):
             try:
                 self.compact()
             except StoreUnavailable as exc:
-                # Nothing is lost: the rows wait in their inbox or in readings_recent.
+                # Nothing is lost: the rows wait in their inbox or in a run.
                 log.warning("compaction postponed: %s", exc)
             except Exception:
                 # Nor here; the thread must live on, or the inboxes would grow without bound.
                 log.exception("compaction failed; trying again at the next wake-up")
 
     def compact(self, max_rows: int | None = None) -> int:
-        """Move the inbox into `readings_recent`, then compaction steps until it holds at most
+        """Move the inboxes into runs, then compaction steps until the runs hold at most
         `max_rows` (default `recent_max_rows`; 0 moves everything); returns the rows moved into
         `readings`."""
         limit = self.recent_max_rows if max_rows is None else max_rows
         moved = 0
         with self._compacting:
             self.flush_inbox()
-            # Counted once per run, not per step (a full scan of the tree): another process on
-            # the same files (workers on a shared subscription) may have compacted meanwhile.
-            self._recent_rows = self._count(self._cold._reader(), "readings_recent")
             while not self._closing:
                 step = self.compact_step(limit)
                 if not step:
@@ -492,22 +519,16 @@ class SqliteStore(SqliteDatabase):
         )
 
     @staticmethod
-    def _first_recent_device(conn: sqlite3.Connection, at_or_after: str) -> str | None:
-        return conn.execute(
-            "SELECT min(device_id) FROM readings_recent WHERE device_id >= ?", (at_or_after,)
-        ).fetchone()[0]
-
-    @staticmethod
     def _count(conn: sqlite3.Connection, table: str) -> int:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
     def flush_inbox(self) -> int:
-        """Move every inbox row into `readings_recent`; returns the rows."""
+        """Move every inbox row into runs; returns the rows."""
         moved = 0
         with self._compacting:
             for _ in INBOXES:  # the other inbox first if a move was cut short, then the active one
                 inbox, switched, generation = self._switch_inbox()
-                self._copy_inbox(inbox)
+                self._copy_inbox(inbox, generation)
                 moved += self._empty_inbox(inbox, generation)
                 if switched:
                     break
@@ -527,15 +548,29 @@ class SqliteStore(SqliteDatabase):
             )
         return active, True, generation + 1
 
-    def _copy_inbox(self, inbox: int) -> None:
-        """Copy an inbox ingest no longer appends to into `readings_recent`."""
+    def _copy_inbox(self, inbox: int, generation: int) -> None:
+        """Copy an inbox ingest no longer appends to into run `generation`, unless ingest was
+        switched back to it since (another compactor moved it on; its new rows are for a later
+        run). A second copy of the same rows (after a crash, or by another process) adds only
+        what compaction has moved on since, shown once by `readings_all`."""
         with self._attached_main() as cold:
-            # In series order, so each page of `readings_recent` is visited once.
-            cold.execute(
-                f"INSERT OR IGNORE INTO readings_recent ({_READING_COLS})"
-                f" SELECT {_READING_COLS} FROM hot.{INBOXES[inbox]}"
-                " ORDER BY device_id, parameter, ts_ms"
-            )
+            # In series order: the run's pages are filled one after the other.
+            copied = cold.execute(
+                f"INSERT OR IGNORE INTO readings_runs (run, {_READING_COLS})"
+                f" SELECT ?1, {_READING_COLS} FROM hot.{INBOXES[inbox]}"
+                " WHERE (SELECT generation FROM hot.inbox_state) = ?1"
+                " ORDER BY device_id, parameter, ts_ms",
+                (generation,),
+            ).rowcount
+            if copied > 0:
+                cold.execute(
+                    "INSERT INTO runs (run, rows, min_ts_ms, max_ts_ms)"
+                    f" SELECT ?, ?, min(ts_ms), max(ts_ms) FROM hot.{INBOXES[inbox]} WHERE true"
+                    " ON CONFLICT (run) DO UPDATE SET rows = rows + excluded.rows,"
+                    " min_ts_ms = min(min_ts_ms, excluded.min_ts_ms),"
+                    " max_ts_ms = max(max_ts_ms, excluded.max_ts_ms)",
+                    (generation, copied),
+                )
 
     def _empty_inbox(self, inbox: int, generation: int) -> int:
         """Empty an inbox once copied, unless it was switched to since `generation` (another
@@ -546,39 +581,60 @@ class SqliteStore(SqliteDatabase):
             self._note_moved(conn, [INBOXES[inbox]])
             moved = conn.execute(f"DELETE FROM {INBOXES[inbox]}").rowcount
         self._inbox_rows = max(0, self._inbox_rows - moved)
-        self._recent_rows += moved
         return moved
 
     def compact_step(self, max_rows: int) -> int:
-        """If `readings_recent` holds more than `max_rows`, move the recent readings of the next
-        devices in key order (about `compact_rows` rows, whole devices) into `readings`, in one
+        """If the runs hold more than `max_rows`, move the rows of the next devices in key order
+        (about `compact_rows` rows, whole devices) from every run into `readings`, in one
         transaction of the readings file; returns the rows moved."""
-        if self._recent_rows <= max_rows:
-            return 0
         with self._compacting, self._cold._tx() as conn:
-            first = self._first_recent_device(conn, self._compact_from)
-            if first is None:  # the sweep is past the last device: start again
-                first = self._first_recent_device(conn, "")
-            row = conn.execute(
-                "SELECT device_id FROM readings_recent WHERE device_id >= ?"
-                " ORDER BY device_id, parameter, ts_ms LIMIT 1 OFFSET ?",
-                (first, self.compact_rows),
-            ).fetchone()
-            if row is None:  # the rest of the sweep: up to the last device, then wrap
-                where, args, self._compact_from = "device_id >= ?", (first,), ""
-            elif row[0] == first:  # one device holds more than a step: move it alone
-                where, args, self._compact_from = "device_id = ?", (first,), first + "\0"
-            else:
-                where, args = "device_id >= ? AND device_id < ?", (first, row[0])
-                self._compact_from = row[0]
+            (total,) = conn.execute("SELECT ifnull(sum(rows), 0) FROM runs").fetchone()
+            if total <= max_rows:
+                return 0
+            where, args = self._next_devices(conn, total)
+            moved_by_run = conn.execute(
+                f"SELECT run, count(*) FROM readings_runs WHERE {_IN_OWN_RUNS}"
+                f" AND {where} GROUP BY run",
+                args,
+            ).fetchall()
             conn.execute(
                 f"INSERT OR IGNORE INTO readings ({_READING_COLS})"
-                f" SELECT {_READING_COLS} FROM readings_recent WHERE {where}",
+                f" SELECT {_READING_COLS} FROM readings_runs WHERE {_IN_OWN_RUNS}"
+                f" AND {where} ORDER BY device_id, parameter, ts_ms",
                 args,
             )
-            moved = conn.execute(f"DELETE FROM readings_recent WHERE {where}", args).rowcount
-        self._recent_rows -= moved
-        return moved
+            conn.execute(f"DELETE FROM readings_runs WHERE {_IN_OWN_RUNS} AND {where}", args)
+            conn.executemany(
+                "UPDATE runs SET rows = rows - ? WHERE run = ?", [(n, r) for r, n in moved_by_run]
+            )
+            # Emptiness, not the count, decides: a run listed is a run queries look in.
+            conn.execute(
+                "DELETE FROM runs WHERE NOT EXISTS"
+                " (SELECT 1 FROM readings_runs WHERE run = runs.run)"
+            )
+        return sum(n for _, n in moved_by_run)
+
+    def _next_devices(self, conn: sqlite3.Connection, total: int) -> tuple[str, tuple[str, ...]]:
+        """The condition on `device_id` of the next compaction step. Devices are taken in key
+        order, then the sweep wraps; the step's end is found in the biggest run, scaled to hold
+        about `compact_rows` of all the runs' rows."""
+        first = _first_device_in_runs(conn, self._compact_from)
+        if first is None:  # the sweep is past the last device: start again
+            first = _first_device_in_runs(conn, "") or ""
+        run, rows = conn.execute("SELECT run, rows FROM runs ORDER BY rows DESC LIMIT 1").fetchone()
+        row = conn.execute(
+            "SELECT device_id FROM readings_runs WHERE run = ? AND device_id >= ?"
+            " ORDER BY device_id, parameter, ts_ms LIMIT 1 OFFSET ?",
+            (run, first, max(1, self.compact_rows * rows // total)),
+        ).fetchone()
+        if row is None:  # the rest of the sweep: up to the last device, then wrap
+            self._compact_from = ""
+            return "device_id >= ?", (first,)
+        if row[0] == first:  # one device holds more than a step: move it alone
+            self._compact_from = first + "\0"
+            return "device_id = ?", (first,)
+        self._compact_from = row[0]
+        return "device_id >= ? AND device_id < ?", (first, row[0])
 
     def query_readings(self, q: ReadingQuery) -> list[Reading]:
         where, args = [], []

@@ -1,5 +1,5 @@
-"""SQLite readings land in an inbox in the main file, move to `readings_recent` in the readings
-file and are compacted into `readings` there: nothing is lost, doubled or hidden from a query on
+"""SQLite readings land in an inbox in the main file, move as a run into `readings_runs` in the
+readings file and are compacted into `readings` there: nothing is lost, doubled or hidden from a query on
 the way, whichever table (or two tables, during a move) a reading is in."""
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ def _batch(minute: int, devices: int = 6) -> list[Reading]:
 
 
 def _counts(path: Path) -> tuple[int, int, int]:
-    """Rows in the inboxes, `readings_recent` and `readings`, read in one statement as queries
-    read them (a row being moved is counted in its inbox and in `readings_recent`)."""
+    """Rows in the inboxes, the runs and `readings`, read in one statement as queries read them
+    (a row being moved is counted in its inbox and in its run)."""
     conn = connect_readonly(path)
     try:
         return conn.execute(
             f"SELECT (SELECT count(*) FROM {INBOXES[0]}) + (SELECT count(*) FROM {INBOXES[1]}),"
-            " (SELECT count(*) FROM cold.readings_recent), (SELECT count(*) FROM cold.readings)"
+            " (SELECT count(*) FROM cold.readings_runs), (SELECT count(*) FROM cold.readings)"
         ).fetchone()
     finally:
         conn.close()
@@ -47,7 +47,7 @@ def _inbox(path: Path) -> int:
 
 
 def _tables(path: Path) -> tuple[int, int]:
-    """Rows in `readings`, and in the inboxes and `readings_recent` together."""
+    """Rows in `readings`, and in the inboxes and the runs together."""
     inbox, recent, main = _counts(path)
     return main, recent + inbox
 
@@ -109,7 +109,7 @@ def test_background_compaction_keeps_recent_bounded(tmp_path: Path) -> None:
     for minute in range(50):
         store.write_batch(_batch(minute))
     deadline = time.monotonic() + 30  # a bound for a stuck thread, not a speed claim
-    # Once the compactor has settled: none of its rows counted twice, `readings_recent` within
+    # Once the compactor has settled: none of its rows counted twice, the runs within
     # bounds, and the inboxes moved on once over 40 rows (so at most one batch more).
     settled = lambda c: c[1] <= 100 and sum(c) == 900 and c[0] <= 40 + 18  # noqa: E731
     while not settled(counts := _counts(path)) and time.monotonic() < deadline:
@@ -131,13 +131,9 @@ def test_a_move_cut_short_shows_each_reading_once_and_is_finished_later(tmp_path
     for minute in range(10):
         store.write_batch(_batch(minute))
     before = _everything(store)
-    inbox, switched, _ = store._switch_inbox()
+    inbox, switched, generation = store._switch_inbox()
     assert switched
-    with sqlite3.connect(readings_path(path)) as cold:  # the copy, without the emptying
-        cold.execute("ATTACH DATABASE ? AS hot", (str(path),))
-        cold.execute(
-            f"INSERT INTO readings_recent ({COLS}) SELECT {COLS} FROM hot.{INBOXES[inbox]}"
-        )
+    store._copy_inbox(inbox, generation)  # the copy, without the emptying
     assert _counts(path) == (180, 180, 0)
     assert _everything(store) == before
     assert store.write_batch(_batch(9) + _batch(10)) == 18
@@ -159,9 +155,9 @@ def test_two_compactors_interleaved_lose_nothing_and_count_nothing_twice(tmp_pat
         a.write_batch(_batch(minute))
     inbox, switched, generation = a._switch_inbox()
     assert switched
-    a._copy_inbox(inbox)
+    a._copy_inbox(inbox, generation)
     assert b.compact(max_rows=0) == 180  # moved the copied inbox on, and switched back to it
-    a._copy_inbox(inbox)  # empty now: nothing to copy
+    a._copy_inbox(inbox, generation)  # ingest's again: nothing copied
     assert b.write_batch(_batch(10)) == 18  # into the inbox `a` still means to empty
     assert a._empty_inbox(inbox, generation) == 0
     assert _counts(path) == (18, 0, 180)
@@ -169,11 +165,11 @@ def test_two_compactors_interleaved_lose_nothing_and_count_nothing_twice(tmp_pat
     # `a` copies its inbox again (as after a crash between copy and emptying) once a third
     # worker has compacted the first copy: rows in both trees, shown once.
     inbox, switched, generation = a._switch_inbox()
-    a._copy_inbox(inbox)
+    a._copy_inbox(inbox, generation)
     c = SqliteStore(path)
     assert c.compact_step(max_rows=0) == 18
     c.close()
-    a._copy_inbox(inbox)
+    a._copy_inbox(inbox, generation)
     assert _counts(path) == (18, 18, 198)
     assert _everything(a) == _everything(b) == before
     assert a.write_batch(_batch(10)) == 0
@@ -277,11 +273,41 @@ def test_a_database_with_readings_in_the_main_file_is_moved_whole(
 
     store = SqliteStore(path)
     assert _everything(store) == before
-    assert _tables(path) == (4 * 18, 6 * 18)
+    assert _tables(path) == (10 * 18, 0)
     with sqlite3.connect(path) as conn:
         names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master")}
     assert not names & {"readings", "readings_recent", "readings_inbox", "readings_all"}
     assert store.write_batch(_batch(3) + _batch(7) + _batch(10)) == 18  # duplicates refused
     assert _inbox(path) == 18
     assert len(store.query_readings(ReadingQuery(device_id="dev-3", limit=10_000))) == 33
+    store.close()
+
+
+def test_a_readings_file_with_the_former_recent_tree_is_compacted_on_open(tmp_path: Path) -> None:
+    """Until runs, the readings file had `readings_recent`, keyed by series: opening it moves its
+    rows into `readings` and drops it."""
+    path = tmp_path / "landun.db"
+    store = SqliteStore(path)
+    for minute in range(10):
+        store.write_batch(_batch(minute))
+    store.compact(max_rows=0)
+    before = _everything(store)
+    store.close()
+    with sqlite3.connect(readings_path(path)) as cold:
+        cold.execute(
+            f"CREATE TABLE readings_recent {LEGACY_TABLE.format('device_id, parameter, ts_ms')}"
+        )
+        cold.execute(
+            f"INSERT INTO readings_recent ({COLS}) SELECT {COLS} FROM readings WHERE ts_ms >= ?",
+            (T0 + 6 * MIN,),
+        )
+        cold.execute("DELETE FROM readings WHERE ts_ms >= ?", (T0 + 6 * MIN,))
+
+    store = SqliteStore(path)
+    assert _everything(store) == before
+    assert _counts(path) == (0, 0, 180)
+    with sqlite3.connect(readings_path(path)) as cold:
+        names = {n for (n,) in cold.execute("SELECT name FROM sqlite_master")}
+    assert "readings_recent" not in names
+    assert store.write_batch(_batch(8) + _batch(10)) == 18
     store.close()
