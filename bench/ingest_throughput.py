@@ -7,9 +7,10 @@
 4. Times the full Landun ingest path draining the same backlog in its own process (`landun run
    --no-simulators`): decode, validate, commit to SQLite, manual acks, alert evaluation with the
    detectors.
-5. Steady load at a stated rate; some devices cross their pending time at known moments, and
-   the time from publishing that message to receiving the alert's announcement (Landun
-   publishes it on MQTT once the alert is committed) is the alert latency.
+5. Steady load at a stated rate; after a warm-up at that rate (Landun finishes the backlog's
+   alert evaluation and compaction meanwhile), some devices cross their pending time at known
+   moments, and the time from publishing that message to receiving the alert's announcement
+   (Landun publishes it on MQTT once the alert is committed) is the alert latency.
 Prints the figures; the last line is a JSON object. `--quick` is a small run for the tests.
 
 `--workers N` drains the backlog with N Landun processes on one shared subscription and one
@@ -250,16 +251,23 @@ def landun_drain(api_ports: list[int], expected_readings: int, launched: float) 
 
 
 def steady_load(
-    port: int, devices: list[str], rate: int, seconds: float, triggers: int, rng: random.Random
+    port: int,
+    devices: list[str],
+    rate: int,
+    timing: tuple[float, float],
+    triggers: int,
+    rng: random.Random,
 ) -> tuple[dict[str, int], int]:
-    """Publish at `rate` msgs/s, every device reporting once a minute of sensor time as real
-    analyzers do (so the steady load stands for `rate` x 60 devices; the minutes lie in the past,
-    ending now). Each trigger device first gets a low chlorine reading 11 min before its trigger
-    (pending starts), then the low trigger reading (pending time passed: alert). The wall time of
+    """Publish at `rate` msgs/s for `timing` = (warm-up, measured) seconds, every device
+    reporting once a minute of sensor time as real analyzers do (so the steady load stands for
+    `rate` x 60 devices; the minutes lie in the past, ending now). Each trigger device first gets
+    a low chlorine reading 11 min before its trigger (pending starts), then, spread over the
+    measured seconds, the low trigger reading (pending time passed: alert). The wall time of
     each trigger publish is returned per device, with the number of messages published."""
     c = client(port, "bench-steady")
     c.loop_start()
-    total = int(rate * seconds)
+    warm = int(rate * timing[0])
+    total = warm + int(rate * timing[1])
     others = len(devices) - triggers
     rounds = total // others + 1
     now = int(time.time() * 1000)
@@ -267,7 +275,7 @@ def steady_load(
     trig = devices[:triggers]
     for d in trig:
         c.publish(f"landun/v1/devices/{d}/telemetry", payload(first - 11 * MINUTE, 0, rng, 0.05), 1)
-    every = max(1, total // max(1, triggers))
+    every = max(1, (total - warm) // max(1, triggers))
     sent_at: dict[str, int] = {}
     last: mqtt.MQTTMessageInfo | None = None
     started = time.perf_counter()
@@ -276,8 +284,8 @@ def steady_load(
         pause = due - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
-        k = i // every
-        if i % every == 0 and k < len(trig):
+        k = (i - warm) // every
+        if i >= warm and (i - warm) % every == 0 and k < len(trig):
             d = trig[k]
             last = c.publish(f"landun/v1/devices/{d}/telemetry", payload(first, i, rng, 0.05), 1)
             sent_at[d] = int(time.time() * 1000)
@@ -367,14 +375,17 @@ def steady_phase(
     """Alert latency and memory under the steady load (one worker), and the messages it sent."""
     watcher = AlertWatcher(port)
     with RssSampler(pid) as rss_steady:
-        sent, published = steady_load(port, devices, args.rate, args.seconds, args.triggers, rng)
+        sent, published = steady_load(
+            port, devices, args.rate, (args.warmup, args.seconds), args.triggers, rng
+        )
         lat = watcher.latencies(sent)
     decided, inside = decision_latencies(db, sent)
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
     samples = rss_steady.samples
     print(
-        f"steady load {args.rate} msgs/s for {args.seconds:g} s: alert latency (publish to alert"
-        f" stored and announced) p50 {p50:.0f} ms, p99 {p99:.0f} ms over {len(lat)} alerts"
+        f"steady load {args.rate} msgs/s, {args.warmup:g} s warm-up, then {args.seconds:g} s:"
+        f" alert latency (publish to alert stored and announced) p50 {p50:.0f} ms,"
+        f" p99 {p99:.0f} ms over {len(lat)} alerts"
         f" (to the engine's decision: p50 {percentile(decided, 50):.0f} ms, p99"
         f" {percentile(decided, 99):.0f} ms, of which from receipt: p50"
         f" {percentile(inside, 50):.0f} ms, p99 {percentile(inside, 99):.0f} ms);"
@@ -382,6 +393,7 @@ def steady_phase(
     )
     return {
         "steady_rate": args.rate,
+        "steady_warmup_s": args.warmup,
         "alerts_timed": len(lat),
         "p50_alert_ms": p50,
         "p99_alert_ms": p99,
@@ -396,13 +408,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--messages", type=int, default=200_000)
     ap.add_argument("--devices", type=int, default=2_000)
     ap.add_argument("--rate", type=int, default=5_000, help="steady load, messages/s")
-    ap.add_argument("--seconds", type=float, default=20.0, help="steady load duration")
+    ap.add_argument("--warmup", type=float, default=5.0, help="steady load before the triggers")
+    ap.add_argument("--seconds", type=float, default=20.0, help="steady load with the triggers")
     ap.add_argument("--triggers", type=int, default=500, help="alerts timed under steady load")
     ap.add_argument("--workers", type=int, default=1, help="Landun processes on $share")
     ap.add_argument("--quick", action="store_true", help="a small run (for the tests)")
     args = ap.parse_args(argv)
     if args.quick:
         args.messages, args.devices, args.rate, args.seconds, args.triggers = 2_000, 50, 200, 2, 5
+        args.warmup = 1.0
     if shutil.which("mosquitto") is None:
         print("mosquitto is not installed", file=sys.stderr)
         return 2
