@@ -31,6 +31,8 @@ def connect(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     # Checkpoint the WAL every ~40 MB instead of every 4 MB: fewer stalls on the ingest path.
     conn.execute("PRAGMA wal_autocheckpoint=10000")
+    # A big transaction (a compaction step) grows the WAL past that; cut it back once reset.
+    conn.execute("PRAGMA journal_size_limit=67108864")
     return conn
 
 
