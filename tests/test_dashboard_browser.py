@@ -14,7 +14,7 @@ from domain.timeutil import now_ms
 from landun.demo import demo_registry_path
 from landun.system import RunConfig
 from simulators.faults import Fault, FaultKind
-from simulators.pool_model import PoolModel, is_open
+from simulators.pool_model import PoolModel, opening_intervals
 from simulators.runner import RunnerSettings, SimDevice, SimulatorRunner
 from tests.conftest import ADMIN_PASSWORD, Publisher, start_system, wait_for
 
@@ -54,7 +54,7 @@ def failing_pool(broker_url: str) -> SimulatorRunner:
     start = now - 8 * HOUR
     # With no bathers (the pool is shut at night) chlorine falls too slowly to cross its limit:
     # go back until the pump fails four opening hours before now, whatever the time of day.
-    while sum(is_open(t) for t in range(start + HOUR, now, HOUR)) < 4:
+    while sum(hi - lo for lo, hi in opening_intervals(start + HOUR, now)) < 4 * HOUR:
         start -= HOUR
     fault = Fault(FaultKind.DOSING_PUMP_FAILURE, start + HOUR, now + HOUR)
     model = PoolModel("pool-xh-03-wq", 3, faults=[fault], start_ms=start)
