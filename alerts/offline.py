@@ -20,15 +20,14 @@ class OfflineRule:
         registry: Registry,
         settings: OfflineSettings,
         last_seen: dict[str, int],
-        now: int,
     ) -> None:
         self.registry = registry
         self.monitor = OfflineMonitor(settings, capacity=max(64, len(registry.devices)))
-        for dev in registry.devices.values():
-            # A device never heard of gets one timeout of grace from startup.
-            self.monitor.register(dev.id, dev.interval_s, now)
-            if dev.id in last_seen:
-                self.monitor.last_seen_ms[self.monitor.index[dev.id]] = last_seen[dev.id]
+        # A device is watched from its first report: one that never reported is not "offline
+        # since start-up" but never commissioned, which the API shows as such.
+        for device_id, seen_ms in last_seen.items():
+            if device_id in registry.devices:
+                self.monitor.register(device_id, registry.devices[device_id].interval_s, seen_ms)
         self._back: set[str] = set()
 
     def observe(self, readings: Iterable[Reading], engine: object = None) -> None:
@@ -40,6 +39,10 @@ class OfflineRule:
             if device_id in self.monitor.index:
                 self.monitor.seen(device_id, recv_ms)
                 self._back.add(device_id)
+            elif device_id in self.registry.devices:
+                self.monitor.register(
+                    device_id, self.registry.devices[device_id].interval_s, recv_ms
+                )
 
     def tick(self, now: int, engine) -> None:
         overdue = {res.evidence["device_id"]: res for res in self.monitor.overdue(now)}

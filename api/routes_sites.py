@@ -31,7 +31,8 @@ OVERRIDABLE_TIMES = ("pending_s", "clear_s", "critical_after_s")
 
 
 def site_status(ctx, site: Site) -> SiteStatusOut:
-    """正常 normal / 超标 over_limit / 离线或故障 offline_or_fault, from the open alerts."""
+    """正常 normal / 超标 over_limit / 离线或故障 offline_or_fault from the open alerts, or
+    暂无数据 no_data for a site none of whose devices has reported yet."""
     open_alerts = ctx.store.list_alerts(
         AlertQuery(
             site_ids=(site.id,),
@@ -52,6 +53,8 @@ def site_status(ctx, site: Site) -> SiteStatusOut:
         for r in ctx.store.latest_readings(dev.id):
             last[r.parameter] = {"value": r.value, "ts": ms_to_iso(r.ts_ms), "flag": r.flag}
             last_ms = max(last_ms, r.ts_ms)
+    if status == "normal" and not last_ms:
+        status = "no_data"
     return SiteStatusOut(
         status=status,
         open_alerts=len(open_alerts),

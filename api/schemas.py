@@ -49,8 +49,9 @@ def reading_dict(r: Reading) -> dict:
 
 
 class SiteStatusOut(BaseModel):
-    status: Literal["normal", "over_limit", "offline_or_fault"] = Field(
-        description="正常 / 超标 / 离线或故障, from the site's open alerts"
+    status: Literal["normal", "over_limit", "offline_or_fault", "no_data"] = Field(
+        description="正常 / 超标 / 离线或故障 from the site's open alerts; 暂无数据 (no_data)"
+        " when none of its devices has ever reported and no alert is open"
     )
     open_alerts: int
     last_data: str | None

@@ -14,7 +14,7 @@ from pathlib import Path
 from alerts.notify_webhook import WebhookTarget
 from landun import accounts, gc_settings
 from landun.mosquitto_export import add_subparser as add_devices_subparser
-from landun.system import RunConfig, System, run_hj212_gateway
+from landun.system import RunConfig, StartupError, System, run_hj212_gateway
 from simulators.cli import add_subparser as add_simulate_subparser
 
 
@@ -35,8 +35,12 @@ def _run(args: argparse.Namespace) -> int:
         webhooks=_webhooks(args.webhook),
     )
     gc_settings.settle()
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(System(cfg).run())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(System(cfg).run())
+    except StartupError as exc:
+        print(f"landun: {exc}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

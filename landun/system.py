@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,8 +37,16 @@ from ingest.hj212.sink import PipelineSink, RegistryLookup
 from ingest.mqtt import BrokerAddress, MqttSubscriber, SubscriberSettings
 from ingest.pipeline import IngestPipeline
 from landun.broker import EmbeddedBroker
-from landun.demo import BACKFILL_MS, demo_devices, demo_registry_path
-from simulators.runner import RunnerSettings, SimulatorRunner
+from landun.demo import (
+    demo_anchor,
+    demo_devices,
+    demo_loggers,
+    demo_registry_path,
+    demo_settings,
+    newest_sensor_time,
+)
+from simulators.hj212_logger import Hj212LoggerRunner
+from simulators.runner import SimulatorRunner
 from store.base import Store
 from store.ledger import SqliteLedger
 from store.sqlite import SqliteStore
@@ -120,7 +129,7 @@ class Core:
             limits_for_site(site, profiles)  # a bad profile or override fails here, not later
         engine = AlertEngine(store, registry, profiles, catalogue, clock=clock)
         detectors = load_detector_settings()
-        offline = OfflineRule(registry, detectors.offline, store.last_seen(), clock())
+        offline = OfflineRule(registry, detectors.offline, store.last_seen())
         ledger = SqliteLedger(db_path)
         custody = CustodyRule(registry, ledger)
         skew = ClockSkewRule(registry, detectors.clock_skew)
@@ -187,6 +196,29 @@ class Clock:
                 log.exception("clock tick failed")
 
 
+class StartupError(Exception):
+    """A part of Landun could not start; the message is one line saying what to do."""
+
+
+def bind_api_socket(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound before anything else starts: a busy port must stop the
+    whole start-up before ingest connects with a client id another instance may be using."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(
+            f"cannot serve the API on {host}:{port} ({exc.strerror}); is another Landun"
+            " running? Stop it, or choose another port with --port"
+        ) from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
 class System:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
@@ -196,98 +228,152 @@ class System:
         self.broker_url: str | None = None
         self.core: Core | None = None
         self._server: uvicorn.Server | None = None
+        self._stopping = threading.Event()
 
     def request_stop(self) -> None:
+        self._stopping.set()
         if self._server is not None:
             self._server.should_exit = True
 
     async def run(self) -> None:
+        """Start every part, in order, then serve until asked to stop. If a part cannot start,
+        the parts already started are stopped in reverse order and StartupError is raised."""
         cfg = self.config
-        embedded = None
-        if cfg.broker_url is None:
-            embedded = EmbeddedBroker("127.0.0.1", cfg.broker_port)
-            await embedded.start()
-            self.broker_url = embedded.url
-        else:
-            self.broker_url = cfg.broker_url
-        broker = BrokerAddress.parse(self.broker_url)
-
-        core = self.core = Core.open(cfg)
-        self.admin_note = ensure_admin(core.store, cfg.data_dir, cfg.admin_password)
-        alerts_out = MqttAlertPublisher(
-            broker.host, broker.port, broker.username, broker.password, f"{cfg.client_id}-alerts"
-        )
-        alerts_out.start()
-        core.engine.sinks.append(alerts_out)
-        webhooks = None
-        if cfg.webhooks:
-            webhooks = WebhookNotifier(cfg.webhooks, core.store)
-            webhooks.start()
-            core.engine.sinks.append(webhooks)
-        subscriber = MqttSubscriber(
-            core.pipeline, broker, SubscriberSettings(cfg.client_id, cfg.shared_group)
-        )
-        await asyncio.to_thread(subscriber.start)
-        clock = Clock(core.engine, cfg.tick_s)
-        clock.start()
-        gateway = None
-        if cfg.hj212_port is not None:
-            gateway = Hj212Gateway(RegistryLookup(core.registry), PipelineSink(core.pipeline))
-            self.hj212_port = await gateway.start(cfg.hj212_host, cfg.hj212_port)
-
-        sims = None
-        if cfg.simulators:
-            now = now_ms()
-            settings = RunnerSettings(
-                interval_s=cfg.sim_interval_s or 60,
-                start_ms=now - BACKFILL_MS,
-                backfill_until_ms=now,
-            )
-            sims = SimulatorRunner(broker, demo_devices(core.registry, now), settings)
-            await asyncio.to_thread(sims.start)
-
-        ctx = AppContext(
-            store=core.store,
-            registry=core.registry,
-            catalogue=core.catalogue,
-            engine=core.engine,
-            metrics=core.pipeline.metrics,
-            broker_connected=lambda: subscriber.connected,
-            ledger=core.ledger,
-        )
-        self._server = _ApiServer(
-            uvicorn.Config(create_app(ctx), host=cfg.host, port=cfg.port, log_level="warning")
-        )
         if threading.current_thread() is threading.main_thread():
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.request_stop)
-        serve = asyncio.create_task(self._server.serve())
-        while not self._server.started and not serve.done():
-            await asyncio.sleep(0.05)
-        if self._server.started:
-            self.api_port = self._server.servers[0].sockets[0].getsockname()[1]
-            self._announce(core, embedded is not None, sims is not None)
+        async with contextlib.AsyncExitStack() as stack:
+            api_socket = bind_api_socket(cfg.host, cfg.port)
+            stack.callback(api_socket.close)
+            embedded = await self._start_broker(stack)
+            broker = BrokerAddress.parse(self.broker_url or "")
+            core = self.core = Core.open(cfg)
+            stack.callback(core.close)
+            self.admin_note = ensure_admin(core.store, cfg.data_dir, cfg.admin_password)
+            alerts_out = MqttAlertPublisher(
+                broker.host,
+                broker.port,
+                broker.username,
+                broker.password,
+                f"{cfg.client_id}-alerts",
+            )
+            alerts_out.start()
+            stack.callback(alerts_out.stop)
+            core.engine.sinks.append(alerts_out)
+            if cfg.webhooks:
+                webhooks = WebhookNotifier(cfg.webhooks, core.store)
+                webhooks.start()
+                stack.push_async_callback(asyncio.to_thread, webhooks.stop)
+                core.engine.sinks.append(webhooks)
+            subscriber = MqttSubscriber(
+                core.pipeline, broker, SubscriberSettings(cfg.client_id, cfg.shared_group)
+            )
+            await asyncio.to_thread(subscriber.start)
+            stack.push_async_callback(asyncio.to_thread, subscriber.stop)
+            clock = Clock(core.engine, cfg.tick_s)
+            clock.start()
+            stack.callback(clock.stop)
+            await self._start_hj212(stack, core)
+            sims = await self._start_simulators(stack, core, broker) if cfg.simulators else False
+            ctx = AppContext(
+                store=core.store,
+                registry=core.registry,
+                catalogue=core.catalogue,
+                engine=core.engine,
+                metrics=core.pipeline.metrics,
+                broker_connected=lambda: subscriber.connected,
+                ledger=core.ledger,
+            )
+            self._server = _ApiServer(
+                uvicorn.Config(create_app(ctx), log_level="warning", timeout_graceful_shutdown=5)
+            )
+            serve = asyncio.create_task(self._server.serve(sockets=[api_socket]))
+            while not self._server.started and not serve.done():
+                await asyncio.sleep(0.05)
+            if not self._server.started:
+                await serve
+                raise StartupError(f"the API on {cfg.host}:{cfg.port} did not start")
+            self.api_port = api_socket.getsockname()[1]
+            self._announce(core, embedded, sims)
             self.ready.set()
-        else:
-            print(f"Landun could not serve the API on {cfg.host}:{cfg.port}.", flush=True)
-        try:
+            if self._stopping.is_set():
+                self._server.should_exit = True
             with contextlib.suppress(SystemExit):
                 await serve
-        finally:
-            if sims is not None:
-                await asyncio.to_thread(sims.stop)
-            if gateway is not None:
-                await gateway.stop()
-            await asyncio.to_thread(subscriber.stop)
-            clock.stop()
-            if webhooks is not None:
-                await asyncio.to_thread(webhooks.stop)
-            alerts_out.stop()
-            core.close()
-            if embedded is not None:
+        print("Landun stopped cleanly.", flush=True)
+
+    async def _start_broker(self, stack: contextlib.AsyncExitStack) -> bool:
+        """The embedded broker unless one was named; True if embedded."""
+        cfg = self.config
+        if cfg.broker_url is not None:
+            self.broker_url = cfg.broker_url
+            return False
+        embedded = EmbeddedBroker("127.0.0.1", cfg.broker_port)
+        try:
+            # amqtt logs a traceback of its own when its bind fails: find a busy port first.
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((embedded.host, embedded.port))
+            await embedded.start()
+        except Exception as exc:
+            with contextlib.suppress(Exception):
                 await embedded.stop()
-            print("Landun stopped cleanly.", flush=True)
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise StartupError(
+                f"cannot start the embedded MQTT broker on {embedded.host}:{embedded.port}"
+                f" ({reason}); is another broker running? Use it with --broker"
+                " mqtt://HOST:PORT, or let Landun pick a free port with --broker-port 0"
+            ) from None
+        stack.push_async_callback(embedded.stop)
+        self.broker_url = embedded.url
+        return True
+
+    async def _start_hj212(self, stack: contextlib.AsyncExitStack, core: Core) -> None:
+        """The HJ 212 gateway when a port was given, or on a free loopback port when the demo
+        simulates HJ 212 loggers."""
+        cfg = self.config
+        port = cfg.hj212_port
+        if port is None and cfg.simulators and any(d.mn for d in core.registry.devices.values()):
+            port = 0
+        if port is None:
+            return
+        gateway = Hj212Gateway(RegistryLookup(core.registry), PipelineSink(core.pipeline))
+        try:
+            self.hj212_port = await gateway.start(cfg.hj212_host, port)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve HJ 212 on {cfg.hj212_host}:{port} ({exc.strerror});"
+                " choose another port with --hj212-port"
+            ) from None
+        stack.push_async_callback(gateway.stop)
+
+    async def _start_simulators(
+        self, stack: contextlib.AsyncExitStack, core: Core, broker: BrokerAddress
+    ) -> bool:
+        """The demo's simulated devices, continuing the data the store already holds."""
+        cfg = self.config
+        now = now_ms()
+        anchor = demo_anchor(cfg.data_dir, now)
+        devices = demo_devices(core.registry, anchor)
+        loggers = demo_loggers(core.registry, anchor)
+        ids = [d.device_id for d in devices] + [d.device_id for d in loggers]
+        newest = await asyncio.to_thread(newest_sensor_time, core.store, ids)
+        settings = demo_settings(anchor, now, newest, cfg.sim_interval_s or 60)
+        sims = SimulatorRunner(broker, devices, settings, client_id=f"{cfg.client_id}-simulators")
+        await asyncio.to_thread(sims.start)
+        stack.push_async_callback(asyncio.to_thread, sims.stop)
+        if loggers and self.hj212_port is not None:
+            tcp = Hj212LoggerRunner(
+                "127.0.0.1",
+                self.hj212_port,
+                loggers,
+                settings,
+                mn_of={d.device_id: core.registry.devices[d.device_id].mn or "" for d in loggers},
+            )
+            tcp.start()
+            stack.push_async_callback(asyncio.to_thread, tcp.stop)
+        return True
 
     def _announce(self, core: Core, embedded: bool, sims: bool) -> None:
         cfg = self.config

@@ -172,10 +172,11 @@ class Hj212LoggerRunner:
 
     def run(self) -> None:
         jitter_ms = self.settings.jitter_s * 1000
+        publish_from = self.settings.publish_from_ms or 0
         for t in paced_times(self.settings, self.clock, self._stop):
             for logger in self.loggers:
                 sample = logger.device.model.sample(t + int(self._rng.uniform(0, jitter_ms)))
-                if sample is not None:
+                if sample is not None and t >= publish_from:
                     logger.backlog.append(self._outgoing(logger, sample))
                 self._drain(logger)
         # The run is over: packets waiting for their resend get it now.

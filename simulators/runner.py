@@ -53,6 +53,9 @@ class RunnerSettings:
     jitter_s: float = 2.0
     start_ms: int | None = None  # None: now
     backfill_until_ms: int | None = None  # samples before this are sent at once, in buffers
+    # Ticks before this are simulated but not sent: a model's warm-up, or what an earlier run of
+    # the same (deterministic) devices already delivered, so a restart continues the same past.
+    publish_from_ms: int | None = None
     end_ms: int | None = None  # None: run until stopped
     buffer_max: int = 120  # records per message when catching up on the past
     seed: int = 0
@@ -147,6 +150,7 @@ class SimulatorRunner:
         s = self.settings
         pending: dict[str, list[dict]] = {d.device_id: [] for d in self.devices}
         backfill_until = s.backfill_until_ms or 0
+        publish_from = s.publish_from_ms or 0
         for t in paced_times(s, self.clock, self._stop):
             for d in self.devices:
                 if d.topic == "events":
@@ -158,6 +162,10 @@ class SimulatorRunner:
                     continue
                 self._seq[d.device_id] += 1
                 pending[d.device_id].append(telemetry_record(sample, self._seq[d.device_id]))
+            if t < publish_from:
+                for records in pending.values():
+                    records.clear()
+                continue
             live = t + s.interval_s * 1000 >= backfill_until
             if live or any(len(v) >= s.buffer_max for v in pending.values()):
                 self._flush(pending)

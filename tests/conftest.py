@@ -41,14 +41,17 @@ class RunningSystem:
     def judged(self) -> bool:
         """Every message committed so far has been through the alert stage too: acks follow
         it, and the stage runs one batch behind the commits."""
-        counters = {}
-        for line in self.anon.get("/metrics").text.splitlines():
-            name, _, value = line.partition(" ")
-            counters[name] = value
-        return (
-            counters["landun_ingest_messages_received_total"]
-            == counters["landun_ingest_messages_acked_total"]
+        return self.metric("landun_ingest_messages_received_total") == self.metric(
+            "landun_ingest_messages_acked_total"
         )
+
+    def metric(self, name: str) -> float:
+        """A sample of the process's /metrics, by its exposition name."""
+        for line in self.anon.get("/metrics").text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == name:
+                return float(value)
+        raise KeyError(name)
 
     def login(self, name: str, password: str) -> httpx.Client:
         r = self.anon.post("/api/v1/auth/login", json={"username": name, "password": password})
@@ -80,8 +83,10 @@ def start_system(config: RunConfig) -> RunningSystem:
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
-    if not system.ready.wait(30):
-        raise RuntimeError(f"system did not start: {errors}")
+    deadline = time.monotonic() + 30
+    while not system.ready.wait(0.05):
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"system did not start: {errors}")
     return RunningSystem(system, thread)
 
 

@@ -272,6 +272,9 @@ def test_sites_show_status_from_open_alerts_and_last_readings(world):
     assert sites["pool-xh-03"]["current"]["status"] == "over_limit"
     assert sites["pool-xh-03"]["current"]["open_alerts"] == 1
     assert sites["pool-cn-02"]["current"]["status"] == "normal"
+    # A site none of whose devices ever reported is not 正常 but 暂无数据.
+    assert sites["pool-cn-03"]["current"]["status"] == "no_data"
+    assert sites["pool-cn-03"]["current"]["last_data"] is None
     last = sites["pool-xh-01"]["current"]["last_readings"]
     assert last["free_chlorine"] == {
         "value": 0.5,
@@ -365,7 +368,7 @@ def test_site_and_device_edits_survive_a_restart(broker, tmp_path):
     running = start_system(cfg)
     try:
         r = running.http.put("/api/v1/sites/pool-xh-09", json=site)
-        assert r.status_code == 200 and r.json()["current"]["status"] == "normal"
+        assert r.status_code == 200 and r.json()["current"]["status"] == "no_data"
         r = running.http.put("/api/v1/devices/pool-xh-09-wq", json=device | {"mn": "LD-XH09"})
         assert r.status_code == 200 and r.json()["mn"] == "LD-XH09"
     finally:

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from domain.registry import load_registry
 from domain.timeutil import now_ms
-from landun.demo import demo_registry_path
+from ingest.mqtt import BrokerAddress
+from landun.demo import FAILING_SITE, demo_devices, demo_registry_path, demo_settings
 from landun.system import RunConfig
-from simulators.faults import Fault, FaultKind
-from simulators.pool_model import PoolModel, opening_intervals
-from simulators.runner import RunnerSettings, SimDevice, SimulatorRunner
+from simulators.runner import SimulatorRunner
 from tests.conftest import ADMIN_PASSWORD, Publisher, start_system, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -48,28 +49,27 @@ def browser():
         b.close()
 
 
-def failing_pool(broker_url: str) -> SimulatorRunner:
-    """pool-xh-03 with a dosing pump that failed hours ago, sent as a buffer flush."""
-    now = now_ms()
-    start = now - 8 * HOUR
-    # With no bathers (the pool is shut at night) chlorine falls too slowly to cross its limit:
-    # go back until the pump fails four opening hours before now, whatever the time of day.
-    while sum(hi - lo for lo, hi in opening_intervals(start + HOUR, now)) < 4 * HOUR:
-        start -= HOUR
-    fault = Fault(FaultKind.DOSING_PUMP_FAILURE, start + HOUR, now + HOUR)
-    model = PoolModel("pool-xh-03-wq", 3, faults=[fault], start_ms=start)
-    from ingest.mqtt import BrokerAddress
+def last_time_at(hour: int, now: int) -> int:
+    """The latest moment not after `now` at `hour`:00 in Asia/Shanghai (UTC+8)."""
+    t = (now + 8 * HOUR) // (24 * HOUR) * (24 * HOUR) + hour * HOUR - 8 * HOUR
+    return t if t <= now else t - 24 * HOUR
 
+
+def failing_pool(broker_url: str, anchor: int) -> SimulatorRunner:
+    """The demo's failing pool (pool-xh-03) as a first `landun run` started at `anchor` sends it:
+    six hours of history below the chlorine limit, as a buffer flush."""
+    registry = load_registry(demo_registry_path())
+    devices = [d for d in demo_devices(registry, anchor) if d.site_id == FAILING_SITE]
+    settings = replace(demo_settings(anchor, anchor, None), end_ms=anchor)
     return SimulatorRunner(
-        BrokerAddress.parse(broker_url),
-        [SimDevice("pool-xh-03", "pool-xh-03-wq", model)],
-        RunnerSettings(start_ms=start, backfill_until_ms=now, end_ms=now),
-        client_id="browser-test-sim",
+        BrokerAddress.parse(broker_url), devices, settings, client_id="browser-test-sim"
     )
 
 
+# The demo's story started at four hours of the day in Shanghai, whatever the hour CI runs at.
+@pytest.mark.parametrize("hour", [2, 8, 13, 20])
 def test_inspector_sees_pool_go_over_limit_acknowledges_and_charts_render(
-    broker, tmp_path: Path, browser
+    broker, tmp_path: Path, browser, hour: int
 ):
     running = start_system(
         RunConfig(
@@ -92,9 +92,9 @@ def test_inspector_sees_pool_go_over_limit_acknowledges_and_charts_render(
         assert page.locator("#feed-state").inner_text() in ("已连接，新告警将自动出现", "")
         page.wait_for_function("document.getElementById('feed-state').textContent.length > 0")
         row = page.locator("tr[data-site='pool-xh-03']")
-        assert row.locator(".badge").inner_text() == "正常"
+        assert row.locator(".badge").inner_text() == "暂无数据"  # nothing reported yet
 
-        sim = failing_pool(broker.url)
+        sim = failing_pool(broker.url, last_time_at(hour, now_ms()))
         sim.start()
         wait_for(lambda: sim.finished, timeout=60, what="the simulated backfill")
         sim.stop()
@@ -106,7 +106,7 @@ def test_inspector_sees_pool_go_over_limit_acknowledges_and_charts_render(
             "document.querySelector(\"tr[data-site='pool-xh-03'] .badge\").textContent === '超标'",
             timeout=20_000,
         )
-        if SHOTS:
+        if SHOTS and hour == 20:
             page.screenshot(path=f"{SHOTS}/overview.png", full_page=True)
 
         alert = next(
@@ -128,7 +128,7 @@ def test_inspector_sees_pool_go_over_limit_acknowledges_and_charts_render(
         )
         assert size[0] > 200 and size[1] > 100
         assert page.locator(".chart").count() == 6
-        if SHOTS:
+        if SHOTS and hour == 20:
             page.screenshot(path=f"{SHOTS}/site.png", full_page=True)
 
         # A medical institution's page shows its bag ledger and daily totals.

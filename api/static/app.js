@@ -172,6 +172,7 @@ async function overview() {
         <option value="normal">${esc(t("normal"))}</option>
         <option value="over_limit">${esc(t("over_limit"))}</option>
         <option value="offline_or_fault">${esc(t("offline_or_fault"))}</option>
+        <option value="no_data">${esc(t("no_data"))}</option>
       </select>
     </div>
     <table id="sites"><thead><tr>
@@ -210,7 +211,9 @@ function mapSvg(sites) {
   const pad = 0.01;
   const [x0, x1] = [Math.min(...lons) - pad, Math.max(...lons) + pad];
   const [y0, y1] = [Math.min(...lats) - pad, Math.max(...lats) + pad];
-  const colour = { normal: "#1b7f3b", over_limit: "#c0262d", offline_or_fault: "#b26a00" };
+  const colour = {
+    normal: "#1b7f3b", over_limit: "#c0262d", offline_or_fault: "#b26a00", no_data: "#777777",
+  };
   const dots = placed.map((s) => {
     const x = 20 + ((s.longitude - x0) / (x1 - x0)) * 560;
     const y = 240 - ((s.latitude - y0) / (y1 - y0)) * 220;
