@@ -20,14 +20,18 @@ class OfflineRule:
         registry: Registry,
         settings: OfflineSettings,
         last_seen: dict[str, int],
+        now: int,
     ) -> None:
         self.registry = registry
         self.monitor = OfflineMonitor(settings, capacity=max(64, len(registry.devices)))
-        # A device is watched from its first report: one that never reported is not "offline
-        # since start-up" but never commissioned, which the API shows as such.
-        for device_id, seen_ms in last_seen.items():
-            if device_id in registry.devices:
-                self.monitor.register(device_id, registry.devices[device_id].interval_s, seen_ms)
+        for dev in registry.devices.values():
+            # A device never heard of gets one timeout of grace from startup.
+            self.monitor.register(dev.id, dev.interval_s, now)
+            if dev.id in last_seen:
+                self.monitor.last_seen_ms[self.monitor.index[dev.id]] = last_seen[dev.id]
+        # Devices that have never reported: their alert says so, rather than "silent since" a
+        # time that is only when monitoring began.
+        self._never: set[str] = set(registry.devices) - last_seen.keys()
         self._back: set[str] = set()
 
     def observe(self, readings: Iterable[Reading], engine: object = None) -> None:
@@ -39,10 +43,7 @@ class OfflineRule:
             if device_id in self.monitor.index:
                 self.monitor.seen(device_id, recv_ms)
                 self._back.add(device_id)
-            elif device_id in self.registry.devices:
-                self.monitor.register(
-                    device_id, self.registry.devices[device_id].interval_s, recv_ms
-                )
+                self._never.discard(device_id)
 
     def tick(self, now: int, engine) -> None:
         overdue = {res.evidence["device_id"]: res for res in self.monitor.overdue(now)}
@@ -56,6 +57,8 @@ class OfflineRule:
             if engine.is_open(site, device_id, RULE_ID):
                 continue
             last = int(res.evidence["last_seen_ms"])
+            never = device_id in self._never
+            silent = "has never reported; watched since" if never else "silent since"
             engine.raise_alert(
                 Alert(
                     site_id=site,
@@ -65,12 +68,12 @@ class OfflineRule:
                     severity=Severity.WARNING,
                     parameter=None,
                     message=(
-                        f"device {device_id} silent since {ms_to_iso(last)}"
+                        f"device {device_id} {silent} {ms_to_iso(last)}"
                         f" (timeout {res.evidence['timeout_s']:g} s)"
                     ),
                     first_ms=last,
                     last_ms=now,
                     evidence={k: v for k, v in res.evidence.items() if k != "device_id"}
-                    | {"score": res.score},
+                    | {"score": res.score, "never_reported": never},
                 )
             )

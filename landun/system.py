@@ -129,7 +129,7 @@ class Core:
             limits_for_site(site, profiles)  # a bad profile or override fails here, not later
         engine = AlertEngine(store, registry, profiles, catalogue, clock=clock)
         detectors = load_detector_settings()
-        offline = OfflineRule(registry, detectors.offline, store.last_seen())
+        offline = OfflineRule(registry, detectors.offline, store.last_seen(), clock())
         ledger = SqliteLedger(db_path)
         custody = CustodyRule(registry, ledger)
         skew = ClockSkewRule(registry, detectors.clock_skew)

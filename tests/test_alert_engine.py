@@ -133,10 +133,12 @@ def test_silent_device_raises_offline_alert_on_the_clock_and_clears_when_back(sy
     engine.tick(now_ms() + 20 * MINUTE)
     offline = alerts(system, family="integrity")
     devices = {a["device_id"] for a in offline}
-    assert DEVICE in devices
-    assert "pool-xh-02-wq" not in devices  # never reported: not "offline since start-up"
+    assert DEVICE in devices and "pool-xh-02-wq" in devices  # never heard of: also silent
+    never = next(a for a in offline if a["device_id"] == "pool-xh-02-wq")
+    assert "has never reported" in never["message"] and never["evidence"]["never_reported"]
     mine = next(a for a in offline if a["device_id"] == DEVICE)
     assert mine["rule_id"] == "integrity:offline" and mine["status"] == "open"
+    assert "silent since" in mine["message"] and not mine["evidence"]["never_reported"]
     engine.tick(now_ms() + 21 * MINUTE)
     assert len(alerts(system, family="integrity")) == len(offline)  # no duplicates
     publisher.publish(DEVICE, {"ts": now_ms(), "values": {"ph": 7.4}})
