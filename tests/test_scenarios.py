@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from alerts.standards import builtin_profiles
 from domain.model import AlertFamily
-from domain.timeutil import now_ms
+from domain.timeutil import iso_to_ms
 from simulators.evaluate import PROFILE, RunSettings, aligned_end_ms, run_scenario, score
 from simulators.scenarios import load_scenario
 
-END_MS = aligned_end_ms(now_ms())
+# A fixed simulated span: what a scenario tests must not change with the day CI runs on.
+END_MS = aligned_end_ms(iso_to_ms("2026-12-07T08:00:00+08:00"))
 ADVISORY = {p for p, limit in builtin_profiles()[PROFILE].limits.items() if limit.advisory}
 
 
