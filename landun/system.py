@@ -28,12 +28,13 @@ from api.app import create_app
 from api.context import AppContext
 from api.routes_sites import apply_stored_edits
 from domain.credentials import hash_secret
+from domain.mqtt_connection import BrokerAddress
 from domain.params import Catalogue, default_catalogue
 from domain.registry import Registry, load_registry
 from domain.timeutil import now_ms
 from ingest.hj212.gateway import Hj212Gateway
 from ingest.hj212.sink import PipelineSink, RegistryLookup
-from ingest.mqtt import BrokerAddress, MqttSubscriber, SubscriberSettings
+from ingest.mqtt import MqttSubscriber, SubscriberSettings, default_client_id
 from ingest.pipeline import IngestPipeline
 from landun.broker import EmbeddedBroker
 from landun.demo import BACKFILL_MS, demo_devices, demo_registry_path
@@ -58,13 +59,15 @@ class _ApiServer(uvicorn.Server):
 class RunConfig:
     host: str = "127.0.0.1"
     port: int = 8000
-    broker_url: str | None = None  # None: start the embedded broker
+    broker_url: str | None = None  # None (and no `broker`): start the embedded broker
+    broker: BrokerAddress | None = None  # the full address (TLS, login); wins over broker_url
     broker_port: int = 1883  # embedded broker's port (0: any free port)
     data_dir: Path = Path("var")
     registry_path: Path | None = None  # None: the demo registry
     simulators: bool = True
     sim_interval_s: int | None = None
-    client_id: str = "landun-ingest"
+    client_id: str | None = None  # None: landun-ingest-<host>-<worker>
+    worker: int = 0
     shared_group: str | None = None
     hj212_port: int | None = None  # None: no HJ 212 gateway
     hj212_host: str = "127.0.0.1"
@@ -204,19 +207,19 @@ class System:
     async def run(self) -> None:
         cfg = self.config
         embedded = None
-        if cfg.broker_url is None:
+        broker = cfg.broker
+        if broker is None and cfg.broker_url is not None:
+            broker = BrokerAddress.parse(cfg.broker_url)
+        if broker is None:
             embedded = EmbeddedBroker("127.0.0.1", cfg.broker_port)
             await embedded.start()
-            self.broker_url = embedded.url
-        else:
-            self.broker_url = cfg.broker_url
-        broker = BrokerAddress.parse(self.broker_url)
+            broker = BrokerAddress.parse(embedded.url)
+        self.broker_url = broker.url  # never the login
+        client_id = cfg.client_id or default_client_id(cfg.worker)
 
         core = self.core = Core.open(cfg)
         self.admin_note = ensure_admin(core.store, cfg.data_dir, cfg.admin_password)
-        alerts_out = MqttAlertPublisher(
-            broker.host, broker.port, broker.username, broker.password, f"{cfg.client_id}-alerts"
-        )
+        alerts_out = MqttAlertPublisher(broker, f"{client_id}-alerts")
         alerts_out.start()
         core.engine.sinks.append(alerts_out)
         webhooks = None
@@ -225,7 +228,7 @@ class System:
             webhooks.start()
             core.engine.sinks.append(webhooks)
         subscriber = MqttSubscriber(
-            core.pipeline, broker, SubscriberSettings(cfg.client_id, cfg.shared_group)
+            core.pipeline, broker, SubscriberSettings(client_id, cfg.shared_group)
         )
         await asyncio.to_thread(subscriber.start)
         clock = Clock(core.engine, cfg.tick_s)
