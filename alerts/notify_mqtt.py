@@ -9,7 +9,13 @@ import paho.mqtt.client as mqtt
 
 from domain.alert_json import alert_to_dict
 from domain.model import Alert
-from domain.mqtt_connection import BrokerAddress, FailureLog, connect_options, new_client
+from domain.mqtt_connection import (
+    BrokerAddress,
+    FailureLog,
+    connect_options,
+    connect_or_retry,
+    new_client,
+)
 
 log = logging.getLogger("landun.alerts.mqtt")
 
@@ -23,15 +29,15 @@ class MqttAlertPublisher:
         self.broker = broker
         self.client = new_client(broker, client_id)
         self.client.reconnect_delay_set(0.5, 30)
-        failures = FailureLog(log, broker, f"alert publisher {client_id}")
-        failures.attach(self.client)
-        self.client.on_connect = lambda _c, _u, _f, rc, _p: failures.connected(rc)
+        self.failures = FailureLog(log, broker, f"alert publisher {client_id}")
+        self.failures.attach(self.client)
+        self.client.on_connect = lambda _c, _u, _f, rc, _p: self.failures.connected(rc)
         self.published = 0
 
     def start(self) -> None:
-        self.client.connect_async(
-            self.broker.host, self.broker.port, **connect_options(self.broker)
-        )
+        """Raises BrokerUnusable if the broker's certificate is rejected; a broker that is not
+        up yet is retried, and paho queues the alerts meanwhile."""
+        connect_or_retry(self.client, self.broker, self.failures, **connect_options(self.broker))
         self.client.loop_start()
 
     def stop(self) -> None:

@@ -101,7 +101,7 @@ class BrokerAddress:
             if self.cert_file is not None:
                 ctx.load_cert_chain(self.cert_file, self.key_file)
         except (OSError, ssl.SSLError) as exc:
-            raise BrokerUnusable(f"broker TLS files: {exc}") from None
+            raise BrokerUnusable(f"{self.url}: TLS files: {exc}") from None
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.check_hostname = self.check_hostname
         return ctx
@@ -148,6 +148,25 @@ def connect_options(
     if receive_maximum is not None:
         props.ReceiveMaximum = max(1, min(receive_maximum, 0xFFFF))
     return {"clean_start": not persistent, "properties": props}
+
+
+def connect_or_retry(
+    client: mqtt.Client,
+    broker: BrokerAddress,
+    failures: FailureLog,
+    keepalive_s: int = 60,
+    **options: object,
+) -> None:
+    """Connect now, before paho's network loop starts. A certificate the TLS setup rejects
+    raises BrokerUnusable (one clear line, no retrying: the configuration is wrong); any other
+    failure (a broker not up yet) is logged and left to paho's reconnect loop."""
+    try:
+        client.connect(broker.host, broker.port, keepalive_s, **options)  # type: ignore[arg-type]
+    except (OSError, BrokerUnusable) as exc:
+        if is_configuration_error(exc):
+            raise BrokerUnusable(f"{broker.url}: {describe_failure(exc)}") from None
+        failures.failed(describe_failure(exc))
+        client.connect_async(broker.host, broker.port, keepalive_s, **options)  # type: ignore[arg-type]
 
 
 def describe_failure(exc: BaseException | None) -> str:

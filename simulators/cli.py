@@ -13,7 +13,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from domain.mqtt_connection import describe_failure
+from domain.mqtt_connection import BrokerUnusable, describe_failure
 from domain.registry import load_registry
 from domain.timeutil import ms_to_iso, now_ms
 from landun import broker_options
@@ -114,7 +114,10 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise SystemExit(f"landun simulate: {exc}") from None
         assert broker is not None  # --broker has a default
-        runner = SimulatorRunner(broker, models, settings, credentials=secrets)
+        try:
+            runner = SimulatorRunner(broker, models, settings, credentials=secrets)
+        except BrokerUnusable as exc:
+            raise SystemExit(f"landun simulate: cannot use the broker {exc}") from None
     print(
         f"simulating {len(models)} pools from {ms_to_iso(start)} to {ms_to_iso(end)}"
         f" at {args.speed:g}x, every {args.interval} s"

@@ -3,6 +3,7 @@ handling, refusals, stop, MQTT 5, and a device that tries to take over ingest's 
 
 from __future__ import annotations
 
+import argparse
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from domain.params import default_catalogue
 from domain.registry import load_registry
 from ingest.mqtt import MqttSubscriber, SubscriberSettings, default_client_id
 from ingest.pipeline import IngestPipeline
+from landun import broker_options
 from landun.demo import demo_registry_path
 from store.sqlite import SqliteStore
 from tests.brokers import MosquittoBroker, have_mosquitto
@@ -162,3 +164,32 @@ def test_stop_says_disconnect(tmp_path: Path) -> None:
             assert sub.subscribed
         log = tmp_path / "mosquitto.log"
         assert wait_for(lambda: "Client sub-goodbye disconnected." in log.read_text())
+
+
+def _options(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    broker_options.add_arguments(p, "broker")
+    return p.parse_args(argv)
+
+
+def test_the_broker_login_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
+    env = {"LANDUN_BROKER_USERNAME": "ingest", "LANDUN_BROKER_PASSWORD": "from-env"}
+    args = _options(["--broker", "mqtts://b:8883", "--mqtt-version", "5"])
+    address = broker_options.address_from_args(args, env)
+    assert address is not None
+    assert (address.username, address.password, address.v5) == ("ingest", "from-env", True)
+    pw = tmp_path / "pw"
+    pw.write_text("from file \n")  # the line end goes, the space belongs to the password
+    args = _options(["--broker", "mqtt://b", "--broker-password-file", str(pw)])
+    address = broker_options.address_from_args(args, {"LANDUN_BROKER_USERNAME": "ingest"})
+    assert address is not None and address.password == "from file "
+    with pytest.raises(ValueError, match="both"):
+        broker_options.address_from_args(args, env)
+    with pytest.raises(ValueError, match="needs a user name"):
+        broker_options.address_from_args(args, {})
+    pw.write_bytes(b"x" * 5000)
+    with pytest.raises(ValueError, match="not a password file"):
+        broker_options.address_from_args(args, {"LANDUN_BROKER_USERNAME": "ingest"})
+    with pytest.raises(ValueError, match="needs TLS"):
+        broker_options.address_from_args(_options(["--broker", "mqtt://b", "--broker-ca", "x"]))
+    assert broker_options.address_from_args(_options([])) is None
