@@ -20,7 +20,7 @@ from ingest.pipeline import IngestPipeline
 from landun import broker_options
 from landun.demo import demo_registry_path
 from store.sqlite import SqliteStore
-from tests.brokers import MosquittoBroker, have_mosquitto
+from tests.brokers import AmqttBroker, MosquittoBroker, have_mosquitto
 from tests.conftest import Publisher, wait_for
 
 needs_mosquitto = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto not on PATH")
@@ -193,3 +193,18 @@ def test_the_broker_login_comes_from_the_environment_or_a_file(tmp_path: Path) -
     with pytest.raises(ValueError, match="needs TLS"):
         broker_options.address_from_args(_options(["--broker", "mqtt://b", "--broker-ca", "x"]))
     assert broker_options.address_from_args(_options([])) is None
+
+
+def test_the_embedded_broker_serves_ingest(tmp_path: Path) -> None:
+    """`landun run`'s default broker (amqtt) with ingest's manual acks and clean stop."""
+    b = AmqttBroker()
+    b.start()
+    try:
+        sub, store = subscriber(tmp_path, b.url)
+        with running(sub, store):
+            assert sub.subscribed
+            publish_readings(b.url, 20, "embedded-pub")
+            assert wait_for(lambda: sub.pipeline.metrics.acked == 20)
+            assert sub.pipeline.metrics.readings_stored == 20
+    finally:
+        b.stop()
