@@ -78,8 +78,8 @@ class SubscriberSettings:
             raise ValueError("reconnect_min_s must be positive and at most reconnect_max_s")
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
+@dataclass(slots=True)  # not frozen: one is made per message on paho's thread, and frozen
+class _Item:  # dataclasses initialise through object.__setattr__, several times slower
     mid: int
     qos: int
     generation: int
