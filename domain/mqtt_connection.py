@@ -86,9 +86,11 @@ class BrokerAddress:
     @property
     def url(self) -> str:
         """The address without the login: safe to print."""
-        scheme = {(False, "tcp"): "mqtt", (True, "tcp"): "mqtts", (False, "websockets"): "ws"}
-        path = self.ws_path if self.transport == "websockets" else ""
-        return f"{scheme.get((self.tls, self.transport), 'wss')}://{self.host}:{self.port}{path}"
+        if self.transport == "websockets":
+            scheme, path = ("wss" if self.tls else "ws"), self.ws_path
+        else:
+            scheme, path = ("mqtts" if self.tls else "mqtt"), ""
+        return f"{scheme}://{self.host}:{self.port}{path}"
 
     @property
     def v5(self) -> bool:

@@ -88,6 +88,8 @@ def test_a_login_in_the_broker_url_is_refused() -> None:
     address = BrokerAddress.parse("mqtts://broker", username="ingest", password="secret")
     assert (address.port, address.tls, address.url) == (8883, True, "mqtts://broker:8883")
     assert "secret" not in repr(address)
+    ws = BrokerAddress.parse("wss://broker/mqtt-ws")
+    assert (ws.transport, ws.port, ws.url) == ("websockets", 443, "wss://broker:443/mqtt-ws")
 
 
 def test_idle_connection_is_kept_alive_by_pings(broker, tmp_path: Path) -> None:
