@@ -6,10 +6,16 @@ import json
 import logging
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from domain.alert_json import alert_to_dict
 from domain.model import Alert
+from domain.mqtt_connection import (
+    BrokerAddress,
+    FailureLog,
+    connect_options,
+    connect_or_retry,
+    new_client,
+)
 
 log = logging.getLogger("landun.alerts.mqtt")
 
@@ -19,23 +25,19 @@ def alert_topic(site_id: str) -> str:
 
 
 class MqttAlertPublisher:
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        username: str | None = None,
-        password: str | None = None,
-        client_id: str = "landun-alerts",
-    ) -> None:
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        if username:
-            self.client.username_pw_set(username, password)
+    def __init__(self, broker: BrokerAddress, client_id: str = "landun-alerts") -> None:
+        self.broker = broker
+        self.client = new_client(broker, client_id)
         self.client.reconnect_delay_set(0.5, 30)
-        self.host, self.port = host, port
+        self.failures = FailureLog(log, broker, f"alert publisher {client_id}")
+        self.failures.attach(self.client)
+        self.client.on_connect = lambda _c, _u, _f, rc, _p: self.failures.connected(rc)
         self.published = 0
 
     def start(self) -> None:
-        self.client.connect_async(self.host, self.port)
+        """Raises BrokerUnusable if the broker's certificate is rejected; a broker that is not
+        up yet is retried, and paho queues the alerts meanwhile."""
+        connect_or_retry(self.client, self.broker, self.failures, **connect_options(self.broker))
         self.client.loop_start()
 
     def stop(self) -> None:

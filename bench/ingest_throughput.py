@@ -32,7 +32,9 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.request
+from collections import deque
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -250,6 +252,34 @@ def landun_drain(api_ports: list[int], expected_readings: int, launched: float) 
     return (n - first_n) / (time.perf_counter() - first_t)
 
 
+class BoundedPublisher:
+    """QoS 1 publishes with at most `window` unacknowledged: paho numbers messages 1-65535, and
+    a publisher that outruns the broker wraps around onto ids still in flight (paho then refuses
+    with ERR_QUEUE_SIZE). When the window is full, publishing waits: the offered rate falls
+    below the one asked for, and the caller reports the rate actually offered."""
+
+    def __init__(self, c: mqtt.Client, window: int = 20_000) -> None:
+        self.c = c
+        self.window = window
+        self.pending: deque[mqtt.MQTTMessageInfo] = deque()
+
+    def publish(self, topic: str, body: bytes) -> None:
+        while self.pending and self.pending[0].is_published():
+            self.pending.popleft()
+        while len(self.pending) >= self.window:
+            self.pending.popleft().wait_for_publish(60)
+        info = self.c.publish(topic, body, 1)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise RuntimeError(f"publish refused: {mqtt.error_string(info.rc)}")
+        self.pending.append(info)
+
+    def drain(self, timeout_s: float = 60) -> None:
+        # paho drops what it has not sent yet on disconnect: two runs lost their last 5 and 6
+        # messages. It sends in order, so the last one acknowledged means all were.
+        if self.pending:
+            self.pending[-1].wait_for_publish(timeout_s)
+
+
 def steady_load(
     port: int,
     devices: list[str],
@@ -257,15 +287,17 @@ def steady_load(
     timing: tuple[float, float],
     triggers: int,
     rng: random.Random,
-) -> tuple[dict[str, int], int]:
+) -> tuple[dict[str, int], int, float]:
     """Publish at `rate` msgs/s for `timing` = (warm-up, measured) seconds, every device
     reporting once a minute of sensor time as real analyzers do (so the steady load stands for
     `rate` x 60 devices; the minutes lie in the past, ending now). Each trigger device first gets
     a low chlorine reading 11 min before its trigger (pending starts), then, spread over the
     measured seconds, the low trigger reading (pending time passed: alert). The wall time of
-    each trigger publish is returned per device, with the number of messages published."""
+    each trigger publish is returned per device, with the number of messages published and the
+    rate actually offered (lower than `rate` when the machine could not publish that fast)."""
     c = client(port, "bench-steady")
     c.loop_start()
+    out = BoundedPublisher(c)
     warm = int(rate * timing[0])
     total = warm + int(rate * timing[1])
     others = len(devices) - triggers
@@ -274,10 +306,9 @@ def steady_load(
     first = now - rounds * MINUTE
     trig = devices[:triggers]
     for d in trig:
-        c.publish(f"landun/v1/devices/{d}/telemetry", payload(first - 11 * MINUTE, 0, rng, 0.05), 1)
+        out.publish(f"landun/v1/devices/{d}/telemetry", payload(first - 11 * MINUTE, 0, rng, 0.05))
     every = max(1, (total - warm) // max(1, triggers))
     sent_at: dict[str, int] = {}
-    last: mqtt.MQTTMessageInfo | None = None
     started = time.perf_counter()
     for i in range(total):
         due = started + i / rate
@@ -287,19 +318,17 @@ def steady_load(
         k = (i - warm) // every
         if i >= warm and (i - warm) % every == 0 and k < len(trig):
             d = trig[k]
-            last = c.publish(f"landun/v1/devices/{d}/telemetry", payload(first, i, rng, 0.05), 1)
+            out.publish(f"landun/v1/devices/{d}/telemetry", payload(first, i, rng, 0.05))
             sent_at[d] = int(time.time() * 1000)
         else:
             d = devices[triggers + i % others]
             ts = first + (i // others) * MINUTE
-            last = c.publish(f"landun/v1/devices/{d}/telemetry", payload(ts, i + 1, rng), 1)
-    # paho drops what it has not sent yet on disconnect: two runs lost their last 5 and 6
-    # messages. It sends in order, so the last one acknowledged means all were.
-    if last is not None:
-        last.wait_for_publish(60)
+            out.publish(f"landun/v1/devices/{d}/telemetry", payload(ts, i + 1, rng))
+    offered = total / (time.perf_counter() - started)
+    out.drain()
     c.disconnect()
     c.loop_stop()
-    return sent_at, len(trig) + total
+    return sent_at, len(trig) + total, offered
 
 
 class AlertWatcher:
@@ -375,7 +404,7 @@ def steady_phase(
     """Alert latency and memory under the steady load (one worker), and the messages it sent."""
     watcher = AlertWatcher(port)
     with RssSampler(pid) as rss_steady:
-        sent, published = steady_load(
+        sent, published, offered = steady_load(
             port, devices, args.rate, (args.warmup, args.seconds), args.triggers, rng
         )
         lat = watcher.latencies(sent)
@@ -383,7 +412,8 @@ def steady_phase(
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
     samples = rss_steady.samples
     print(
-        f"steady load {args.rate} msgs/s, {args.warmup:g} s warm-up, then {args.seconds:g} s:"
+        f"steady load {offered:,.0f} msgs/s offered ({args.rate:,} asked),"
+        f" {args.warmup:g} s warm-up, then {args.seconds:g} s:"
         f" alert latency (publish to alert stored and announced) p50 {p50:.0f} ms,"
         f" p99 {p99:.0f} ms over {len(lat)} alerts"
         f" (to the engine's decision: p50 {percentile(decided, 50):.0f} ms, p99"
@@ -393,6 +423,7 @@ def steady_phase(
     )
     return {
         "steady_rate": args.rate,
+        "steady_rate_offered": round(offered),
         "steady_warmup_s": args.warmup,
         "alerts_timed": len(lat),
         "p50_alert_ms": p50,
@@ -433,6 +464,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
     workers: list[subprocess.Popen] = []
+    # Printed last whatever happens; a figure that could not be measured stays null, and why
+    # goes in `unmeasured`.
+    summary: dict[str, object] = dict.fromkeys(
+        ["msgs_per_s", "readings_per_s", "bare_paho_msgs_per_s", "ratio", "p50_alert_ms",
+         "p99_alert_ms", "peak_rss_mb", "readings_stored"]
+    )  # fmt: skip
+    summary.update(messages=args.messages, devices=args.devices, workers=args.workers)
+    unmeasured: list[str] = []
     try:
         wait_port(port)
         devices = write_registry(work / "registry.toml", args.devices)
@@ -453,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
 
         bare = bare_drain(port, len(backlog))
         print(f"bare paho subscriber: {bare:,.0f} msgs/s")
+        summary["bare_paho_msgs_per_s"] = round(bare)
 
         data = work / "var"
         data.mkdir()
@@ -469,34 +509,29 @@ def main(argv: list[str] | None = None) -> int:
             f" {readings_per_s:,.0f} readings/s ({msgs_per_s / bare:.0%} of bare paho);"
             f" peak RSS {' + '.join(f'{r:.0f}' for r in rss_drain)} MB"
         )
-        figures: dict[str, object] = {"p50_alert_ms": None, "p99_alert_ms": None}
+        summary.update(
+            msgs_per_s=round(msgs_per_s),
+            readings_per_s=round(readings_per_s),
+            ratio=round(msgs_per_s / bare, 3),
+        )
         steady_sent = 0
         if group is None:
             db = data / "landun.db"
-            figures, steady_sent = steady_phase(args, port, devices, db, workers[0].pid, rng)
+            try:
+                figures, steady_sent = steady_phase(args, port, devices, db, workers[0].pid, rng)
+                summary.update(figures)
+            except Exception as exc:  # the drain figures above still stand
+                traceback.print_exc()
+                unmeasured.append(f"steady phase: {type(exc).__name__}: {exc}")
         else:
             print("steady load skipped: shared-subscription workers judge alerts on their share")
         peak = max(peak_rss_mb(w.pid) for w in workers)
         stored = settled_readings(api_ports, (len(backlog) + steady_sent) * 5)
         print(f"peak RSS {peak:.0f} MB (largest worker) after {stored:,} readings")
-        print(
-            json.dumps(
-                {
-                    "messages": len(backlog),
-                    "devices": len(devices),
-                    "workers": args.workers,
-                    "msgs_per_s": round(msgs_per_s),
-                    "readings_per_s": round(readings_per_s),
-                    "bare_paho_msgs_per_s": round(bare),
-                    "ratio": round(msgs_per_s / bare, 3),
-                    **figures,
-                    "peak_rss_mb": round(peak, 1),
-                    "readings_stored": stored,
-                    "machine": machine(),
-                }
-            )
-        )
-        return 0
+        summary.update(peak_rss_mb=round(peak, 1), readings_stored=stored)
+    except Exception as exc:
+        traceback.print_exc()
+        unmeasured.append(f"{type(exc).__name__}: {exc}")
     finally:
         for w in workers:
             w.terminate()
@@ -505,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
         broker.terminate()
         broker.wait(10)
         shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({**summary, "unmeasured": unmeasured, "machine": machine()}))
+    return 1 if unmeasured else 0
 
 
 if __name__ == "__main__":

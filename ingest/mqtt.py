@@ -1,27 +1,36 @@
-"""MQTT subscriber: persistent session, QoS 1, manual acks after commit, batched.
+"""MQTT subscriber on paho-mqtt: persistent session, QoS 1, manual acks after commit, batched.
 
-Three threads. The network thread owns the connection: it reads whatever the broker sent in one
-system call, splits it into packets (ingest/mqtt_wire.py) and only enqueues the messages. The
-worker drains the queue in batches and has the pipeline commit each. The deliverer hands
-committed batches on to the alert stage, in commit order, then acknowledges their messages in one
-write. Unacknowledged messages stay with the broker, so a crash loses nothing and the store's
-idempotent writes absorb the redelivery. tests/test_reliability.py proves it against a real
-Mosquitto: ingest killed, broker restarted, store locked, two workers on a shared subscription."""
+Three threads. paho's network thread owns the connection and only enqueues each message
+(`_on_message`). The worker drains the queue in batches and has the pipeline commit each. The
+deliverer hands committed batches on to the alert stage, in commit order, then acknowledges
+their messages (paho's manual acks), on the connection that delivered them. Unacknowledged
+messages stay with the broker, so a crash loses nothing and the store's idempotent writes absorb
+the redelivery. tests/test_reliability.py proves it against a real Mosquitto: ingest killed,
+broker restarted, store locked, two workers on a shared subscription, clean stop."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
+import re
 import socket
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from urllib.parse import unquote, urlparse
+from dataclasses import dataclass, field
 
+import paho.mqtt.client as mqtt
+
+from domain.mqtt_connection import (
+    BrokerAddress,
+    BrokerUnusable,
+    FailureLog,
+    connect_options,
+    describe_failure,
+    is_configuration_error,
+    new_client,
+)
 from domain.timeutil import now_ms
-from ingest import mqtt_wire as wire
 from ingest.pipeline import Committed, IngestPipeline, RawMessage
 
 log = logging.getLogger("landun.ingest.mqtt")
@@ -33,51 +42,44 @@ TOPICS = (
 )
 # Never subscribed: unsubscribing from it is a harmless round trip (see _flush_acks).
 FLUSH_TOPIC = "landun/v1/ingest/flush"
-RECV_BYTES = 256 * 1024
+CLIENT_ID_PREFIX = "landun-ingest"
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        u = urlparse(url if "://" in url else f"mqtt://{url}")
-        if u.scheme not in ("mqtt", "tcp"):
-            raise ValueError(f"broker URL {url!r}: scheme must be mqtt://")
-        user, password = (None if v is None else unquote(v) for v in (u.username, u.password))
-        return cls(u.hostname or "127.0.0.1", u.port or 1883, user, password)
+def default_client_id(worker: int = 0) -> str:
+    """`landun-ingest-<host>-<worker>`: its own per worker, and the same across restarts, which
+    a persistent session needs (a process id would orphan the session's backlog)."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "host"
+    return f"{CLIENT_ID_PREFIX}-{host}-{worker}"
 
 
 @dataclass(frozen=True, slots=True)
 class SubscriberSettings:
-    client_id: str = "landun-ingest"
+    client_id: str = field(default_factory=default_client_id)
     shared_group: str | None = None  # e.g. "landun-ingest" -> $share/landun-ingest/<topic>
     batch_max: int = 2000
     batch_wait_s: float = 0.02  # gather for up to 20 ms: fixed costs per commit amortise
-    # Bound on messages held between broker and store. Mosquitto sends at most its in-flight
-    # window unacknowledged (2,000 in mosquitto/mosquitto.conf); a broker without one stops here.
+    # Bound on messages held between broker and store. Under MQTT 5 the broker is told so
+    # (receive maximum); under 3.1.1 Mosquitto sends at most its in-flight window
+    # unacknowledged (2,000 in mosquitto/mosquitto.conf), and a broker without one is held back
+    # here by not reading, which beyond 1.5 keepalives costs the connection (nothing is lost:
+    # the unacknowledged messages come again).
     queue_max: int = 20_000
     keepalive_s: int = 30
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
-    # The socket's timeout: how long a read waits before the keepalive is looked at, and how
-    # long a write may take before the connection is given up (its messages are redelivered).
-    poll_s: float = 5.0
+    # MQTT 5 only: how long the broker keeps the session while ingest is away. The maximum
+    # means "never", as a 3.1.1 persistent session (the broker's own expiry setting still rules).
+    session_expiry_s: int = 0xFFFFFFFF
 
     def __post_init__(self) -> None:
         if not 1 <= self.keepalive_s <= 0xFFFF:
             raise ValueError(f"keepalive_s {self.keepalive_s}: MQTT allows 1 to 65535 s here")
-        if not 0 < self.poll_s <= self.keepalive_s / 2 or self.reconnect_min_s <= 0:
-            raise ValueError("poll_s must be positive and at most half of keepalive_s, and"
-                             " reconnect_min_s positive")  # fmt: skip
+        if self.reconnect_min_s <= 0 or self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_min_s must be positive and at most reconnect_max_s")
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
+@dataclass(slots=True)  # not frozen: one is made per message on paho's thread, and frozen
+class _Item:  # dataclasses initialise through object.__setattr__, several times slower
     mid: int
     qos: int
     generation: int
@@ -85,11 +87,11 @@ class _Item:
     dup: bool
 
 
-_Packets = tuple[list[wire.Publish], list[wire.Control]]
-
-
-class _Refused(Exception):
-    """The broker answered CONNECT with a refusal."""
+def _topic(msg: mqtt.MQTTMessage) -> str:
+    try:
+        return msg.topic
+    except UnicodeDecodeError:  # brokers refuse such topics; if one passes, it is dead-lettered
+        return "<topic not UTF-8>"
 
 
 class MqttSubscriber:
@@ -101,7 +103,7 @@ class MqttSubscriber:
     ) -> None:
         self.pipeline = pipeline
         self.broker = broker
-        self.settings = settings or SubscriberSettings()
+        self.settings = s = settings or SubscriberSettings()
         # A deque, not a queue.Queue: append and popleft are atomic and lock-free, which matters
         # at tens of thousands of messages a second. The worker sleeps on `_arrived` only when
         # it has found the deque empty (`_idle`), so the network thread rarely touches the event.
@@ -109,20 +111,26 @@ class MqttSubscriber:
         self._arrived = threading.Event()
         self._idle = False
         self._stop = threading.Event()  # stop taking messages
-        self._closing = threading.Event()  # and then close the connection
-        # Counts connections lost. Packet ids are only valid on the connection that delivered
-        # them, so an ack is sent only while the generation is unchanged. Everything written
-        # to the socket goes under this lock, so packets never interleave.
+        self._closing = False  # and then close the connection
+        # Counts connections made and lost. Packet ids are only valid on the connection that
+        # delivered them, so an ack is queued only while the generation is unchanged, under
+        # this lock. paho drops the acks still queued when it reconnects.
         self._generation = 0
-        self._send_lock = threading.Lock()
-        self._sock: socket.socket | None = None
-        self._last_sent = self._last_heard = 0.0
-        self._ping_sent: float | None = None
-        self._packet_id = 0
+        self._ack_lock = threading.Lock()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
         self._flushed = threading.Event()
-        self._network = threading.Thread(target=self._network_run, name="landun-mqtt", daemon=True)
+        self._failures = FailureLog(log, broker, f"ingest {s.client_id}")
+        self._client = new_client(broker, s.client_id, persistent=True, manual_ack=True)
+        self._client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)
+        # A bug in a callback is logged by paho; it must not end paho's network thread.
+        self._client.suppress_exceptions = True
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_unsubscribe = lambda *_: self._flushed.set()
+        self._client.on_message = self._on_message
+        self._failures.attach(self._client)
         self._worker = threading.Thread(target=self._run, name="landun-ingest", daemon=True)
         # Committed batches wait here for their alert evaluation and acks, on a second thread:
         # SQLite releases the GIL while it writes, so batch n is judged while batch n+1 is being
@@ -138,7 +146,7 @@ class MqttSubscriber:
 
     @property
     def subscribed(self) -> bool:
-        """Connected and the broker granted every subscription on this connection."""
+        """Connected and the broker granted every subscription at QoS 1 on this connection."""
         return self._subscribed.is_set()
 
     @property
@@ -150,27 +158,35 @@ class MqttSubscriber:
         return [f"$share/{group}/{t}" if group else t for t in TOPICS]
 
     def start(self, wait_s: float = 10.0) -> None:
+        """Connect and subscribe. A certificate the broker's TLS setup rejects raises
+        BrokerUnusable (one clear line, no retrying); a broker that is down is retried."""
+        s = self.settings
+        options = connect_options(self.broker, True, s.session_expiry_s, s.queue_max)
+        try:
+            self._client.connect(self.broker.host, self.broker.port, s.keepalive_s, **options)
+        except (OSError, BrokerUnusable) as exc:
+            if is_configuration_error(exc):
+                raise BrokerUnusable(f"{self.broker.url}: {describe_failure(exc)}") from None
+            self._failures.failed(describe_failure(exc))
+            self._client.connect_async(self.broker.host, self.broker.port, s.keepalive_s, **options)
         self._worker.start()
         self._deliverer.start()
-        self._network.start()
+        self._client.loop_start()
         if wait_s and not self._subscribed.wait(wait_s):
-            log.warning("not subscribed on %s:%s yet; retrying", self.broker.host, self.broker.port)
+            log.warning("not subscribed on %s yet; retrying", self.broker.url)
 
     def stop(self) -> None:
         """Finish the batch in hand, judge and acknowledge what is committed, then disconnect;
         queued but uncommitted messages stay with the broker (they were not acknowledged)."""
         self._stop.set()
         self.pipeline.stop()
-        self._worker.join(timeout=30)
-        self._deliverer.join(timeout=30)
+        if self._worker.is_alive():
+            self._worker.join(timeout=30)
+            self._deliverer.join(timeout=30)
         self._flush_acks()
-        self._closing.set()
-        # Wake the network thread from its read; it says DISCONNECT and closes (_on_disconnected).
-        with self._send_lock:
-            if self._sock is not None:
-                with contextlib.suppress(OSError):
-                    self._sock.shutdown(socket.SHUT_RD)
-        self._network.join(timeout=15)
+        self._closing = True
+        self._client.disconnect()  # a clean goodbye after the queued acks, no will message
+        self._client.loop_stop()
 
     def _flush_acks(self, timeout_s: float = 5.0) -> None:
         """Wait until the broker has read our last PUBACKs. Closing a socket that still has unread
@@ -182,205 +198,70 @@ class MqttSubscriber:
         if not self.connected:
             return
         self._flushed.clear()
-        if not self._send(wire.unsubscribe_packet(self._next_packet_id(), [FLUSH_TOPIC])):
+        if self._client.unsubscribe(FLUSH_TOPIC)[0] != mqtt.MQTT_ERR_SUCCESS:
             return
         if not self._flushed.wait(timeout_s):
             log.warning("broker did not confirm the last acks; they may be redelivered")
 
-    # -- network thread -------------------------------------------------------------------------
+    # -- paho's network thread ------------------------------------------------------------------
 
-    def _network_run(self) -> None:
-        s = self.settings
-        delay = s.reconnect_min_s
-        while not self._closing.is_set():
-            try:
-                sock, reader, session_present, early = self._open()
-            except (OSError, wire.ProtocolError, _Refused) as exc:
-                log.warning("cannot connect to broker %s:%s (%s); retrying in %.1f s",
-                            self.broker.host, self.broker.port, exc, delay)  # fmt: skip
-            except Exception:
-                # A bug, not an outage: keep trying rather than end ingest for good.
-                log.exception("connecting to the broker failed; retrying in %.1f s", delay)
-            else:
-                opened = time.monotonic()
-                try:
-                    self._on_connected(sock, session_present)
-                    self._handle(*early, now_ms())
-                    self._read_until_closed(sock, reader)
-                except (OSError, wire.ProtocolError, _Refused) as exc:
-                    if not self._closing.is_set():
-                        log.warning("connection to broker lost (%s); reconnecting", exc)
-                except Exception:
-                    log.exception("ingest's MQTT connection failed; reconnecting")
-                finally:
-                    self._on_disconnected(sock)
-                # A connection that served a keepalive or more starts the backoff afresh; one
-                # dropped on arrival (say, another client took our id) backs off like a refusal.
-                if time.monotonic() - opened >= s.keepalive_s:
-                    delay = s.reconnect_min_s
-            if self._closing.wait(delay):
-                return
-            delay = min(delay * 2, s.reconnect_max_s)
-
-    def _open(self) -> tuple[socket.socket, wire.PacketReader, bool, _Packets]:
-        """Connect and log in: the socket, its reader, whether the broker kept our session, and
-        the packets that came in the same read as the CONNACK (a kept session's queue)."""
-        s = self.settings
-        sock = socket.create_connection((self.broker.host, self.broker.port), timeout=10)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(
-                wire.connect_packet(
-                    s.client_id, s.keepalive_s, False, self.broker.username, self.broker.password
-                )
-            )
-            reader = wire.PacketReader()
-            publishes: list[wire.Publish] = []
-            controls: list[wire.Control] = []
-            while not controls and not publishes:
-                data = sock.recv(RECV_BYTES)
-                if not data:
-                    raise ConnectionError("broker closed the connection before CONNACK")
-                publishes, controls = reader.feed(data)
-            # CONNACK is the first packet of a connection, so publishes read with it came after.
-            if not controls or controls[0].kind != wire.CONNACK:
-                raise wire.ProtocolError("the broker's first packet is not a CONNACK")
-            session_present, code = wire.parse_connack(controls[0].body)
-            if code:
-                raise _Refused(wire.CONNACK_REFUSALS.get(code, f"return code {code}"))
-        except BaseException:
-            sock.close()
-            raise
-        sock.settimeout(self.settings.poll_s)
-        return sock, reader, session_present, (publishes, controls[1:])
-
-    def _on_connected(self, sock: socket.socket, session_present: bool) -> None:
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not self._failures.connected(reason_code):
+            return  # paho closes the connection and retries with backoff
+        with self._ack_lock:
+            self._generation += 1
         metrics = self.pipeline.metrics
         metrics.connects += 1
-        if metrics.connects > 1 and not session_present:
+        if metrics.connects > 1 and not flags.session_present:
             # The broker forgot us (restarted without persistence, or expired the session):
             # whatever it queued while we were away is gone; only a resubscribe can help now.
             metrics.sessions_lost += 1
             log.error("broker has no session for %s; messages sent meanwhile are lost",
                       self.settings.client_id)  # fmt: skip
-        self._last_sent = self._last_heard = time.monotonic()
-        self._ping_sent = None
-        with self._send_lock:
-            self._sock = sock
         # Subscribing again is harmless when the session kept the subscriptions, and required
         # when it did not.
-        self._send(wire.subscribe_packet(self._next_packet_id(), [(t, 1) for t in self.topics()]))
+        client.subscribe([(t, 1) for t in self.topics()])
         self._connected.set()
-        log.info("connected (session present: %s), subscribing to %s",
-                 session_present, self.topics())  # fmt: skip
+        log.info("connected to %s as %s (session present: %s), subscribing to %s",
+                 self.broker.url, self.settings.client_id, flags.session_present,
+                 self.topics())  # fmt: skip
 
-    def _on_disconnected(self, sock: socket.socket) -> None:
-        # Under the send lock: no ack from the old connection can be written once the
-        # generation has moved on.
-        with self._send_lock:
-            if self._closing.is_set():
-                with contextlib.suppress(OSError):
-                    sock.sendall(wire.DISCONNECT_PACKET)  # a clean goodbye, no will message
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._ack_lock:  # no ack from the old connection is queued after this
             self._generation += 1
-            self._sock = None
+        was_connected = self._connected.is_set()
         self._connected.clear()
         self._subscribed.clear()
-        sock.close()
+        if was_connected and not self._closing:
+            log.warning("connection to %s lost (%s); reconnecting", self.broker.url, reason_code)
 
-    def _read_until_closed(self, sock: socket.socket, reader: wire.PacketReader) -> None:
-        # One buffer for every read: a fresh 256 KiB object per recv, shrunk to what came,
-        # fragments the heap of a long-running process.
-        buffer = memoryview(bytearray(RECV_BYTES))
-        while not self._closing.is_set():
-            try:
-                n = sock.recv_into(buffer)
-            except TimeoutError:
-                n = -1
-            if n == 0:
-                if self._closing.is_set():
-                    return
-                raise ConnectionError("broker closed the connection")
-            if n > 0:
-                self._last_heard = time.monotonic()
-                self._handle(*reader.feed(buffer[:n]), now_ms())
-            self._keepalive()
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        granted = [rc.value for rc in reason_codes]
+        if granted == [1] * len(TOPICS):
+            self._subscribed.set()
+            return
+        # Refused (0x80 and up), or granted at QoS 0, where messages come without acks and a
+        # crash loses them: say so; `subscribed` stays false for the health check.
+        log.error("the broker granted subscriptions %s as %s, not QoS 1: check its ACL and"
+                  " max_qos", self.topics(), [str(rc) for rc in reason_codes])  # fmt: skip
 
-    def _handle(
-        self, publishes: list[wire.Publish], controls: list[wire.Control], recv_ms: int
-    ) -> None:
-        generation = self._generation
-        for p in publishes:
-            if self._stop.is_set():
-                break  # not acknowledged: the broker keeps them for the next start
-            message = RawMessage(p.topic, p.payload, recv_ms)
-            self._enqueue(_Item(p.mid, p.qos, generation, message, p.dup))
-        for c in controls:
-            if c.kind == wire.SUBACK:
-                _, granted = wire.parse_suback(c.body)
-                # Refused (0x80), or granted at QoS 0, where messages come without acks and a
-                # crash loses them: reconnect and ask again (with backoff) rather than go on.
-                if granted != bytes(len(TOPICS) * [1]):
-                    raise _Refused(f"subscriptions {self.topics()} granted as {list(granted)}")
-                self._subscribed.set()
-            elif c.kind == wire.UNSUBACK:
-                self._flushed.set()  # the only unsubscribe is _flush_acks'
-            elif c.kind == wire.PINGRESP:
-                self._ping_sent = None
-            else:
-                raise wire.ProtocolError(f"unexpected packet type {c.kind:#x} from the broker")
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        if self._stop.is_set():
+            return  # not acknowledged: the broker keeps it for the next start
+        message = RawMessage(_topic(msg), msg.payload, now_ms())
+        self._enqueue(_Item(msg.mid, msg.qos, self._generation, message, msg.dup))
 
     def _enqueue(self, item: _Item) -> None:
-        # Waits while full: TCP backpressure to the broker, which holds the backlog. Gives up
-        # only when stopping (the message is unacknowledged, so the broker keeps it).
+        # Waits while full: paho reads no more, TCP holds the broker back, the broker holds the
+        # backlog. Gives up only when stopping (the message is unacknowledged, so kept).
         if len(self._queue) >= self.settings.queue_max:
             self.pipeline.metrics.observe_queue(len(self._queue))
             while len(self._queue) >= self.settings.queue_max:
                 if self._stop.wait(0.005):
                     return
-                # Only to be heard: its reply waits unread until the queue has room again.
-                if time.monotonic() - self._last_sent >= self.settings.keepalive_s / 2:
-                    self._send(wire.PINGREQ_PACKET)
-            # Nothing was read while waiting, so silence until now says nothing of the broker.
-            self._last_heard = time.monotonic()
         self._queue.append(item)
         if self._idle:
             self._arrived.set()
-
-    def _keepalive(self) -> None:
-        """Ping when idle; give the connection up when a ping goes unanswered for a keepalive."""
-        ping_sent = self._ping_sent
-        keepalive = self.settings.keepalive_s
-        now = time.monotonic()
-        if ping_sent is None:
-            # The broker silent for half a keepalive (is it still there?), or we have been (it
-            # drops a client that sends nothing for 1.5 keepalives, 3.1.2.10).
-            if now - min(self._last_heard, self._last_sent) >= keepalive / 2:
-                self._ping_sent = now
-                self._send(wire.PINGREQ_PACKET)
-        elif now - max(ping_sent, self._last_heard) > keepalive:
-            raise TimeoutError(f"no reply from the broker for {keepalive} s")
-
-    def _send(self, data: bytes, generation: int | None = None) -> bool:
-        """Write whole packets; False if there is no connection (or not the one of
-        `generation`). A failed write shuts the socket, so the network thread reconnects
-        rather than go on after half a packet."""
-        with self._send_lock:
-            sock = self._sock
-            if sock is None or (generation is not None and generation != self._generation):
-                return False
-            try:
-                sock.sendall(data)
-            except OSError as exc:
-                log.warning("writing to the broker failed (%s); reconnecting", exc)
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                return False
-            self._last_sent = time.monotonic()
-            return True
-
-    def _next_packet_id(self) -> int:
-        self._packet_id = self._packet_id % 0xFFFF + 1
-        return self._packet_id
 
     # -- worker thread --------------------------------------------------------------------------
 
@@ -451,7 +332,11 @@ class MqttSubscriber:
         # A message from an earlier connection will be redelivered by the broker anyway (it was
         # stored, so the copy is a duplicate); its packet id may now name another, uncommitted
         # message, so acking it could lose that one.
-        generation = self._generation
-        mids = [i.mid for i in batch if i.qos and i.generation == generation]
-        if mids and self._send(wire.puback_packets(mids), generation):
-            self.pipeline.metrics.acked += len(mids)
+        acked = 0
+        with self._ack_lock:
+            generation = self._generation
+            for i in batch:
+                if i.qos and i.generation == generation:
+                    self._client.ack(i.mid, i.qos)
+                    acked += 1
+        self.pipeline.metrics.acked += acked

@@ -12,23 +12,29 @@ import sys
 from pathlib import Path
 
 from alerts.notify_webhook import WebhookTarget
-from landun import accounts, gc_settings
+from domain.mqtt_connection import BrokerUnusable
+from landun import accounts, broker_options, gc_settings
 from landun.mosquitto_export import add_subparser as add_devices_subparser
 from landun.system import RunConfig, StartupError, System, run_hj212_gateway
 from simulators.cli import add_subparser as add_simulate_subparser
 
 
 def _run(args: argparse.Namespace) -> int:
+    try:
+        broker = broker_options.address_from_args(args)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"landun run: {exc}") from None
     cfg = RunConfig(
         host=args.host,
         port=args.port,
-        broker_url=args.broker,
+        broker=broker,
         broker_port=args.broker_port,
         data_dir=Path(args.data_dir),
         registry_path=Path(args.registry) if args.registry else None,
         simulators=not args.no_simulators,
         sim_interval_s=args.sim_interval,
         client_id=args.client_id,
+        worker=args.worker,
         shared_group=args.shared_group,
         hj212_port=args.hj212_port,
         hj212_host=args.hj212_host,
@@ -40,6 +46,9 @@ def _run(args: argparse.Namespace) -> int:
             asyncio.run(System(cfg).run())
     except StartupError as exc:
         print(f"landun: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except BrokerUnusable as exc:
+        print(f"landun run: cannot use the broker {exc}", file=sys.stderr, flush=True)
         return 2
     return 0
 
@@ -81,13 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole system in one process")
     run.add_argument("--host", default="127.0.0.1", help="API bind address")
     run.add_argument("--port", type=int, default=8000, help="API port")
-    run.add_argument("--broker", help="external broker, mqtt://[user:pass@]host:port")
+    broker_options.add_arguments(
+        run, "external broker: mqtt://host:1883, mqtts://host:8883, ws:// or wss://"
+    )
     run.add_argument("--broker-port", type=int, default=1883, help="embedded broker port")
     run.add_argument("--data-dir", default="var", help="where the SQLite database lives")
     run.add_argument("--registry", help="registry TOML (default: the demo registry)")
     run.add_argument("--no-simulators", action="store_true", help="do not run simulators")
     run.add_argument("--sim-interval", type=int, help="simulated reporting interval, seconds")
-    run.add_argument("--client-id", default="landun-ingest", help="MQTT client id of ingest")
+    run.add_argument("--client-id", help="ingest's MQTT client id (default: from --worker)")
+    run.add_argument(
+        "--worker",
+        type=int,
+        default=0,
+        help="this worker's number: client id landun-ingest-<host>-<worker>, its own per worker",
+    )
     run.add_argument(
         "--shared-group",
         help="share the subscription with other workers (each judges alerts only on its share)",

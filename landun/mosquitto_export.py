@@ -44,6 +44,7 @@ HEALTHCHECK_USER = "healthcheck"
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 DEVICE_PATTERN = "pattern write landun/v1/devices/%u/#"
+RESERVED_CLIENT_PREFIX = "landun-"  # ingest, alert publisher and simulator client ids
 ROLE_TOPICS: dict[str, tuple[str, ...]] = {
     "ingest": ("topic read landun/v1/devices/+/+", "topic write landun/v1/alerts/#"),
     "simulators": ("topic write landun/v1/devices/+/+",),
@@ -141,6 +142,14 @@ def export_mosquitto(
         raise ValueError(f"user names must match {_NAME.pattern}: {bad}")
     if HEALTHCHECK_USER in service_users:
         raise ValueError(f"{HEALTHCHECK_USER!r} is created by the export itself")
+    # On the device listener a device's client id is its user name (use_username_as_clientid):
+    # a device named like one of Landun's own clients could take over that client's session.
+    reserved = sorted(d for d in registry.devices if d.startswith(RESERVED_CLIENT_PREFIX))
+    if reserved:
+        raise ValueError(
+            f"device ids must not start with {RESERVED_CLIENT_PREFIX!r}, which names Landun's"
+            f" own MQTT clients: {reserved}"
+        )
 
     mqtt_devices = sorted(d.id for d in registry.devices.values() if d.mn is None)
     known = load_device_secrets(device_secrets)

@@ -29,12 +29,13 @@ from api.app import create_app
 from api.context import AppContext
 from api.routes_sites import apply_stored_edits
 from domain.credentials import hash_secret
+from domain.mqtt_connection import BrokerAddress
 from domain.params import Catalogue, default_catalogue
 from domain.registry import Registry, load_registry
 from domain.timeutil import now_ms
 from ingest.hj212.gateway import Hj212Gateway
 from ingest.hj212.sink import PipelineSink, RegistryLookup
-from ingest.mqtt import BrokerAddress, MqttSubscriber, SubscriberSettings
+from ingest.mqtt import MqttSubscriber, SubscriberSettings, default_client_id
 from ingest.pipeline import IngestPipeline
 from landun.broker import EmbeddedBroker
 from landun.demo import (
@@ -67,13 +68,15 @@ class _ApiServer(uvicorn.Server):
 class RunConfig:
     host: str = "127.0.0.1"
     port: int = 8000
-    broker_url: str | None = None  # None: start the embedded broker
+    broker_url: str | None = None  # None (and no `broker`): start the embedded broker
+    broker: BrokerAddress | None = None  # the full address (TLS, login); wins over broker_url
     broker_port: int = 1883  # embedded broker's port (0: any free port)
     data_dir: Path = Path("var")
     registry_path: Path | None = None  # None: the demo registry
     simulators: bool = True
     sim_interval_s: int | None = None
-    client_id: str = "landun-ingest"
+    client_id: str | None = None  # None: landun-ingest-<host>-<worker>
+    worker: int = 0
     shared_group: str | None = None
     hj212_port: int | None = None  # None: no HJ 212 gateway
     hj212_host: str = "127.0.0.1"
@@ -246,18 +249,13 @@ class System:
         async with contextlib.AsyncExitStack() as stack:
             api_socket = bind_api_socket(cfg.host, cfg.port)
             stack.callback(api_socket.close)
-            embedded = await self._start_broker(stack)
-            broker = BrokerAddress.parse(self.broker_url or "")
+            broker, embedded = await self._start_broker(stack)
+            self.broker_url = broker.url  # never the login
+            client_id = cfg.client_id or default_client_id(cfg.worker)
             core = self.core = Core.open(cfg)
             stack.callback(core.close)
             self.admin_note = ensure_admin(core.store, cfg.data_dir, cfg.admin_password)
-            alerts_out = MqttAlertPublisher(
-                broker.host,
-                broker.port,
-                broker.username,
-                broker.password,
-                f"{cfg.client_id}-alerts",
-            )
+            alerts_out = MqttAlertPublisher(broker, f"{client_id}-alerts")
             alerts_out.start()
             stack.callback(alerts_out.stop)
             core.engine.sinks.append(alerts_out)
@@ -267,7 +265,7 @@ class System:
                 stack.push_async_callback(asyncio.to_thread, webhooks.stop)
                 core.engine.sinks.append(webhooks)
             subscriber = MqttSubscriber(
-                core.pipeline, broker, SubscriberSettings(cfg.client_id, cfg.shared_group)
+                core.pipeline, broker, SubscriberSettings(client_id, cfg.shared_group)
             )
             await asyncio.to_thread(subscriber.start)
             stack.push_async_callback(asyncio.to_thread, subscriber.stop)
@@ -275,7 +273,9 @@ class System:
             clock.start()
             stack.callback(clock.stop)
             await self._start_hj212(stack, core)
-            sims = await self._start_simulators(stack, core, broker) if cfg.simulators else False
+            sims = False
+            if cfg.simulators:
+                sims = await self._start_simulators(stack, core, broker, f"{client_id}-simulators")
             ctx = AppContext(
                 store=core.store,
                 registry=core.registry,
@@ -303,12 +303,13 @@ class System:
                 await serve
         print("Landun stopped cleanly.", flush=True)
 
-    async def _start_broker(self, stack: contextlib.AsyncExitStack) -> bool:
-        """The embedded broker unless one was named; True if embedded."""
+    async def _start_broker(self, stack: contextlib.AsyncExitStack) -> tuple[BrokerAddress, bool]:
+        """The named broker, or the embedded one started; True if embedded."""
         cfg = self.config
+        if cfg.broker is not None:
+            return cfg.broker, False
         if cfg.broker_url is not None:
-            self.broker_url = cfg.broker_url
-            return False
+            return BrokerAddress.parse(cfg.broker_url), False
         embedded = EmbeddedBroker("127.0.0.1", cfg.broker_port)
         try:
             # amqtt logs a traceback of its own when its bind fails: find a busy port first.
@@ -326,8 +327,7 @@ class System:
                 " mqtt://HOST:PORT, or let Landun pick a free port with --broker-port 0"
             ) from None
         stack.push_async_callback(embedded.stop)
-        self.broker_url = embedded.url
-        return True
+        return BrokerAddress.parse(embedded.url), True
 
     async def _start_hj212(self, stack: contextlib.AsyncExitStack, core: Core) -> None:
         """The HJ 212 gateway when a port was given, or on a free loopback port when the demo
@@ -349,7 +349,7 @@ class System:
         stack.push_async_callback(gateway.stop)
 
     async def _start_simulators(
-        self, stack: contextlib.AsyncExitStack, core: Core, broker: BrokerAddress
+        self, stack: contextlib.AsyncExitStack, core: Core, broker: BrokerAddress, client_id: str
     ) -> bool:
         """The demo's simulated devices, continuing the data the store already holds."""
         cfg = self.config
@@ -360,7 +360,7 @@ class System:
         ids = [d.device_id for d in devices] + [d.device_id for d in loggers]
         newest = await asyncio.to_thread(newest_sensor_time, core.store, ids)
         settings = demo_settings(anchor, now, newest, cfg.sim_interval_s or 60)
-        sims = SimulatorRunner(broker, devices, settings, client_id=f"{cfg.client_id}-simulators")
+        sims = SimulatorRunner(broker, devices, settings, client_id=client_id)
         await asyncio.to_thread(sims.start)
         stack.push_async_callback(asyncio.to_thread, sims.stop)
         if loggers and self.hj212_port is not None:

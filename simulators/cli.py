@@ -13,9 +13,10 @@ import time
 import tomllib
 from pathlib import Path
 
+from domain.mqtt_connection import BrokerUnusable, describe_failure
 from domain.registry import load_registry
 from domain.timeutil import ms_to_iso, now_ms
-from ingest.mqtt import BrokerAddress
+from landun import broker_options
 from simulators.ground_truth import ground_truth, write_ground_truth
 from simulators.hj212_logger import Hj212LoggerRunner
 from simulators.pool_model import PoolModel
@@ -108,16 +109,25 @@ def run(args: argparse.Namespace) -> int:
         secrets = None
         if args.device_secrets:
             secrets = tomllib.loads(Path(args.device_secrets).read_text("utf-8"))
-        runner = SimulatorRunner(
-            BrokerAddress.parse(args.broker), models, settings, credentials=secrets
-        )
+        try:
+            broker = broker_options.address_from_args(args)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"landun simulate: {exc}") from None
+        assert broker is not None  # --broker has a default
+        try:
+            runner = SimulatorRunner(broker, models, settings, credentials=secrets)
+        except BrokerUnusable as exc:
+            raise SystemExit(f"landun simulate: cannot use the broker {exc}") from None
     print(
         f"simulating {len(models)} pools from {ms_to_iso(start)} to {ms_to_iso(end)}"
         f" at {args.speed:g}x, every {args.interval} s"
         f"{f', scenario {scenario.id}' if scenario else ''}; Ctrl-C stops",
         flush=True,
     )
-    runner.start()
+    try:
+        runner.start()
+    except OSError as exc:
+        raise SystemExit(f"landun simulate: cannot connect: {describe_failure(exc)}") from None
     try:
         while not runner.finished:
             time.sleep(0.5)
@@ -131,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
 
 def add_subparser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="simulated pools against any broker or HJ 212 endpoint")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://[user:pass@]host:port")
+    broker_options.add_arguments(
+        p, "mqtt://host:port, mqtts://host:8883, ws:// or wss://", "mqtt://127.0.0.1:1883"
+    )
     p.add_argument("--hj212", metavar="HOST:PORT", help="send HJ 212 over TCP instead of MQTT")
     p.add_argument("--device-secrets", help="TOML of device-id = password (per-device login)")
     p.add_argument("--registry", help="simulate the pools of this registry")

@@ -6,6 +6,7 @@ sample carries a future timestamp."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -16,10 +17,9 @@ from typing import Protocol
 
 import numpy as np
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
+from domain.mqtt_connection import BrokerAddress, connect_options, new_client
 from domain.timeutil import now_ms
-from ingest.mqtt import BrokerAddress
 from simulators.pool_model import PoolModel, Sample
 
 log = logging.getLogger("landun.simulators")
@@ -106,27 +106,24 @@ class SimulatorRunner:
         # sensors do under the production ACL; otherwise one client speaks for all of them.
         if credentials:
             self.clients = {
-                d.device_id: self._client(f"{client_id}-{d.device_id}", d.device_id,
-                                          credentials[d.device_id])
+                d.device_id: new_client(
+                    dataclasses.replace(
+                        broker, username=d.device_id, password=credentials[d.device_id]
+                    ),
+                    f"{client_id}-{d.device_id}",
+                )
                 for d in self.devices
-            }  # fmt: skip
+            }
         else:
-            shared = self._client(client_id, broker.username, broker.password)
+            shared = new_client(broker, client_id)
             self.clients = dict.fromkeys((d.device_id for d in self.devices), shared)
-
-    @staticmethod
-    def _client(client_id: str, user: str | None, password: str | None) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        if user:
-            client.username_pw_set(user, password)
-        return client
 
     def _unique_clients(self) -> list[mqtt.Client]:
         return list({id(c): c for c in self.clients.values()}.values())
 
     def start(self) -> None:
         for client in self._unique_clients():
-            client.connect(self.broker.host, self.broker.port)
+            client.connect(self.broker.host, self.broker.port, **connect_options(self.broker))
             client.loop_start()
         self._thread.start()
 

@@ -20,9 +20,10 @@ import signal
 import threading
 from pathlib import Path
 
+from domain.mqtt_connection import BrokerAddress
 from domain.params import default_catalogue
 from domain.registry import load_registry
-from ingest.mqtt import BrokerAddress, MqttSubscriber, SubscriberSettings
+from ingest.mqtt import MqttSubscriber, SubscriberSettings
 from ingest.pipeline import IngestPipeline
 from landun.demo import demo_registry_path
 from store.sqlite import SqliteStore

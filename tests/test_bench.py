@@ -32,6 +32,7 @@ def test_ingest_throughput_quick_reports_every_figure():
     for key in ("msgs_per_s", "readings_per_s", "bare_paho_msgs_per_s", "ratio", "peak_rss_mb"):
         assert figures[key] > 0, key
     assert figures["alerts_timed"] == 5
+    assert figures["unmeasured"] == [] and figures["steady_rate_offered"] > 0
     assert figures["p50_alert_ms"] <= figures["p99_alert_ms"]
 
 

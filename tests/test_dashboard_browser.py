@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from domain.mqtt_connection import BrokerAddress
 from domain.registry import load_registry
 from domain.timeutil import now_ms
-from ingest.mqtt import BrokerAddress
 from landun.demo import FAILING_SITE, demo_devices, demo_registry_path, demo_settings
 from landun.system import RunConfig
 from simulators.runner import SimulatorRunner

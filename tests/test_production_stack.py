@@ -26,10 +26,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from domain.mqtt_connection import BrokerAddress
 from domain.params import default_catalogue
 from domain.registry import load_registry
 from domain.timeutil import now_ms
-from ingest.mqtt import BrokerAddress, MqttSubscriber, SubscriberSettings
+from ingest.mqtt import MqttSubscriber, SubscriberSettings
 from ingest.pipeline import IngestPipeline
 from landun.broker import free_port, wait_port
 from landun.demo import demo_registry_path
@@ -54,10 +55,11 @@ needs_mosquitto = pytest.mark.skipif(
 )
 
 
-def _test_config(prod: str, port: int, auth_dir: Path, data_dir: Path) -> str:
-    """The production config with only the listener and the file paths replaced."""
+def _test_config(prod: str, port: int, service_port: int, auth_dir: Path, data_dir: Path) -> str:
+    """The production config with only the listeners and the file paths replaced."""
     replace = {
         "listener 1883": f"listener {port} 127.0.0.1",
+        "listener 1884": f"listener {service_port} 127.0.0.1",
         "password_file /mosquitto/auth/passwd": f"password_file {auth_dir}/passwd",
         "acl_file /mosquitto/auth/acl": f"acl_file {auth_dir}/acl",
         "persistence_location /mosquitto/data/": f"persistence_location {data_dir}/",
@@ -80,9 +82,12 @@ class Stack:
     secrets: dict[str, str]
     health_password: str
     store: SqliteStore
+    ingest: MqttSubscriber
 
-    def client(self, user: str | None, password: str | None = None) -> Client:
-        return Client(self.port, user, password)
+    def client(
+        self, user: str | None, password: str | None = None, client_id: str | None = None
+    ) -> Client:
+        return Client(self.port, user, password, client_id)
 
     def device(self, device_id: str) -> Client:
         return self.client(device_id, self.secrets[device_id])
@@ -91,12 +96,16 @@ class Stack:
 class Client:
     """A paho client that records its CONNACK, SUBACKs and messages."""
 
-    def __init__(self, port: int, user: str | None, password: str | None) -> None:
+    def __init__(
+        self, port: int, user: str | None, password: str | None, client_id: str | None = None
+    ) -> None:
         self.connack: list[str] = []
         self.subacks: list[list[int]] = []
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
-        self.mqtt = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{user}-{time.time()}")
+        self.mqtt = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id or f"t-{user}-{time.time()}"
+        )
         if user:
             self.mqtt.username_pw_set(user, password)
         # A refused client retries in paho's loop; a short delay lets close() return at once.
@@ -130,37 +139,42 @@ class Client:
         self.mqtt.loop_stop()
 
 
-def _start_broker(tmp_path: Path) -> tuple[subprocess.Popen, int, dict[str, str], str]:
+def _start_broker(tmp_path: Path) -> tuple[subprocess.Popen, int, int, dict[str, str], str]:
+    """The broker, its device port, its port for Landun's own clients, the device secrets and
+    the health check's password."""
     registry = load_registry(demo_registry_path())
     auth = tmp_path / "auth"
     secrets_file = tmp_path / "device-secrets.toml"
     result = export_mosquitto(registry, auth, dict(SERVICES), secrets_file, generate=True)
-    port = free_port()
+    port, service_port = free_port(), free_port()
     (tmp_path / "data").mkdir()
     conf = tmp_path / "mosquitto.conf"
-    conf.write_text(_test_config(PROD_CONF.read_text(), port, auth, tmp_path / "data"))
+    conf.write_text(
+        _test_config(PROD_CONF.read_text(), port, service_port, auth, tmp_path / "data")
+    )
     proc = subprocess.Popen(
         ["mosquitto", "-c", str(conf)],
         stdout=open(tmp_path / "mosquitto.log", "ab"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
     )
     wait_port(port)
+    wait_port(service_port)
     secrets = load_device_secrets(secrets_file)
-    return proc, port, secrets, result.healthcheck_secret.read_text().strip()
+    return proc, port, service_port, secrets, result.healthcheck_secret.read_text().strip()
 
 
 @pytest.fixture(params=[None, "landun-ingest"], ids=["plain", "shared"])
 def stack(request, tmp_path: Path) -> Iterator[Stack]:
     """Broker plus ingest logged in as `ingest`, subscribed plainly or through $share/."""
-    proc, port, secrets, health = _start_broker(tmp_path)
+    proc, port, service_port, secrets, health = _start_broker(tmp_path)
     registry = load_registry(demo_registry_path())
     store = SqliteStore(tmp_path / "landun.db")
     pipeline = IngestPipeline(store, registry, default_catalogue())
-    broker = BrokerAddress("127.0.0.1", port, "ingest", SERVICES["ingest"])
+    broker = BrokerAddress("127.0.0.1", service_port, "ingest", SERVICES["ingest"])
     sub = MqttSubscriber(pipeline, broker, SubscriberSettings("ingest-test", request.param))
     sub.start()
     assert sub.connected
-    yield Stack(port, secrets, health, store)
+    yield Stack(port, secrets, health, store, sub)
     sub.stop()
     store.close()
     proc.terminate()
@@ -180,6 +194,27 @@ def test_anonymous_and_wrong_passwords_are_refused(stack: Stack) -> None:
     ok = stack.device(DEV_A)
     assert ok.connack[0] == "Success"
     ok.close()
+
+
+@needs_mosquitto
+def test_a_device_using_ingests_client_id_cannot_take_over_its_session(stack: Stack) -> None:
+    """A device logs in with its own valid login but ingest's client id. On the device listener
+    the broker names every client after its login, so ingest keeps its connection and session
+    and stores everything another device sends meanwhile."""
+    attacker = stack.client(DEV_A, stack.secrets[DEV_A], client_id="ingest-test")
+    assert attacker.connack == ["Success"]
+    b = stack.device(DEV_B)
+    for k in range(50):
+        b.telemetry(DEV_B, 7.0 + k / 100)
+    metrics = stack.ingest.pipeline.metrics
+    wait_for(lambda: metrics.acked == 50, what="all of B's messages stored and acknowledged")
+    # Readings of one millisecond share a key: stored once, counted as duplicates.
+    assert metrics.readings_stored + metrics.readings_duplicate == 50
+    assert stack.ingest.connected and metrics.connects == 1 and metrics.redelivered == 0
+    assert attacker.mqtt.is_connected(), "the device was let in, under its own name"
+    assert stack.store.dead_letters() == []
+    attacker.close()
+    b.close()
 
 
 @needs_mosquitto
@@ -286,6 +321,18 @@ def test_export_needs_a_password_for_every_mqtt_device(tmp_path: Path) -> None:
         export_mosquitto(registry, tmp_path / "out", {DEV_A: "x"}, secrets_file)
     with pytest.raises(ValueError, match="must match"):
         export_mosquitto(registry, tmp_path / "out", {"a/#": "x"}, secrets_file)
+
+
+def test_export_refuses_device_ids_named_like_landuns_own_clients(tmp_path: Path) -> None:
+    """A device's client id is its user name on the device listener: a device called
+    `landun-ingest-...` would be ingest as far as the broker's sessions go."""
+    reg = tmp_path / "registry.toml"
+    reg.write_text(
+        '[[sites]]\nid = "s1"\nname = "Pool"\nkind = "pool"\njurisdiction = "310104"\n\n'
+        '[[devices]]\nid = "landun-ingest-host-0"\nsite = "s1"\nkind = "pool_analyzer"\n'
+    )
+    with pytest.raises(ValueError, match="Landun's own MQTT clients"):
+        export_mosquitto(load_registry(reg), tmp_path / "out", {}, tmp_path / "s.toml", True)
 
 
 def test_export_command_line(tmp_path: Path) -> None:
