@@ -160,6 +160,7 @@ class LimitOut(BaseModel):
     min: float | None
     max: float | None
     unit: str
+    unit_label: str = Field(description="the unit as a person reads it (°C for degC)")
     text: str
     standard: str
     clause: str
@@ -307,9 +308,19 @@ _ERROR_MEANING = {
     403: "outside the caller's role or jurisdictions",
     404: "no such site, device or alert",
     409: "conflicts with the current state (see detail)",
+    413: "the request body is larger than this route takes",
     422: "the request does not match this schema",
     503: "the store cannot take writes now; nothing was changed, retry after Retry-After",
 }
+
+
+class EvidenceCheckOut(BaseModel):
+    alert_id: int
+    valid: bool = Field(description="the copy's content hashes to the hash it states")
+    same_alert: bool = Field(description="the copy is a record of this alert")
+    stated_sha256: str | None
+    computed_sha256: str
+    detail: str
 
 
 def error_responses(*codes: int) -> dict[int | str, dict]:

@@ -629,8 +629,9 @@ def test_evidence_record_as_json_csv_and_printable_html(world):
     rows = list(csv.reader(io.StringIO(r.text)))
     assert ["# id", str(alert["id"])] in rows
     assert any(row[0] == "# limit" and "GB 37488-2019" in row[2] for row in rows)
+    assert ["# sha256", record["sha256"]] in rows and ["# timezone", "Asia/Shanghai"] in rows
     header = rows.index(
-        ["ts", "received", "parameter", "value", "flag", "flag_meaning", "in_episode"]
+        ["ts", "ts_local", "received", "parameter", "value", "flag", "flag_meaning", "in_episode"]
     )
     assert len(rows) - header - 1 == 65
 
@@ -642,6 +643,85 @@ def test_evidence_record_as_json_csv_and_printable_html(world):
     assert html.count("<tr class='in'>") == sum(r["in_episode"] for r in readings)
     _error(world.insp_xh.get(url, params={"format": "pdf"}), 422)
     _error(world.admin.get("/api/v1/alerts/999999/evidence"), 404)
+
+
+def test_evidence_record_is_bilingual_chinese_first_with_local_and_utc_times(world):
+    alert = world.alert_of(XH1, "range:free_chlorine")
+    url = f"/api/v1/alerts/{alert['id']}/evidence"
+    record = world.insp_xh.get(url).json()
+    assert record["rule"] == {
+        "id": "range:free_chlorine",
+        "name_zh": "游离性余氯超出限值",
+        "name_en": "Free chlorine outside its limit",
+    }
+    assert record["summary"]["zh"].startswith("游离性余氯超出限值，最差值 0.1 mg/L")
+    assert record["summary"]["en"].startswith("Free chlorine outside its limit; worst value 0.1")
+    episode = record["episode"]
+    # The episode began at H (pool-xh-01's first low reading): in UTC and in Shanghai time.
+    start = datetime.fromtimestamp(world.hour / 1000, SHANGHAI)
+    assert episode["start"] == {"utc": ms_to_iso(world.hour), "local": start.isoformat()}
+    assert episode["ongoing"] is False and episode["end"]["local"].endswith("+08:00")
+    assert record["worst"]["value"] == 0.1 and record["worst"]["at"]["local"].endswith("+08:00")
+    assert record["site"]["timezone"] == "Asia/Shanghai"
+    assert record["readings"][0]["ts_local"] == start.isoformat()
+
+    html = world.insp_xh.get(url, params={"format": "html"}).text
+    assert html.index("在线监测证据记录") < html.index("Online monitoring evidence record")
+    for text in (
+        "游离性余氯超出限值", "Free chlorine outside its limit", "range:free_chlorine",
+        "GB 37488-2019", record["limit"]["clause"], "0.3–1 mg/L",
+        start.strftime("%Y-%m-%d %H:%M:%S"), f"UTC {ms_to_iso(world.hour)}",
+        "时间 Time (Asia/Shanghai)", "时间 Time (UTC)", "已办结 resolved", "告警产生 opened",
+        record["sha256"], "@page{size:A4", "14 分钟 / 14 min",
+    ):  # fmt: skip
+        assert text in html, text
+    assert "None" not in html and ">Last<" not in html
+
+
+def test_evidence_without_a_worst_value_says_none_not_none(world):
+    from api.evidence import evidence_html
+
+    alert = world.alert_of(XH3, "range:free_chlorine")
+    record = world.insp_xh.get(f"/api/v1/alerts/{alert['id']}/evidence").json()
+    assert record["episode"]["ongoing"] is True and record["episode"]["end"] is None
+    html = world.insp_xh.get(f"/api/v1/alerts/{alert['id']}/evidence?format=html").text
+    assert "持续中 ongoing" in html
+    # A rule without a value (a device gone silent) reads 无 / none, never Python's None.
+    silent = record | {"worst": {"value": None, "unit": "", "at": None}, "parameter": None}
+    page = evidence_html(silent)
+    assert "无（本规则不适用） / none" in page and "None" not in page
+
+
+def test_evidence_hash_verifies_an_unchanged_copy_and_catches_a_changed_one(world):
+    alert = world.alert_of(XH1, "range:free_chlorine")
+    url = f"/api/v1/alerts/{alert['id']}/evidence"
+    copy = world.insp_xh.get(url).json()
+    assert len(copy["sha256"]) == 64
+    again = world.insp_xh.get(url).json()
+    # Generated at another moment, the same evidence has the same hash.
+    assert again["sha256"] == copy["sha256"]
+    verify = f"{url}/verify"
+    ok = world.insp_xh.post(verify, json=copy).json()
+    assert ok["valid"] is True and ok["same_alert"] is True
+    assert ok["computed_sha256"] == copy["sha256"]
+    changed = json.loads(json.dumps(copy))
+    changed["readings"][3]["value"] = 0.35
+    bad = world.insp_xh.post(verify, json=changed).json()
+    assert bad["valid"] is False and "changed" in bad["detail"]
+    other = world.alert_of(XH3, "range:free_chlorine")["id"]
+    elsewhere = world.insp_xh.post(f"/api/v1/alerts/{other}/evidence/verify", json=copy).json()
+    assert elsewhere["same_alert"] is False and f"alert {other}" in elsewhere["detail"]
+    # Hostile copies get a reason, never a 500.
+    _error(world.insp_xh.post(verify, content=b"{not json"), 400)
+    _error(world.insp_xh.post(verify, json=[1, 2]), 400)
+    _error(world.insp_xh.post(verify, json={"sha256": 5}), 400)
+    _error(world.insp_xh.post(verify, content=b"[" * 5000 + b"]" * 5000), 400)
+    deep = b'{"sha256":"x","a":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    assert world.insp_xh.post(verify, content=deep).status_code in (200, 400)
+    big = b'{"sha256":"' + b"0" * (17 * 1024 * 1024) + b'"}'
+    assert "at most" in _error(world.insp_xh.post(verify, content=big), 413)
+    cn = world.alert_of(CN1, "range:ph")["id"]
+    _error(world.insp_xh.post(f"/api/v1/alerts/{cn}/evidence/verify", json=copy), 403)
 
 
 def test_compliance_over_a_known_hour(world):
