@@ -58,6 +58,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     for module in (*routers, routes_compliance, routes_waste):
         app.include_router(module.router)
     dashboard.mount(app)
+    routes_ops.keep_readings_count(app, ctx)
 
     @app.middleware("http")
     async def timing(request: Request, call_next):

@@ -49,8 +49,9 @@ def reading_dict(r: Reading) -> dict:
 
 
 class SiteStatusOut(BaseModel):
-    status: Literal["normal", "over_limit", "offline_or_fault"] = Field(
-        description="正常 / 超标 / 离线或故障, from the site's open alerts"
+    status: Literal["normal", "over_limit", "custody_issue", "offline_or_fault"] = Field(
+        description="正常 / 超标 / 医废异常 (medical-waste custody) / 离线或故障, from the site's"
+        " open alerts"
     )
     open_alerts: int
     last_data: str | None
@@ -219,6 +220,7 @@ class AlertOut(BaseModel):
     count: int
     limit: dict
     evidence: dict
+    rule_name: dict[str, str] = Field(description="the rule's name: zh and en")
     opened: str
     updated: str
     resolved: str | None

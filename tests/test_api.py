@@ -747,6 +747,21 @@ def test_compliance_over_a_known_hour(world):
     assert (ph["readings"], ph["excluded_flagged"], ph["over_limit_s"]) == (10, 2, 0)
     assert (ph["within_share"], ph["completeness"]) == (1.0, round(10 / 60, 4))
     assert rows["turbidity"]["within_share"] is None and rows["turbidity"]["readings"] == 0
+    # Over a week, completeness counts from the device's first reading, not the week's start.
+    week = {"site": "pool-xh-01", "start": _at(world.hour + HOUR - 7 * 24 * HOUR),
+            "end": _at(world.hour + HOUR)}  # fmt: skip
+    weekly = {
+        r["parameter"]: r for r in world.insp_xh.get("/api/v1/compliance", params=week).json()
+    }
+    assert weekly["free_chlorine"]["completeness"] == 1.0
+    assert weekly["ph"]["completeness"] == round(10 / 60, 4)
+    assert weekly["turbidity"]["completeness"] == 0.0  # it never reported
+    # pool-xh-03 has reported for 15 minutes: it is not 0.15 % complete over the default week.
+    (xh3,) = [
+        r for r in world.admin.get("/api/v1/compliance", params={"site": "pool-xh-03"}).json()
+        if r["parameter"] == "free_chlorine"
+    ]  # fmt: skip
+    assert xh3["completeness"] >= 0.9
     naive = world.admin.get("/api/v1/compliance", params={"end": "2026-11-22T08:00:00"})
     assert "end must state its zone" in _error(naive, 400)
     backwards = world.admin.get(
@@ -833,6 +848,55 @@ def test_health_readiness_and_metrics(world):
     assert "landun_ingest_" in text
     assert 'landun_alerts_open{family="compliance",severity="warning"}' in text
     assert 'landun_api_request_seconds_bucket{method="GET",route="/api/v1/sites",le="+Inf"}' in text
+
+
+def test_readings_stored_in_healthz_survives_a_restart(broker, tmp_path):
+    cfg = _config(broker.url, tmp_path / "var", "landun-ingest-api-count")
+    running = start_system(cfg)
+    pub = Publisher(broker.url, "count-test-device")
+    start = now_ms() - 30 * MINUTE
+    try:
+        pub.publish(CN2, [_record(start + i * MINUTE, {"ph": 7.3, "orp": 700}) for i in range(20)])
+        wait_for(lambda: running.anon.get("/healthz").json()["readings_stored"] == 40)
+    finally:
+        running.stop()
+    running = start_system(cfg)
+    try:
+        assert running.anon.get("/healthz").json()["readings_stored"] == 40
+        pub.publish(CN2, _record(start + 25 * MINUTE, {"ph": 7.31}))
+        wait_for(lambda: running.anon.get("/healthz").json()["readings_stored"] == 41)
+    finally:
+        pub.close()
+        running.stop()
+
+
+def test_docs_work_offline_from_the_package_and_the_favicon_is_served(world):
+    """/docs and /redoc load only what the app itself serves: nothing from a CDN."""
+    import re
+
+    anon = world.running.anon
+    for page in ("/docs", "/redoc"):
+        r = anon.get(page)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert "http://" not in r.text and "https://" not in r.text, page
+        refs = re.findall(r"(?:src|href|spec-url)=\"([^\"]+)\"|url: '([^']+)'", r.text)
+        assets = {a or b for a, b in refs}
+        assert "/openapi.json" in assets and "/favicon.ico" in assets, assets
+        assert len(assets) >= 3, assets
+        for asset in assets:
+            assert asset.startswith("/") and not asset.startswith("//"), asset
+            got = anon.get(asset)
+            assert got.status_code == 200 and len(got.content) > 100, asset
+    icon = anon.get("/favicon.ico")
+    assert icon.headers["content-type"] == "image/x-icon" and icon.content[:4] == b"\0\0\1\0"
+
+
+def test_units_read_as_people_write_them(world):
+    limits = {x["parameter"]: x for x in world.admin.get("/api/v1/sites/pool-xh-01/limits").json()}
+    temperature = limits["temperature"]
+    assert (temperature["unit"], temperature["unit_label"]) == ("degC", "°C")
+    assert temperature["text"] == "23–30 °C"
+    assert limits["free_chlorine"]["unit_label"] == "mg/L"
 
 
 def test_readyz_is_503_with_a_reason_when_the_broker_is_gone(tmp_path):
