@@ -44,7 +44,7 @@ WORDS: dict[str, tuple[str, str]] = {
     "commented": ("批注", "comment"),
     "compliance": ("超标", "compliance"),
     "integrity": ("离线或故障", "data integrity"),
-    "quality": ("水质异常", "water quality"),
+    "water_quality": ("水质异常", "water quality"),
     "custody": ("医废监管", "medical-waste custody"),
 }
 FLAG_ZH = {
