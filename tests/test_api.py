@@ -11,6 +11,8 @@ import argparse
 import csv
 import io
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -711,6 +713,16 @@ def test_evidence_hash_verifies_an_unchanged_copy_and_catches_a_changed_one(worl
     other = world.alert_of(XH3, "range:free_chlorine")["id"]
     elsewhere = world.insp_xh.post(f"/api/v1/alerts/{other}/evidence/verify", json=copy).json()
     assert elsewhere["same_alert"] is False and f"alert {other}" in elsewhere["detail"]
+    # The README's way to check a copy by hand agrees.
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (recipe,) = [x for x in readme.splitlines() if x.startswith("python3 -c 'import hashlib")]
+    for doc, want in ((copy, "True"), (changed, "False")):
+        out = subprocess.run(
+            recipe.removesuffix(" < alert-7.json").replace("python3", sys.executable, 1),
+            shell=True, input=json.dumps(doc, ensure_ascii=False), capture_output=True,
+            text=True, check=True,
+        )  # fmt: skip
+        assert out.stdout.strip() == want
     # Hostile copies get a reason, never a 500.
     _error(world.insp_xh.post(verify, content=b"{not json"), 400)
     _error(world.insp_xh.post(verify, json=[1, 2]), 400)
