@@ -422,7 +422,7 @@ async function alertPage(alertId) {
       <dt>${esc(t("limit"))}</dt><dd>${esc(lim.text || "—")}</dd>
       <dt>${esc(t("first"))}</dt><dd>${when(ep.start)}</dd>
       <dt>${esc(t("end"))}</dt><dd>${ep.ongoing ? `${esc(t("ongoing"))} (${esc(t("last"))} ${when(ep.last_seen)})` : when(ep.end)}</dd>
-      <dt>${esc(t("duration"))}</dt><dd>${Math.round(record.duration_s / 60)} ${esc(t("minutes"))}</dd>
+      <dt>${esc(t("duration"))}</dt><dd>${Math.floor(record.duration_s / 60)} ${esc(t("minutes"))}</dd>
       <dt>${esc(t("worst"))}</dt><dd>${esc(worst)}</dd>
       <dt>SHA-256</dt><dd class="hash">${esc(record.sha256)}</dd>
     </dl><p class="muted">${esc(t("tzOf"))} ${esc(zone)}</p></div>
