@@ -21,7 +21,7 @@ from api.context import AppContext
 from domain.alert_json import alert_to_dict
 from domain.model import DATA_FLAGS, Alert
 from domain.params import unit_label
-from domain.rule_names import parameter_name, rule_name
+from domain.rule_names import comment_zh, parameter_name, rule_name
 from domain.timeutil import SHANGHAI, ms_to_iso, now_ms
 from store.base import ReadingQuery
 
@@ -177,6 +177,7 @@ def evidence_record(ctx: AppContext, alert: Alert) -> dict:
                 "actor": e.actor,
                 "action": e.action,
                 "comment": e.comment,
+                "comment_zh": comment_zh(e.comment) if e.actor == "system" else None,
             }
             for e in ctx.store.audit_trail(alert.id or 0)
         ],
@@ -295,7 +296,8 @@ def evidence_html(record: dict) -> str:
     rows = "".join(_reading_row(r) for r in record["readings"])
     audit = "".join(
         f"<tr><td>{e(x['at_local'].replace('T', ' '))}</td><td>{e(x['at'])}</td>"
-        f"<td>{e(x['actor'])}</td><td>{e(_both(x['action']))}</td><td>{e(x['comment'])}</td></tr>"
+        f"<td>{e(x['actor'])}</td><td>{e(_both(x['action']))}</td>"
+        f"<td>{e(' / '.join(c for c in (x['comment_zh'], x['comment']) if c))}</td></tr>"
         for x in record["audit"]
     )
     n_in = sum(r["in_episode"] for r in record["readings"])

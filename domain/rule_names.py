@@ -1,4 +1,5 @@
-"""What each alert rule is called, in Chinese and English (domain/data/rule_names.toml)."""
+"""What each alert rule is called, in Chinese and English, and the alert stage's own audit
+comments in Chinese (domain/data/rule_names.toml)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from domain.params import default_catalogue
 
 
 @cache
-def _names() -> dict[str, dict[str, str]]:
+def _data() -> dict[str, dict]:
     text = resources.files("domain").joinpath("data/rule_names.toml").read_text("utf-8")
-    return tomllib.loads(text)["rules"]
+    return tomllib.loads(text)
+
+
+def _names() -> dict[str, dict[str, str]]:
+    return _data()["rules"]
 
 
 def parameter_name(parameter: str | None, lang: str) -> str:
@@ -33,3 +38,8 @@ def rule_name(rule_id: str, parameter: str | None, lang: str) -> str:
         if entry is not None:
             return entry[lang].format(parameter=parameter_name(parameter, lang)).strip()
     return rule_id
+
+
+def comment_zh(comment: str) -> str | None:
+    """One of the alert stage's own audit comments in Chinese; None for any other text."""
+    return _data()["comments"].get(comment)

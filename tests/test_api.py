@@ -674,7 +674,7 @@ def test_evidence_record_is_bilingual_chinese_first_with_local_and_utc_times(wor
         "GB 37488-2019", record["limit"]["clause"], "0.3–1 mg/L",
         start.strftime("%Y-%m-%d %H:%M:%S"), f"UTC {ms_to_iso(world.hour)}",
         "时间 Time (Asia/Shanghai)", "时间 Time (UTC)", "已办结 resolved", "告警产生 opened",
-        record["sha256"], "@page{size:A4", "14 分钟 / 14 min",
+        record["sha256"], "@page{size:A4", "14 分钟 / 14 min", "已恢复到限值内并持续至解除时间",
     ):  # fmt: skip
         assert text in html, text
     assert "None" not in html and ">Last<" not in html

@@ -98,6 +98,12 @@ def test_english_switch_charts_and_printed_evidence(seeded, browser):  # noqa: F
     running, alert = seeded
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     try:
+        page.goto(running.base_url + "/")
+        page.fill("#username", "admin")
+        page.fill("#password", "not the password")
+        page.click("button[type=submit]")
+        page.wait_for_function("document.getElementById('login-error').textContent.length > 0")
+        assert page.locator("#login-error").inner_text() == "登录失败: 用户名或密码错误"
         _log_in(page, running)
         # The chart's time axis is a 24-hour clock on the Chinese page.
         page.goto(running.base_url + "/#/site/pool-xh-03/h24")

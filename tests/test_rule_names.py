@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 
+import alerts
 import alerts.detectors
 from alerts import clock_skew, custody, offline
 from domain.params import default_catalogue
-from domain.rule_names import rule_name
+from domain.rule_names import _data, comment_zh, rule_name
 
 
 def _rule_ids() -> set[str]:
@@ -38,3 +40,11 @@ def test_names_carry_the_parameter_in_the_page_language():
     assert rule_name("integrity:stuck:orp", "orp", "en") == "ORP: sensor stuck"
     assert rule_name("custody:weight_loss", None, "zh") == "医疗废物交接重量减少"
     assert rule_name("something:new", None, "en") == "something:new"  # an unknown rule: its id
+
+
+def test_the_alert_stage_comments_translated_are_the_ones_it_writes():
+    source = "".join(p.read_text() for p in Path(alerts.__file__).parent.glob("*.py"))
+    for comment in _data()["comments"]:
+        assert f'"{comment}"' in source, comment
+    assert comment_zh("breach far or long: critical") == "超标程度或持续时间达到严重级别"
+    assert comment_zh("phoned the pool") is None  # an inspector's words stay as written

@@ -98,7 +98,8 @@ function showLogin(message) {
     });
     const r = await fetch("/api/v1/auth/login", { method: "POST", body, headers: { "Content-Type": "application/json" } });
     if (!r.ok) {
-      document.getElementById("login-error").textContent = `${t("loginFailed")}: ${(await r.json()).detail}`;
+      const why = r.status === 401 ? t("wrongPassword") : (await r.json()).detail;
+      document.getElementById("login-error").textContent = `${t("loginFailed")}: ${why}`;
       return;
     }
     state.token = (await r.json()).token;
@@ -432,7 +433,7 @@ async function alertPage(alertId) {
       <button class="btn secondary" id="do-print">${esc(t("printEvidence"))}</button>
     </div>
     <h2>${esc(t("audit"))}</h2>
-    <ul>${record.audit.map((e) => `<li>${fmtTime(e.at, zone)} ${esc(e.actor)}: ${esc(t(e.action))} ${esc(e.comment)}</li>`).join("")}</ul>
+    <ul>${record.audit.map((e) => `<li>${fmtTime(e.at, zone)} ${esc(e.actor === "system" ? t("system") : e.actor)}: ${esc(t(e.action))} ${esc((state.lang === "zh" && e.comment_zh) || e.comment)}</li>`).join("")}</ul>
     <h2>${esc(t("readings"))} (${record.readings.length})</h2>
     <table id="readings"><thead><tr><th>${esc(t("time"))}</th><th>${esc(t("parameter"))}</th><th>${esc(t("value"))}</th><th>${esc(t("flag"))}</th></tr></thead>
     <tbody>${record.readings.map((r) => `<tr class="${r.in_episode ? "in-episode" : ""}">

@@ -24,7 +24,8 @@ window.I18N = {
     chemical: "化学性",
     custody_issue: "医废异常", none: "无", rule: "规则", summary: "说明", standard: "标准",
     end: "结束", ongoing: "持续中", time: "时间", flag: "数据标志", tzOf: "时间为场所所在时区",
-    admin: "管理员", inspector: "监督员", viewer: "只读",
+    admin: "管理员", inspector: "监督员", viewer: "只读", wrongPassword: "用户名或密码错误",
+    system: "系统",
     params: {
       free_chlorine: "游离性余氯", combined_chlorine: "化合性余氯", ph: "pH值", turbidity: "浑浊度",
       orp: "氧化还原电位", temperature: "水温", cyanuric_acid: "氰尿酸", urea: "尿素",
@@ -58,7 +59,7 @@ window.I18N = {
     custody_issue: "Waste custody issue", none: "none", rule: "Rule", summary: "Summary",
     standard: "Standard", end: "End", ongoing: "ongoing", time: "Time", flag: "Data flag",
     tzOf: "Times in the site's time zone", admin: "administrator", inspector: "inspector",
-    viewer: "viewer",
+    viewer: "viewer", wrongPassword: "wrong user name or password", system: "system",
     params: {
       free_chlorine: "Free chlorine", combined_chlorine: "Combined chlorine", ph: "pH",
       turbidity: "Turbidity", orp: "ORP", temperature: "Water temperature",
