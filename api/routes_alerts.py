@@ -257,9 +257,10 @@ async def verify_evidence(
     request: Request, ctx: Ctx, who: Caller, alert_id: AlertId
 ) -> EvidenceCheckOut:
     """Recompute the SHA-256 of a copy of the evidence record over its canonical content (the
-    JSON without `generated`, `device_status_now` and `sha256`, keys sorted, no spaces, UTF-8)
-    and compare it with the hash the copy states. A copy changed in any way fails."""
-    await asyncio.to_thread(_visible, ctx, who, alert_id)
+    JSON without `generated`, `device_status_now` and `sha256`, keys sorted, no spaces, UTF-8),
+    compare it with the hash the copy states (`valid`) and with the hash of the system's record
+    of the alert now (`matches_system`)."""
+    alert = await asyncio.to_thread(_visible, ctx, who, alert_id)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -275,20 +276,31 @@ async def verify_evidence(
         computed = await asyncio.to_thread(record_hash, copy)
     except (RecursionError, ValueError):
         raise HTTPException(400, "the body is not a JSON evidence record") from None
-    alert = copy.get("alert")
-    same = isinstance(alert, dict) and alert.get("id") == alert_id
+    about = copy.get("alert")
+    same = isinstance(about, dict) and about.get("id") == alert_id
     valid = computed == copy["sha256"].lower()
+    # A self-consistent hash only shows the copy was not changed by accident; whoever changes
+    # it on purpose can recompute it. What the system holds now is the reference.
+    now = (await asyncio.to_thread(evidence_record, ctx, alert))["sha256"]
     if not same:
         detail = f"this is not a record of alert {alert_id}"
-    elif valid:
-        detail = "the copy is unchanged: its content has the hash it states"
-    else:
+    elif not valid:
         detail = "the copy was changed: its content does not have the hash it states"
+    elif computed == now:
+        detail = "the copy is unchanged and identical to the system's record of this alert"
+    else:
+        detail = (
+            "the copy has the hash it states but differs from the system's record now: the"
+            " alert changed since the copy was made (new readings, actions), or the copy was"
+            " altered and hashed again"
+        )
     return EvidenceCheckOut(
         alert_id=alert_id,
         valid=valid,
         same_alert=same,
+        matches_system=computed == now,
         stated_sha256=copy["sha256"],
         computed_sha256=computed,
+        system_sha256=now,
         detail=detail,
     )

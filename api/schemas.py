@@ -320,8 +320,10 @@ class EvidenceCheckOut(BaseModel):
     alert_id: int
     valid: bool = Field(description="the copy's content hashes to the hash it states")
     same_alert: bool = Field(description="the copy is a record of this alert")
+    matches_system: bool = Field(description="the copy's content is the system's record now")
     stated_sha256: str | None
     computed_sha256: str
+    system_sha256: str
     detail: str
 
 

@@ -704,12 +704,21 @@ def test_evidence_hash_verifies_an_unchanged_copy_and_catches_a_changed_one(worl
     assert again["sha256"] == copy["sha256"]
     verify = f"{url}/verify"
     ok = world.insp_xh.post(verify, json=copy).json()
-    assert ok["valid"] is True and ok["same_alert"] is True
-    assert ok["computed_sha256"] == copy["sha256"]
+    assert ok["valid"] is True and ok["same_alert"] is True and ok["matches_system"] is True
+    assert ok["computed_sha256"] == ok["system_sha256"] == copy["sha256"]
+    assert "identical to the system's record" in ok["detail"]
     changed = json.loads(json.dumps(copy))
     changed["readings"][3]["value"] = 0.35
     bad = world.insp_xh.post(verify, json=changed).json()
-    assert bad["valid"] is False and "changed" in bad["detail"]
+    assert bad["valid"] is False and bad["matches_system"] is False
+    assert "changed" in bad["detail"]
+    # Altered and hashed again: self-consistent, but not what the system holds.
+    from api.evidence import record_hash
+
+    forged = changed | {"sha256": record_hash(changed)}
+    rehashed = world.insp_xh.post(verify, json=forged).json()
+    assert rehashed["valid"] is True and rehashed["matches_system"] is False
+    assert "differs from the system's record" in rehashed["detail"]
     other = world.alert_of(XH3, "range:free_chlorine")["id"]
     elsewhere = world.insp_xh.post(f"/api/v1/alerts/{other}/evidence/verify", json=copy).json()
     assert elsewhere["same_alert"] is False and f"alert {other}" in elsewhere["detail"]
