@@ -324,8 +324,9 @@ h2{{page-break-after:avoid}}tr.in td{{-webkit-print-color-adjust:exact;print-col
 <h2>内容校验 Content hash (SHA-256)</h2>
 <p class="hash">{e(record["sha256"])}</p>
 <p class="note">校验方法：将本记录的 JSON 副本提交至 POST /api/v1/alerts/{a["id"]}/evidence/verify，
-系统重新计算哈希并比对。To verify a copy, POST its JSON form to
-/api/v1/alerts/{a["id"]}/evidence/verify: the hash is recomputed over its content.</p>
+系统重新计算哈希，并与系统中该告警的当前记录比对。To verify a copy, POST its JSON form to
+/api/v1/alerts/{a["id"]}/evidence/verify: the hash is recomputed over its content and compared
+with the system's record of the alert.</p>
 <h2>原始数据 Raw readings ({len(record["readings"])};
 告警时段内 {n_in} 条，阴影标示 / {n_in} in the episode, shaded)</h2>
 <table class="readings"><thead><tr><th>时间 Time ({e(tz)})</th><th>时间 Time (UTC)</th>
