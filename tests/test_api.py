@@ -777,12 +777,18 @@ def test_compliance_over_a_known_hour(world):
     assert weekly["free_chlorine"]["completeness"] == 1.0
     assert weekly["ph"]["completeness"] == round(10 / 60, 4)
     assert weekly["turbidity"]["completeness"] == 0.0  # it never reported
-    # pool-xh-03 has reported for 15 minutes: it is not 0.15 % complete over the default week.
+    # pool-xh-03 has reported for 15 minutes: over a week ending at its last reading, it is
+    # complete, not 0.15 %.
+    (last,) = world.admin.get(
+        "/api/v1/readings", params={"device": XH3, "newest_first": "true", "limit": 1}
+    ).json()
+    end = datetime.fromisoformat(last["ts"]).timestamp() * 1000 + MINUTE
+    week = {"site": "pool-xh-03", "start": _at(end - 7 * 24 * HOUR), "end": _at(end)}
     (xh3,) = [
-        r for r in world.admin.get("/api/v1/compliance", params={"site": "pool-xh-03"}).json()
+        r for r in world.admin.get("/api/v1/compliance", params=week).json()
         if r["parameter"] == "free_chlorine"
     ]  # fmt: skip
-    assert xh3["completeness"] >= 0.9
+    assert (xh3["readings"], xh3["completeness"]) == (15, 1.0)
     naive = world.admin.get("/api/v1/compliance", params={"end": "2026-11-22T08:00:00"})
     assert "end must state its zone" in _error(naive, 400)
     backwards = world.admin.get(
