@@ -10,8 +10,8 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# CJK glyphs for whatever is rendered inside the image (a headless browser printing an evidence
-# record or taking screenshots); without them Chinese shows as empty boxes. Debian's security
+# CJK glyphs, so that a page rendered inside the image (a headless browser printing evidence
+# records or taking screenshots) shows Chinese rather than empty boxes. Debian's security
 # updates move package versions, so they are not pinned.
 # hadolint ignore=DL3008
 RUN apt-get update \
