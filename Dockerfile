@@ -10,6 +10,13 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# CJK glyphs, so that a page rendered inside the image (a headless browser printing evidence
+# records or taking screenshots) shows Chinese rather than empty boxes. Debian's security
+# updates move package versions, so they are not pinned.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends fonts-noto-cjk \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
 # A fixed numeric uid, so volume ownership is the same on every host; the data directory is
 # created here so that a fresh named volume mounted on it inherits that ownership.

@@ -173,7 +173,7 @@ class AlertEngine:
             severity=Severity.WARNING,
             parameter=r.parameter,
             message=(
-                f"{name} {st.worst_value:g} {limit.unit} outside {limit.describe()}"
+                f"{name} {st.worst_value:g} {limit.unit_label} outside {limit.describe()}"
                 f" for {(st.last_ts - st.episode_start_ms) // 60000} min ({limit.standard})"
             ),
             first_ms=st.episode_start_ms,

@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from domain.model import Site
+from domain.params import unit_label
 
 _RULE_KEYS = ("pending_s", "clear_s", "critical_after_s")
 
@@ -53,12 +54,16 @@ class Limit:
             return v - self.max
         return 0.0
 
+    @property
+    def unit_label(self) -> str:
+        return unit_label(self.unit)
+
     def describe(self) -> str:
         if self.min is not None and self.max is not None:
-            return f"{self.min:g}–{self.max:g} {self.unit}"
+            return f"{self.min:g}–{self.max:g} {self.unit_label}"
         if self.min is not None:
-            return f"≥{self.min:g} {self.unit}"
-        return f"≤{self.max:g} {self.unit}"
+            return f"≥{self.min:g} {self.unit_label}"
+        return f"≤{self.max:g} {self.unit_label}"
 
     def as_dict(self) -> dict:
         return {
@@ -66,6 +71,7 @@ class Limit:
             "min": self.min,
             "max": self.max,
             "unit": self.unit,
+            "unit_label": self.unit_label,
             "text": self.describe(),
             "standard": self.standard,
             "clause": self.clause,

@@ -10,6 +10,7 @@ import uuid
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import (
@@ -38,7 +39,11 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def create_app(ctx: AppContext) -> FastAPI:
-    app = FastAPI(
+    # /docs and /redoc with their scripts served from the package, not a CDN: sites run on
+    # closed networks.
+    app = FastAPIOffline(
+        favicon_url="/favicon.ico",
+        swagger_ui_parameters={"validatorUrl": None},
         title="Landun API",
         version="1",
         description=(
@@ -53,6 +58,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     for module in (*routers, routes_compliance, routes_waste):
         app.include_router(module.router)
     dashboard.mount(app)
+    routes_ops.keep_readings_count(app, ctx)
 
     @app.middleware("http")
     async def timing(request: Request, call_next):

@@ -24,3 +24,4 @@ class AppContext:
     session_hours: float = 12.0
     api_metrics: object = None  # api.routes_ops.ApiMetrics, set by create_app
     ledger: WasteLedger | None = None  # medical-waste bag ledger (api.routes_waste)
+    readings_before: int = 0  # readings stored by earlier runs (api.routes_ops)

@@ -8,11 +8,12 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Literal
 
+import orjson
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 
 from api.auth import Caller, Ctx, require_role, scoped_site_ids, site_for
-from api.evidence import evidence_csv, evidence_html, evidence_record
+from api.evidence import evidence_csv, evidence_html, evidence_record, record_hash
 from api.routes_readings import Instant, to_ms
 from api.schemas import (
     ActionIn,
@@ -20,6 +21,7 @@ from api.schemas import (
     AlertOut,
     AuditOut,
     CommentIn,
+    EvidenceCheckOut,
     error_responses,
 )
 from domain.alert_json import alert_to_dict
@@ -38,6 +40,8 @@ AlertId = Annotated[int, Path(ge=1, le=MAX_ID, description="alert id")]
 # 400: a body that is not UTF-8 JSON; 409: the alert's state does not allow the action;
 # 503: the store could not take the change.
 ACTION_ERRORS = error_responses(400, 403, 404, 409, 503)
+# A JSON copy of an evidence record to verify: one with MAX_READINGS readings is ~6 MB.
+MAX_COPY_BYTES = 16 * 1024 * 1024
 
 
 def _visible(ctx, who: Principal, alert_id: int):
@@ -227,3 +231,76 @@ def evidence(
     if format == "html":
         return HTMLResponse(evidence_html(record))
     return record
+
+
+@router.post(
+    "/{alert_id}/evidence/verify",
+    response_model=EvidenceCheckOut,
+    responses=error_responses(400, 403, 404, 413),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "a JSON copy of this alert's evidence record, as it was downloaded",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["sha256"],
+                        "properties": {"sha256": {"type": "string"}},
+                    }
+                }
+            },
+        }
+    },
+)
+async def verify_evidence(
+    request: Request, ctx: Ctx, who: Caller, alert_id: AlertId
+) -> EvidenceCheckOut:
+    """Recompute the SHA-256 of a copy of the evidence record over its canonical content (the
+    JSON without `generated`, `device_status_now` and `sha256`, keys sorted, no spaces, UTF-8),
+    compare it with the hash the copy states (`valid`) and with the hash of the system's record
+    of the alert now (`matches_system`)."""
+    alert = await asyncio.to_thread(_visible, ctx, who, alert_id)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_COPY_BYTES:
+            raise HTTPException(413, f"an evidence copy is at most {MAX_COPY_BYTES} bytes")
+    try:
+        copy = orjson.loads(bytes(body))
+    except orjson.JSONDecodeError:
+        raise HTTPException(400, "the body is not a JSON evidence record") from None
+    if not isinstance(copy, dict) or not isinstance(copy.get("sha256"), str):
+        raise HTTPException(400, "the body is not an evidence record: it has no sha256 field")
+    try:
+        computed = await asyncio.to_thread(record_hash, copy)
+    except (RecursionError, ValueError):
+        raise HTTPException(400, "the body is not a JSON evidence record") from None
+    about = copy.get("alert")
+    same = isinstance(about, dict) and about.get("id") == alert_id
+    valid = computed == copy["sha256"].lower()
+    # A self-consistent hash only shows the copy was not changed by accident; whoever changes
+    # it on purpose can recompute it. What the system holds now is the reference.
+    now = (await asyncio.to_thread(evidence_record, ctx, alert))["sha256"]
+    if not same:
+        detail = f"this is not a record of alert {alert_id}"
+    elif not valid:
+        detail = "the copy was changed: its content does not have the hash it states"
+    elif computed == now:
+        detail = "the copy is unchanged and identical to the system's record of this alert"
+    else:
+        detail = (
+            "the copy has the hash it states but differs from the system's record now: the"
+            " alert changed since the copy was made (new readings, actions), or the copy was"
+            " altered and hashed again"
+        )
+    return EvidenceCheckOut(
+        alert_id=alert_id,
+        valid=valid,
+        same_alert=same,
+        matches_system=computed == now,
+        stated_sha256=copy["sha256"],
+        computed_sha256=computed,
+        system_sha256=now,
+        detail=detail,
+    )

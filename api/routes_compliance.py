@@ -2,7 +2,9 @@
 the limits, how much over, how many alerts, and how complete the data is.
 
 Each valid reading stands for one reporting interval of its device, so times are
-readings x interval; completeness is readings received / readings expected."""
+readings x interval; completeness is readings received / readings expected, expected from the
+later of the period's start and the device's first reading (a pool that came online yesterday
+is not 14 % complete over a week)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from api.auth import Caller, Ctx, scoped_site_ids, site_for
 from api.routes_readings import Instant, period_ms
 from api.schemas import ComplianceOut, error_responses
 from domain.timeutil import ms_to_iso
-from store.base import AlertQuery
+from store.base import AlertQuery, ReadingQuery
 
 router = APIRouter(prefix="/api/v1", tags=["compliance"], responses=error_responses(401, 422))
 
@@ -41,6 +43,7 @@ def compliance(
     for s in sorted(sites, key=lambda s: s.id):
         limits = ctx.engine.site_limits(s.id)
         for dev in ctx.registry.devices_of(s.id):
+            since_ms = max(start_ms, _first_reading_ms(ctx, dev.id, dev.parameters, end_ms))
             for param in dev.parameters:
                 limit = limits.get(param)
                 if limit is None:
@@ -58,7 +61,7 @@ def compliance(
                         limit=10_000,
                     )
                 )
-                expected = max(1, (end_ms - start_ms) // (dev.interval_s * 1000))
+                expected = max(1, (end_ms - since_ms) // (dev.interval_s * 1000))
                 out.append(
                     ComplianceOut(
                         site_id=s.id,
@@ -78,3 +81,18 @@ def compliance(
                     )
                 )
     return out
+
+
+def _first_reading_ms(ctx, device_id: str, parameters: tuple[str, ...], end_ms: int) -> int:
+    """When the device first reported any of its parameters (end_ms if it never did), one
+    indexed lookup per parameter."""
+    firsts = [
+        found[0].ts_ms
+        for p in parameters
+        if (
+            found := ctx.store.query_readings(
+                ReadingQuery(device_id=device_id, parameters=(p,), end_ms=end_ms, limit=1)
+            )
+        )
+    ]
+    return min(firsts, default=end_ms)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, FastAPI, HTTPException, Query
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from api.auth import Caller, Ctx, issue_token, require_role, scoped_site_ids
@@ -26,6 +30,10 @@ from ingest.metrics import render_prometheus
 from store.base import AlertQuery
 
 router = APIRouter()
+log = logging.getLogger("landun.api")
+
+COUNTERS_NS = "ops.counters"
+COUNT_SAVE_S = 30.0
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -77,13 +85,55 @@ class ApiMetrics:
 
 @router.get("/healthz", response_model=Health, tags=["operations"])
 def healthz(ctx: Ctx) -> Health:
-    """The process is up (no authentication, for load balancers)."""
+    """The process is up (no authentication, for load balancers). `readings_stored` counts
+    across restarts (this process's ingest plus the count saved by earlier runs)."""
     return Health(
         status="ok",
         broker_connected=ctx.broker_connected(),
-        readings_stored=ctx.metrics.readings_stored,
+        readings_stored=ctx.readings_before + ctx.metrics.readings_stored,
         dead_lettered=ctx.metrics.dead_lettered,
     )
+
+
+def _saved_count(ctx: Ctx) -> int:
+    text = ctx.store.load_state(COUNTERS_NS).get("readings_stored", "0")
+    return int(text) if text.isdigit() else 0
+
+
+def _save_count(ctx: Ctx) -> None:
+    total = ctx.readings_before + ctx.metrics.readings_stored
+    ctx.store.save_state(COUNTERS_NS, {"readings_stored": str(total)})
+
+
+def keep_readings_count(app: FastAPI, ctx: Ctx) -> None:
+    """/healthz counts readings across restarts: the count saved in the store by the previous
+    run, plus what this process's ingest has stored; saved every COUNT_SAVE_S and at shutdown
+    (a process killed hard loses at most that much of the count, never a reading)."""
+    inner = app.router.lifespan_context
+
+    async def save_often() -> None:
+        while True:
+            await asyncio.sleep(COUNT_SAVE_S)
+            try:
+                await asyncio.to_thread(_save_count, ctx)
+            except Exception:
+                log.warning("could not save the readings count; trying again later", exc_info=True)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: FastAPI) -> AsyncIterator[object]:
+        ctx.readings_before = await asyncio.to_thread(_saved_count, ctx)
+        saver = asyncio.create_task(save_often())
+        try:
+            async with inner(a) as state:
+                yield state
+        finally:
+            saver.cancel()
+            try:
+                await asyncio.to_thread(_save_count, ctx)
+            except Exception:
+                log.warning("could not save the readings count at shutdown", exc_info=True)
+
+    app.router.lifespan_context = lifespan
 
 
 @router.get(

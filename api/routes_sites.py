@@ -31,8 +31,8 @@ OVERRIDABLE_TIMES = ("pending_s", "clear_s", "critical_after_s")
 
 
 def site_status(ctx, site: Site) -> SiteStatusOut:
-    """正常 normal / 超标 over_limit / 离线或故障 offline_or_fault from the open alerts, or
-    暂无数据 no_data for a site none of whose devices has reported yet."""
+    """正常 normal / 超标 over_limit / 医废异常 custody_issue / 离线或故障 offline_or_fault, from
+    the open alerts, or 暂无数据 no_data for a site none of whose devices has reported yet."""
     open_alerts = ctx.store.list_alerts(
         AlertQuery(
             site_ids=(site.id,),
@@ -41,8 +41,12 @@ def site_status(ctx, site: Site) -> SiteStatusOut:
         )
     )
     families = {a.family for a in open_alerts}
-    if AlertFamily.COMPLIANCE in families or AlertFamily.CUSTODY in families:
+    # 超标 means a measured value outside a standard's limit: only the compliance family.
+    # Medical-waste record-keeping findings have a status of their own (医废异常).
+    if AlertFamily.COMPLIANCE in families:
         status = "over_limit"
+    elif AlertFamily.CUSTODY in families:
+        status = "custody_issue"
     elif AlertFamily.INTEGRITY in families:
         status = "offline_or_fault"
     else:

@@ -49,9 +49,10 @@ def reading_dict(r: Reading) -> dict:
 
 
 class SiteStatusOut(BaseModel):
-    status: Literal["normal", "over_limit", "offline_or_fault", "no_data"] = Field(
-        description="正常 / 超标 / 离线或故障 from the site's open alerts; 暂无数据 (no_data)"
-        " when none of its devices has ever reported and no alert is open"
+    status: Literal["normal", "over_limit", "custody_issue", "offline_or_fault", "no_data"] = Field(
+        description="正常 / 超标 / 医废异常 (medical-waste custody) / 离线或故障, from the site's"
+        " open alerts; 暂无数据 (no_data) when none of its devices has ever reported and no alert"
+        " is open"
     )
     open_alerts: int
     last_data: str | None
@@ -161,6 +162,7 @@ class LimitOut(BaseModel):
     min: float | None
     max: float | None
     unit: str
+    unit_label: str = Field(description="the unit as a person reads it (°C for degC)")
     text: str
     standard: str
     clause: str
@@ -219,6 +221,7 @@ class AlertOut(BaseModel):
     count: int
     limit: dict
     evidence: dict
+    rule_name: dict[str, str] = Field(description="the rule's name: zh and en")
     opened: str
     updated: str
     resolved: str | None
@@ -308,9 +311,21 @@ _ERROR_MEANING = {
     403: "outside the caller's role or jurisdictions",
     404: "no such site, device or alert",
     409: "conflicts with the current state (see detail)",
+    413: "the request body is larger than this route takes",
     422: "the request does not match this schema",
     503: "the store cannot take writes now; nothing was changed, retry after Retry-After",
 }
+
+
+class EvidenceCheckOut(BaseModel):
+    alert_id: int
+    valid: bool = Field(description="the copy's content hashes to the hash it states")
+    same_alert: bool = Field(description="the copy is a record of this alert")
+    matches_system: bool = Field(description="the copy's content is the system's record now")
+    stated_sha256: str | None
+    computed_sha256: str
+    system_sha256: str
+    detail: str
 
 
 def error_responses(*codes: int) -> dict[int | str, dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from domain.model import Alert
+from domain.rule_names import rule_name
 from domain.timeutil import ms_to_iso
 
 
@@ -30,6 +31,7 @@ def alert_to_dict(a: Alert) -> dict:
         "count": a.count,
         "limit": a.limit,
         "evidence": a.evidence,
+        "rule_name": {lang: rule_name(a.rule_id, a.parameter, lang) for lang in ("zh", "en")},
         "opened": ms_to_iso(a.opened_ms),
         "updated": ms_to_iso(a.updated_ms),
         "resolved": _iso(a.resolved_ms),

@@ -34,10 +34,15 @@ class Parameter:
 class Catalogue:
     parameters: dict[str, Parameter]
     by_wire_name: dict[str, Parameter]
+    unit_labels: dict[str, str] = field(default_factory=dict)
 
     def resolve(self, wire_name: str) -> Parameter | None:
         """The parameter a wire name (canonical name or a listed alias) stands for."""
         return self.by_wire_name.get(wire_name)
+
+    def unit_label(self, unit: str) -> str:
+        """How a person reads a unit code (degC is shown as °C)."""
+        return self.unit_labels.get(unit, unit)
 
 
 def parse_catalogue(doc: dict) -> Catalogue:
@@ -62,10 +67,15 @@ def parse_catalogue(doc: dict) -> Catalogue:
                     f"wire name {key!r} is listed for both {wire[key].name} and {name}"
                 )
             wire[key] = p
-    return Catalogue(params, wire)
+    return Catalogue(params, wire, dict(doc.get("unit_labels", {})))
 
 
 @cache
 def default_catalogue() -> Catalogue:
     text = resources.files("domain").joinpath("data/parameters.toml").read_text("utf-8")
     return parse_catalogue(tomllib.loads(text))
+
+
+def unit_label(unit: str) -> str:
+    """A unit code as a person reads it, from the default catalogue's labels."""
+    return default_catalogue().unit_label(unit)

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import secrets
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -190,14 +191,19 @@ def _parse_service(text: str) -> tuple[str, str]:
 
 
 def _export(args: argparse.Namespace) -> int:
-    result = export_mosquitto(
-        load_registry(Path(args.registry)),
-        Path(args.out),
-        dict(args.service),
-        Path(args.device_secrets),
-        generate=args.generate,
-        source=args.registry,
-    )
+    try:
+        result = export_mosquitto(
+            load_registry(Path(args.registry)),
+            Path(args.out),
+            dict(args.service),
+            Path(args.device_secrets),
+            generate=args.generate,
+            source=args.registry,
+        )
+    except (ValueError, OSError) as exc:
+        # A refusal with its reason and the fix, not a traceback; nothing was written.
+        print(f"landun devices export-mosquitto: {exc}", file=sys.stderr)
+        return 2
     print(
         f"wrote {result.passwd} ({result.users} users), {result.acl}, {result.healthcheck_secret}"
     )

@@ -11,6 +11,8 @@ import argparse
 import csv
 import io
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -632,8 +634,9 @@ def test_evidence_record_as_json_csv_and_printable_html(world):
     rows = list(csv.reader(io.StringIO(r.text)))
     assert ["# id", str(alert["id"])] in rows
     assert any(row[0] == "# limit" and "GB 37488-2019" in row[2] for row in rows)
+    assert ["# sha256", record["sha256"]] in rows and ["# timezone", "Asia/Shanghai"] in rows
     header = rows.index(
-        ["ts", "received", "parameter", "value", "flag", "flag_meaning", "in_episode"]
+        ["ts", "ts_local", "received", "parameter", "value", "flag", "flag_meaning", "in_episode"]
     )
     assert len(rows) - header - 1 == 65
 
@@ -645,6 +648,104 @@ def test_evidence_record_as_json_csv_and_printable_html(world):
     assert html.count("<tr class='in'>") == sum(r["in_episode"] for r in readings)
     _error(world.insp_xh.get(url, params={"format": "pdf"}), 422)
     _error(world.admin.get("/api/v1/alerts/999999/evidence"), 404)
+
+
+def test_evidence_record_is_bilingual_chinese_first_with_local_and_utc_times(world):
+    alert = world.alert_of(XH1, "range:free_chlorine")
+    url = f"/api/v1/alerts/{alert['id']}/evidence"
+    record = world.insp_xh.get(url).json()
+    assert record["rule"] == {
+        "id": "range:free_chlorine",
+        "name_zh": "游离性余氯超出限值",
+        "name_en": "Free chlorine outside its limit",
+    }
+    assert record["summary"]["zh"].startswith("游离性余氯超出限值，最差值 0.1 mg/L")
+    assert record["summary"]["en"].startswith("Free chlorine outside its limit; worst value 0.1")
+    episode = record["episode"]
+    # The episode began at H (pool-xh-01's first low reading): in UTC and in Shanghai time.
+    start = datetime.fromtimestamp(world.hour / 1000, SHANGHAI)
+    assert episode["start"] == {"utc": ms_to_iso(world.hour), "local": start.isoformat()}
+    assert episode["ongoing"] is False and episode["end"]["local"].endswith("+08:00")
+    assert record["worst"]["value"] == 0.1 and record["worst"]["at"]["local"].endswith("+08:00")
+    assert record["site"]["timezone"] == "Asia/Shanghai"
+    assert record["readings"][0]["ts_local"] == start.isoformat()
+
+    html = world.insp_xh.get(url, params={"format": "html"}).text
+    assert html.index("在线监测证据记录") < html.index("Online monitoring evidence record")
+    for text in (
+        "游离性余氯超出限值", "Free chlorine outside its limit", "range:free_chlorine",
+        "GB 37488-2019", record["limit"]["clause"], "0.3–1 mg/L",
+        start.strftime("%Y-%m-%d %H:%M:%S"), f"UTC {ms_to_iso(world.hour)}",
+        "时间 Time (Asia/Shanghai)", "时间 Time (UTC)", "已办结 resolved", "告警产生 opened",
+        record["sha256"], "@page{size:A4", "14 分钟 / 14 min", "已恢复到限值内并持续至解除时间",
+    ):  # fmt: skip
+        assert text in html, text
+    assert "None" not in html and ">Last<" not in html
+
+
+def test_evidence_without_a_worst_value_says_none_not_none(world):
+    from api.evidence import evidence_html
+
+    alert = world.alert_of(XH3, "range:free_chlorine")
+    record = world.insp_xh.get(f"/api/v1/alerts/{alert['id']}/evidence").json()
+    assert record["episode"]["ongoing"] is True and record["episode"]["end"] is None
+    html = world.insp_xh.get(f"/api/v1/alerts/{alert['id']}/evidence?format=html").text
+    assert "持续中 ongoing" in html
+    # A rule without a value (a device gone silent) reads 无 / none, never Python's None.
+    silent = record | {"worst": {"value": None, "unit": "", "at": None}, "parameter": None}
+    page = evidence_html(silent)
+    assert "无（本规则不适用） / none" in page and "None" not in page
+
+
+def test_evidence_hash_verifies_an_unchanged_copy_and_catches_a_changed_one(world):
+    alert = world.alert_of(XH1, "range:free_chlorine")
+    url = f"/api/v1/alerts/{alert['id']}/evidence"
+    copy = world.insp_xh.get(url).json()
+    assert len(copy["sha256"]) == 64
+    again = world.insp_xh.get(url).json()
+    # Generated at another moment, the same evidence has the same hash.
+    assert again["sha256"] == copy["sha256"]
+    verify = f"{url}/verify"
+    ok = world.insp_xh.post(verify, json=copy).json()
+    assert ok["valid"] is True and ok["same_alert"] is True and ok["matches_system"] is True
+    assert ok["computed_sha256"] == ok["system_sha256"] == copy["sha256"]
+    assert "identical to the system's record" in ok["detail"]
+    changed = json.loads(json.dumps(copy))
+    changed["readings"][3]["value"] = 0.35
+    bad = world.insp_xh.post(verify, json=changed).json()
+    assert bad["valid"] is False and bad["matches_system"] is False
+    assert "changed" in bad["detail"]
+    # Altered and hashed again: self-consistent, but not what the system holds.
+    from api.evidence import record_hash
+
+    forged = changed | {"sha256": record_hash(changed)}
+    rehashed = world.insp_xh.post(verify, json=forged).json()
+    assert rehashed["valid"] is True and rehashed["matches_system"] is False
+    assert "differs from the system's record" in rehashed["detail"]
+    other = world.alert_of(XH3, "range:free_chlorine")["id"]
+    elsewhere = world.insp_xh.post(f"/api/v1/alerts/{other}/evidence/verify", json=copy).json()
+    assert elsewhere["same_alert"] is False and f"alert {other}" in elsewhere["detail"]
+    # The README's way to check a copy by hand agrees.
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (recipe,) = [x for x in readme.splitlines() if x.startswith("python3 -c 'import hashlib")]
+    for doc, want in ((copy, "True"), (changed, "False")):
+        out = subprocess.run(
+            recipe.removesuffix(" < alert-7.json").replace("python3", sys.executable, 1),
+            shell=True, input=json.dumps(doc, ensure_ascii=False), capture_output=True,
+            text=True, check=True,
+        )  # fmt: skip
+        assert out.stdout.strip() == want
+    # Hostile copies get a reason, never a 500.
+    _error(world.insp_xh.post(verify, content=b"{not json"), 400)
+    _error(world.insp_xh.post(verify, json=[1, 2]), 400)
+    _error(world.insp_xh.post(verify, json={"sha256": 5}), 400)
+    _error(world.insp_xh.post(verify, content=b"[" * 5000 + b"]" * 5000), 400)
+    deep = b'{"sha256":"x","a":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    assert world.insp_xh.post(verify, content=deep).status_code in (200, 400)
+    big = b'{"sha256":"' + b"0" * (17 * 1024 * 1024) + b'"}'
+    assert "at most" in _error(world.insp_xh.post(verify, content=big), 413)
+    cn = world.alert_of(CN1, "range:ph")["id"]
+    _error(world.insp_xh.post(f"/api/v1/alerts/{cn}/evidence/verify", json=copy), 403)
 
 
 def test_compliance_over_a_known_hour(world):
@@ -670,6 +771,27 @@ def test_compliance_over_a_known_hour(world):
     assert (ph["readings"], ph["excluded_flagged"], ph["over_limit_s"]) == (10, 2, 0)
     assert (ph["within_share"], ph["completeness"]) == (1.0, round(10 / 60, 4))
     assert rows["turbidity"]["within_share"] is None and rows["turbidity"]["readings"] == 0
+    # Over a week, completeness counts from the device's first reading, not the week's start.
+    week = {"site": "pool-xh-01", "start": _at(world.hour + HOUR - 7 * 24 * HOUR),
+            "end": _at(world.hour + HOUR)}  # fmt: skip
+    weekly = {
+        r["parameter"]: r for r in world.insp_xh.get("/api/v1/compliance", params=week).json()
+    }
+    assert weekly["free_chlorine"]["completeness"] == 1.0
+    assert weekly["ph"]["completeness"] == round(10 / 60, 4)
+    assert weekly["turbidity"]["completeness"] == 0.0  # it never reported
+    # pool-xh-03 has reported for 15 minutes: over a week ending at its last reading, it is
+    # complete, not 0.15 %.
+    (last,) = world.admin.get(
+        "/api/v1/readings", params={"device": XH3, "newest_first": "true", "limit": 1}
+    ).json()
+    end = datetime.fromisoformat(last["ts"]).timestamp() * 1000 + MINUTE
+    week = {"site": "pool-xh-03", "start": _at(end - 7 * 24 * HOUR), "end": _at(end)}
+    (xh3,) = [
+        r for r in world.admin.get("/api/v1/compliance", params=week).json()
+        if r["parameter"] == "free_chlorine"
+    ]  # fmt: skip
+    assert (xh3["readings"], xh3["completeness"]) == (15, 1.0)
     naive = world.admin.get("/api/v1/compliance", params={"end": "2026-11-22T08:00:00"})
     assert "end must state its zone" in _error(naive, 400)
     backwards = world.admin.get(
@@ -756,6 +878,55 @@ def test_health_readiness_and_metrics(world):
     assert "landun_ingest_" in text
     assert 'landun_alerts_open{family="compliance",severity="warning"}' in text
     assert 'landun_api_request_seconds_bucket{method="GET",route="/api/v1/sites",le="+Inf"}' in text
+
+
+def test_readings_stored_in_healthz_survives_a_restart(broker, tmp_path):
+    cfg = _config(broker.url, tmp_path / "var", "landun-ingest-api-count")
+    running = start_system(cfg)
+    pub = Publisher(broker.url, "count-test-device")
+    start = now_ms() - 30 * MINUTE
+    try:
+        pub.publish(CN2, [_record(start + i * MINUTE, {"ph": 7.3, "orp": 700}) for i in range(20)])
+        wait_for(lambda: running.anon.get("/healthz").json()["readings_stored"] == 40)
+    finally:
+        running.stop()
+    running = start_system(cfg)
+    try:
+        assert running.anon.get("/healthz").json()["readings_stored"] == 40
+        pub.publish(CN2, _record(start + 25 * MINUTE, {"ph": 7.31}))
+        wait_for(lambda: running.anon.get("/healthz").json()["readings_stored"] == 41)
+    finally:
+        pub.close()
+        running.stop()
+
+
+def test_docs_work_offline_from_the_package_and_the_favicon_is_served(world):
+    """/docs and /redoc load only what the app itself serves: nothing from a CDN."""
+    import re
+
+    anon = world.running.anon
+    for page in ("/docs", "/redoc"):
+        r = anon.get(page)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert "http://" not in r.text and "https://" not in r.text, page
+        refs = re.findall(r"(?:src|href|spec-url)=\"([^\"]+)\"|url: '([^']+)'", r.text)
+        assets = {a or b for a, b in refs}
+        assert "/openapi.json" in assets and "/favicon.ico" in assets, assets
+        assert len(assets) >= 3, assets
+        for asset in assets:
+            assert asset.startswith("/") and not asset.startswith("//"), asset
+            got = anon.get(asset)
+            assert got.status_code == 200 and len(got.content) > 100, asset
+    icon = anon.get("/favicon.ico")
+    assert icon.headers["content-type"] == "image/x-icon" and icon.content[:4] == b"\0\0\1\0"
+
+
+def test_units_read_as_people_write_them(world):
+    limits = {x["parameter"]: x for x in world.admin.get("/api/v1/sites/pool-xh-01/limits").json()}
+    temperature = limits["temperature"]
+    assert (temperature["unit"], temperature["unit_label"]) == ("degC", "°C")
+    assert temperature["text"] == "23–30 °C"
+    assert limits["free_chlorine"]["unit_label"] == "mg/L"
 
 
 def test_readyz_is_503_with_a_reason_when_the_broker_is_gone(tmp_path):

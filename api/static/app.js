@@ -9,10 +9,15 @@ const state = {
   stream: null,
   lastEventId: null,
   refreshTimer: null,
+  feed: [], // the live feed's events, newest last, so a language switch can redraw them
 };
 
 const t = (key) => (I18N[state.lang] && I18N[state.lang][key]) || I18N.en[key] || key;
 const pname = (p) => (p && I18N[state.lang].params[p]) || p;
+// What an alert is about: the rule's name in the page's language (from the API), else its id.
+const ruleName = (a) => (a.rule_name && a.rule_name[state.lang]) || pname(a.parameter) || a.rule_id;
+// A unit as people write it (°C, not the wire code degC).
+const unitOf = (limit) => (limit ? (limit.unit_label ?? limit.unit ?? "") : "");
 const view = () => document.getElementById("view");
 
 function esc(value) {
@@ -20,13 +25,22 @@ function esc(value) {
     { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 }
 
-function fmtTime(iso) {
+function fmtTime(iso, zone = TZ) {
   if (!iso) return "—";
   const d = new Date(iso);
   return new Intl.DateTimeFormat(state.lang === "zh" ? "zh-CN" : "en-GB", {
-    timeZone: TZ, year: "numeric", month: "2-digit", day: "2-digit",
-    hour: "2-digit", minute: "2-digit", hour12: false,
+    timeZone: zone, year: "numeric", month: "2-digit", day: "2-digit",
+    hour: "2-digit", minute: "2-digit", hourCycle: "h23",
   }).format(d);
+}
+
+// Chart time axes: 24-hour clock in both languages; day and month once ticks are days apart.
+function fmtAxisTimes(splits, incrSeconds) {
+  const daily = incrSeconds >= 86400;
+  const f = new Intl.DateTimeFormat(state.lang === "zh" ? "zh-CN" : "en-GB", daily
+    ? { timeZone: TZ, month: "2-digit", day: "2-digit" }
+    : { timeZone: TZ, hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+  return splits.map((s) => f.format(new Date(s * 1000)));
 }
 
 function fmtValue(v) {
@@ -54,6 +68,8 @@ async function api(path, options = {}) {
 function applyLanguage() {
   document.documentElement.lang = state.lang === "zh" ? "zh-CN" : "en";
   document.getElementById("lang").textContent = state.lang === "zh" ? "English" : "中文";
+  document.title = `${t("brand")} · Landun`;
+  if (state.me) document.getElementById("who").textContent = `${state.me.name} (${t(state.me.role)})`;
   document.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = t(el.dataset.i18n); });
 }
 
@@ -82,7 +98,8 @@ function showLogin(message) {
     });
     const r = await fetch("/api/v1/auth/login", { method: "POST", body, headers: { "Content-Type": "application/json" } });
     if (!r.ok) {
-      document.getElementById("login-error").textContent = `${t("loginFailed")}: ${(await r.json()).detail}`;
+      const why = r.status === 401 ? t("wrongPassword") : (await r.json()).detail;
+      document.getElementById("login-error").textContent = `${t("loginFailed")}: ${why}`;
       return;
     }
     state.token = (await r.json()).token;
@@ -93,6 +110,7 @@ function showLogin(message) {
 
 function logout() {
   state.token = null;
+  state.me = null;
   sessionStorage.removeItem("landun.token");
   if (state.stream) state.stream.abort();
   showLogin();
@@ -110,6 +128,7 @@ async function followStream() {
       if (state.lastEventId) headers["Last-Event-ID"] = state.lastEventId;
       const r = await fetch("/api/v1/alerts/stream", { headers, signal: controller.signal });
       if (!r.ok) throw new Error(r.statusText);
+      feedState.dataset.i18n = "connected"; // applyLanguage redraws [data-i18n] texts
       feedState.textContent = t("connected");
       const reader = r.body.getReader();
       const decoder = new TextDecoder();
@@ -127,6 +146,7 @@ async function followStream() {
     } catch (e) {
       if (controller.signal.aborted) return;
     }
+    feedState.dataset.i18n = "reconnecting";
     feedState.textContent = t("reconnecting");
     await new Promise((resolve) => setTimeout(resolve, 2000));
   }
@@ -142,17 +162,27 @@ function handleEvent(block) {
   if (!data) return;
   state.lastEventId = id;
   const ev = JSON.parse(data);
+  state.feed.push(ev);
+  if (state.feed.length > 200) state.feed.shift();
+  document.getElementById("feed-list").prepend(feedItem(ev));
+  // The page behind the feed may now be out of date: refresh it, at most every 2 s.
+  clearTimeout(state.refreshTimer);
+  state.refreshTimer = setTimeout(() => route(true), 2000);
+}
+
+function feedItem(ev) {
   const a = ev.alert;
   const li = document.createElement("li");
   li.innerHTML = `<span class="badge ${esc(a.severity)}">${esc(t(a.severity))}</span>
     <b>${esc(t(ev.action))}</b> ${fmtTime(ev.at)}<br>
-    <a href="#/alert/${a.id}">${esc(a.site_id)} · ${esc(pname(a.parameter) || a.rule_id)}</a>
-    ${a.worst_value !== null ? `· ${fmtValue(a.worst_value)}` : ""}`;
+    <a href="#/alert/${a.id}">${esc(a.site_id)} · ${esc(ruleName(a))}</a>
+    ${a.worst_value !== null ? `· ${fmtValue(a.worst_value)} ${esc(unitOf(a.limit))}` : ""}`;
   li.dataset.alertId = a.id;
-  document.getElementById("feed-list").prepend(li);
-  // The page behind the feed may now be out of date: refresh it, at most every 2 s.
-  clearTimeout(state.refreshTimer);
-  state.refreshTimer = setTimeout(() => route(true), 2000);
+  return li;
+}
+
+function redrawFeed() {
+  document.getElementById("feed-list").replaceChildren(...state.feed.map(feedItem).reverse());
 }
 
 // ---- overview ---------------------------------------------------------------------------------
@@ -171,6 +201,7 @@ async function overview() {
         <option value="">${esc(t("allStatuses"))}</option>
         <option value="normal">${esc(t("normal"))}</option>
         <option value="over_limit">${esc(t("over_limit"))}</option>
+        <option value="custody_issue">${esc(t("custody_issue"))}</option>
         <option value="offline_or_fault">${esc(t("offline_or_fault"))}</option>
         <option value="no_data">${esc(t("no_data"))}</option>
       </select>
@@ -212,7 +243,8 @@ function mapSvg(sites) {
   const [x0, x1] = [Math.min(...lons) - pad, Math.max(...lons) + pad];
   const [y0, y1] = [Math.min(...lats) - pad, Math.max(...lats) + pad];
   const colour = {
-    normal: "#1b7f3b", over_limit: "#c0262d", offline_or_fault: "#b26a00", no_data: "#777777",
+    normal: "#1b7f3b", over_limit: "#c0262d", custody_issue: "#7a3e9d",
+    offline_or_fault: "#b26a00", no_data: "#777777",
   };
   const dots = placed.map((s) => {
     const x = 20 + ((s.longitude - x0) / (x1 - x0)) * 560;
@@ -231,11 +263,11 @@ function alertTable(alerts, names) {
     </tr></thead><tbody>${alerts.map((a) => `
       <tr data-alert="${a.id}">
         <td><a href="#/alert/${a.id}">${esc(names[a.site_id] || a.site_id)}</a></td>
-        <td>${esc(pname(a.parameter) || a.rule_id)}<br><span class="muted">${esc(t(a.family))}</span></td>
+        <td>${esc(ruleName(a))}<br><span class="muted">${esc(t(a.family))}</span></td>
         <td><span class="badge ${esc(a.severity)}">${esc(t(a.severity))}</span></td>
         <td class="${esc(a.status)}">${esc(t(a.status))}</td>
         <td class="hide-sm">${fmtTime(a.first)}</td>
-        <td>${fmtValue(a.worst_value)} ${esc(a.limit.unit || "")}</td>
+        <td>${a.worst_value === null ? esc(t("none")) : `${fmtValue(a.worst_value)} ${esc(unitOf(a.limit))}`}</td>
         <td>${a.status === "open" ? `<button class="btn ack" data-id="${a.id}">${esc(t("acknowledge"))}</button>` : ""}</td>
       </tr>`).join("")}</tbody></table>`;
 }
@@ -356,12 +388,12 @@ function drawChart(box, buckets, limit, episodes, start, end, step) {
     width, height: 200,
     tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), TZ),
     scales: { y: { range: () => (Number.isFinite(lo) ? [lo - margin, hi + margin] : [0, 1]) } },
+    axes: [{ values: (u, splits, axisIdx, space, incr) => fmtAxisTimes(splits, incr) }, {}],
     series: [{}, { label: t("mean"), stroke: "#0d3b66", width: 1.5, spanGaps: false }],
     hooks: { drawClear: [shade] },
     legend: { show: false },
   };
-  // eslint-disable-next-line no-new
-  new uPlot(opts, [xs, ys], box);
+  box.plot = new uPlot(opts, [xs, ys], box); // kept on the box: its axes can be inspected
 }
 
 // ---- alert page -------------------------------------------------------------------------------
@@ -370,36 +402,46 @@ async function alertPage(alertId) {
   const record = await api(`/api/v1/alerts/${alertId}/evidence`);
   const a = record.alert;
   const s = record.site;
+  const ep = record.episode;
+  const w = record.worst;
+  const zone = s.timezone || TZ;
+  const when = (x) => (x ? fmtTime(x.utc, zone) : "—");
+  const lim = record.limit || {};
   const act = a.status === "resolved" ? "" : `
     <button class="btn" id="do-ack" ${a.status !== "open" ? "disabled" : ""}>${esc(t("acknowledge"))}</button>
     <button class="btn" id="do-resolve">${esc(t("resolve"))}</button>`;
+  const worst = w.value === null ? t("none") : `${fmtValue(w.value)} ${w.unit} (${when(w.at)})`;
   view().innerHTML = `
     <p><a href="#/site/${esc(a.site_id)}">← ${esc(s.name || a.site_id)}</a></p>
     <h1>${esc(t("evidence"))} #${a.id} <span class="badge ${esc(a.severity)}">${esc(t(a.severity))}</span>
       <span class="${esc(a.status)}">${esc(t(a.status))}</span></h1>
     <div class="card"><dl class="facts">
+      <dt>${esc(t("rule"))}</dt><dd>${esc(record.rule[`name_${state.lang}`] || record.rule.id)} <code class="muted">${esc(record.rule.id)}</code></dd>
+      <dt>${esc(t("summary"))}</dt><dd>${esc(record.summary[state.lang])}</dd>
       <dt>${esc(t("site"))}</dt><dd>${esc(s.name)} (${esc(s.id)}), ${esc(s.address)}</dd>
       <dt>${esc(t("jurisdiction"))}</dt><dd>${esc(s.jurisdiction)}</dd>
       <dt>${esc(t("device"))}</dt><dd>${esc(a.device_id || "—")}</dd>
-      <dt>${esc(t("parameter"))}</dt><dd>${esc(pname(a.parameter) || a.rule_id)} · ${esc(a.message)}</dd>
-      <dt>${esc(t("limit"))}</dt><dd>${esc(record.limit.text || "—")}</dd>
-      <dt>${esc(t("clause"))}</dt><dd>${esc(record.limit.clause || "—")}</dd>
-      <dt>${esc(t("first"))}</dt><dd>${fmtTime(a.first)}</dd>
-      <dt>${esc(t("last"))}</dt><dd>${fmtTime(a.last)}</dd>
-      <dt>${esc(t("duration"))}</dt><dd>${Math.round(record.duration_s / 60)} ${esc(t("minutes"))}</dd>
-      <dt>${esc(t("worst"))}</dt><dd>${fmtValue(a.worst_value)} ${esc(record.limit.unit || "")} (${fmtTime(a.worst)})</dd>
-    </dl></div>
+      <dt>${esc(t("parameter"))}</dt><dd>${esc(a.parameter ? pname(a.parameter) : "—")}</dd>
+      <dt>${esc(t("standard"))}</dt><dd>${esc(lim.standard || "—")}</dd>
+      <dt>${esc(t("clause"))}</dt><dd>${esc(lim.clause || "—")}</dd>
+      <dt>${esc(t("limit"))}</dt><dd>${esc(lim.text || "—")}</dd>
+      <dt>${esc(t("first"))}</dt><dd>${when(ep.start)}</dd>
+      <dt>${esc(t("end"))}</dt><dd>${ep.ongoing ? `${esc(t("ongoing"))} (${esc(t("last"))} ${when(ep.last_seen)})` : when(ep.end)}</dd>
+      <dt>${esc(t("duration"))}</dt><dd>${Math.floor(record.duration_s / 60)} ${esc(t("minutes"))}</dd>
+      <dt>${esc(t("worst"))}</dt><dd>${esc(worst)}</dd>
+      <dt>SHA-256</dt><dd class="hash">${esc(record.sha256)}</dd>
+    </dl><p class="muted">${esc(t("tzOf"))} ${esc(zone)}</p></div>
     <div class="actions">${act}
       <textarea id="comment" placeholder="${esc(t("commentPlaceholder"))}"></textarea>
       <button class="btn secondary" id="do-comment">${esc(t("comment"))}</button>
       <button class="btn secondary" id="do-print">${esc(t("printEvidence"))}</button>
     </div>
     <h2>${esc(t("audit"))}</h2>
-    <ul>${record.audit.map((e) => `<li>${fmtTime(e.at)} ${esc(e.actor)}: ${esc(t(e.action))} ${esc(e.comment)}</li>`).join("")}</ul>
+    <ul>${record.audit.map((e) => `<li>${fmtTime(e.at, zone)} ${esc(e.actor === "system" ? t("system") : e.actor)}: ${esc(t(e.action))} ${esc((state.lang === "zh" && e.comment_zh) || e.comment)}</li>`).join("")}</ul>
     <h2>${esc(t("readings"))} (${record.readings.length})</h2>
-    <table><thead><tr><th>${esc(t("last"))}</th><th>${esc(t("parameter"))}</th><th>${esc(t("value"))}</th><th>flag</th></tr></thead>
-    <tbody>${record.readings.map((r) => `<tr style="${r.in_episode ? "background:#fde2e2" : ""}">
-      <td>${fmtTime(r.ts)}</td><td>${esc(pname(r.parameter))}</td><td>${fmtValue(r.value)}</td><td>${esc(r.flag)}</td></tr>`).join("")}</tbody></table>`;
+    <table id="readings"><thead><tr><th>${esc(t("time"))}</th><th>${esc(t("parameter"))}</th><th>${esc(t("value"))}</th><th>${esc(t("flag"))}</th></tr></thead>
+    <tbody>${record.readings.map((r) => `<tr class="${r.in_episode ? "in-episode" : ""}">
+      <td>${fmtTime(r.ts, zone)}</td><td>${esc(pname(r.parameter))}</td><td>${fmtValue(r.value)}</td><td>${esc(r.flag)}</td></tr>`).join("")}</tbody></table>`;
   const post = async (action) => {
     const comment = document.getElementById("comment").value;
     await api(`/api/v1/alerts/${alertId}/${action}`, { method: "POST", body: JSON.stringify({ comment }) });
@@ -409,7 +451,21 @@ async function alertPage(alertId) {
   on("do-ack", () => post("acknowledge"));
   on("do-resolve", () => post("resolve"));
   on("do-comment", () => post("comments"));
-  on("do-print", () => window.print());
+  on("do-print", () => printEvidence(alertId));
+}
+
+// Print the evidence record by itself (its own bilingual A4 page), not the dashboard around it.
+async function printEvidence(alertId) {
+  const html = await api(`/api/v1/alerts/${alertId}/evidence?format=html`);
+  const old = document.getElementById("print-frame");
+  if (old) old.remove();
+  const frame = document.createElement("iframe");
+  frame.id = "print-frame";
+  frame.className = "print-frame";
+  frame.title = t("evidence");
+  frame.addEventListener("load", () => frame.contentWindow.print(), { once: true });
+  frame.srcdoc = html;
+  document.body.appendChild(frame);
 }
 
 // ---- routing ----------------------------------------------------------------------------------
@@ -432,7 +488,6 @@ async function start() {
   } catch (e) {
     return;
   }
-  document.getElementById("who").textContent = `${state.me.name} (${state.me.role})`;
   document.getElementById("logout").hidden = false;
   document.getElementById("feed").hidden = false;
   document.body.classList.add("with-feed");
@@ -445,6 +500,7 @@ document.getElementById("lang").addEventListener("click", () => {
   state.lang = state.lang === "zh" ? "en" : "zh";
   localStorage.setItem("landun.lang", state.lang);
   applyLanguage();
+  redrawFeed();
   if (state.token) route(); else showLogin();
 });
 document.getElementById("logout").addEventListener("click", logout);
