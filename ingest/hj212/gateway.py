@@ -9,7 +9,13 @@ The sink is synchronous and commits to a database, so it runs on a gateway-owned
 single-thread executor: the event loop keeps serving every other connection while one commit
 blocks, and the sink never sees two calls at once, so it needs no locking of its own. It does
 run on a thread other than the loop's (a SQLite connection must allow that).
-``DeviceLookup`` is called on the loop and must answer from memory.
+``DeviceLookup.device_for_mn`` is called on the loop and must answer from memory; the password
+check hashes (slow by design), so it runs on a worker thread and once per connection for a
+given (MN, PW).
+
+Whatever a connection sends, it costs bounded memory (the framer keeps at most about one packet)
+and a bounded number of dead letters: past ``max_dead_letters`` the rest are counted per kind of
+reason and recorded as one summary every ``dead_letter_summary_every`` and at the end.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ import contextlib
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any, Protocol
 
+from ingest.dead_letter_log import reason_kind
 from ingest.hj212.codec import (
     CHINA_STANDARD_TIME,
     DEFAULT_MAX_PACKET,
@@ -114,6 +122,12 @@ class _Connection:
     # The device last authenticated on this connection: attached to dead letters of frames
     # too broken to name their own device, so an inspector sees who sends them.
     device_id: str | None = None
+    # Password checks already made on this connection: (MN, PW) -> verdict.
+    checked: dict[tuple[str, str], bool] = field(default_factory=dict)
+    dead_letters: int = 0
+    # Dead letters past the budget, not recorded one by one: counts per kind of reason.
+    suppressed: Counter[str] = field(default_factory=Counter)
+    suppressed_bytes: int = 0
 
 
 class Hj212Gateway:
@@ -132,6 +146,9 @@ class Hj212Gateway:
         split_expiry: float = 120.0,
         max_pending_splits: int = 32,
         sink_executor: Executor | None = None,
+        max_dead_letters: int = 20,
+        dead_letter_summary_every: int = 1000,
+        max_checked_passwords: int = 16,
     ) -> None:
         self.lookup = lookup
         self.sink = sink
@@ -142,6 +159,9 @@ class Hj212Gateway:
         self.max_connections = max_connections
         self.split_expiry = split_expiry
         self.max_pending_splits = max_pending_splits
+        self.max_dead_letters = max_dead_letters
+        self.dead_letter_summary_every = dead_letter_summary_every
+        self.max_checked_passwords = max_checked_passwords
         self._given_executor = sink_executor
         self._executor: Executor | None = None
         self._server: asyncio.Server | None = None
@@ -158,6 +178,8 @@ class Hj212Gateway:
         self.heartbeats = 0
         self.replies_sent = 0
         self.sink_errors = 0
+        self.dead_letters_suppressed = 0
+        self.password_checks = 0
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (0 picks a free port); returns the bound port."""
@@ -244,6 +266,7 @@ class Hj212Gateway:
             await self._dead_letter(
                 conn, incomplete.reason, incomplete.raw, conn.device_id, recv_ms
             )
+        await self._summarise_suppressed(conn, recv_ms)
         conn.writer.close()
         with contextlib.suppress(Exception):
             await conn.writer.wait_closed()
@@ -264,7 +287,7 @@ class Hj212Gateway:
         if device_id is None:
             await self._dead_letter(conn, f"unknown MN {packet.mn}", item, None, recv_ms)
             return
-        if not self.lookup.check_password(device_id, packet.pw):
+        if not await self._password_ok(conn, device_id, packet):
             reason = f"wrong password for MN {packet.mn}"
             await self._dead_letter(conn, reason, item, device_id, recv_ms)
             return
@@ -282,6 +305,17 @@ class Hj212Gateway:
                 return
             packet, raw = assembled
         await self._dispatch(conn, device_id, packet, raw, recv_ms)
+
+    async def _password_ok(self, conn: _Connection, device_id: str, packet: Packet) -> bool:
+        key = (packet.mn, packet.pw)
+        verdict = conn.checked.get(key)
+        if verdict is None:
+            self.password_checks += 1
+            verdict = await asyncio.to_thread(self.lookup.check_password, device_id, packet.pw)
+            if len(conn.checked) >= self.max_checked_passwords:
+                conn.checked.clear()  # a connection trying many passwords pays for each
+            conn.checked[key] = verdict
+        return verdict
 
     async def _give_up_splits(self, conn: _Connection, now: float, recv_ms: int) -> None:
         for incomplete in conn.reassembler.expire(now):
@@ -331,8 +365,30 @@ class Hj212Gateway:
         self, conn: _Connection, reason: str, raw: bytes, device_id: str | None, recv_ms: int
     ) -> bool:
         self.packets_dead_lettered += 1
-        log.warning("dead letter from %s (device %s): %s", conn.peer, device_id, reason)
+        if conn.dead_letters >= self.max_dead_letters:
+            # Counted, not stored one by one: a flood of garbage must not become a flood of
+            # commits that delays every other logger's packets.
+            self.dead_letters_suppressed += 1
+            conn.suppressed[reason_kind(reason)] += 1
+            conn.suppressed_bytes += len(raw)
+            if conn.suppressed.total() >= self.dead_letter_summary_every:
+                return await self._summarise_suppressed(conn, recv_ms)
+            return True
+        conn.dead_letters += 1
         return await self._call_sink(self.sink.dead_letter, reason, raw, device_id, recv_ms)
+
+    async def _summarise_suppressed(self, conn: _Connection, recv_ms: int) -> bool:
+        if not conn.suppressed:
+            return True
+        kinds = "; ".join(f"{n} × {kind}" for kind, n in conn.suppressed.most_common(10))
+        reason = (
+            f"{conn.suppressed.total()} more dead letters ({conn.suppressed_bytes} bytes) from"
+            f" {conn.peer} after the first {self.max_dead_letters}, not recorded one by one:"
+            f" {kinds}"
+        )
+        conn.suppressed.clear()
+        conn.suppressed_bytes = 0
+        return await self._call_sink(self.sink.dead_letter, reason, b"", conn.device_id, recv_ms)
 
     async def _call_sink(self, fn: Callable[..., None], *args: Any) -> bool:
         loop = asyncio.get_running_loop()
