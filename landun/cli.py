@@ -104,7 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"{what} (`landun {name} --help`)")
 
     gw = sub.add_parser("hj212-gateway", help="run only the HJ 212 TCP gateway")
-    gw.add_argument("--host", dest="hj212_host", default="0.0.0.0", help="bind address")
+    gw.add_argument(
+        "--host",
+        dest="hj212_host",
+        default="127.0.0.1",
+        help="bind address (default: this machine only; 0.0.0.0 takes loggers from the network)",
+    )
     gw.add_argument("--port", dest="hj212_port", type=int, default=9212, help="TCP port")
     gw.add_argument("--data-dir", default="var", help="where the SQLite database lives")
     gw.add_argument("--registry", help="registry TOML (default: the demo registry)")

@@ -320,8 +320,11 @@ async def run_hj212_gateway(cfg: RunConfig, ready: threading.Event | None = None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+    local = cfg.hj212_host in ("127.0.0.1", "::1", "localhost")
+    reach = "this machine only" if local else "the network"
     print(
-        f"HJ 212 gateway listening on {cfg.hj212_host}:{port}; database {core.db_path}", flush=True
+        f"HJ 212 gateway listening on {cfg.hj212_host}:{port} ({reach}); database {core.db_path}",
+        flush=True,
     )
     if ready is not None:
         ready.set()
