@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from domain.model import Alert
+from domain.strict_json import finite
 from domain.timeutil import ms_to_iso
 
 
@@ -11,7 +12,8 @@ def _iso(ms: int | None) -> str | None:
 
 
 def alert_to_dict(a: Alert) -> dict:
-    return {
+    """Strict-JSON-ready: a value that is not a finite number is None."""
+    out = {
         "id": a.id or 0,
         "site_id": a.site_id,
         "device_id": a.device_id,
@@ -34,3 +36,4 @@ def alert_to_dict(a: Alert) -> dict:
         "updated": ms_to_iso(a.updated_ms),
         "resolved": _iso(a.resolved_ms),
     }
+    return finite(out)  # type: ignore[return-value]

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from domain import strict_json
 from domain.model import Alert, AlertFamily, AlertStatus, DeadLetter, Reading, Severity
 from domain.timeutil import now_ms
 from store.base import (
@@ -308,8 +309,8 @@ def _alert_values(a: Alert) -> tuple:
     return (
         a.site_id, a.device_id, a.rule_id, str(a.family), str(a.severity), a.parameter,
         str(a.status), a.message, a.first_ms, a.last_ms, a.first_value, a.last_value,
-        a.worst_value, a.worst_ms, a.count, json.dumps(a.limit, ensure_ascii=False),
-        json.dumps(a.evidence, ensure_ascii=False), a.opened_ms, a.updated_ms, a.resolved_ms,
+        a.worst_value, a.worst_ms, a.count, strict_json.dumps(a.limit),
+        strict_json.dumps(a.evidence), a.opened_ms, a.updated_ms, a.resolved_ms,
     )  # fmt: skip
 
 
@@ -433,7 +434,7 @@ class SqliteStore(SqliteDatabase):
                     conn.executemany(
                         "INSERT OR REPLACE INTO device_status"
                         " (device_id, recv_ms, ts_ms, state, detail) VALUES (?, ?, ?, ?, ?)",
-                        [(s.device_id, s.recv_ms, s.ts_ms, s.state, json.dumps(s.detail))
+                        [(s.device_id, s.recv_ms, s.ts_ms, s.state, strict_json.dumps(s.detail))
                          for s in statuses],
                     )  # fmt: skip
                 if last_seen:
