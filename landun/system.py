@@ -40,6 +40,7 @@ from landun.demo import BACKFILL_MS, demo_devices, demo_registry_path
 from simulators.runner import RunnerSettings, SimulatorRunner
 from store.base import Store
 from store.ledger import SqliteLedger
+from store.retention import DeadLetterRetention
 from store.sqlite import SqliteStore
 
 log = logging.getLogger("landun")
@@ -164,11 +165,13 @@ def ensure_admin(store: Store, data_dir: Path, password: str | None) -> str:
 
 
 class Clock:
-    """Runs the engine's time-driven rules every `tick_s` seconds on its own thread."""
+    """Runs the engine's time-driven rules every `tick_s` seconds on its own thread, and the
+    dead-letter retention when it is due."""
 
     def __init__(self, engine: AlertEngine, tick_s: float) -> None:
         self.engine = engine
         self.tick_s = tick_s
+        self.retention = DeadLetterRetention(engine.store)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="landun-clock", daemon=True)
 
@@ -183,6 +186,7 @@ class Clock:
         while not self._stop.wait(self.tick_s):
             try:
                 self.engine.tick()
+                self.retention.maybe_run()
             except Exception:
                 log.exception("clock tick failed")
 
