@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 DEFAULT_LIMIT = 200
 
 
@@ -22,3 +24,19 @@ def _escape(c: str) -> str:
     if code <= 0xFF:
         return f"\\x{code:02x}"
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+class EscapingFilter(logging.Filter):
+    """Escapes every log message as it is written, for messages that quote outside text
+    without `log_safe`; a traceback (formatted apart from the message) keeps its lines."""
+
+    def __init__(self, limit: int = 4000) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        safe = log_safe(message, self.limit)
+        if safe != message:
+            record.msg, record.args = safe, None
+        return True

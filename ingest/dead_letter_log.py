@@ -18,7 +18,7 @@ DEFAULT_INTERVAL_S = 60.0
 # Distinct kinds listed per line; the rest are counted together, so the line stays short.
 MAX_KINDS = 12
 KIND_LENGTH = 80
-_NUMBER = re.compile(r"\d+(\.\d+)?")
+_NUMBER = re.compile(r"\b\d+(\.\d+)?\b")
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 

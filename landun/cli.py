@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from alerts.notify_webhook import WebhookTarget
+from domain.logtext import EscapingFilter
 from landun import accounts, gc_settings
 from landun.mosquitto_export import add_subparser as add_devices_subparser
 from landun.system import RunConfig, System, run_hj212_gateway
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(EscapingFilter())  # a newline or NUL from outside cannot forge a line
     return args.func(args)
 
 
