@@ -157,8 +157,9 @@ def ensure_admin(store: Store, data_dir: Path, password: str | None) -> str:
     if store.get_user("admin") is None:
         password = secrets.token_urlsafe(12)
         store.add_user("admin", hash_secret(password), "admin", ())
-        path.write_text(password + "\n")
-        path.chmod(0o600)
+        # Created owner-only: never readable by others, not even for a moment.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(password + "\n")
     if path.exists():
         return f"admin / {path.read_text().strip()}  (from {path})"
     return "admin / the password set with `landun users add`"
