@@ -143,3 +143,22 @@ def test_a_hanging_failing_receiver_does_not_delay_another(tmp_path: Path, recei
     finally:
         notifier.stop()
         store.close()
+
+
+def test_api_evidence_and_live_stream_are_strict(system) -> None:
+    """An alert whose detector statistics were NaN: its evidence answers 200 and the live
+    stream carries it as strict JSON (a browser's JSON.parse drops a bare NaN)."""
+    store = system.system.core.store
+    before = store.last_audit_id()
+    alert = nan_alert()
+    alert.site_id, alert.device_id = "pool-xh-01", "pool-xh-01-wq"
+    store.save_alerts([AlertChange(alert, "opened")], "test", {})
+    record = system.http.get(f"/api/v1/alerts/{alert.id}/evidence")
+    assert record.status_code == 200
+    assert strict_loads(record.text)["alert"]["evidence"]["score"] is None  # type: ignore[index]
+    headers = {"Last-Event-ID": str(before)}
+    with system.http.stream("GET", "/api/v1/alerts/stream", headers=headers) as response:
+        data = next(line for line in response.iter_lines() if line.startswith("data: "))
+    event = strict_loads(data.removeprefix("data: "))
+    assert event["alert"]["id"] == alert.id  # type: ignore[index]
+    assert event["alert"]["evidence"]["rate_per_min"] is None  # type: ignore[index]
