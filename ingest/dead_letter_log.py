@@ -5,6 +5,7 @@ they happen and of what kind. A line each would let a sender of garbage fill the
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -22,6 +23,7 @@ _NUMBER = re.compile(r"\b\d+(\.\d+)?\b")
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
+@functools.lru_cache(maxsize=1024)  # a flood repeats a few reasons many times
 def reason_kind(reason: str) -> str:
     """A reason without the particulars (numbers, quoted text) that make each one unique."""
     kind = _QUOTED.sub("'…'", _NUMBER.sub("N", reason.split(";", 1)[0]))

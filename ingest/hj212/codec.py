@@ -624,10 +624,12 @@ class Stream:
                 return self._reject(
                     f"packet of {size} bytes over the {self.max_packet} byte limit", out
                 )
-        # Resume one byte early: a "\r\n" or "##" may straddle two reads.
+        # Resume one byte early: a "\r\n" or "##" may straddle two reads. The terminator is
+        # looked for only up to the next header, so a stream of short broken frames costs each
+        # frame its own length, not the rest of the buffer.
         scan = max(2, self._scan_from - 1)
-        end = buf.find(TERMINATOR, scan)
         nxt = buf.find(HEADER, scan)
+        end = buf.find(TERMINATOR, scan, len(buf) if nxt == -1 else nxt + 1)
         if end != -1 and (nxt == -1 or end < nxt):
             out.append(bytes(buf[: end + 2]))
             self._cut(end + 2)
@@ -644,8 +646,9 @@ class Stream:
     def _reject(self, reason: str, out: list[bytes | FrameError]) -> bool:
         """Drop the frame at the start of the buffer up to where the stream can resynchronise."""
         buf = self._buf
-        cuts = [i + 2 for i in (buf.find(TERMINATOR, 2),) if i != -1]
-        cuts += [i for i in (buf.find(HEADER, 2),) if i != -1]
+        nxt = buf.find(HEADER, 2)
+        end = buf.find(TERMINATOR, 2, len(buf) if nxt == -1 else nxt + 1)
+        cuts = [i for i in (end + 2 if end != -1 else -1, nxt) if i != -1]
         cut = min(cuts) if cuts else len(buf)
         out.append(FrameError(reason, bytes(buf[: min(cut, self.max_packet)])))
         self._cut(cut)

@@ -15,7 +15,7 @@ given (MN, PW).
 
 Whatever a connection sends, it costs bounded memory (the framer keeps at most about one packet)
 and a bounded number of dead letters: past ``max_dead_letters`` the rest are counted per kind of
-reason and recorded as one summary every ``dead_letter_summary_every`` and at the end.
+reason and recorded as one summary every ``dead_letter_summary_s`` seconds and at the end.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from datetime import tzinfo
 from typing import Any, Protocol
 
 from ingest.dead_letter_log import reason_kind
+from ingest.decode import number_from_text
 from ingest.hj212.codec import (
     CHINA_STANDARD_TIME,
     DEFAULT_MAX_PACKET,
@@ -57,6 +58,7 @@ VALUE_SUFFIX_BY_CN = {"2011": "Rtd", "2051": "Avg", "2061": "Avg", "2031": "Avg"
 HEARTBEAT_CN = "9015"
 # Answers from the logger; answering them back would start an endless exchange.
 ANSWER_CNS = frozenset({"9011", "9012", "9013", "9014"})
+FEED_BYTES = 4096  # bytes framed and handled before the loop serves other connections
 
 
 class DeviceLookup(Protocol):
@@ -102,6 +104,11 @@ def packet_to_record(packet: Packet, code_map: Mapping[str, str]) -> tuple[dict 
         if not math.isfinite(value):
             problems.append(f"{code}-{suffix} value {raw_value!r} is not a finite number")
             continue
+        try:
+            number_from_text(raw_value)
+        except ValueError as exc:  # underflowed to 0, which the logger did not measure
+            problems.append(f"{code}-{suffix}: {exc}")
+            continue
         if parameter in values:
             problems.append(f"{code} maps to {parameter}, which another code already gave")
             continue
@@ -128,6 +135,7 @@ class _Connection:
     # Dead letters past the budget, not recorded one by one: counts per kind of reason.
     suppressed: Counter[str] = field(default_factory=Counter)
     suppressed_bytes: int = 0
+    summarised_at: float = field(default_factory=time.monotonic)
 
 
 class Hj212Gateway:
@@ -147,7 +155,7 @@ class Hj212Gateway:
         max_pending_splits: int = 32,
         sink_executor: Executor | None = None,
         max_dead_letters: int = 20,
-        dead_letter_summary_every: int = 1000,
+        dead_letter_summary_s: float = 60.0,
         max_checked_passwords: int = 16,
     ) -> None:
         self.lookup = lookup
@@ -160,7 +168,7 @@ class Hj212Gateway:
         self.split_expiry = split_expiry
         self.max_pending_splits = max_pending_splits
         self.max_dead_letters = max_dead_letters
-        self.dead_letter_summary_every = dead_letter_summary_every
+        self.dead_letter_summary_s = dead_letter_summary_s
         self.max_checked_passwords = max_checked_passwords
         self._given_executor = sink_executor
         self._executor: Executor | None = None
@@ -255,8 +263,12 @@ class Hj212Gateway:
                 return
             self.bytes_received += len(data)
             recv_ms = _now_ms()
-            for item in conn.stream.feed(data):
-                await self._handle(conn, item, recv_ms)
+            for start in range(0, len(data), FEED_BYTES):
+                for item in conn.stream.feed(data[start : start + FEED_BYTES]):
+                    await self._handle(conn, item, recv_ms)
+                # Dead letters past the budget are only counted, without a wait: a read full of
+                # short broken frames must still let other connections run.
+                await asyncio.sleep(0)
 
     async def _finish(self, conn: _Connection) -> None:
         recv_ms = _now_ms()
@@ -371,7 +383,7 @@ class Hj212Gateway:
             self.dead_letters_suppressed += 1
             conn.suppressed[reason_kind(reason)] += 1
             conn.suppressed_bytes += len(raw)
-            if conn.suppressed.total() >= self.dead_letter_summary_every:
+            if time.monotonic() - conn.summarised_at >= self.dead_letter_summary_s:
                 return await self._summarise_suppressed(conn, recv_ms)
             return True
         conn.dead_letters += 1
@@ -388,6 +400,7 @@ class Hj212Gateway:
         )
         conn.suppressed.clear()
         conn.suppressed_bytes = 0
+        conn.summarised_at = time.monotonic()
         return await self._call_sink(self.sink.dead_letter, reason, b"", conn.device_id, recv_ms)
 
     async def _call_sink(self, fn: Callable[..., None], *args: Any) -> bool:
