@@ -172,6 +172,9 @@ class Hj212Gateway:
         self.max_checked_passwords = max_checked_passwords
         self._given_executor = sink_executor
         self._executor: Executor | None = None
+        # Password hashing on its own two threads: many connections guessing passwords queue
+        # here instead of taking the threads the API's own off-loop work runs on.
+        self._auth_executor: ThreadPoolExecutor | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._connections: set[_Connection] = set()
@@ -194,6 +197,9 @@ class Hj212Gateway:
         self._executor = self._given_executor or ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="landun-hj212-sink"
         )
+        self._auth_executor = ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="landun-hj212-auth"
+        )
         self._server = await asyncio.start_server(self._serve, host, port)
         bound = self._server.sockets[0].getsockname()[1]
         log.info("HJ 212 gateway listening on %s:%d", host, bound)
@@ -215,6 +221,9 @@ class Hj212Gateway:
             # Every handler has returned, so no sink call is pending.
             self._executor.shutdown(wait=False)
         self._executor = None
+        if self._auth_executor is not None:
+            self._auth_executor.shutdown(wait=False)
+            self._auth_executor = None
 
     # -----------------------------------------------------------------------------------------
 
@@ -323,7 +332,10 @@ class Hj212Gateway:
         verdict = conn.checked.get(key)
         if verdict is None:
             self.password_checks += 1
-            verdict = await asyncio.to_thread(self.lookup.check_password, device_id, packet.pw)
+            loop = asyncio.get_running_loop()
+            verdict = await loop.run_in_executor(
+                self._auth_executor, self.lookup.check_password, device_id, packet.pw
+            )
             if len(conn.checked) >= self.max_checked_passwords:
                 conn.checked.clear()  # a connection trying many passwords pays for each
             conn.checked[key] = verdict
