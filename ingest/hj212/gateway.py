@@ -58,7 +58,7 @@ VALUE_SUFFIX_BY_CN = {"2011": "Rtd", "2051": "Avg", "2061": "Avg", "2031": "Avg"
 HEARTBEAT_CN = "9015"
 # Answers from the logger; answering them back would start an endless exchange.
 ANSWER_CNS = frozenset({"9011", "9012", "9013", "9014"})
-FEED_BYTES = 4096  # bytes framed and handled before the loop serves other connections
+FEED_BYTES = 1024  # bytes framed and handled before the loop serves other connections
 
 
 class DeviceLookup(Protocol):
