@@ -30,6 +30,7 @@ from alerts.detectors.stacked import Stacked
 from domain.model import VALID_FLAG, Alert, AlertFamily, Reading, Severity
 from domain.params import Catalogue
 from domain.registry import Registry
+from domain.strict_json import finite
 
 if TYPE_CHECKING:
     from alerts.engine import AlertEngine
@@ -381,9 +382,11 @@ class DetectorRule:
             return
         self._raised.add(key)
         rid = rule_id(res.kind, parameter)
-        evidence = {"score": round(float(res.score), 3), "detector": res.kind} | {
-            k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.evidence.items()
-        }
+        # A statistic a detector could not compute (too little history) is NaN: null in JSON.
+        evidence = finite(
+            {"score": round(float(res.score), 3), "detector": res.kind}
+            | {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.evidence.items()}
+        )
         engine.raise_alert(
             _alert(site_id, device_id, rid, res, parameter, ts, value, evidence), value
         )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import paho.mqtt.client as mqtt
 
+from domain import strict_json
 from domain.alert_json import alert_to_dict
 from domain.model import Alert
 from domain.mqtt_connection import (
@@ -45,7 +45,7 @@ class MqttAlertPublisher:
         self.client.loop_stop()
 
     def alert_changed(self, alert: Alert, action: str) -> None:
-        body = json.dumps({"action": action, "alert": alert_to_dict(alert)}, ensure_ascii=False)
+        body = strict_json.dumps({"action": action, "alert": alert_to_dict(alert)})
         # paho queues while disconnected and delivers on reconnect (QoS 1).
         info = self.client.publish(alert_topic(alert.site_id), body, qos=1)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):

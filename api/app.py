@@ -17,6 +17,7 @@ from api import (
     dashboard,
     routes_alerts,
     routes_compliance,
+    routes_deliveries,
     routes_limits,
     routes_ops,
     routes_readings,
@@ -55,7 +56,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.state.ctx = ctx
     ctx.api_metrics = ApiMetrics()
     routers = (routes_ops, routes_readings, routes_alerts, routes_sites, routes_limits)
-    for module in (*routers, routes_compliance, routes_waste):
+    for module in (*routers, routes_compliance, routes_waste, routes_deliveries):
         app.include_router(module.router)
     dashboard.mount(app)
     routes_ops.keep_readings_count(app, ctx)

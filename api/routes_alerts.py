@@ -4,7 +4,6 @@ live stream of changes (Server-Sent Events)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Literal
 
@@ -24,6 +23,7 @@ from api.schemas import (
     EvidenceCheckOut,
     error_responses,
 )
+from domain import strict_json
 from domain.alert_json import alert_to_dict
 from domain.model import AlertFamily, AlertStatus, Severity
 from domain.timeutil import ms_to_iso
@@ -147,7 +147,7 @@ async def _events(request: Request, ctx, sites, after: int) -> AsyncIterator[str
                 "at": ms_to_iso(ev.at_ms),
                 "alert": alert_to_dict(ev.alert),
             }
-            payload = json.dumps(data, ensure_ascii=False)
+            payload = strict_json.dumps(data)
             yield f"id: {ev.event_id}\nevent: alert\ndata: {payload}\n\n"
             after = ev.event_id
         if events:

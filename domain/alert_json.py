@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from domain.model import Alert
 from domain.rule_names import rule_name
+from domain.strict_json import finite
 from domain.timeutil import ms_to_iso
 
 
@@ -12,7 +13,8 @@ def _iso(ms: int | None) -> str | None:
 
 
 def alert_to_dict(a: Alert) -> dict:
-    return {
+    """Strict-JSON-ready: a value that is not a finite number is None."""
+    out = {
         "id": a.id or 0,
         "site_id": a.site_id,
         "device_id": a.device_id,
@@ -36,3 +38,4 @@ def alert_to_dict(a: Alert) -> dict:
         "updated": ms_to_iso(a.updated_ms),
         "resolved": _iso(a.resolved_ms),
     }
+    return finite(out)  # type: ignore[return-value]

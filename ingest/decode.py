@@ -12,10 +12,11 @@ always that path's. Catalogue, unit, range and time checks are the same code on 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from math import isfinite
+from math import isfinite, isinf
 from typing import Annotated, Literal, get_args
 
 import orjson
@@ -50,7 +51,7 @@ class StatusIn(BaseModel):
     state: Literal["online", "offline", "maintenance"]
     ts: int | str | None = None
     firmware: str | None = None
-    battery: Annotated[float, Field(ge=0, le=100)] | int | None = None
+    battery: Annotated[float, Field(ge=0, le=100)] | None = None
     rssi: int | None = None
 
 
@@ -65,6 +66,7 @@ _FLAGS = frozenset(get_args(Flag))
 _NO_ENTRIES: dict[str, str] = {}
 # The deepest plain document: an array (1) of objects (2) of dicts (3) of numbers or strings (4).
 _PLAIN_DEPTH = 4
+_SPACE_COLON = (b" :", b"\t:", b"\n:", b"\r:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,50 @@ class Decoded:
 
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number JSON allows")
+
+
+# A double has at most 309 integer digits; a longer integer cannot become a value.
+_MAX_INT_DIGITS = 309
+# An escape in the surrogate range: the only way a JSON text can hold a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def number_from_text(text: str) -> float:
+    """A decimal number as a double, refusing one that overflows to infinity or underflows to 0
+    (stored, either would be a value the sender never sent)."""
+    value = float(text)
+    if isinf(value):
+        raise ValueError(f"number {text[:40]} overflows a double")
+    if value == 0.0 and any(c in "123456789" for c in text.lower().partition("e")[0]):
+        raise ValueError(f"number {text[:40]} underflows to 0")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ValueError(f"number {text[:40]}… overflows a double")
+    return int(text)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        keys = [k for k, _ in pairs]
+        dup = next(k for i, k in enumerate(keys) if k in keys[:i])
+        raise ValueError(f"duplicate key {dup!r} (which value is meant is unknown)")
+    return obj
+
+
+def _lone_surrogate(doc: object) -> str | None:
+    """The reason text in the document is not Unicode (a lone surrogate escape), or None."""
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end]
+        return (
+            f"text contains a lone surrogate {bad.encode('unicode_escape').decode()} (not Unicode)"
+        )
+    return None
 
 
 def _depth(obj: object, limit: int) -> int:
@@ -115,13 +161,21 @@ def parse_json(payload: bytes, limits: DecodeLimits) -> tuple[object, str | None
     except UnicodeDecodeError as exc:
         return None, f"not UTF-8: byte 0x{payload[exc.start]:02x} at offset {exc.start}"
     try:
-        doc = json.loads(text, parse_constant=_reject_constant)
+        doc = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_float=number_from_text,
+            parse_int=_parse_int,
+            object_pairs_hook=_unique_keys,
+        )
     except json.JSONDecodeError as exc:
         return None, f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
     except ValueError as exc:
         return None, f"not JSON: {exc}"
     except RecursionError:
         return None, f"JSON nested deeper than {limits.max_depth} levels"
+    if _SURROGATE_ESCAPE.search(payload) and (why := _lone_surrogate(doc)):
+        return None, why
     # Walking the document costs more than parsing it; a payload with no more brackets than
     # the limit cannot be nested deeper, which is every ordinary message.
     brackets = payload.count(b"{") + payload.count(b"[")
@@ -198,10 +252,17 @@ def decode_record(
     resolve = catalogue.by_wire_name.get
     registered = device.parameters
     device_id = device.id
+    given: dict[str, str] = {}  # parameter -> the wire name that gave it
     for wire_name, raw_value in values.items():
         param = resolve(wire_name)
         if param is None:
             reasons.append(f"{prefix}unknown parameter {wire_name!r}")
+            continue
+        other = given.setdefault(param.name, wire_name)
+        if other != wire_name:
+            reasons.append(
+                f"{prefix}{other!r} and {wire_name!r} both give {param.name} (which is meant?)"
+            )
             continue
         if registered and param.name not in registered:
             reasons.append(
@@ -275,11 +336,19 @@ def decode_plain(
     else:
         return None
     records = []
+    keys = 0
     for item in items:
         rec = _plain_record(item)
         if rec is None:
             return None
         records.append(rec)
+        keys += len(item) + len(rec[2]) + len(rec[3]) + len(rec[4])
+    # orjson keeps the last of duplicate keys silently. In a payload that can pass, every key
+    # is followed by `":` and no other text has it (strings are known names, units and times),
+    # so fewer keys than `":` means a duplicate; whitespace before a colon breaks the count and
+    # goes the full way too, which refuses duplicates by name.
+    if keys != payload.count(b'":') or any(w in payload for w in _SPACE_COLON):
+        return None
     return _decode_records(records, many, device, site_id, catalogue, recv_ms, limits, [])
 
 
@@ -309,6 +378,8 @@ def _plain_record(item: object) -> RecordFields | None:
     for value in values.values():
         if type(value) is not float and type(value) is not int:
             return None
+        if value == 0 and type(value) is float:
+            return None  # maybe a number that underflowed: the full way tells
     for flag in flags.values():
         if type(flag) is not str or flag not in _FLAGS:
             return None

@@ -18,6 +18,7 @@ from domain.params import Catalogue
 from domain.registry import Registry
 from domain.timeutil import now_ms
 from domain.waste import WasteEvent
+from ingest.dead_letter_log import DeadLetterLog
 from ingest.decode import DecodeLimits, decode_document, decode_status, decode_telemetry
 from ingest.events import decode_events
 from ingest.metrics import IngestMetrics
@@ -77,6 +78,7 @@ class IngestPipeline:
         self.on_events = on_events
         self.on_dead = on_dead
         self.metrics = metrics or IngestMetrics()
+        self.dead_log = DeadLetterLog(log)
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._stopping = threading.Event()
@@ -88,6 +90,7 @@ class IngestPipeline:
     def stop(self) -> None:
         """Make a pending store retry give up; the unacknowledged batch stays with the broker."""
         self._stopping.set()
+        self.dead_log.flush()
 
     def dead_letter(self, m: RawMessage, device_id: str | None, reason: str) -> bool:
         """Refuse a message found bad before decoding (e.g. a broken HJ 212 frame), through the
@@ -205,7 +208,7 @@ class IngestPipeline:
             dead.append(self._dead(m, device_id, f"{kind} messages are not accepted on this route"))
 
     def _dead(self, m: RawMessage, device_id: str | None, reason: str) -> DeadLetter:
-        log.info("dead letter from %s: %s", m.topic, reason)
+        self.dead_log.record(reason)
         return DeadLetter(
             m.topic, device_id, m.recv_ms, reason, bytes(m.payload[:MAX_RAW]), m.source
         )

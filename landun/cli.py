@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from alerts.notify_webhook import WebhookTarget
+from domain.logtext import EscapingFilter
 from domain.mqtt_connection import BrokerUnusable
 from landun import accounts, broker_options, gc_settings
 from landun.mosquitto_export import add_subparser as add_devices_subparser
@@ -125,7 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"{what} (`landun {name} --help`)")
 
     gw = sub.add_parser("hj212-gateway", help="run only the HJ 212 TCP gateway")
-    gw.add_argument("--host", dest="hj212_host", default="0.0.0.0", help="bind address")
+    gw.add_argument(
+        "--host",
+        dest="hj212_host",
+        default="127.0.0.1",
+        help="bind address (default: this machine only; 0.0.0.0 takes loggers from the network)",
+    )
     gw.add_argument("--port", dest="hj212_port", type=int, default=9212, help="TCP port")
     gw.add_argument("--data-dir", default="var", help="where the SQLite database lives")
     gw.add_argument("--registry", help="registry TOML (default: the demo registry)")
@@ -142,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(EscapingFilter())  # a newline or NUL from outside cannot forge a line
     return args.func(args)
 
 

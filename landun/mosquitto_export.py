@@ -16,9 +16,10 @@ Service accounts get a section each in the ACL, by role:
                `healthcheck.secret` for the container health check;
   any other    (api, inspector, dashboard, ...) reads alerts only.
 
-Password hashes are Mosquitto 2's `$7$` format (PBKDF2-HMAC-SHA512, 101 iterations, 12-byte
-salt, standard base64), made here rather than with `mosquitto_passwd -U` so that no plaintext
-password file is ever written and the export works where Mosquitto is not installed.
+Password hashes are Mosquitto 2's `$7$` format (PBKDF2-HMAC-SHA512 with the iteration count in
+the hash, 12-byte salt, standard base64; Mosquitto 2.0 verifies any count), made here rather
+than with `mosquitto_passwd -U` so that no plaintext password file is ever written, the count is
+Landun's choice, and the export works where Mosquitto is not installed.
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ from pathlib import Path
 
 from domain.registry import Registry, load_registry
 
-PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default; a device reconnect storm pays it per login
+# Service accounts (ingest, api, ...) have passwords people choose: the OWASP Password Storage
+# Cheat Sheet's count for PBKDF2-HMAC-SHA512. mosquitto_passwd 2.0 writes 101, far too few.
+SERVICE_ITERATIONS = 210_000
+# Device and health-check passwords are generated (192 random bits), which no count makes easier
+# or harder to guess; the broker pays the count at every login, single-threaded, and a
+# province's 5,000 devices reconnecting at once must not hold it for minutes.
+DEVICE_ITERATIONS = 10_000
 SALT_BYTES = 12
 HEALTHCHECK_USER = "healthcheck"
 # What the ingest topic regex accepts; also keeps MQTT wildcards and ':' out of user names.
@@ -63,12 +70,14 @@ class ExportResult:
     generated: tuple[str, ...]  # devices that got a new password in the secrets file
 
 
-def hash_password(password: str, salt: bytes | None = None) -> str:
+def hash_password(
+    password: str, salt: bytes | None = None, iterations: int = SERVICE_ITERATIONS
+) -> str:
     """A password_file hash as `mosquitto_passwd` writes it: $7$<iterations>$<salt>$<hash>."""
     salt = salt if salt is not None else secrets.token_bytes(SALT_BYTES)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
     b64 = base64.b64encode
-    return f"$7${PBKDF2_ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}"
+    return f"$7${iterations}${b64(salt).decode()}${b64(digest).decode()}"
 
 
 def check_password(password: str, hashed: str) -> bool:
@@ -169,12 +178,14 @@ def export_mosquitto(
     health_password = secrets.token_urlsafe(24)
     users = {**{d: known.get(d) or fresh[d] for d in mqtt_devices}, **service_users}
     users[HEALTHCHECK_USER] = health_password
+    iterations = {u: SERVICE_ITERATIONS if u in service_users else DEVICE_ITERATIONS for u in users}
 
     passwd = out_dir / "passwd"
     acl = out_dir / "acl"
     health = out_dir / "healthcheck.secret"
     # Hashes only, but unreadable to others anyway; the broker container reads them as root.
-    _write(passwd, "".join(f"{u}:{hash_password(p)}\n" for u, p in sorted(users.items())), 0o600)
+    lines = [f"{u}:{hash_password(p, None, iterations[u])}\n" for u, p in sorted(users.items())]
+    _write(passwd, "".join(lines), 0o600)
     _write(acl, render_acl({**service_users, HEALTHCHECK_USER: ""}, source), 0o644)
     _write(health, health_password + "\n", 0o600)
     return ExportResult(passwd, acl, health, len(users), tuple(fresh))

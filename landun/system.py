@@ -50,6 +50,7 @@ from simulators.hj212_logger import Hj212LoggerRunner
 from simulators.runner import SimulatorRunner
 from store.base import Store
 from store.ledger import SqliteLedger
+from store.retention import DeadLetterRetention
 from store.sqlite import SqliteStore
 
 log = logging.getLogger("landun")
@@ -168,19 +169,22 @@ def ensure_admin(store: Store, data_dir: Path, password: str | None) -> str:
     if store.get_user("admin") is None:
         password = secrets.token_urlsafe(12)
         store.add_user("admin", hash_secret(password), "admin", ())
-        path.write_text(password + "\n")
-        path.chmod(0o600)
+        # Created owner-only: never readable by others, not even for a moment.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(password + "\n")
     if path.exists():
         return f"admin / {path.read_text().strip()}  (from {path})"
     return "admin / the password set with `landun users add`"
 
 
 class Clock:
-    """Runs the engine's time-driven rules every `tick_s` seconds on its own thread."""
+    """Runs the engine's time-driven rules every `tick_s` seconds on its own thread, and the
+    dead-letter retention when it is due."""
 
     def __init__(self, engine: AlertEngine, tick_s: float) -> None:
         self.engine = engine
         self.tick_s = tick_s
+        self.retention = DeadLetterRetention(engine.store)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="landun-clock", daemon=True)
 
@@ -195,6 +199,7 @@ class Clock:
         while not self._stop.wait(self.tick_s):
             try:
                 self.engine.tick()
+                self.retention.maybe_run()
             except Exception:
                 log.exception("clock tick failed")
 
@@ -406,8 +411,11 @@ async def run_hj212_gateway(cfg: RunConfig, ready: threading.Event | None = None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+    local = cfg.hj212_host in ("127.0.0.1", "::1", "localhost")
+    reach = "this machine only" if local else "the network"
     print(
-        f"HJ 212 gateway listening on {cfg.hj212_host}:{port}; database {core.db_path}", flush=True
+        f"HJ 212 gateway listening on {cfg.hj212_host}:{port} ({reach}); database {core.db_path}",
+        flush=True,
     )
     if ready is not None:
         ready.set()

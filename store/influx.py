@@ -563,6 +563,7 @@ DELEGATED = frozenset(
     {
         "dead_letters",
         "dead_letter_counts",
+        "prune_dead_letters",
         "device_statuses",
         "open_alerts",
         "save_alerts",

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from domain import strict_json
 from domain.model import Alert, AlertFamily, AlertStatus, DeadLetter, Reading, Severity
 from domain.timeutil import now_ms
 from store.base import (
@@ -184,6 +185,11 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     raw BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (recv_ms);
+-- Counts per reason of dead letters that retention deleted.
+CREATE TABLE IF NOT EXISTS dead_letter_tallies (
+    reason TEXT PRIMARY KEY,
+    count INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS device_status (
     device_id TEXT PRIMARY KEY,
     recv_ms INTEGER NOT NULL,
@@ -308,8 +314,8 @@ def _alert_values(a: Alert) -> tuple:
     return (
         a.site_id, a.device_id, a.rule_id, str(a.family), str(a.severity), a.parameter,
         str(a.status), a.message, a.first_ms, a.last_ms, a.first_value, a.last_value,
-        a.worst_value, a.worst_ms, a.count, json.dumps(a.limit, ensure_ascii=False),
-        json.dumps(a.evidence, ensure_ascii=False), a.opened_ms, a.updated_ms, a.resolved_ms,
+        a.worst_value, a.worst_ms, a.count, strict_json.dumps(a.limit),
+        strict_json.dumps(a.evidence), a.opened_ms, a.updated_ms, a.resolved_ms,
     )  # fmt: skip
 
 
@@ -433,7 +439,7 @@ class SqliteStore(SqliteDatabase):
                     conn.executemany(
                         "INSERT OR REPLACE INTO device_status"
                         " (device_id, recv_ms, ts_ms, state, detail) VALUES (?, ?, ?, ?, ?)",
-                        [(s.device_id, s.recv_ms, s.ts_ms, s.state, json.dumps(s.detail))
+                        [(s.device_id, s.recv_ms, s.ts_ms, s.state, strict_json.dumps(s.detail))
                          for s in statuses],
                     )  # fmt: skip
                 if last_seen:
@@ -676,8 +682,29 @@ class SqliteStore(SqliteDatabase):
         return [DeadLetter(*row) for row in rows]
 
     def dead_letter_counts(self) -> dict[str, int]:
-        rows = self._reader().execute("SELECT reason, count(*) FROM dead_letters GROUP BY reason")
+        rows = self._reader().execute(
+            "SELECT reason, sum(n) FROM (SELECT reason, count(*) AS n FROM dead_letters"
+            " GROUP BY reason UNION ALL SELECT reason, count FROM dead_letter_tallies)"
+            " GROUP BY reason"
+        )
         return dict(rows.fetchall())
+
+    def prune_dead_letters(self, raw_before_ms: int, rows_before_ms: int) -> tuple[int, int]:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO dead_letter_tallies (reason, count) SELECT reason, count(*)"
+                " FROM dead_letters WHERE recv_ms < ? GROUP BY reason"
+                " ON CONFLICT (reason) DO UPDATE SET count = count + excluded.count",
+                (rows_before_ms,),
+            )
+            deleted = conn.execute(
+                "DELETE FROM dead_letters WHERE recv_ms < ?", (rows_before_ms,)
+            ).rowcount
+            cleared = conn.execute(
+                "UPDATE dead_letters SET raw = x'' WHERE recv_ms < ? AND length(raw) > 0",
+                (raw_before_ms,),
+            ).rowcount
+        return cleared, deleted
 
     def device_statuses(self) -> dict[str, DeviceStatus]:
         rows = self._reader().execute(

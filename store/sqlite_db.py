@@ -6,6 +6,7 @@ attached read-only: a write transaction then locks this file only."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,22 @@ from pathlib import Path
 from urllib.parse import quote
 
 from store.base import StoreUnavailable
+
+# The database holds password and token hashes: only its owner may read it. SQLite gives the
+# WAL and shared-memory files the database file's permissions.
+PRIVATE_MODE = 0o600
+
+
+def make_private(path: Path) -> None:
+    """Create the database file owner-only, or make an existing one (and its WAL and shared
+    memory files, from a release that left them readable) owner-only."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_MODE))
+    except FileExistsError:
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                if file.stat().st_mode & 0o777 != PRIVATE_MODE:
+                    file.chmod(PRIVATE_MODE)
 
 
 def connect(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
@@ -50,7 +67,8 @@ def attach_readonly(conn: sqlite3.Connection, path: Path, name: str) -> None:
 class SqliteDatabase:
     def __init__(self, path: Path | str, schema: str, busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private(self.path)
         self._writer = connect(self.path, busy_timeout_ms)
         self._writer.executescript(schema)
         self._lock = threading.Lock()

@@ -251,6 +251,12 @@ def test_webhooks_are_signed_retried_and_failures_recorded(broker, tmp_path, web
         assert failed[0].attempts == 3 and failed[0].error == "HTTP 503"
         assert len(failing_handler.received) == 3
         assert any(d.ok and d.attempts == 1 for d in store.deliveries())
+        # What could not be delivered is visible to an admin through the API.
+        undelivered = running.http.get("/api/v1/webhook-deliveries", params={"failed": True})
+        assert undelivered.status_code == 200
+        assert {(d["target"], d["attempts"], d["error"]) for d in undelivered.json()} == {
+            (targets[1].url, 3, "HTTP 503")
+        }
     finally:
         running.stop()
         pub.close()

@@ -44,6 +44,16 @@ def test_ingest_throughput_quick_with_two_workers_on_a_shared_subscription():
     assert figures["msgs_per_s"] > 0 and figures["p99_alert_ms"] is None
 
 
+def test_hj212_flood_quick_reports_every_figure():
+    figures = run_quick("hj212_flood.py")
+    for flood in ("hashes", "broken_frames"):
+        assert figures[flood]["logger_replies"] >= 1, flood
+    # The flood's dead letters are bounded per connection: 20 each, one summary each, plus the
+    # logger connections' none.
+    assert figures["dead_letters_stored"] <= 2 * 21
+    assert figures["ten_packets_with_pbkdf2_s"] > 0
+
+
 def test_query_quick_reports_every_figure():
     figures = run_quick("query.py")
     assert figures["week_raw_rows"] == 7 * 24 * 60

@@ -434,6 +434,24 @@ def test_stream_never_grows_on_endless_garbage() -> None:
     assert reported >= 400  # reported as it goes, not held until the next header
 
 
+def test_stream_never_grows_on_a_run_of_hashes() -> None:
+    stream = Stream(max_packet=1024)
+    reported = 0
+    for _ in range(1000):
+        reported += len(stream.feed(b"#" * 1000))
+        assert stream.buffered <= 2 and len(stream._junk) <= 1024
+    assert reported >= 400
+    # The last two "#" of the run are the header of the frame that ends it.
+    frames, _ = _frames(stream, WORKED_EXAMPLE[2:])
+    assert frames == [WORKED_EXAMPLE]
+
+
+def test_stream_frame_in_one_byte_reads() -> None:
+    stream = Stream()
+    frames = [f for b in WORKED_EXAMPLE for f in stream.feed(bytes([b]))]
+    assert frames == [WORKED_EXAMPLE] and stream.buffered == 0
+
+
 def test_stream_truncated_by_next_header_and_bad_length() -> None:
     frames, errors = _frames(Stream(), WORKED_EXAMPLE[:40], b"##ab" + WORKED_EXAMPLE)
     assert frames == [WORKED_EXAMPLE]

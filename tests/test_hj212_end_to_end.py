@@ -6,8 +6,11 @@ simulator's resend and reconnect are driven by a misbehaving stand-in platform a
 
 from __future__ import annotations
 
+import re
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -17,6 +20,7 @@ import pytest
 
 from domain.timeutil import now_ms
 from ingest.hj212.codec import Packet, decode, reply_9014
+from landun.cli import build_parser
 from landun.system import RunConfig
 from simulators.hj212_logger import Hj212LoggerRunner
 from simulators.pool_model import PoolModel
@@ -296,3 +300,26 @@ def test_logger_simulator_resends_an_unanswered_packet_and_reconnects() -> None:
     assert qns[1] == qns[0] and len(set(qns)) == 3 and len(qns) == 4
     assert (runner.published, runner.replies, runner.resent) == (3, 3, 1)
     assert (runner.unanswered, runner.connects) == (0, 2)
+
+
+def test_standalone_gateway_binds_loopback_unless_asked(tmp_path: Path) -> None:
+    assert build_parser().parse_args(["hj212-gateway"]).hj212_host == "127.0.0.1"
+    command = ["hj212-gateway", "--port", "0", "--data-dir", str(tmp_path)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "landun.cli", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        match = re.match(
+            r"HJ 212 gateway listening on 127\.0\.0\.1:(\d+) \(this machine only\)", banner
+        )
+        assert match, banner
+        with socket.create_connection(("127.0.0.1", int(match[1])), timeout=30):
+            pass
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

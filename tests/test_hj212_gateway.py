@@ -21,10 +21,14 @@ SAFETY = 5.0  # seconds; only guards against a hung test, never a timing asserti
 
 
 class Lookup:
+    def __init__(self) -> None:
+        self.password_threads: list[int] = []
+
     def device_for_mn(self, mn: str) -> str | None:
         return DEVICE if mn == MN else None
 
     def check_password(self, device_id: str, pw: str) -> bool:
+        self.password_threads.append(threading.get_ident())
         return device_id == DEVICE and pw == PW
 
 
@@ -365,3 +369,112 @@ def test_stop_closes_open_connections_cleanly(caplog: pytest.LogCaptureFixture) 
     assert sink.reasons() == ["truncated packet: connection ended after 10 bytes"]
     assert sink.dead_letters[0][2] == DEVICE
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "flood_total", "kind"),
+    [
+        (b"#", 20 * 1024 * 1024, "discarded N bytes of garbage before header ##"),
+        # A short broken frame every three bytes: linear framing, counted not stored.
+        (b"##0", 1024 * 1024, "length field '…' is not N digits"),
+    ],
+)
+def test_flood_stays_bounded_and_does_not_hold_up_a_logger(
+    pattern: bytes, flood_total: int, kind: str
+) -> None:
+    """One connection floods while a logger sends a packet: the logger is answered while the
+    flood is still being sent, the flood's buffer never grows, and its dead letters are a
+    bounded handful plus a summary instead of one per frame or per 16 KiB."""
+    sink = Sink()
+    chunk = pattern * (65536 // len(pattern))
+    good = packet("2011", {"w01001": {"Rtd": "7.3"}}, qn="20260801085800555")
+    seen: dict[str, int] = {"sent": 0, "peak": 0}
+
+    async def flood(gateway: Hj212Gateway, port: int) -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        while seen["sent"] < flood_total:
+            writer.write(chunk)
+            await writer.drain()
+            seen["sent"] += len(chunk)
+            buffered = [c.stream.buffered for c in gateway._connections]
+            seen["peak"] = max(seen["peak"], *buffered)
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> tuple[Hj212Gateway, int]:
+        gateway = Hj212Gateway(Lookup(), sink, dead_letter_summary_s=3600)
+        port = await gateway.start("127.0.0.1", 0)
+        try:
+            flooding = asyncio.create_task(flood(gateway, port))
+            while gateway.bytes_received < flood_total // 16:
+                await asyncio.sleep(0)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(good)
+            assert decode(await read_reply(reader)).qn == "20260801085800555"
+            answered_at = gateway.bytes_received  # of the flood, read and framed so far
+            writer.close()
+            await asyncio.wait_for(flooding, 120)
+        finally:
+            await gateway.stop()
+        return gateway, answered_at
+
+    gateway, answered_at = asyncio.run(main())
+    assert answered_at < flood_total  # answered before the gateway had read the flood
+    assert [c[1][0]["values"] for c in sink.telemetry_calls] == [{"ph": 7.3}]
+    assert seen["peak"] <= gateway.max_packet
+    reasons = sink.reasons()
+    assert len(reasons) == gateway.max_dead_letters + 1
+    assert sum(len(d[1]) for d in sink.dead_letters) <= gateway.max_dead_letters * 65536
+    assert "not recorded one by one" in reasons[-1] and f"× {kind}" in reasons[-1]
+    assert (
+        gateway.packets_dead_lettered == gateway.max_dead_letters + gateway.dead_letters_suppressed
+    )
+
+
+def test_password_is_checked_once_per_connection_off_the_loop() -> None:
+    sink = Sink()
+    lookup = Lookup()
+    wrong = packet("2011", {"w01001": {"Rtd": "7.0"}}, pw="000000")
+
+    async def scenario(gateway: Hj212Gateway, port: int) -> None:
+        loop_thread = threading.get_ident()
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for n in range(10):
+                qn = f"2026080108580{n:04d}"
+                writer.write(wrong + packet("2011", {"w01001": {"Rtd": "7.1"}}, qn=qn))
+                assert decode(await read_reply(reader)).qn == qn
+            writer.close()
+        assert loop_thread not in lookup.password_threads
+
+    async def main() -> Hj212Gateway:
+        gateway = Hj212Gateway(lookup, sink)
+        port = await gateway.start("127.0.0.1", 0)
+        try:
+            await asyncio.wait_for(scenario(gateway, port), SAFETY)
+        finally:
+            await gateway.stop()
+        return gateway
+
+    gateway = asyncio.run(main())
+    # Right and wrong password, once each per connection, for 20 packets each.
+    assert len(lookup.password_threads) == gateway.password_checks == 4
+    assert len(sink.telemetry_calls) == 20
+    assert sink.reasons() == [f"wrong password for MN {MN}"] * 20
+
+
+def test_a_value_that_underflows_to_zero_is_refused() -> None:
+    sink = Sink()
+    raw = packet("2011", {"w01001": {"Rtd": "1e-400"}, "w99001": {"Rtd": "0.5"}})
+
+    async def scenario(gateway: Hj212Gateway, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        assert decode(await read_reply(reader)).cn == "9014"
+        writer.close()
+
+    run(scenario, sink)
+    assert [c[1][0]["values"] for c in sink.telemetry_calls] == [{"free_chlorine": 0.5}]
+    assert sink.reasons() == [
+        "w01001-Rtd: number 1e-400 underflows to 0; the packet's other values were delivered"
+    ]

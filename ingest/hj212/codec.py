@@ -539,6 +539,9 @@ class FrameError:
     raw: bytes
 
 
+_NOT_HASH = re.compile(rb"[^#]")
+
+
 class Stream:
     """Sans-I/O framer for one TCP connection: bytes in, complete frames or errors out.
 
@@ -557,6 +560,14 @@ class Stream:
         self._junk_len = 0
         # True while discarding the rest of a frame already reported: not garbage of its own.
         self._skipping = False
+        # Where the search for the end of the frame at the start of the buffer resumes, so a
+        # frame arriving in many small reads is scanned once, not once per read.
+        self._scan_from = 2
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame not yet complete (never much beyond ``max_packet``)."""
+        return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes | FrameError]:
         self._buf += data
@@ -577,7 +588,7 @@ class Stream:
             )
         else:
             self._discard(len(self._buf))
-        self._buf.clear()
+        self._cut(len(self._buf))
         self._report_junk(out)
         return [e for e in out if isinstance(e, FrameError)]
 
@@ -589,15 +600,14 @@ class Stream:
             self._discard(len(buf) - (1 if buf.endswith(b"#") else 0))
             self._flush_junk_if_full(out)
             return False
-        # In a run of "#" the header is the last two; wait until the run's end is known.
-        end = start + 2
-        while end < len(buf) and buf[end] == ord("#"):
-            end += 1
-        if end == len(buf):
-            self._discard(start)
+        # In a run of "#" the header is the last two; until the run's end is known only those
+        # two are kept, so a flood of "#" costs one pass and no memory.
+        not_hash = _NOT_HASH.search(buf, start + 2)
+        if not_hash is None:
+            self._discard(len(buf) - 2)
             self._flush_junk_if_full(out)
             return False
-        self._discard(end - 2)
+        self._discard(not_hash.start() - 2)
         self._report_junk(out)
         self._skipping = False
         return self._frame(out)
@@ -614,11 +624,15 @@ class Stream:
                 return self._reject(
                     f"packet of {size} bytes over the {self.max_packet} byte limit", out
                 )
-        end = buf.find(TERMINATOR, 2)
-        nxt = buf.find(HEADER, 2)
+        # Resume one byte early: a "\r\n" or "##" may straddle two reads. The terminator is
+        # looked for only up to the next header, so a stream of short broken frames costs each
+        # frame its own length, not the rest of the buffer.
+        scan = max(2, self._scan_from - 1)
+        nxt = buf.find(HEADER, scan)
+        end = buf.find(TERMINATOR, scan, len(buf) if nxt == -1 else nxt + 1)
         if end != -1 and (nxt == -1 or end < nxt):
             out.append(bytes(buf[: end + 2]))
-            del buf[: end + 2]
+            self._cut(end + 2)
             return True
         if nxt != -1:
             return self._reject("truncated packet: next ## arrived before \\r\\n", out)
@@ -626,16 +640,18 @@ class Stream:
             return self._reject(
                 f"packet of over {self.max_packet} bytes without \\r\\n, over the byte limit", out
             )
+        self._scan_from = len(buf)
         return False
 
     def _reject(self, reason: str, out: list[bytes | FrameError]) -> bool:
         """Drop the frame at the start of the buffer up to where the stream can resynchronise."""
         buf = self._buf
-        cuts = [i + 2 for i in (buf.find(TERMINATOR, 2),) if i != -1]
-        cuts += [i for i in (buf.find(HEADER, 2),) if i != -1]
+        nxt = buf.find(HEADER, 2)
+        end = buf.find(TERMINATOR, 2, len(buf) if nxt == -1 else nxt + 1)
+        cuts = [i for i in (end + 2 if end != -1 else -1, nxt) if i != -1]
         cut = min(cuts) if cuts else len(buf)
         out.append(FrameError(reason, bytes(buf[: min(cut, self.max_packet)])))
-        del buf[:cut]
+        self._cut(cut)
         # Without a resync point, what follows until the next "##" belongs to this frame.
         self._skipping = not cuts
         return True
@@ -647,7 +663,11 @@ class Stream:
             room = self.max_packet - len(self._junk)
             self._junk += self._buf[: min(count, room)]
             self._junk_len += count
+        self._cut(count)
+
+    def _cut(self, count: int) -> None:
         del self._buf[:count]
+        self._scan_from = 2
 
     def _flush_junk_if_full(self, out: list[bytes | FrameError]) -> None:
         # Report a long garbage run now rather than holding it until the next header.

@@ -9,7 +9,13 @@ The sink is synchronous and commits to a database, so it runs on a gateway-owned
 single-thread executor: the event loop keeps serving every other connection while one commit
 blocks, and the sink never sees two calls at once, so it needs no locking of its own. It does
 run on a thread other than the loop's (a SQLite connection must allow that).
-``DeviceLookup`` is called on the loop and must answer from memory.
+``DeviceLookup.device_for_mn`` is called on the loop and must answer from memory; the password
+check hashes (slow by design), so it runs on a worker thread and once per connection for a
+given (MN, PW).
+
+Whatever a connection sends, it costs bounded memory (the framer keeps at most about one packet)
+and a bounded number of dead letters: past ``max_dead_letters`` the rest are counted per kind of
+reason and recorded as one summary every ``dead_letter_summary_s`` seconds and at the end.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ import contextlib
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any, Protocol
 
+from ingest.dead_letter_log import reason_kind
+from ingest.decode import number_from_text
 from ingest.hj212.codec import (
     CHINA_STANDARD_TIME,
     DEFAULT_MAX_PACKET,
@@ -49,6 +58,7 @@ VALUE_SUFFIX_BY_CN = {"2011": "Rtd", "2051": "Avg", "2061": "Avg", "2031": "Avg"
 HEARTBEAT_CN = "9015"
 # Answers from the logger; answering them back would start an endless exchange.
 ANSWER_CNS = frozenset({"9011", "9012", "9013", "9014"})
+FEED_BYTES = 1024  # bytes framed and handled before the loop serves other connections
 
 
 class DeviceLookup(Protocol):
@@ -94,6 +104,11 @@ def packet_to_record(packet: Packet, code_map: Mapping[str, str]) -> tuple[dict 
         if not math.isfinite(value):
             problems.append(f"{code}-{suffix} value {raw_value!r} is not a finite number")
             continue
+        try:
+            number_from_text(raw_value)
+        except ValueError as exc:  # underflowed to 0, which the logger did not measure
+            problems.append(f"{code}-{suffix}: {exc}")
+            continue
         if parameter in values:
             problems.append(f"{code} maps to {parameter}, which another code already gave")
             continue
@@ -114,6 +129,13 @@ class _Connection:
     # The device last authenticated on this connection: attached to dead letters of frames
     # too broken to name their own device, so an inspector sees who sends them.
     device_id: str | None = None
+    # Password checks already made on this connection: (MN, PW) -> verdict.
+    checked: dict[tuple[str, str], bool] = field(default_factory=dict)
+    dead_letters: int = 0
+    # Dead letters past the budget, not recorded one by one: counts per kind of reason.
+    suppressed: Counter[str] = field(default_factory=Counter)
+    suppressed_bytes: int = 0
+    summarised_at: float = field(default_factory=time.monotonic)
 
 
 class Hj212Gateway:
@@ -132,6 +154,9 @@ class Hj212Gateway:
         split_expiry: float = 120.0,
         max_pending_splits: int = 32,
         sink_executor: Executor | None = None,
+        max_dead_letters: int = 20,
+        dead_letter_summary_s: float = 60.0,
+        max_checked_passwords: int = 16,
     ) -> None:
         self.lookup = lookup
         self.sink = sink
@@ -142,8 +167,14 @@ class Hj212Gateway:
         self.max_connections = max_connections
         self.split_expiry = split_expiry
         self.max_pending_splits = max_pending_splits
+        self.max_dead_letters = max_dead_letters
+        self.dead_letter_summary_s = dead_letter_summary_s
+        self.max_checked_passwords = max_checked_passwords
         self._given_executor = sink_executor
         self._executor: Executor | None = None
+        # Password hashing on its own two threads: many connections guessing passwords queue
+        # here instead of taking the threads the API's own off-loop work runs on.
+        self._auth_executor: ThreadPoolExecutor | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._connections: set[_Connection] = set()
@@ -158,11 +189,16 @@ class Hj212Gateway:
         self.heartbeats = 0
         self.replies_sent = 0
         self.sink_errors = 0
+        self.dead_letters_suppressed = 0
+        self.password_checks = 0
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (0 picks a free port); returns the bound port."""
         self._executor = self._given_executor or ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="landun-hj212-sink"
+        )
+        self._auth_executor = ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="landun-hj212-auth"
         )
         self._server = await asyncio.start_server(self._serve, host, port)
         bound = self._server.sockets[0].getsockname()[1]
@@ -185,6 +221,9 @@ class Hj212Gateway:
             # Every handler has returned, so no sink call is pending.
             self._executor.shutdown(wait=False)
         self._executor = None
+        if self._auth_executor is not None:
+            self._auth_executor.shutdown(wait=False)
+            self._auth_executor = None
 
     # -----------------------------------------------------------------------------------------
 
@@ -233,8 +272,12 @@ class Hj212Gateway:
                 return
             self.bytes_received += len(data)
             recv_ms = _now_ms()
-            for item in conn.stream.feed(data):
-                await self._handle(conn, item, recv_ms)
+            for start in range(0, len(data), FEED_BYTES):
+                for item in conn.stream.feed(data[start : start + FEED_BYTES]):
+                    await self._handle(conn, item, recv_ms)
+                # Dead letters past the budget are only counted, without a wait: a read full of
+                # short broken frames must still let other connections run.
+                await asyncio.sleep(0)
 
     async def _finish(self, conn: _Connection) -> None:
         recv_ms = _now_ms()
@@ -244,6 +287,7 @@ class Hj212Gateway:
             await self._dead_letter(
                 conn, incomplete.reason, incomplete.raw, conn.device_id, recv_ms
             )
+        await self._summarise_suppressed(conn, recv_ms)
         conn.writer.close()
         with contextlib.suppress(Exception):
             await conn.writer.wait_closed()
@@ -264,7 +308,7 @@ class Hj212Gateway:
         if device_id is None:
             await self._dead_letter(conn, f"unknown MN {packet.mn}", item, None, recv_ms)
             return
-        if not self.lookup.check_password(device_id, packet.pw):
+        if not await self._password_ok(conn, device_id, packet):
             reason = f"wrong password for MN {packet.mn}"
             await self._dead_letter(conn, reason, item, device_id, recv_ms)
             return
@@ -282,6 +326,20 @@ class Hj212Gateway:
                 return
             packet, raw = assembled
         await self._dispatch(conn, device_id, packet, raw, recv_ms)
+
+    async def _password_ok(self, conn: _Connection, device_id: str, packet: Packet) -> bool:
+        key = (packet.mn, packet.pw)
+        verdict = conn.checked.get(key)
+        if verdict is None:
+            self.password_checks += 1
+            loop = asyncio.get_running_loop()
+            verdict = await loop.run_in_executor(
+                self._auth_executor, self.lookup.check_password, device_id, packet.pw
+            )
+            if len(conn.checked) >= self.max_checked_passwords:
+                conn.checked.clear()  # a connection trying many passwords pays for each
+            conn.checked[key] = verdict
+        return verdict
 
     async def _give_up_splits(self, conn: _Connection, now: float, recv_ms: int) -> None:
         for incomplete in conn.reassembler.expire(now):
@@ -331,8 +389,31 @@ class Hj212Gateway:
         self, conn: _Connection, reason: str, raw: bytes, device_id: str | None, recv_ms: int
     ) -> bool:
         self.packets_dead_lettered += 1
-        log.warning("dead letter from %s (device %s): %s", conn.peer, device_id, reason)
+        if conn.dead_letters >= self.max_dead_letters:
+            # Counted, not stored one by one: a flood of garbage must not become a flood of
+            # commits that delays every other logger's packets.
+            self.dead_letters_suppressed += 1
+            conn.suppressed[reason_kind(reason)] += 1
+            conn.suppressed_bytes += len(raw)
+            if time.monotonic() - conn.summarised_at >= self.dead_letter_summary_s:
+                return await self._summarise_suppressed(conn, recv_ms)
+            return True
+        conn.dead_letters += 1
         return await self._call_sink(self.sink.dead_letter, reason, raw, device_id, recv_ms)
+
+    async def _summarise_suppressed(self, conn: _Connection, recv_ms: int) -> bool:
+        if not conn.suppressed:
+            return True
+        kinds = "; ".join(f"{n} × {kind}" for kind, n in conn.suppressed.most_common(10))
+        reason = (
+            f"{conn.suppressed.total()} more dead letters ({conn.suppressed_bytes} bytes) from"
+            f" {conn.peer} after the first {self.max_dead_letters}, not recorded one by one:"
+            f" {kinds}"
+        )
+        conn.suppressed.clear()
+        conn.suppressed_bytes = 0
+        conn.summarised_at = time.monotonic()
+        return await self._call_sink(self.sink.dead_letter, reason, b"", conn.device_id, recv_ms)
 
     async def _call_sink(self, fn: Callable[..., None], *args: Any) -> bool:
         loop = asyncio.get_running_loop()

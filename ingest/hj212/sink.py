@@ -9,7 +9,8 @@ from ingest.pipeline import IngestPipeline, RawMessage
 
 
 class RegistryLookup:
-    """MN -> device and PW check, answered from the in-memory registry (called on the loop)."""
+    """MN -> device (called on the loop) and PW check (a slow hash: called on a worker thread),
+    answered from the in-memory registry."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
