@@ -13,6 +13,27 @@ from store.base import Store
 from store.ledger import WasteLedger
 
 
+@dataclass(frozen=True)
+class ApiLimits:
+    """What one client may ask of the API. Defaults suit a district's inspectors; the numbers
+    bound memory and CPU per request, not business rules."""
+
+    # Request bodies are small JSON documents (a site, a comment); 1 MiB is far above any.
+    max_body_bytes: int = 1 << 20
+    # Failed logins per account: a burst, then one more every refill period.
+    login_account_burst: int = 10
+    login_account_refill_s: float = 60.0
+    # Failed logins per client address (any account): a larger burst for shared offices.
+    login_address_burst: int = 100
+    login_address_refill_s: float = 6.0
+    # Buckets kept at most per kind (accounts, addresses); the oldest full ones go first.
+    login_buckets_max: int = 10_000
+    # Password hashes computed at once, and logins allowed to wait for one: the rest of the API
+    # keeps its threads and cores while someone guesses.
+    hash_workers: int = 2
+    hash_waiting_max: int = 32
+
+
 @dataclass
 class AppContext:
     store: Store
@@ -24,3 +45,8 @@ class AppContext:
     session_hours: float = 12.0
     api_metrics: object = None  # api.routes_ops.ApiMetrics, set by create_app
     ledger: WasteLedger | None = None  # medical-waste bag ledger (api.routes_waste)
+    limits: ApiLimits = field(default_factory=ApiLimits)
+    # The HJ 212 gateway, when this process runs one: its counters go to /metrics.
+    hj212: object | None = None
+    # Seconds since some fixed point; login throttling reads it (tests pass a fixed clock).
+    clock: Callable[[], float] | None = None

@@ -71,6 +71,8 @@ class RunConfig:
     webhooks: list[WebhookTarget] = field(default_factory=list)
     admin_password: str | None = None  # None: generate one on first start and print it
     tick_s: float = 5.0
+    # Seconds open requests (live streams above all) get to finish once a stop is asked for.
+    shutdown_grace_s: float = 2.0
 
 
 @dataclass
@@ -254,9 +256,16 @@ class System:
             metrics=core.pipeline.metrics,
             broker_connected=lambda: subscriber.connected,
             ledger=core.ledger,
+            hj212=gateway,
         )
         self._server = _ApiServer(
-            uvicorn.Config(create_app(ctx), host=cfg.host, port=cfg.port, log_level="warning")
+            uvicorn.Config(
+                create_app(ctx),
+                host=cfg.host,
+                port=cfg.port,
+                log_level="warning",
+                timeout_graceful_shutdown=cfg.shutdown_grace_s,
+            )
         )
         if threading.current_thread() is threading.main_thread():
             loop = asyncio.get_running_loop()

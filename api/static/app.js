@@ -395,7 +395,7 @@ async function alertPage(alertId) {
     <ul>${record.audit.map((e) => `<li>${fmtTime(e.at)} ${esc(e.actor)}: ${esc(t(e.action))} ${esc(e.comment)}</li>`).join("")}</ul>
     <h2>${esc(t("readings"))} (${record.readings.length})</h2>
     <table><thead><tr><th>${esc(t("last"))}</th><th>${esc(t("parameter"))}</th><th>${esc(t("value"))}</th><th>flag</th></tr></thead>
-    <tbody>${record.readings.map((r) => `<tr style="${r.in_episode ? "background:#fde2e2" : ""}">
+    <tbody>${record.readings.map((r) => `<tr class="${r.in_episode ? "in-episode" : ""}">
       <td>${fmtTime(r.ts)}</td><td>${esc(pname(r.parameter))}</td><td>${fmtValue(r.value)}</td><td>${esc(r.flag)}</td></tr>`).join("")}</tbody></table>`;
   const post = async (action) => {
     const comment = document.getElementById("comment").value;
