@@ -147,7 +147,7 @@ def _hj212_lines(ctx) -> str:
     lines = []
     for names, kind, suffix in ((HJ212_COUNTERS, "counter", "_total"), (HJ212_GAUGES, "gauge", "")):
         for name in names:
-            metric = f"landun_hj212_{name}{suffix}"
+            metric = f"landun_hj212_{name.removesuffix(suffix)}{suffix}"
             lines += [f"# TYPE {metric} {kind}", f"{metric} {getattr(ctx.hj212, name)}"]
     return "\n".join(lines) + "\n"
 
