@@ -57,7 +57,7 @@ def _detail(ctx, alert_id: int) -> AlertDetail:
     return AlertDetail(**AlertOut.of(alert).model_dump(), audit=audit)
 
 
-@router.get("", response_model=list[AlertOut], responses=error_responses(403, 404))
+@router.get("", response_model=list[AlertOut], responses=error_responses(400, 403, 404))
 def list_alerts(
     ctx: Ctx,
     who: Caller,

@@ -119,7 +119,9 @@ def _ledger(ctx: AppContext) -> WasteLedger:
     return ctx.ledger
 
 
-@router.get("/sites/{site_id}/waste/bags", response_model=list[BagOut])
+@router.get(
+    "/sites/{site_id}/waste/bags", response_model=list[BagOut], responses=error_responses(400)
+)
 def site_bags(
     ctx: Ctx,
     who: Caller,
