@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,3 +51,5 @@ class AppContext:
     hj212: object | None = None
     # Seconds since some fixed point; login throttling reads it (tests pass a fixed clock).
     clock: Callable[[], float] | None = None
+    # Set when the process is asked to stop: live streams end so the server can shut down.
+    stopping: threading.Event = field(default_factory=threading.Event)

@@ -133,7 +133,7 @@ async def stream(
 async def _events(request: Request, ctx, sites, after: int) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
     idle = 0.0
-    while not await request.is_disconnected():
+    while not ctx.stopping.is_set() and not await request.is_disconnected():
         events = await asyncio.to_thread(ctx.store.audit_events, after, sites, 200)
         for ev in events:
             data = {

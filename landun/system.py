@@ -71,7 +71,7 @@ class RunConfig:
     webhooks: list[WebhookTarget] = field(default_factory=list)
     admin_password: str | None = None  # None: generate one on first start and print it
     tick_s: float = 5.0
-    # Seconds open requests (live streams above all) get to finish once a stop is asked for.
+    # Seconds open requests get to finish once a stop is asked for (live streams end at once).
     shutdown_grace_s: float = 2.0
 
 
@@ -198,8 +198,11 @@ class System:
         self.broker_url: str | None = None
         self.core: Core | None = None
         self._server: uvicorn.Server | None = None
+        self._api: AppContext | None = None
 
     def request_stop(self) -> None:
+        if self._api is not None:
+            self._api.stopping.set()  # live streams end instead of holding the server open
         if self._server is not None:
             self._server.should_exit = True
 
@@ -258,6 +261,7 @@ class System:
             ledger=core.ledger,
             hj212=gateway,
         )
+        self._api = ctx
         self._server = _ApiServer(
             uvicorn.Config(
                 create_app(ctx),
