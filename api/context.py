@@ -30,8 +30,9 @@ class ApiLimits:
     # Buckets kept at most per kind (accounts, addresses); the oldest full ones go first.
     login_buckets_max: int = 10_000
     # Password hashes computed at once, and logins allowed to wait for one: the rest of the API
-    # keeps its threads and cores while someone guesses.
-    hash_workers: int = 2
+    # keeps its threads and (on a small machine) a core while someone guesses. One hash at a
+    # time still serves several logins a second.
+    hash_workers: int = 1
     hash_waiting_max: int = 32
 
 
