@@ -4,7 +4,6 @@ person can act on."""
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 
 from fastapi import FastAPI, Request
@@ -15,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import (
     dashboard,
+    routes_accounts,
     routes_alerts,
     routes_compliance,
     routes_deliveries,
@@ -24,8 +24,11 @@ from api import (
     routes_sites,
     routes_waste,
 )
+from api.auth import bearer_valid
 from api.context import AppContext
-from api.routes_ops import ApiMetrics
+from api.middleware import SECURITY_HEADERS, BodyGuard, RequestMetrics, SecurityHeaders
+from api.routes_ops import LOGIN_PATH, ApiMetrics
+from api.throttle import LoginGuard
 from store.base import StoreUnavailable
 
 log = logging.getLogger("landun.api")
@@ -54,23 +57,18 @@ def create_app(ctx: AppContext) -> FastAPI:
         ),
     )
     app.state.ctx = ctx
+    app.state.login_guard = LoginGuard.for_context(ctx)
     ctx.api_metrics = ApiMetrics()
     routers = (routes_ops, routes_readings, routes_alerts, routes_sites, routes_limits)
-    for module in (*routers, routes_compliance, routes_waste, routes_deliveries):
+    for module in (*routers, routes_compliance, routes_waste, routes_deliveries, routes_accounts):
         app.include_router(module.router)
     dashboard.mount(app)
     routes_ops.keep_readings_count(app, ctx)
 
-    @app.middleware("http")
-    async def timing(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        ctx.api_metrics.observe(
-            request.method, path, response.status_code, time.perf_counter() - started
-        )
-        return response
+    # The last added runs first: count everything, then headers on everything, then the guard.
+    app.add_middleware(BodyGuard, ctx=ctx, authenticate=bearer_valid, open_paths={LOGIN_PATH})
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestMetrics, ctx=ctx)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -113,8 +111,11 @@ def create_app(ctx: AppContext) -> FastAPI:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         ref = uuid.uuid4().hex[:12]
         log.exception("unhandled error %s on %s %s", ref, request.method, request.url.path)
+        # Answered outside the middleware stack (by Starlette's outermost layer): its own headers.
         return JSONResponse(
-            {"detail": f"internal error, logged as {ref}; please report it"}, status_code=500
+            {"detail": f"internal error, logged as {ref}; please report it"},
+            status_code=500,
+            headers=SECURITY_HEADERS,
         )
 
     return app

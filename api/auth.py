@@ -6,12 +6,14 @@ hashes (domain.credentials)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from api.context import AppContext
 from domain.model import Device, Site
@@ -44,6 +46,16 @@ def context(request: Request) -> AppContext:
 
 
 Ctx = Annotated[AppContext, Depends(context)]
+
+
+async def bearer_valid(ctx: AppContext, authorization: str | None) -> bool:
+    """Whether an Authorization header carries a valid token (for the body guard, which must
+    decide before the body is read; the route's own dependency still says who it is)."""
+    scheme, token = get_authorization_scheme_param(authorization)
+    if scheme.lower() != "bearer" or not token:
+        return False
+    found = await asyncio.to_thread(ctx.store.principal_for_token, token_hash(token), now_ms())
+    return found is not None
 
 
 def principal(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -11,6 +12,31 @@ from domain.registry import Registry
 from ingest.metrics import IngestMetrics
 from store.base import Store
 from store.ledger import WasteLedger
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """What one client may ask of the API. Defaults suit a district's inspectors; the numbers
+    bound memory and CPU per request, not business rules."""
+
+    # Request bodies are small JSON documents (a site, a comment); 1 MiB is far above any.
+    max_body_bytes: int = 1 << 20
+    # A JSON copy of an evidence record sent back to be verified: one with the most readings a
+    # record holds is ~6 MB. Only the verify route takes a body this large.
+    evidence_copy_bytes: int = 16 << 20
+    # Failed logins per account: a burst, then one more every refill period.
+    login_account_burst: int = 10
+    login_account_refill_s: float = 60.0
+    # Failed logins per client address (any account): a larger burst for shared offices.
+    login_address_burst: int = 100
+    login_address_refill_s: float = 6.0
+    # Buckets kept at most per kind (accounts, addresses); the oldest full ones go first.
+    login_buckets_max: int = 10_000
+    # Password hashes computed at once, and logins allowed to wait for one: the rest of the API
+    # keeps its threads and (on a small machine) a core while someone guesses. One hash at a
+    # time still serves several logins a second.
+    hash_workers: int = 1
+    hash_waiting_max: int = 32
 
 
 @dataclass
@@ -25,3 +51,10 @@ class AppContext:
     api_metrics: object = None  # api.routes_ops.ApiMetrics, set by create_app
     ledger: WasteLedger | None = None  # medical-waste bag ledger (api.routes_waste)
     readings_before: int = 0  # readings stored by earlier runs (api.routes_ops)
+    limits: ApiLimits = field(default_factory=ApiLimits)
+    # The HJ 212 gateway, when this process runs one: its counters go to /metrics.
+    hj212: object | None = None
+    # Seconds since some fixed point; login throttling reads it (tests pass a fixed clock).
+    clock: Callable[[], float] | None = None
+    # Set when the process is asked to stop: live streams end so the server can shut down.
+    stopping: threading.Event = field(default_factory=threading.Event)

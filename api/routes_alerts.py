@@ -40,8 +40,6 @@ AlertId = Annotated[int, Path(ge=1, le=MAX_ID, description="alert id")]
 # 400: a body that is not UTF-8 JSON; 409: the alert's state does not allow the action;
 # 503: the store could not take the change.
 ACTION_ERRORS = error_responses(400, 403, 404, 409, 503)
-# A JSON copy of an evidence record to verify: one with MAX_READINGS readings is ~6 MB.
-MAX_COPY_BYTES = 16 * 1024 * 1024
 
 
 def _visible(ctx, who: Principal, alert_id: int):
@@ -61,7 +59,7 @@ def _detail(ctx, alert_id: int) -> AlertDetail:
     return AlertDetail(**AlertOut.of(alert).model_dump(), audit=audit)
 
 
-@router.get("", response_model=list[AlertOut], responses=error_responses(403, 404))
+@router.get("", response_model=list[AlertOut], responses=error_responses(400, 403, 404))
 def list_alerts(
     ctx: Ctx,
     who: Caller,
@@ -137,7 +135,7 @@ async def stream(
 async def _events(request: Request, ctx, sites, after: int) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
     idle = 0.0
-    while not await request.is_disconnected():
+    while not ctx.stopping.is_set() and not await request.is_disconnected():
         events = await asyncio.to_thread(ctx.store.audit_events, after, sites, 200)
         for ev in events:
             data = {
@@ -264,8 +262,9 @@ async def verify_evidence(
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_COPY_BYTES:
-            raise HTTPException(413, f"an evidence copy is at most {MAX_COPY_BYTES} bytes")
+        if len(body) > ctx.limits.evidence_copy_bytes:
+            limit = ctx.limits.evidence_copy_bytes
+            raise HTTPException(413, f"an evidence copy is at most {limit} bytes")
     try:
         copy = orjson.loads(bytes(body))
     except orjson.JSONDecodeError:

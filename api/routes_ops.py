@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from api.auth import Caller, Ctx, issue_token, require_role, scoped_site_ids
@@ -24,6 +23,7 @@ from api.schemas import (
     TokenOut,
     error_responses,
 )
+from api.throttle import Busy, LoginGuard
 from domain.credentials import verify_secret
 from domain.timeutil import ms_to_iso
 from ingest.metrics import render_prometheus
@@ -34,6 +34,21 @@ log = logging.getLogger("landun.api")
 
 COUNTERS_NS = "ops.counters"
 COUNT_SAVE_S = 30.0
+
+LOGIN_PATH = "/api/v1/auth/login"
+# Counters of the HJ 212 gateway (plain attributes of ingest.hj212.gateway.Hj212Gateway).
+HJ212_COUNTERS = (
+    "connections_total",
+    "connections_rejected",
+    "idle_timeouts",
+    "bytes_received",
+    "packets_ok",
+    "packets_dead_lettered",
+    "heartbeats",
+    "replies_sent",
+    "sink_errors",
+)
+HJ212_GAUGES = ("connections_open",)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -171,8 +186,19 @@ def metrics(ctx: Ctx) -> PlainTextResponse:
     for (family, severity), n in sorted(by_family.items()):
         lines.append(f'landun_alerts_open{{family="{family}",severity="{severity}"}} {n}')
     api = ctx.api_metrics.render() if ctx.api_metrics is not None else ""
-    text = render_prometheus(ctx.metrics) + "\n".join(lines) + "\n" + api
+    text = render_prometheus(ctx.metrics) + "\n".join(lines) + "\n" + api + _hj212_lines(ctx)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+def _hj212_lines(ctx) -> str:
+    if ctx.hj212 is None:
+        return ""
+    lines = []
+    for names, kind, suffix in ((HJ212_COUNTERS, "counter", "_total"), (HJ212_GAUGES, "gauge", "")):
+        for name in names:
+            metric = f"landun_hj212_{name.removesuffix(suffix)}{suffix}"
+            lines += [f"# TYPE {metric} {kind}", f"{metric} {getattr(ctx.hj212, name)}"]
+    return "\n".join(lines) + "\n"
 
 
 @router.get(
@@ -200,19 +226,39 @@ def dead_letters(
 
 
 @router.post(
-    "/api/v1/auth/login",
+    LOGIN_PATH,
     response_model=TokenOut,
     tags=["auth"],
-    responses=error_responses(400, 401, 422, 503),
+    responses=error_responses(400, 401, 422, 429, 503),
 )
-def login(ctx: Ctx, body: LoginIn) -> TokenOut:
-    """Exchange a user name and password for a session token (valid for 12 hours)."""
-    found = ctx.store.get_user(body.username)
-    if found is None or not verify_secret(body.password, found[1]):
-        time.sleep(0.2)  # blunt online guessing a little; failures look the same either way
+async def login(request: Request, ctx: Ctx, body: LoginIn) -> TokenOut:
+    """Exchange a user name and password for a session token (valid for 12 hours). Failed
+    logins are counted per account and per client address; past the allowance the answer is
+    429 with `Retry-After`."""
+    guard: LoginGuard = request.app.state.login_guard
+    address = request.client.host if request.client else ""
+    wait = guard.throttle.retry_after(body.username, address)
+    if wait:
+        raise HTTPException(
+            429,
+            f"too many failed logins for this account or from this address; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+    found = await asyncio.to_thread(ctx.store.get_user, body.username)
+    try:
+        # An unknown user costs the same hash as a known one: the answer time tells nothing.
+        ok = await guard.hashes.run(
+            verify_secret, body.password, found[1] if found else guard.dummy_hash
+        )
+    except Busy:
+        raise HTTPException(
+            503, "too many logins at once; try again in a second", headers={"Retry-After": "1"}
+        ) from None
+    if found is None or not ok:
+        guard.throttle.failed(body.username, address)
         raise HTTPException(401, "wrong user name or password")
     who = found[0]
-    token, expires = issue_token(ctx, who, ctx.session_hours, label="login")
+    token, expires = await asyncio.to_thread(issue_token, ctx, who, ctx.session_hours, "login")
     return TokenOut(
         token=token,
         expires=ms_to_iso(expires) if expires else None,

@@ -15,13 +15,16 @@ from pydantic import BeforeValidator
 
 from api.auth import Caller, Ctx, device_for, site_for
 from api.schemas import BucketOut, ReadingOut, error_responses, reading_dict
-from domain.timeutil import ms_to_iso, now_ms
+from domain.timeutil import check_day, ms_to_iso, now_ms
 from store.base import ReadingQuery
 
 router = APIRouter(prefix="/api/v1", tags=["readings"], responses=error_responses(401, 422))
 
 EVERY_MS = {"1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000, "1d": 86_400_000}
 CSV_PAGE = 50_000
+# JSON readings per request: a page is built in memory, so it is bounded; larger ranges page
+# with X-Next-Start or stream as CSV.
+JSON_PAGE_MAX = 10_000
 
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
@@ -38,11 +41,23 @@ Instant = Annotated[datetime, BeforeValidator(_iso_only)]
 Day = Annotated[date, BeforeValidator(_iso_only)]
 
 
+def in_range(day: date | None, name: str) -> date | None:
+    """The day, or 400 when it is outside the days the API takes (400, not 422: the schema
+    cannot state the bounds of a date)."""
+    if day is not None:
+        try:
+            check_day(day)
+        except ValueError as exc:
+            raise HTTPException(400, f"{name}: {exc}") from None
+    return day
+
+
 def to_ms(value: datetime | None, name: str) -> int | None:
     if value is None:
         return None
     if value.tzinfo is None:
         raise HTTPException(400, f"{name} must state its zone, e.g. 2026-11-22T08:00:00+08:00")
+    in_range(value.date(), name)
     return int(value.timestamp() * 1000)
 
 
@@ -83,12 +98,15 @@ def readings(
     parameter: Annotated[list[str] | None, Query(description="repeat for several")] = None,
     start: Annotated[Instant | None, Query(description="from (inclusive), ISO 8601")] = None,
     end: Annotated[Instant | None, Query(description="until (exclusive), ISO 8601")] = None,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    limit: Annotated[
+        int, Query(ge=1, le=JSON_PAGE_MAX, description="readings per page (JSON)")
+    ] = JSON_PAGE_MAX,
     newest_first: bool = False,
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ):
-    """Readings of one device or one site, oldest first. A full page sets `X-Next-Start`: ask
-    again with `start` set to it for the next page. `format=csv` streams the whole range."""
+    """Readings of one device or one site, oldest first, at most 10000 a page. A full page sets
+    `X-Next-Start`: ask again with `start` set to it for the next page. `format=csv` streams
+    the whole range."""
     if device is None and site is None:
         raise HTTPException(400, "give device or site")
     if device is not None:

@@ -6,6 +6,7 @@ startup, so they survive a restart."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 from fastapi import APIRouter, HTTPException
@@ -21,6 +22,8 @@ from store.base import AlertQuery
 router = APIRouter(
     prefix="/api/v1", tags=["sites and devices"], responses=error_responses(401, 422)
 )
+
+log = logging.getLogger("landun.api")
 
 SITES_NS = "registry.sites"
 DEVICES_NS = "registry.devices"
@@ -91,7 +94,10 @@ def put_site(ctx: Ctx, who: Caller, site_id: str, body: SiteIn) -> SiteOut:
         known = ", ".join(sorted(ctx.engine.profiles))
         raise HTTPException(400, f"unknown standards profile {body.profile!r} (known: {known})")
     _check_overrides(ctx.engine.profiles[body.profile], body.overrides)
-    site = site_from_dict(body.model_dump() | {"id": site_id})
+    try:
+        site = site_from_dict(body.model_dump() | {"id": site_id})
+    except ValueError as exc:  # the time zone (the schema cannot list the tz database)
+        raise HTTPException(400, f"timezone: {exc}") from None
     ctx.store.save_state(SITES_NS, {site_id: json.dumps(site_to_dict(site), ensure_ascii=False)})
     ctx.registry.add_site(site)
     ctx.engine.forget_limits(site_id)
@@ -158,7 +164,12 @@ def put_device(ctx: Ctx, who: Caller, device_id: str, body: DeviceIn) -> DeviceO
 
 def apply_stored_edits(store, registry) -> None:
     """Lay the API's saved edits over a registry loaded from its file."""
-    for text in store.load_state(SITES_NS).values():
-        registry.add_site(site_from_dict(json.loads(text)))
+    for site_id, text in store.load_state(SITES_NS).items():
+        try:
+            site = site_from_dict(json.loads(text))
+        except ValueError as exc:  # saved before sites were checked as they are now
+            log.warning("saved edit of site %s left out: %s", site_id, exc)
+            continue
+        registry.add_site(site)
     for text in store.load_state(DEVICES_NS).values():
         registry.add_device(device_from_dict(json.loads(text)))

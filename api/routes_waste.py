@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from api.auth import Caller, Ctx, in_scope, site_for
 from api.context import AppContext
-from api.routes_readings import Day, Instant, to_ms
+from api.routes_readings import Day, Instant, in_range, to_ms
 from api.schemas import error_responses
 from domain.timeutil import ms_to_iso, now_ms
 from domain.waste import Bag, WasteCategory, WasteEvent
@@ -119,7 +119,9 @@ def _ledger(ctx: AppContext) -> WasteLedger:
     return ctx.ledger
 
 
-@router.get("/sites/{site_id}/waste/bags", response_model=list[BagOut])
+@router.get(
+    "/sites/{site_id}/waste/bags", response_model=list[BagOut], responses=error_responses(400)
+)
 def site_bags(
     ctx: Ctx,
     who: Caller,
@@ -187,8 +189,8 @@ def site_daily(
     category; by default the last 7 days. Days without waste are listed with zeros."""
     site = site_for(ctx, who, site_id)
     today = datetime.fromtimestamp(now_ms() / 1000, ZoneInfo(site.timezone)).date()
-    last = last or today
-    first = first or last - timedelta(days=6)
+    last = in_range(last, "to") or today
+    first = in_range(first, "from") or last - timedelta(days=6)
     if first > last:
         raise HTTPException(400, "from must not be after to")
     if (last - first).days >= MAX_DAYS:

@@ -67,7 +67,7 @@ class SiteIn(BaseModel):
     jurisdiction: str = Field(pattern=r"^[0-9]{6}$", description="6-digit district code")
     address: str = Field("", max_length=500)
     profile: str = "gb37488-2019-pool"
-    timezone: str = "Asia/Shanghai"
+    timezone: str = Field("Asia/Shanghai", description="a tz database name")
     # Bounds before the validator, so the OpenAPI schema states them as minimum/maximum.
     latitude: Annotated[float, Field(ge=-90, le=90), BeforeValidator(_not_bool)] | None = None
     longitude: Annotated[float, Field(ge=-180, le=180), BeforeValidator(_not_bool)] | None = None
@@ -311,8 +311,9 @@ _ERROR_MEANING = {
     403: "outside the caller's role or jurisdictions",
     404: "no such site, device or alert",
     409: "conflicts with the current state (see detail)",
-    413: "the request body is larger than this route takes",
+    413: "the request body is larger than the server or this route takes",
     422: "the request does not match this schema",
+    429: "too many failed attempts; retry after Retry-After seconds",
     503: "the store cannot take writes now; nothing was changed, retry after Retry-After",
 }
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from domain.model import Device, Site, SiteKind
+from domain.timeutil import check_timezone
 
 
 @dataclass(slots=True)
@@ -48,7 +49,7 @@ def site_from_dict(s: dict) -> Site:
         jurisdiction=s["jurisdiction"],
         address=s.get("address", ""),
         profile=s.get("profile", "gb37488-2019-pool"),
-        timezone=s.get("timezone", "Asia/Shanghai"),
+        timezone=check_timezone(s.get("timezone", "Asia/Shanghai")),
         latitude=s.get("latitude"),
         longitude=s.get("longitude"),
         limit_overrides=s.get("overrides", {}),

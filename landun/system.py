@@ -84,6 +84,8 @@ class RunConfig:
     webhooks: list[WebhookTarget] = field(default_factory=list)
     admin_password: str | None = None  # None: generate one on first start and print it
     tick_s: float = 5.0
+    # Seconds open requests get to finish once a stop is asked for (live streams end at once).
+    shutdown_grace_s: float = 2.0
 
 
 @dataclass
@@ -237,9 +239,12 @@ class System:
         self.core: Core | None = None
         self._server: uvicorn.Server | None = None
         self._stopping = threading.Event()
+        self._api: AppContext | None = None
 
     def request_stop(self) -> None:
         self._stopping.set()
+        if self._api is not None:
+            self._api.stopping.set()  # live streams end instead of holding the server open
         if self._server is not None:
             self._server.should_exit = True
 
@@ -277,7 +282,7 @@ class System:
             clock = Clock(core.engine, cfg.tick_s)
             clock.start()
             stack.callback(clock.stop)
-            await self._start_hj212(stack, core)
+            gateway = await self._start_hj212(stack, core)
             sims = False
             if cfg.simulators:
                 sims = await self._start_simulators(stack, core, broker, f"{client_id}-simulators")
@@ -289,9 +294,15 @@ class System:
                 metrics=core.pipeline.metrics,
                 broker_connected=lambda: subscriber.connected,
                 ledger=core.ledger,
+                hj212=gateway,
             )
+            self._api = ctx
             self._server = _ApiServer(
-                uvicorn.Config(create_app(ctx), log_level="warning", timeout_graceful_shutdown=5)
+                uvicorn.Config(
+                    create_app(ctx),
+                    log_level="warning",
+                    timeout_graceful_shutdown=cfg.shutdown_grace_s,
+                )
             )
             serve = asyncio.create_task(self._server.serve(sockets=[api_socket]))
             while not self._server.started and not serve.done():
@@ -334,7 +345,9 @@ class System:
         stack.push_async_callback(embedded.stop)
         return BrokerAddress.parse(embedded.url), True
 
-    async def _start_hj212(self, stack: contextlib.AsyncExitStack, core: Core) -> None:
+    async def _start_hj212(
+        self, stack: contextlib.AsyncExitStack, core: Core
+    ) -> Hj212Gateway | None:
         """The HJ 212 gateway when a port was given, or on a free loopback port when the demo
         simulates HJ 212 loggers."""
         cfg = self.config
@@ -342,7 +355,7 @@ class System:
         if port is None and cfg.simulators and any(d.mn for d in core.registry.devices.values()):
             port = 0
         if port is None:
-            return
+            return None
         gateway = Hj212Gateway(RegistryLookup(core.registry), PipelineSink(core.pipeline))
         try:
             self.hj212_port = await gateway.start(cfg.hj212_host, port)
@@ -352,6 +365,7 @@ class System:
                 " choose another port with --hj212-port"
             ) from None
         stack.push_async_callback(gateway.stop)
+        return gateway
 
     async def _start_simulators(
         self, stack: contextlib.AsyncExitStack, core: Core, broker: BrokerAddress, client_id: str

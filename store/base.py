@@ -86,6 +86,28 @@ class Principal:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A stored token or login session, without the token itself. `id` is the start of the
+    token's SHA-256: it names the token for revoking and cannot be used to log in."""
+
+    id: str
+    name: str
+    kind: str  # user (a login session) | token (a machine's API token)
+    role: str
+    jurisdictions: tuple[str, ...]
+    label: str
+    created_ms: int
+    expires_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    user: Principal
+    disabled: bool
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Bucket:
     """One downsampled interval of one parameter."""
 
@@ -210,17 +232,41 @@ class Store(Protocol):
 
     def add_user(
         self, name: str, password_hash: str, role: str, jurisdictions: Sequence[str]
-    ) -> None: ...
+    ) -> None:
+        """Add or replace a user (enabled). A new password ends the user's login sessions."""
+        ...
 
     def get_user(self, name: str) -> tuple[Principal, str] | None:
-        """The user and their password hash."""
+        """The user and their password hash; None for an unknown or disabled user."""
+        ...
+
+    def list_users(self) -> list[UserInfo]: ...
+
+    def set_user_disabled(self, name: str, disabled: bool) -> bool:
+        """Disable (ending the user's login sessions) or enable a user; False if unknown."""
+        ...
+
+    def delete_user(self, name: str) -> bool:
+        """Delete a user and their login sessions; False if unknown."""
         ...
 
     def add_token(
         self, token_hash: str, principal: Principal, expires_ms: int | None, label: str = ""
     ) -> None: ...
 
-    def principal_for_token(self, token_hash: str, now_ms: int) -> Principal | None: ...
+    def principal_for_token(self, token_hash: str, now_ms: int) -> Principal | None:
+        """Who a valid token acts for: a login session with its user's current role and
+        jurisdictions (None once the user is disabled or deleted), a machine token with its
+        own."""
+        ...
+
+    def list_tokens(self, now_ms: int) -> list[TokenInfo]:
+        """Tokens and login sessions that have not expired, newest first."""
+        ...
+
+    def revoke_token(self, token_id: str) -> bool:
+        """Delete the token with this id (TokenInfo.id); False if none has it."""
+        ...
 
     def load_state(self, namespace: str) -> dict[str, str]: ...
 

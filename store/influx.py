@@ -578,6 +578,11 @@ DELEGATED = frozenset(
         "get_user",
         "add_token",
         "principal_for_token",
+        "list_users",
+        "set_user_disabled",
+        "delete_user",
+        "list_tokens",
+        "revoke_token",
         "load_state",
         "save_state",
     }

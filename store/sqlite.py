@@ -27,10 +27,15 @@ from store.base import (
     Principal,
     ReadingQuery,
     StoreUnavailable,
+    TokenInfo,
+    UserInfo,
 )
 from store.sqlite_db import SqliteDatabase, attach_readonly, readonly_uri
 
 log = logging.getLogger("landun.store")
+
+# Hex digits of a token's SHA-256 that name it (TokenInfo.id): 64 bits, unique in practice.
+TOKEN_ID_CHARS = 16
 COMPACTION_NICE = 10  # added to the compaction thread's nice value (lower CPU priority)
 
 _READING_COLS = "device_id, parameter, ts_ms, value, flag, recv_ms, seq, site_id"
@@ -264,6 +269,12 @@ CREATE TABLE IF NOT EXISTS tokens (
     label TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
     expires_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS tokens_by_name ON tokens (name, kind);
+-- A table of its own rather than a column of users, so databases from earlier releases get it.
+CREATE TABLE IF NOT EXISTS disabled_users (
+    name TEXT PRIMARY KEY,
+    at_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS engine_state (
     namespace TEXT NOT NULL,
@@ -904,23 +915,64 @@ class SqliteStore(SqliteDatabase):
         self, name: str, password_hash: str, role: str, jurisdictions: Sequence[str]
     ) -> None:
         with self._tx() as conn:
+            old = conn.execute("SELECT password_hash FROM users WHERE name = ?", (name,)).fetchone()
+            if old is not None and old[0] != password_hash:
+                self._end_sessions(conn, name)
             conn.execute(
                 "INSERT OR REPLACE INTO users"
                 " (name, password_hash, role, jurisdictions, created_ms) VALUES (?, ?, ?, ?, ?)",
                 (name, password_hash, role, json.dumps(list(jurisdictions)), now_ms()),
             )
+            conn.execute("DELETE FROM disabled_users WHERE name = ?", (name,))
+
+    @staticmethod
+    def _end_sessions(conn: sqlite3.Connection, name: str) -> None:
+        conn.execute("DELETE FROM tokens WHERE name = ? AND kind = 'user'", (name,))
 
     def get_user(self, name: str) -> tuple[Principal, str] | None:
         row = (
             self._reader()
             .execute(
-                "SELECT name, role, jurisdictions, password_hash FROM users WHERE name = ?", (name,)
+                "SELECT name, role, jurisdictions, password_hash FROM users WHERE name = ?"
+                " AND name NOT IN (SELECT name FROM disabled_users)",
+                (name,),
             )
             .fetchone()
         )
         if row is None:
             return None
         return Principal(row[0], row[1], tuple(json.loads(row[2]))), row[3]
+
+    def list_users(self) -> list[UserInfo]:
+        rows = self._reader().execute(
+            "SELECT u.name, u.role, u.jurisdictions, d.name IS NOT NULL, u.created_ms"
+            " FROM users u LEFT JOIN disabled_users d ON d.name = u.name ORDER BY u.name"
+        )
+        return [
+            UserInfo(Principal(name, role, tuple(json.loads(scope))), bool(off), created)
+            for name, role, scope, off, created in rows
+        ]
+
+    def set_user_disabled(self, name: str, disabled: bool) -> bool:
+        with self._tx() as conn:
+            if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
+                return False
+            if disabled:
+                conn.execute(
+                    "INSERT OR IGNORE INTO disabled_users (name, at_ms) VALUES (?, ?)",
+                    (name, now_ms()),
+                )
+                self._end_sessions(conn, name)
+            else:
+                conn.execute("DELETE FROM disabled_users WHERE name = ?", (name,))
+        return True
+
+    def delete_user(self, name: str) -> bool:
+        with self._tx() as conn:
+            gone = conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount
+            conn.execute("DELETE FROM disabled_users WHERE name = ?", (name,))
+            self._end_sessions(conn, name)
+        return bool(gone)
 
     def add_token(
         self, token_hash: str, principal: Principal, expires_ms: int | None, label: str = ""
@@ -942,18 +994,46 @@ class SqliteStore(SqliteDatabase):
             )
 
     def principal_for_token(self, token_hash: str, now_ms: int) -> Principal | None:
+        # A login session takes its user's role and scope now, not those it was issued with.
         row = (
             self._reader()
             .execute(
-                "SELECT name, role, jurisdictions, kind FROM tokens"
-                " WHERE token_hash = ? AND (expires_ms IS NULL OR expires_ms > ?)",
+                "SELECT t.name, t.kind, coalesce(u.role, t.role),"
+                " coalesce(u.jurisdictions, t.jurisdictions), u.name IS NOT NULL"
+                " FROM tokens t LEFT JOIN users u ON t.kind = 'user' AND u.name = t.name"
+                " WHERE t.token_hash = ? AND (t.expires_ms IS NULL OR t.expires_ms > ?)"
+                " AND NOT (t.kind = 'user' AND t.name IN (SELECT name FROM disabled_users))",
                 (token_hash, now_ms),
             )
             .fetchone()
         )
         if row is None:
             return None
-        return Principal(row[0], row[1], tuple(json.loads(row[2])), row[3])
+        name, kind, role, scope, has_user = row
+        if kind == "user" and not has_user:
+            return None
+        return Principal(name, role, tuple(json.loads(scope)), kind)
+
+    def list_tokens(self, now_ms: int) -> list[TokenInfo]:
+        rows = self._reader().execute(
+            "SELECT substr(token_hash, 1, ?), name, kind, role, jurisdictions, label, created_ms,"
+            " expires_ms FROM tokens WHERE expires_ms IS NULL OR expires_ms > ?"
+            " ORDER BY created_ms DESC",
+            (TOKEN_ID_CHARS, now_ms),
+        )
+        return [
+            TokenInfo(tid, name, kind, role, tuple(json.loads(scope)), label, created, expires)
+            for tid, name, kind, role, scope, label, created, expires in rows
+        ]
+
+    def revoke_token(self, token_id: str) -> bool:
+        if len(token_id) != TOKEN_ID_CHARS:
+            return False
+        with self._tx() as conn:
+            gone = conn.execute(
+                "DELETE FROM tokens WHERE substr(token_hash, 1, ?) = ?", (TOKEN_ID_CHARS, token_id)
+            ).rowcount
+        return bool(gone)
 
     # -- engine state -------------------------------------------------------------------------
 

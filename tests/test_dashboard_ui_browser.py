@@ -102,7 +102,7 @@ def test_english_switch_charts_and_printed_evidence(seeded, browser):  # noqa: F
         page.fill("#username", "admin")
         page.fill("#password", "not the password")
         page.click("button[type=submit]")
-        page.wait_for_function("document.getElementById('login-error').textContent.length > 0")
+        page.locator("#login-error", has_text="登录失败").wait_for()  # no eval: the CSP forbids it
         assert page.locator("#login-error").inner_text() == "登录失败: 用户名或密码错误"
         _log_in(page, running)
         # The chart's time axis is a 24-hour clock on the Chinese page.
@@ -152,7 +152,7 @@ def test_english_switch_charts_and_printed_evidence(seeded, browser):  # noqa: F
         assert chinese_left() == []
         page.goto(running.base_url + "/#/")
         page.wait_for_selector("#sites tbody tr")
-        page.wait_for_function("document.getElementById('feed-state').textContent.length > 0")
+        page.locator("#feed-state", has_text=re.compile(r"\S")).wait_for()
         assert chinese_left() == []
         page.goto(running.base_url + "/#/site/pool-xh-03/h24")
         page.wait_for_selector(".chart[data-parameter='free_chlorine'] canvas")

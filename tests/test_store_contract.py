@@ -305,6 +305,34 @@ def test_users_and_tokens_round_trip(backend: Backend) -> None:
     assert store.principal_for_token(f"other-{tag}", T0) is None
 
 
+def test_sessions_follow_their_user_and_tokens_are_listed_and_revoked(backend: Backend) -> None:
+    store, tag = backend.store, backend.site
+    name = f"cy-{tag}"
+    store.add_user(name, "hash-1", "inspector", ["310104"])
+    store.add_token(f"s1-{tag}", Principal(name, "inspector", ("310104",)), None, "login")
+    store.add_user(name, "hash-1", "viewer", ["310105"])  # same password: the session stays
+    assert store.principal_for_token(f"s1-{tag}", T0) == Principal(name, "viewer", ("310105",))
+    assert store.set_user_disabled(name, True)
+    assert store.principal_for_token(f"s1-{tag}", T0) is None
+    assert store.get_user(name) is None
+    assert [u.disabled for u in store.list_users() if u.user.name == name] == [True]
+    assert store.set_user_disabled(name, False) and store.get_user(name) is not None
+    assert not store.set_user_disabled(f"nobody-{tag}", True)
+    store.add_token(f"s2-{tag}", Principal(name, "viewer", ("310105",)), None, "login")
+    store.add_user(name, "hash-2", "viewer", ["310105"])  # a new password ends sessions
+    assert store.principal_for_token(f"s2-{tag}", T0) is None
+    store.add_token(f"s3-{tag}", Principal(name, "viewer", ("310105",)), None, "login")
+    assert store.delete_user(name) and not store.delete_user(name)
+    assert store.principal_for_token(f"s3-{tag}", T0) is None
+    bot = Principal(f"bot2-{tag}", "viewer", ("310104",), kind="token")
+    store.add_token(f"{tag}-machine-token-hash", bot, None, "ci")
+    listed = {t.id: t for t in store.list_tokens(T0)}
+    token_id = f"{tag}-machine-token-hash"[:16]
+    assert listed[token_id].name == bot.name and listed[token_id].label == "ci"
+    assert store.revoke_token(token_id) and not store.revoke_token(token_id)
+    assert store.principal_for_token(f"{tag}-machine-token-hash", T0) is None
+
+
 def test_alert_save_appears_in_audit_events_and_deliveries(backend: Backend) -> None:
     store = backend.store
     before = store.last_audit_id()

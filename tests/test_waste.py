@@ -446,6 +446,8 @@ def test_waste_routes_with_jurisdiction_scope(rig: Rig) -> None:
     app = FastAPI()
     app.state.ctx = ctx
     app.include_router(routes_waste.router)
+    rig.store.add_user("li", "hash", "inspector", ["310104"])
+    rig.store.add_user("wang", "hash", "inspector", ["310105"])
     rig.store.add_token(token_hash("mine"), Principal("li", "inspector", ("310104",)), None)
     rig.store.add_token(token_hash("other"), Principal("wang", "inspector", ("310105",)), None)
     midnight = 1_795_363_200_000
