@@ -9,6 +9,9 @@ across the devices of the round.
 Contract: for any interleaving of devices and rows, every device gets, row by row, the score,
 active flag, z and baseline medians `EventDetector(parameters, settings).update` would give it.
 
+The step channel keeps the same two rings per parameter as `event._StepChannel` (reference,
+spread of the step) and the newest reading before the row.
+
 The window statistics come from `robust_rows` (the order statistics `median_last` picks, hence
 bit-identical), and the baseline cache follows `event._Rings.stats`: once all of a device's rings
 are full its baselines are recomputed after `refresh` pushes per parameter; while any is filling,
@@ -137,6 +140,9 @@ class EventBank(Stacked):
         ("active", False),
         ("active_since_ms", -1),
         ("frozen_rows", 0),
+        ("peak", 0.0),
+        ("rearm", 0.0),
+        ("prev", np.nan),
     )
 
     def __init__(
@@ -161,10 +167,21 @@ class EventBank(Stacked):
         self.active = np.zeros(capacity, dtype=bool)
         self.active_since_ms = np.full(capacity, -1, dtype=np.int64)
         self.frozen_rows = np.zeros(capacity, dtype=np.int64)
+        self.peak = np.zeros(capacity)
+        self.rearm = np.zeros(capacity)
+        step = settings.step_window
+        # The step channel (see event._StepChannel); refresh 0: the reference exact every row.
+        self.step_ref = _RingBank(capacity, p, step, refresh=0) if step else None
+        self.step_spread = (
+            _RingBank(capacity, p, settings.step_scale_window, settings.refresh_rows)
+            if step
+            else None
+        )
+        self.prev = np.full((capacity, p), np.nan)
 
     def fit(self, rows: np.ndarray) -> None:
         super().fit(rows)
-        for rings in (self.long, self.short):
+        for rings in (self.long, self.short, self.step_ref, self.step_spread):
             if rings is not None:
                 rings.fit(rows)
 
@@ -217,29 +234,60 @@ class EventBank(Stacked):
             short = self.short.stats(devices, self.floors, min(s.min_history, s.short_window))
         z = z_scores(v, present, med, scale, short)
         score = _top_k_score(z, s.top_k)
+        if self.step_ref is not None:
+            d = np.where(present, self._step_diff(devices, v), np.nan)
+            scale = self.step_spread.stats(
+                devices, self.floors, min(s.min_history, s.step_scale_window)
+            )[1]
+            step_score = _top_k_score(d / scale, s.top_k) * s.threshold / s.step_threshold
+            score = np.fmax(score, step_score)
         self._persist(devices, ts, score)
         hold = self.active[devices] & (self.frozen_rows[devices] < s.max_frozen)
         self.frozen_rows[devices[hold]] += 1  # baseline held: event rows do not become normal
         self._push(devices[~hold], v[~hold], present[~hold])
+        if self.step_ref is not None:
+            self._step_push(devices, v, present, d)
         out.score[idx], out.z[idx], out.med[idx] = score, z, med
 
+    def _step_diff(self, devices: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """The confirmed step of each row and parameter, as `event._StepChannel.diff`."""
+        ref = self.step_ref.stats(devices, self.floors, self.step_ref.size)[0]
+        a, b = v - ref, self.prev[devices] - ref
+        with np.errstate(invalid="ignore"):
+            confirmed = np.where(a * b > 0, np.sign(a) * np.minimum(abs(a), abs(b)), 0.0)
+        return np.where(np.isnan(a) | np.isnan(b), np.nan, confirmed)
+
+    def _step_push(
+        self, devices: np.ndarray, v: np.ndarray, present: np.ndarray, d: np.ndarray
+    ) -> None:
+        prev = self.prev[devices]
+        self.step_ref.push(devices, present & ~np.isnan(prev), prev)
+        self.step_spread.push(devices, present & ~np.isnan(d), d)
+        self.prev[devices] = np.where(present, v, prev)
+
     def _persist(self, devices: np.ndarray, ts: np.ndarray, score: np.ndarray) -> None:
-        """Persistence (m of the last n rows raw-positive) and hysteresis."""
+        """Persistence (m of the last n rows raw-positive), hysteresis and the clear on return."""
         s = self.settings
-        raw = score > s.threshold
+        below = ~(score > s.off_ratio * s.threshold)
+        rearm = self.rearm[devices]
+        rearm = np.where(rearm > 0, np.where(below, 0.0, np.minimum(rearm, score)), 0.0)
+        raw = score - rearm > s.threshold
         h = self.raw_head[devices]
         self.raw_sum[devices] += raw.astype(np.int64) - self.raw[devices, h]
         self.raw[devices, h] = raw
         self.raw_head[devices] = (h + 1) % s.persist_n
         was = self.active[devices]
-        off = was & ~(score > s.off_ratio * s.threshold)
+        peak = np.where(was, np.fmax(self.peak[devices], score), self.peak[devices])
+        off = was & (below | (score < s.clear_ratio * peak))
         on = ~was & (self.raw_sum[devices] >= s.persist_m)
         # A new episode must earn its own m-of-n, not reuse the last one's rows.
         self.raw[devices[off]] = False
         self.raw_sum[devices[off]] = 0
+        self.rearm[devices] = np.where(off, np.where(below, 0.0, score), rearm)
         self.active[devices] = (was & ~off) | on
         self.active_since_ms[devices[on]] = ts[on]
         self.frozen_rows[devices[on]] = 0
+        self.peak[devices] = np.where(on, score, peak)
 
     def _push(self, devices: np.ndarray, v: np.ndarray, present: np.ndarray) -> None:
         lag = self.settings.lag

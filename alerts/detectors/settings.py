@@ -91,6 +91,15 @@ class EventSettings:
     max_frozen: int = 0
     # Rows between recomputations of the full baseline (1: every row).
     refresh_rows: int = 1
+    # Step channel (0 = off): the newest row and the one before it, both against the median of
+    # the `step_window` rows before them, scaled by the spread of that statistic over the last
+    # `step_scale_window` rows. Counts as (step score) x threshold / step_threshold.
+    step_window: int = 0
+    step_scale_window: int = 1440
+    step_threshold: float = 8.0
+    # An episode clears when its score falls below clear_ratio x its peak (0 = off); the next
+    # episode must then rise `threshold` above the lowest score since.
+    clear_ratio: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
