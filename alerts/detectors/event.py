@@ -22,6 +22,11 @@ rows. A small step or a ramp of a few resolution steps a row stands out against 
 noise long before it moves the 12-hour level; its score counts as step score x threshold /
 step_threshold, and the row score is the larger of the two channels.
 
+With `ramp_rows` > 0 a ramp channel judges a parameter that has moved the same way on each of its
+last `ramp_rows` readings by its total change over them, in scale floors (a slow ramp moves a
+little every row, which noise on a quantised sensor does not do for long); it counts as the
+largest such change x threshold / ramp_threshold.
+
 With `clear_ratio` > 0 an episode also clears once its score has fallen below clear_ratio x the
 episode's peak: the water has returned most of the way, or has settled at a new level that the
 level channel will take hours to accept. After such a clear the next episode must rise
@@ -129,6 +134,42 @@ class _StepChannel:
             self.prev[j] = row[j]
 
 
+class _RampChannel:
+    """Per parameter: the signed number of consecutive readings that moved the same way, and the
+    last `rows` readings (a ring, oldest at `head` once full)."""
+
+    __slots__ = ("count", "floors", "head", "last", "ring", "rows", "run")
+
+    def __init__(self, floors: np.ndarray, rows: int) -> None:
+        p = len(floors)
+        self.floors = floors
+        self.rows = rows
+        self.ring = np.zeros((p, rows))
+        self.head = np.zeros(p, dtype=np.int64)
+        self.count = np.zeros(p, dtype=np.int64)
+        self.last = np.full(p, np.nan)
+        self.run = np.zeros(p, dtype=np.int64)
+
+    def z(self, row: np.ndarray, present: np.ndarray) -> np.ndarray:
+        """Advance the runs by this row; the ramp z of each present parameter (0: no ramp)."""
+        with np.errstate(invalid="ignore"):
+            step = np.sign(row - self.last)
+        step = np.where(present & ~np.isnan(step), step, 0).astype(np.int64)
+        same = step * self.run > 0
+        self.run = np.where(present, np.where(same, self.run + step, step), self.run)
+        oldest = self.ring[np.arange(len(row)), self.head]
+        ramp = (np.abs(self.run) >= self.rows) & (self.count >= self.rows)
+        z = np.where(ramp, (row - oldest) / self.floors, 0.0)
+        return np.where(present, z, np.nan)
+
+    def push(self, row: np.ndarray, present: np.ndarray) -> None:
+        j = np.flatnonzero(present)
+        self.ring[j, self.head[j]] = row[j]
+        self.head[j] = (self.head[j] + 1) % self.rows
+        self.count[j] = np.minimum(self.count[j] + 1, self.rows)
+        self.last[j] = row[j]
+
+
 def scale_floors(parameters: Sequence[str], settings: EventSettings) -> np.ndarray:
     """The scale floor of each parameter, after checking the settings can judge them."""
     unknown = set(parameters) - set(settings.scale_floor)
@@ -192,6 +233,7 @@ class EventDetector:
         self.long = _Rings(p, settings.window, settings.refresh_rows)
         self.short = _Rings(p, settings.short_window) if settings.short_window else None
         self.step = _StepChannel(self.floors, settings) if settings.step_window else None
+        self.ramp = _RampChannel(self.floors, settings.ramp_rows) if settings.ramp_rows else None
         # Readings wait `lag` rows (per parameter) before they enter the baselines.
         self.pending: list[list[float]] = [[] for _ in range(p)]
         self.raw = np.zeros(settings.persist_n, dtype=bool)  # ring of recent raw-positive rows
@@ -262,6 +304,9 @@ class EventDetector:
             d = np.where(present, self.step.diff(row), np.nan)
             step_score = self._score(self.step.z(d)) * s.threshold / s.step_threshold
             score = float(np.fmax(score, step_score))
+        if self.ramp is not None:
+            zr = self.ramp.z(row, present)
+            score = float(np.fmax(score, np.nanmax(np.abs(zr)) * s.threshold / s.ramp_threshold))
         active = self._persist_step(ts_ms, score)
         if active and self.frozen_rows < s.max_frozen:
             self.frozen_rows += 1  # baseline held: this event row does not become "normal"
@@ -269,6 +314,8 @@ class EventDetector:
             self._push(row, present)
         if self.step is not None:
             self.step.push(row, present, d)
+        if self.ramp is not None:
+            self.ramp.push(row, present)
         return score, active, z, med
 
     def update(self, ts_ms: int, values: Sequence[float] | np.ndarray) -> DetectorResult:

@@ -10,7 +10,8 @@ Contract: for any interleaving of devices and rows, every device gets, row by ro
 active flag, z and baseline medians `EventDetector(parameters, settings).update` would give it.
 
 The step channel keeps the same two rings per parameter as `event._StepChannel` (reference,
-spread of the step) and the newest reading before the row.
+spread of the step) and the newest reading before the row; the ramp channel the run, ring and
+last reading of `event._RampChannel`.
 
 The window statistics come from `robust_rows` (the order statistics `median_last` picks, hence
 bit-identical), and the baseline cache follows `event._Rings.stats`: once all of a device's rings
@@ -143,6 +144,10 @@ class EventBank(Stacked):
         ("peak", 0.0),
         ("rearm", 0.0),
         ("prev", np.nan),
+        ("ramp_run", 0),
+        ("ramp_ring", 0.0),
+        ("ramp_head", 0),
+        ("ramp_count", 0),
     )
 
     def __init__(
@@ -178,6 +183,11 @@ class EventBank(Stacked):
             else None
         )
         self.prev = np.full((capacity, p), np.nan)
+        # The ramp channel; the last reading before the row is `prev` (kept for either channel).
+        self.ramp_run = np.zeros((capacity, p), dtype=np.int64)
+        self.ramp_ring = np.zeros((capacity, p, max(settings.ramp_rows, 1)))
+        self.ramp_head = np.zeros((capacity, p), dtype=np.int64)
+        self.ramp_count = np.zeros((capacity, p), dtype=np.int64)
 
     def fit(self, rows: np.ndarray) -> None:
         super().fit(rows)
@@ -241,12 +251,18 @@ class EventBank(Stacked):
             )[1]
             step_score = _top_k_score(d / scale, s.top_k) * s.threshold / s.step_threshold
             score = np.fmax(score, step_score)
+        if s.ramp_rows:
+            zr = self._ramp_z(devices, v, present)
+            score = np.fmax(score, np.nanmax(np.abs(zr), axis=1) * s.threshold / s.ramp_threshold)
         self._persist(devices, ts, score)
         hold = self.active[devices] & (self.frozen_rows[devices] < s.max_frozen)
         self.frozen_rows[devices[hold]] += 1  # baseline held: event rows do not become normal
         self._push(devices[~hold], v[~hold], present[~hold])
         if self.step_ref is not None:
             self._step_push(devices, v, present, d)
+        if s.ramp_rows:
+            self._ramp_push(devices, v, present)
+        self.prev[devices] = np.where(present, v, self.prev[devices])
         out.score[idx], out.z[idx], out.med[idx] = score, z, med
 
     def _step_diff(self, devices: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -263,7 +279,29 @@ class EventBank(Stacked):
         prev = self.prev[devices]
         self.step_ref.push(devices, present & ~np.isnan(prev), prev)
         self.step_spread.push(devices, present & ~np.isnan(d), d)
-        self.prev[devices] = np.where(present, v, prev)
+
+    def _ramp_z(self, devices: np.ndarray, v: np.ndarray, present: np.ndarray) -> np.ndarray:
+        """As `event._RampChannel.z`: advance the runs, the ramp z of each present parameter."""
+        k = self.settings.ramp_rows
+        with np.errstate(invalid="ignore"):
+            step = np.sign(v - self.prev[devices])
+        step = np.where(present & ~np.isnan(step), step, 0).astype(np.int64)
+        run = self.ramp_run[devices]
+        run = np.where(present, np.where(step * run > 0, run + step, step), run)
+        self.ramp_run[devices] = run
+        j = np.arange(v.shape[1])[None, :]
+        oldest = self.ramp_ring[devices[:, None], j, self.ramp_head[devices]]
+        ramp = (np.abs(run) >= k) & (self.ramp_count[devices] >= k)
+        z = np.where(ramp, (v - oldest) / self.floors, 0.0)
+        return np.where(present, z, np.nan)
+
+    def _ramp_push(self, devices: np.ndarray, v: np.ndarray, present: np.ndarray) -> None:
+        i, j = np.nonzero(present)
+        d = devices[i]
+        h = self.ramp_head[d, j]
+        self.ramp_ring[d, j, h] = v[i, j]
+        self.ramp_head[d, j] = (h + 1) % self.settings.ramp_rows
+        self.ramp_count[d, j] = np.minimum(self.ramp_count[d, j] + 1, self.settings.ramp_rows)
 
     def _persist(self, devices: np.ndarray, ts: np.ndarray, score: np.ndarray) -> None:
         """Persistence (m of the last n rows raw-positive), hysteresis and the clear on return."""

@@ -97,6 +97,11 @@ class EventSettings:
     step_window: int = 0
     step_scale_window: int = 1440
     step_threshold: float = 8.0
+    # Ramp channel (0 = off): a parameter that moved the same way on each of its last
+    # `ramp_rows` readings, by (total change) / scale_floor; counts as (largest of those) x
+    # threshold / ramp_threshold.
+    ramp_rows: int = 0
+    ramp_threshold: float = 3.0
     # An episode clears when its score falls below clear_ratio x its peak (0 = off); the next
     # episode must then rise `threshold` above the lowest score since.
     clear_ratio: float = 0.0
