@@ -45,13 +45,12 @@ RESOLUTION = {
 # The grid: every combination is replayed. Keys are EventSettings fields, plus "persist"
 # (persist_m, persist_n), "floor" (x RESOLUTION) and "drop" (parameters left out).
 GRID: dict[str, tuple] = {
-    "window": (720, 1440),
-    "short_window": (0, 120),
+    "threshold": (7.0, 8.0, 9.0),
+    "step_threshold": (8.0,),
+    "ramp_rows": (4, 5, 6),
+    "ramp_threshold": (2.0, 2.5, 3.0),
+    "clear_ratio": (0.1, 0.15, 0.2),
     "max_frozen": (0, 360),
-    "threshold": (6.0, 8.0, 10.0),
-    "floor": (1.5, 2.0),
-    "top_k": (1, 2),
-    "persist": ((1, 1), (2, 3)),
 }
 
 _DATA: LabelledData | None = None

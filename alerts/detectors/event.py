@@ -100,6 +100,18 @@ class _Rings:
         return med, scale
 
 
+def step_diff(row: np.ndarray, prev: np.ndarray, ref: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """The smaller of (row - ref) and (prev - ref) when both have the same sign, else 0; and 0
+    when the row lies no farther from the level baseline's median than ref does: a return
+    towards normal is the end of an event, not a new one. NaN where row or prev is missing.
+    Elementwise, so one row or a stack of rows."""
+    a, b = row - ref, prev - ref
+    with np.errstate(invalid="ignore"):
+        confirmed = np.where(a * b > 0, np.sign(a) * np.minimum(abs(a), abs(b)), 0.0)
+        back = abs(row - level) <= abs(ref - level)
+    return np.where(np.isnan(a) | np.isnan(b), np.nan, np.where(back, 0.0, confirmed))
+
+
 class _StepChannel:
     """Per parameter: the newest row and the one before it against the median of the rows
     before those, scaled by the spread of that difference over its own recent past."""
@@ -114,13 +126,9 @@ class _StepChannel:
         self.min_history = min(settings.min_history, settings.step_scale_window)
         self.prev = np.full(p, np.nan)  # the newest reading of each parameter before this row
 
-    def diff(self, row: np.ndarray) -> np.ndarray:
+    def diff(self, row: np.ndarray, level: np.ndarray) -> np.ndarray:
         """The confirmed step of each parameter (NaN where it cannot be judged yet)."""
-        ref = self.ref.stats(self.floors, self.ref.size)[0]
-        a, b = row - ref, self.prev - ref
-        with np.errstate(invalid="ignore"):
-            confirmed = np.where(a * b > 0, np.sign(a) * np.minimum(abs(a), abs(b)), 0.0)
-        return np.where(np.isnan(a) | np.isnan(b), np.nan, confirmed)
+        return step_diff(row, self.prev, self.ref.stats(self.floors, self.ref.size)[0], level)
 
     def z(self, d: np.ndarray) -> np.ndarray:
         return d / self.spread.stats(self.floors, self.min_history)[1]
@@ -301,7 +309,7 @@ class EventDetector:
         z, med = self._z(row, present)
         score = self._score(z)
         if self.step is not None:
-            d = np.where(present, self.step.diff(row), np.nan)
+            d = np.where(present, self.step.diff(row, med), np.nan)
             step_score = self._score(self.step.z(d)) * s.threshold / s.step_threshold
             score = float(np.fmax(score, step_score))
         if self.ramp is not None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from alerts.detectors.bank import robust_in_chunks, rounds
 from alerts.detectors.base import DetectorResult
-from alerts.detectors.event import event_result, scale_floors, z_scores
+from alerts.detectors.event import event_result, scale_floors, step_diff, z_scores
 from alerts.detectors.settings import EventSettings
 from alerts.detectors.stacked import Stacked
 
@@ -245,7 +245,8 @@ class EventBank(Stacked):
         z = z_scores(v, present, med, scale, short)
         score = _top_k_score(z, s.top_k)
         if self.step_ref is not None:
-            d = np.where(present, self._step_diff(devices, v), np.nan)
+            ref = self.step_ref.stats(devices, self.floors, self.step_ref.size)[0]
+            d = np.where(present, step_diff(v, self.prev[devices], ref, med), np.nan)
             scale = self.step_spread.stats(
                 devices, self.floors, min(s.min_history, s.step_scale_window)
             )[1]
@@ -264,14 +265,6 @@ class EventBank(Stacked):
             self._ramp_push(devices, v, present)
         self.prev[devices] = np.where(present, v, self.prev[devices])
         out.score[idx], out.z[idx], out.med[idx] = score, z, med
-
-    def _step_diff(self, devices: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """The confirmed step of each row and parameter, as `event._StepChannel.diff`."""
-        ref = self.step_ref.stats(devices, self.floors, self.step_ref.size)[0]
-        a, b = v - ref, self.prev[devices] - ref
-        with np.errstate(invalid="ignore"):
-            confirmed = np.where(a * b > 0, np.sign(a) * np.minimum(abs(a), abs(b)), 0.0)
-        return np.where(np.isnan(a) | np.isnan(b), np.nan, confirmed)
 
     def _step_push(
         self, devices: np.ndarray, v: np.ndarray, present: np.ndarray, d: np.ndarray
