@@ -7,10 +7,11 @@ from a standard. Per-parameter tables override the `series_defaults` tables key 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alerts.detectors.registry import PluginSettings, discovered
 from alerts.settings_files import (
     STRICT,
     SettingsError,
@@ -169,6 +170,8 @@ class DetectorSettings:
     replay: ReplaySettings
     gaps: GapSettings
     clock_skew: ClockSkewSettings
+    # Every registered plug-in detector's settings (alerts/detectors/registry.py), by kind.
+    plugins: dict[str, PluginSettings] = field(default_factory=dict)
 
     def for_parameter(self, parameter: str) -> SeriesSettings:
         try:
@@ -188,7 +191,7 @@ def _merged(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
 
 
 _TOP = {"source", "confidence", "series_defaults", "series", "offline", "inconsistency"}
-_TOP |= {"event_profiles", "replay", "gaps", "clock_skew"}
+_TOP |= {"event_profiles", "replay", "gaps", "clock_skew", "plugins"}
 _SERIES = {"implausible", "stuck", "spike", "shift"}
 
 
@@ -224,6 +227,9 @@ def parse_detector_settings(doc: dict[str, Any], file: str = "detectors.toml") -
             raise SettingsError(
                 file, f"event_profiles.{name}.scale_floor", f"none for {sorted(missing)}"
             )
+    tables = doc.get("plugins", {})
+    plugins = discovered()
+    check_keys(tables, set(plugins), file, "plugins")
     return DetectorSettings(
         source=checked(str, doc.get("source"), file, "source"),
         confidence=checked(str, doc.get("confidence"), file, "confidence"),
@@ -236,6 +242,10 @@ def parse_detector_settings(doc: dict[str, Any], file: str = "detectors.toml") -
         replay=checked(ReplaySettings, doc.get("replay"), file, "replay"),
         gaps=checked(GapSettings, doc.get("gaps"), file, "gaps"),
         clock_skew=checked(ClockSkewSettings, doc.get("clock_skew"), file, "clock_skew"),
+        plugins={
+            kind: checked(p.settings, tables.get(kind, {}), file, f"plugins.{kind}")
+            for kind, p in plugins.items()
+        },
     )
 
 
