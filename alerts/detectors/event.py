@@ -55,6 +55,7 @@ from alerts.detectors.base import MAD_TO_SD, DetectorResult, batch_result, media
 from alerts.detectors.settings import EventSettings
 
 KIND = "water_quality_event"
+NEVER = 1 << 62  # rows since the last episode, for a detector that has had none
 
 
 class _Rings:
@@ -100,16 +101,19 @@ class _Rings:
         return med, scale
 
 
-def step_diff(row: np.ndarray, prev: np.ndarray, ref: np.ndarray, level: np.ndarray) -> np.ndarray:
+def step_diff(
+    row: np.ndarray, prev: np.ndarray, ref: np.ndarray, level: np.ndarray, episode: np.ndarray
+) -> np.ndarray:
     """The smaller of (row - ref) and (prev - ref) when both have the same sign, else 0; and 0
-    when the row lies no farther from the level baseline's median than ref does: a return
-    towards normal is the end of an event, not a new one. NaN where row or prev is missing.
-    Elementwise, so one row or a stack of rows."""
+    in an episode (or while the reference still holds its rows) when the row lies no farther
+    from the level baseline's median than ref does: a return towards normal ends an event, it
+    is not a new one. NaN where row or prev is missing. Elementwise, so one row or a stack of
+    rows (`episode`: one flag per row)."""
     a, b = row - ref, prev - ref
     with np.errstate(invalid="ignore"):
         confirmed = np.where(a * b > 0, np.sign(a) * np.minimum(abs(a), abs(b)), 0.0)
         back = abs(row - level) <= abs(ref - level)
-    return np.where(np.isnan(a) | np.isnan(b), np.nan, np.where(back, 0.0, confirmed))
+    return np.where(np.isnan(a) | np.isnan(b), np.nan, np.where(back & episode, 0.0, confirmed))
 
 
 class _StepChannel:
@@ -126,9 +130,10 @@ class _StepChannel:
         self.min_history = min(settings.min_history, settings.step_scale_window)
         self.prev = np.full(p, np.nan)  # the newest reading of each parameter before this row
 
-    def diff(self, row: np.ndarray, level: np.ndarray) -> np.ndarray:
+    def diff(self, row: np.ndarray, level: np.ndarray, episode: bool) -> np.ndarray:
         """The confirmed step of each parameter (NaN where it cannot be judged yet)."""
-        return step_diff(row, self.prev, self.ref.stats(self.floors, self.ref.size)[0], level)
+        ref = self.ref.stats(self.floors, self.ref.size)[0]
+        return step_diff(row, self.prev, ref, level, np.bool_(episode))
 
     def z(self, d: np.ndarray) -> np.ndarray:
         return d / self.spread.stats(self.floors, self.min_history)[1]
@@ -252,6 +257,7 @@ class EventDetector:
         self.frozen_rows = 0  # rows the baselines have been held during the current episode
         self.peak = 0.0  # highest score of the current episode
         self.rearm = 0.0  # after a clear on clear_ratio: the lowest score since (0: none)
+        self.since_active = NEVER  # judged rows since the detector was last active
 
     def _persist_step(self, ts_ms: int, score: float) -> bool:
         """Persistence, hysteresis and the clear on return (clear_ratio)."""
@@ -309,13 +315,15 @@ class EventDetector:
         z, med = self._z(row, present)
         score = self._score(z)
         if self.step is not None:
-            d = np.where(present, self.step.diff(row, med), np.nan)
+            episode = self.active or self.since_active < s.step_window
+            d = np.where(present, self.step.diff(row, med, episode), np.nan)
             step_score = self._score(self.step.z(d)) * s.threshold / s.step_threshold
             score = float(np.fmax(score, step_score))
         if self.ramp is not None:
             zr = self.ramp.z(row, present)
             score = float(np.fmax(score, np.nanmax(np.abs(zr)) * s.threshold / s.ramp_threshold))
         active = self._persist_step(ts_ms, score)
+        self.since_active = 0 if active else self.since_active + 1
         if active and self.frozen_rows < s.max_frozen:
             self.frozen_rows += 1  # baseline held: this event row does not become "normal"
         else:

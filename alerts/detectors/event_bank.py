@@ -29,7 +29,7 @@ import numpy as np
 
 from alerts.detectors.bank import robust_in_chunks, rounds
 from alerts.detectors.base import DetectorResult
-from alerts.detectors.event import event_result, scale_floors, step_diff, z_scores
+from alerts.detectors.event import NEVER, event_result, scale_floors, step_diff, z_scores
 from alerts.detectors.settings import EventSettings
 from alerts.detectors.stacked import Stacked
 
@@ -143,6 +143,7 @@ class EventBank(Stacked):
         ("frozen_rows", 0),
         ("peak", 0.0),
         ("rearm", 0.0),
+        ("since_active", NEVER),
         ("prev", np.nan),
         ("ramp_run", 0),
         ("ramp_ring", 0.0),
@@ -174,6 +175,7 @@ class EventBank(Stacked):
         self.frozen_rows = np.zeros(capacity, dtype=np.int64)
         self.peak = np.zeros(capacity)
         self.rearm = np.zeros(capacity)
+        self.since_active = np.full(capacity, NEVER, dtype=np.int64)
         step = settings.step_window
         # The step channel (see event._StepChannel); refresh 0: the reference exact every row.
         self.step_ref = _RingBank(capacity, p, step, refresh=0) if step else None
@@ -246,7 +248,9 @@ class EventBank(Stacked):
         score = _top_k_score(z, s.top_k)
         if self.step_ref is not None:
             ref = self.step_ref.stats(devices, self.floors, self.step_ref.size)[0]
-            d = np.where(present, step_diff(v, self.prev[devices], ref, med), np.nan)
+            recent = self.since_active[devices] < s.step_window
+            episode = (self.active[devices] | recent)[:, None]
+            d = np.where(present, step_diff(v, self.prev[devices], ref, med, episode), np.nan)
             scale = self.step_spread.stats(
                 devices, self.floors, min(s.min_history, s.step_scale_window)
             )[1]
@@ -256,6 +260,8 @@ class EventBank(Stacked):
             zr = self._ramp_z(devices, v, present)
             score = np.fmax(score, np.nanmax(np.abs(zr), axis=1) * s.threshold / s.ramp_threshold)
         self._persist(devices, ts, score)
+        since = self.since_active[devices]
+        self.since_active[devices] = np.where(self.active[devices], 0, since + 1)
         hold = self.active[devices] & (self.frozen_rows[devices] < s.max_frozen)
         self.frozen_rows[devices[hold]] += 1  # baseline held: event rows do not become normal
         self._push(devices[~hold], v[~hold], present[~hold])
