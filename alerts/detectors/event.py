@@ -20,7 +20,9 @@ differences when both lie on the same side (a step confirmed on the next row; a 
 gives 0), scaled by the spread (floored MAD) of that statistic over the last `step_scale_window`
 rows. A small step or a ramp of a few resolution steps a row stands out against the row-to-row
 noise long before it moves the 12-hour level; its score counts as step score x threshold /
-step_threshold, and the row score is the larger of the two channels.
+step_threshold, and the row score is the larger of the channels. In an episode, and for
+`step_window` rows after it (while the reference still holds the episode's rows), a parameter
+back at its level baseline has no step: the return to normal ends an event, it is not one.
 
 With `ramp_rows` > 0 a ramp channel judges a parameter that has moved the same way on each of its
 last `ramp_rows` readings by its total change over them, in scale floors (a slow ramp moves a
@@ -101,19 +103,22 @@ class _Rings:
         return med, scale
 
 
-def step_diff(
-    row: np.ndarray, prev: np.ndarray, ref: np.ndarray, level: np.ndarray, episode: np.ndarray
-) -> np.ndarray:
+def step_diff(row: np.ndarray, prev: np.ndarray, ref: np.ndarray, back: np.ndarray) -> np.ndarray:
     """The smaller of (row - ref) and (prev - ref) when both have the same sign, else 0; and 0
-    in an episode (or while the reference still holds its rows) when the row lies no farther
-    from the level baseline's median than ref does: a return towards normal ends an event, it
-    is not a new one. NaN where row or prev is missing. Elementwise, so one row or a stack of
-    rows (`episode`: one flag per row)."""
+    where `back` (see `returned`). NaN where row or prev is missing. Elementwise: one row or a
+    stack of rows."""
     a, b = row - ref, prev - ref
     with np.errstate(invalid="ignore"):
         confirmed = np.where(a * b > 0, np.sign(a) * np.minimum(abs(a), abs(b)), 0.0)
-        back = abs(row - level) <= abs(ref - level)
-    return np.where(np.isnan(a) | np.isnan(b), np.nan, np.where(back & episode, 0.0, confirmed))
+    return np.where(np.isnan(a) | np.isnan(b), np.nan, np.where(back, 0.0, confirmed))
+
+
+def returned(z: np.ndarray, episode: np.ndarray, settings: EventSettings) -> np.ndarray:
+    """Parameters back at their level baseline (|level z| within the hysteresis band) in an
+    episode, or while the step reference still holds its rows: their step is the return to
+    normal that ends an event, not a new one."""
+    with np.errstate(invalid="ignore"):
+        return episode & (abs(z) <= settings.off_ratio * settings.threshold)
 
 
 class _StepChannel:
@@ -130,10 +135,9 @@ class _StepChannel:
         self.min_history = min(settings.min_history, settings.step_scale_window)
         self.prev = np.full(p, np.nan)  # the newest reading of each parameter before this row
 
-    def diff(self, row: np.ndarray, level: np.ndarray, episode: bool) -> np.ndarray:
+    def diff(self, row: np.ndarray, back: np.ndarray) -> np.ndarray:
         """The confirmed step of each parameter (NaN where it cannot be judged yet)."""
-        ref = self.ref.stats(self.floors, self.ref.size)[0]
-        return step_diff(row, self.prev, ref, level, np.bool_(episode))
+        return step_diff(row, self.prev, self.ref.stats(self.floors, self.ref.size)[0], back)
 
     def z(self, d: np.ndarray) -> np.ndarray:
         return d / self.spread.stats(self.floors, self.min_history)[1]
@@ -315,8 +319,8 @@ class EventDetector:
         z, med = self._z(row, present)
         score = self._score(z)
         if self.step is not None:
-            episode = self.active or self.since_active < s.step_window
-            d = np.where(present, self.step.diff(row, med, episode), np.nan)
+            episode = np.bool_(self.active or self.since_active < s.step_window)
+            d = np.where(present, self.step.diff(row, returned(z, episode, s)), np.nan)
             step_score = self._score(self.step.z(d)) * s.threshold / s.step_threshold
             score = float(np.fmax(score, step_score))
         if self.ramp is not None:

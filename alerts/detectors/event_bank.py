@@ -29,7 +29,14 @@ import numpy as np
 
 from alerts.detectors.bank import robust_in_chunks, rounds
 from alerts.detectors.base import DetectorResult
-from alerts.detectors.event import NEVER, event_result, scale_floors, step_diff, z_scores
+from alerts.detectors.event import (
+    NEVER,
+    event_result,
+    returned,
+    scale_floors,
+    step_diff,
+    z_scores,
+)
 from alerts.detectors.settings import EventSettings
 from alerts.detectors.stacked import Stacked
 
@@ -250,7 +257,8 @@ class EventBank(Stacked):
             ref = self.step_ref.stats(devices, self.floors, self.step_ref.size)[0]
             recent = self.since_active[devices] < s.step_window
             episode = (self.active[devices] | recent)[:, None]
-            d = np.where(present, step_diff(v, self.prev[devices], ref, med, episode), np.nan)
+            back = returned(z, episode, s)
+            d = np.where(present, step_diff(v, self.prev[devices], ref, back), np.nan)
             scale = self.step_spread.stats(
                 devices, self.floors, min(s.min_history, s.step_scale_window)
             )[1]
