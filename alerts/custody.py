@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import statistics
 import threading
-import tomllib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import cache
-from importlib import resources
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from alerts.settings_files import check_like, packaged_toml, read_toml
 from alerts.standards import Limit
 from alerts.threshold import Action, Phase, ThresholdState, step
 from domain.model import VALID_FLAG, Alert, AlertFamily, AlertStatus, Reading, Severity, SiteKind
@@ -175,8 +174,11 @@ def parse_custody_settings(doc: dict) -> CustodySettings:
 
 @cache
 def default_custody_settings() -> CustodySettings:
-    text = resources.files("alerts").joinpath("data/custody.toml").read_text("utf-8")
-    return parse_custody_settings(tomllib.loads(text))
+    """The config dir's custody.toml or the packaged one; an operator's file must have the keys
+    and value types of the packaged one (SettingsError names the file and key otherwise)."""
+    file, doc = read_toml("custody.toml")
+    check_like(doc, packaged_toml("custody.toml"), file)
+    return parse_custody_settings(doc)
 
 
 # -- evidence -----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from alerts.detectors.consistency import InconsistencyBank
 from alerts.detectors.event import KIND as EVENT
 from alerts.detectors.event_bank import EventBank
 from alerts.detectors.gaps import GapBank
+from alerts.detectors.registry import Plugin, PluginSettings, SeriesDetector, discovered
 from alerts.detectors.replay import KIND as TAMPERING
 from alerts.detectors.replay import ReplayBank, row_hashes
 from alerts.detectors.settings import DetectorSettings
@@ -36,9 +37,11 @@ if TYPE_CHECKING:
     from alerts.engine import AlertEngine
 
 
-def rule_id(kind: str, parameter: str | None) -> str:
-    family = "quality" if kind == "water_quality_event" else "integrity"
-    return f"{family}:{kind}" + (f":{parameter}" if parameter else "")
+def rule_id(kind: str, parameter: str | None, family: AlertFamily | None = None) -> str:
+    """The alert's rule id; `family` for a plug-in detector, else known from the kind."""
+    quality = family is AlertFamily.QUALITY if family else kind == "water_quality_event"
+    prefix = "quality" if quality else "integrity"
+    return f"{prefix}:{kind}" + (f":{parameter}" if parameter else "")
 
 
 @dataclass(slots=True)
@@ -124,6 +127,14 @@ class DetectorRule:
         self._consistency = InconsistencyBank(settings.inconsistency, rows)
         self._replay = ReplayBank(settings.replay, rows)
         self._gaps = GapBank(settings.gaps, rows)
+        # Plug-in detectors (alerts/detectors/registry.py) that judge at least one parameter,
+        # with one streaming state per (device, kind, parameter).
+        self._plugins: dict[str, tuple[Plugin, PluginSettings]] = {
+            kind: (plugin, settings.plugins[kind])
+            for kind, plugin in discovered().items()
+            if kind in settings.plugins and settings.plugins[kind].parameters
+        }
+        self._plugged_states: dict[tuple[str, str, str], SeriesDetector] = {}
         # (device, kind, parameter) of the alerts this rule has raised and not yet cleared: an
         # inactive decision needs the engine only for these (most readings need nothing).
         self._raised: set[tuple[str, str, str | None]] = set()
@@ -137,8 +148,9 @@ class DetectorRule:
         batch = self._batch(readings)
         moved = self._moved(batch)
         judged = self._judge(batch, moved)
+        plugged = self._plugged(batch, moved)
         flagged = set(self._maybe_flagged(batch).tolist())
-        for i in sorted(flagged.union(judged)):
+        for i in sorted(flagged.union(judged, plugged)):
             r = readings[batch.order[i]]
             if i in flagged:
                 self._flagged(engine, r)
@@ -146,6 +158,8 @@ class DetectorRule:
                 out, j = judged[i]
                 for res in out.detector_results(j):
                     self._decide(engine, r.site_id, r.device_id, r.parameter, r.ts_ms, r.value, res)
+            for res in plugged.get(i, ()):
+                self._decide(engine, r.site_id, r.device_id, r.parameter, r.ts_ms, r.value, res)
         if moved.any():
             self._rows(engine, self._gather_rows(batch, moved))
         self._sent(engine, batch)
@@ -212,6 +226,27 @@ class DetectorRule:
             for m in np.flatnonzero(active | raised[b.device[idx], j]).tolist():
                 judged[int(idx[m])] = (out, m)
         return judged
+
+    def _plugged(self, b: _Batch, moved: np.ndarray) -> dict[int, list[DetectorResult]]:
+        """The plug-in detectors on the moved readings of their parameters, in time order: by
+        position in the batch, the results that need a decision (active, or alert open)."""
+        out: dict[int, list[DetectorResult]] = {}
+        if not self._plugins:
+            return out
+        for i in np.flatnonzero(moved).tolist():
+            parameter = self._series[b.column[i]]
+            device_id = self._devices.ids[b.device[i]]
+            for kind, (plugin, settings) in self._plugins.items():
+                if parameter not in settings.parameters:
+                    continue
+                key = (device_id, kind, parameter)
+                detector = self._plugged_states.get(key)
+                if detector is None:
+                    detector = self._plugged_states[key] = plugin.streaming(settings)
+                res = detector.update(int(b.ts[i]), float(b.value[i]))
+                if res.active or key in self._raised:
+                    out.setdefault(i, []).append(res)
+        return out
 
     def _series_mask(self, pairs: list[tuple[str, str | None]]) -> np.ndarray:
         """(device id, parameter) pairs as a devices x columns mask; pairs of a device not seen
@@ -374,14 +409,16 @@ class DetectorRule:
         res: DetectorResult,
     ) -> None:
         key = (device_id, res.kind, parameter)
+        plugin = self._plugins.get(res.kind)
+        family = plugin[0].family if plugin else None
         if not res.active:
             if key in self._raised:
                 self._raised.discard(key)
-                rid = rule_id(res.kind, parameter)
+                rid = rule_id(res.kind, parameter, family)
                 engine.clear_alert(site_id, device_id, rid, f"{res.kind} detector no longer active")
             return
         self._raised.add(key)
-        rid = rule_id(res.kind, parameter)
+        rid = rule_id(res.kind, parameter, family)
         # A statistic a detector could not compute (too little history) is NaN: null in JSON.
         evidence = finite(
             {"score": round(float(res.score), 3), "detector": res.kind}
@@ -405,7 +442,7 @@ def _alert(
     value: float | None,
     evidence: dict,
 ) -> Alert:
-    quality = res.kind == "water_quality_event"
+    quality = rid.startswith("quality:")
     what = f"{parameter} " if parameter else ""
     return Alert(
         site_id=site_id,

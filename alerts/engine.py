@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from importlib import resources
 from typing import Protocol
 
+from alerts.settings_files import STRICT, checked, read_toml
 from alerts.standards import Limit, Profile, limits_for_site
 from alerts.threshold import Action, Phase, ThresholdState, step
 from domain.model import VALID_FLAG, Alert, AlertFamily, AlertStatus, Reading, Severity
@@ -48,14 +47,18 @@ class Rule(Protocol):
 class EngineSettings:
     """alerts/data/engine.toml, where each setting says why."""
 
+    __pydantic_config__ = STRICT
+
     max_gap_s: int
     renotify_s: int
+    source: str = ""
+    confidence: str = ""
 
     @classmethod
     def load(cls) -> EngineSettings:
-        text = resources.files("alerts").joinpath("data/engine.toml").read_text("utf-8")
-        doc = tomllib.loads(text)
-        return cls(max_gap_s=int(doc["max_gap_s"]), renotify_s=int(doc["renotify_s"]))
+        """The config dir's engine.toml or the packaged one; SettingsError if it is wrong."""
+        file, doc = read_toml("engine.toml")
+        return checked(cls, doc, file)
 
 
 class AlertEngine:

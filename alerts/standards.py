@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, replace
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
+from alerts.settings_files import STRICT, check_keys, checked, parse_toml, standards_texts
 from domain.model import Site
 from domain.params import unit_label
 
@@ -16,6 +15,8 @@ _RULE_KEYS = ("pending_s", "clear_s", "critical_after_s")
 
 @dataclass(frozen=True, slots=True)
 class Limit:
+    __pydantic_config__ = STRICT
+
     parameter: str
     unit: str
     clause: str
@@ -94,41 +95,54 @@ class Profile:
     note: str = ""
 
 
-def parse_profile(doc: dict) -> Profile:
+_PROFILE_KEYS = {"id", "title_zh", "title_en", "standard", "site_kind", "note", "rules", "limits"}
+
+
+def parse_profile(doc: dict, file: str = "standards profile") -> Profile:
+    """The profile of `doc`, or SettingsError naming the file, the key and the reason."""
+    check_keys(doc, _PROFILE_KEYS, file)
     rules = doc.get("rules", {})
+    check_keys(rules, set(_RULE_KEYS), file, "rules")
+    head = {k: checked(str, doc.get(k), file, k) for k in ("id", "standard")}
     limits = {}
     for param, spec in doc.get("limits", {}).items():
         merged = {k: rules[k] for k in _RULE_KEYS if k in rules} | spec
-        limits[param] = Limit(
-            parameter=param,
-            standard=doc["standard"],
-            profile=doc["id"],
-            **{k: v for k, v in merged.items()},
+        # The parameter, standard and profile of a limit come from the file, not the table.
+        check_keys(
+            spec,
+            set(Limit.__slots__) - {"parameter", "standard", "profile"},
+            file,
+            f"limits.{param}",
+        )
+        limits[param] = checked(
+            Limit,
+            {**merged, "parameter": param, "standard": head["standard"], "profile": head["id"]},
+            file,
+            f"limits.{param}",
         )
     return Profile(
-        id=doc["id"],
-        title_zh=doc["title_zh"],
-        title_en=doc["title_en"],
-        standard=doc["standard"],
-        site_kind=doc["site_kind"],
+        id=head["id"],
+        title_zh=checked(str, doc.get("title_zh"), file, "title_zh"),
+        title_en=checked(str, doc.get("title_en"), file, "title_en"),
+        standard=head["standard"],
+        site_kind=checked(str, doc.get("site_kind"), file, "site_kind"),
         limits=limits,
-        note=doc.get("note", ""),
+        note=checked(str, doc.get("note", ""), file, "note"),
     )
 
 
 @cache
 def builtin_profiles() -> dict[str, Profile]:
-    folder = resources.files("alerts").joinpath("data/standards")
+    """The packaged profiles, with the config dir's standards/*.toml replacing or adding."""
     out = {}
-    for entry in folder.iterdir():
-        if entry.name.endswith(".toml"):
-            p = parse_profile(tomllib.loads(entry.read_text("utf-8")))
-            out[p.id] = p
+    for file, text in standards_texts().values():
+        p = parse_profile(parse_toml(file, text), file)
+        out[p.id] = p
     return out
 
 
 def load_profile_file(path: Path) -> Profile:
-    return parse_profile(tomllib.loads(path.read_text("utf-8")))
+    return parse_profile(parse_toml(str(path), path.read_text("utf-8")), str(path))
 
 
 def limits_for_site(site: Site, profiles: dict[str, Profile]) -> dict[str, Limit]:

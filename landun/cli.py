@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from alerts.notify_webhook import WebhookTarget
+from alerts.settings_files import SettingsError
+from alerts.startup_settings import load_settings
 from domain.logtext import EscapingFilter
 from domain.mqtt_connection import BrokerUnusable
 from landun import accounts, broker_options, gc_settings
@@ -25,6 +27,10 @@ def _run(args: argparse.Namespace) -> int:
         broker = broker_options.address_from_args(args)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"landun run: {exc}") from None
+    try:
+        load_settings(args.config_dir)
+    except SettingsError as e:
+        raise SystemExit(f"settings: {e}") from None
     cfg = RunConfig(
         host=args.host,
         port=args.port,
@@ -97,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--broker-port", type=int, default=1883, help="embedded broker port")
     run.add_argument("--data-dir", default="var", help="where the SQLite database lives")
     run.add_argument("--registry", help="registry TOML (default: the demo registry)")
+    run.add_argument(
+        "--config-dir",
+        help="settings files (detectors.toml, engine.toml, custody.toml, standards/*.toml) "
+        "that replace the packaged ones of the same name",
+    )
     run.add_argument("--no-simulators", action="store_true", help="do not run simulators")
     run.add_argument("--sim-interval", type=int, help="simulated reporting interval, seconds")
     run.add_argument("--client-id", help="ingest's MQTT client id (default: from --worker)")

@@ -286,6 +286,20 @@ EVENT_VARIANTS = {
         top_k=3,
         refresh_rows=2,
     ),
+    "step channel, clear on return": dataclasses.replace(
+        POOL_EVENTS,
+        window=60,
+        min_history=20,
+        threshold=4.0,
+        step_window=12,
+        step_scale_window=40,
+        step_threshold=3.0,
+        ramp_rows=3,
+        ramp_threshold=2.0,
+        clear_ratio=0.5,
+        max_frozen=10,
+        refresh_rows=3,
+    ),
 }
 
 

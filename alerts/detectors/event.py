@@ -14,6 +14,31 @@ While the detector is active the baselines are frozen (readings are not added) f
 flow in again and a lasting level change becomes the new normal. Rows where every parameter is
 missing leave the state untouched.
 
+With `step_window` > 0 a step channel judges change rather than level: the newest row and the
+row before it against the median of the `step_window` rows before them, the smaller of the two
+differences when both lie on the same side (a step confirmed on the next row; a one-row spike
+gives 0), scaled by the spread (floored MAD) of that statistic over the last `step_scale_window`
+rows. A small step or a ramp of a few resolution steps a row stands out against the row-to-row
+noise long before it moves the 12-hour level; its score counts as step score x threshold /
+step_threshold, and the row score is the larger of the channels. In an episode, and for
+`step_window` rows after it (while the reference still holds the episode's rows), a parameter
+back at its level baseline has no step: the return to normal ends an event, it is not one.
+
+With `ramp_rows` > 0 a ramp channel judges a parameter that has moved the same way on each of its
+last `ramp_rows` readings by its total change over them, in scale floors (a slow ramp moves a
+little every row, which noise on a quantised sensor does not do for long); it counts as the
+largest such change x threshold / ramp_threshold.
+
+With `clear_ratio` > 0 an episode also clears once its score has fallen below clear_ratio x the
+episode's peak: the water has returned most of the way, or has settled at a new level that the
+level channel will take hours to accept. After such a clear the next episode must rise
+`threshold` above the lowest score seen since, so a recovery tail does not re-raise itself.
+
+The detector sees values only through medians, median absolute deviations and differences
+against floors of a few resolution steps. It does not use, and must not use, whether a value is
+a whole multiple of its sensor's resolution: in the GECCO 2018 file only event rows carry values
+that are not, so any such test would read the label from the data.
+
 `update` and `update_many` run the same scalar step (the baseline depends on the decisions, so a
 batch cannot be vectorised across rows); the window statistics use only medians, which do not
 depend on the order of the ring, so the per-parameter rings can share one 2-D array and one
@@ -32,6 +57,7 @@ from alerts.detectors.base import MAD_TO_SD, DetectorResult, batch_result, media
 from alerts.detectors.settings import EventSettings
 
 KIND = "water_quality_event"
+NEVER = 1 << 62  # rows since the last episode, for a detector that has had none
 
 
 class _Rings:
@@ -77,6 +103,90 @@ class _Rings:
         return med, scale
 
 
+def step_diff(row: np.ndarray, prev: np.ndarray, ref: np.ndarray, back: np.ndarray) -> np.ndarray:
+    """The smaller of (row - ref) and (prev - ref) when both have the same sign, else 0; and 0
+    where `back` (see `returned`). NaN where row or prev is missing. Elementwise: one row or a
+    stack of rows."""
+    a, b = row - ref, prev - ref
+    with np.errstate(invalid="ignore"):
+        confirmed = np.where(a * b > 0, np.sign(a) * np.minimum(abs(a), abs(b)), 0.0)
+    return np.where(np.isnan(a) | np.isnan(b), np.nan, np.where(back, 0.0, confirmed))
+
+
+def returned(z: np.ndarray, episode: np.ndarray, settings: EventSettings) -> np.ndarray:
+    """Parameters back at their level baseline (|level z| within the hysteresis band) in an
+    episode, or while the step reference still holds its rows: their step is the return to
+    normal that ends an event, not a new one."""
+    with np.errstate(invalid="ignore"):
+        return episode & (abs(z) <= settings.off_ratio * settings.threshold)
+
+
+class _StepChannel:
+    """Per parameter: the newest row and the one before it against the median of the rows
+    before those, scaled by the spread of that difference over its own recent past."""
+
+    __slots__ = ("floors", "min_history", "prev", "ref", "spread")
+
+    def __init__(self, floors: np.ndarray, settings: EventSettings) -> None:
+        p = len(floors)
+        self.floors = floors
+        self.ref = _Rings(p, settings.step_window, refresh=0)  # refresh 0: exact every row
+        self.spread = _Rings(p, settings.step_scale_window, settings.refresh_rows)
+        self.min_history = min(settings.min_history, settings.step_scale_window)
+        self.prev = np.full(p, np.nan)  # the newest reading of each parameter before this row
+
+    def diff(self, row: np.ndarray, back: np.ndarray) -> np.ndarray:
+        """The confirmed step of each parameter (NaN where it cannot be judged yet)."""
+        return step_diff(row, self.prev, self.ref.stats(self.floors, self.ref.size)[0], back)
+
+    def z(self, d: np.ndarray) -> np.ndarray:
+        return d / self.spread.stats(self.floors, self.min_history)[1]
+
+    def push(self, row: np.ndarray, present: np.ndarray, d: np.ndarray) -> None:
+        for j in np.flatnonzero(present).tolist():
+            if not math.isnan(self.prev[j]):
+                self.ref.push(j, float(self.prev[j]))
+            if not math.isnan(d[j]):
+                self.spread.push(j, float(d[j]))
+            self.prev[j] = row[j]
+
+
+class _RampChannel:
+    """Per parameter: the signed number of consecutive readings that moved the same way, and the
+    last `rows` readings (a ring, oldest at `head` once full)."""
+
+    __slots__ = ("count", "floors", "head", "last", "ring", "rows", "run")
+
+    def __init__(self, floors: np.ndarray, rows: int) -> None:
+        p = len(floors)
+        self.floors = floors
+        self.rows = rows
+        self.ring = np.zeros((p, rows))
+        self.head = np.zeros(p, dtype=np.int64)
+        self.count = np.zeros(p, dtype=np.int64)
+        self.last = np.full(p, np.nan)
+        self.run = np.zeros(p, dtype=np.int64)
+
+    def z(self, row: np.ndarray, present: np.ndarray) -> np.ndarray:
+        """Advance the runs by this row; the ramp z of each present parameter (0: no ramp)."""
+        with np.errstate(invalid="ignore"):
+            step = np.sign(row - self.last)
+        step = np.where(present & ~np.isnan(step), step, 0).astype(np.int64)
+        same = step * self.run > 0
+        self.run = np.where(present, np.where(same, self.run + step, step), self.run)
+        oldest = self.ring[np.arange(len(row)), self.head]
+        ramp = (np.abs(self.run) >= self.rows) & (self.count >= self.rows)
+        z = np.where(ramp, (row - oldest) / self.floors, 0.0)
+        return np.where(present, z, np.nan)
+
+    def push(self, row: np.ndarray, present: np.ndarray) -> None:
+        j = np.flatnonzero(present)
+        self.ring[j, self.head[j]] = row[j]
+        self.head[j] = (self.head[j] + 1) % self.rows
+        self.count[j] = np.minimum(self.count[j] + 1, self.rows)
+        self.last[j] = row[j]
+
+
 def scale_floors(parameters: Sequence[str], settings: EventSettings) -> np.ndarray:
     """The scale floor of each parameter, after checking the settings can judge them."""
     unknown = set(parameters) - set(settings.scale_floor)
@@ -84,6 +194,8 @@ def scale_floors(parameters: Sequence[str], settings: EventSettings) -> np.ndarr
         raise ValueError(f"no scale_floor in the event settings for {sorted(unknown)}")
     if settings.short_window and settings.short_window > settings.window:
         raise ValueError("short_window must not exceed window")
+    if not 0.0 <= settings.clear_ratio < settings.off_ratio:
+        raise ValueError("clear_ratio must be in [0, off_ratio)")
     return np.array([settings.scale_floor[q] for q in parameters], dtype=float)
 
 
@@ -137,6 +249,8 @@ class EventDetector:
         p = len(self.parameters)
         self.long = _Rings(p, settings.window, settings.refresh_rows)
         self.short = _Rings(p, settings.short_window) if settings.short_window else None
+        self.step = _StepChannel(self.floors, settings) if settings.step_window else None
+        self.ramp = _RampChannel(self.floors, settings.ramp_rows) if settings.ramp_rows else None
         # Readings wait `lag` rows (per parameter) before they enter the baselines.
         self.pending: list[list[float]] = [[] for _ in range(p)]
         self.raw = np.zeros(settings.persist_n, dtype=bool)  # ring of recent raw-positive rows
@@ -145,24 +259,33 @@ class EventDetector:
         self.active = False
         self.active_since_ms = -1
         self.frozen_rows = 0  # rows the baselines have been held during the current episode
+        self.peak = 0.0  # highest score of the current episode
+        self.rearm = 0.0  # after a clear on clear_ratio: the lowest score since (0: none)
+        self.since_active = NEVER  # judged rows since the detector was last active
 
     def _persist_step(self, ts_ms: int, score: float) -> bool:
-        """Persistence and hysteresis."""
+        """Persistence, hysteresis and the clear on return (clear_ratio)."""
         s = self.settings
-        raw = score > s.threshold
+        off = not score > s.off_ratio * s.threshold
+        if self.rearm:
+            self.rearm = 0.0 if off else min(self.rearm, score)
+        raw = score - self.rearm > s.threshold
         self.raw_sum += int(raw) - int(self.raw[self.raw_head])
         self.raw[self.raw_head] = raw
         self.raw_head = (self.raw_head + 1) % s.persist_n
         if self.active:
-            if not score > s.off_ratio * s.threshold:
+            self.peak = max(self.peak, score)
+            if off or score < s.clear_ratio * self.peak:
                 self.active = False
                 # A new episode must earn its own m-of-n, not reuse the last one's rows.
                 self.raw[:] = False
                 self.raw_sum = 0
+                self.rearm = 0.0 if off else score
         elif self.raw_sum >= s.persist_m:
             self.active = True
             self.active_since_ms = ts_ms
             self.frozen_rows = 0
+            self.peak = score
         return self.active
 
     def _z(self, row: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,13 +315,27 @@ class EventDetector:
         present = ~np.isnan(row)
         if not present.any():
             return math.nan, self.active, np.full(len(row), np.nan), np.full(len(row), np.nan)
+        s = self.settings
         z, med = self._z(row, present)
         score = self._score(z)
+        if self.step is not None:
+            episode = np.bool_(self.active or self.since_active < s.step_window)
+            d = np.where(present, self.step.diff(row, returned(z, episode, s)), np.nan)
+            step_score = self._score(self.step.z(d)) * s.threshold / s.step_threshold
+            score = float(np.fmax(score, step_score))
+        if self.ramp is not None:
+            zr = self.ramp.z(row, present)
+            score = float(np.fmax(score, np.nanmax(np.abs(zr)) * s.threshold / s.ramp_threshold))
         active = self._persist_step(ts_ms, score)
-        if active and self.frozen_rows < self.settings.max_frozen:
+        self.since_active = 0 if active else self.since_active + 1
+        if active and self.frozen_rows < s.max_frozen:
             self.frozen_rows += 1  # baseline held: this event row does not become "normal"
         else:
             self._push(row, present)
+        if self.step is not None:
+            self.step.push(row, present, d)
+        if self.ramp is not None:
+            self.ramp.push(row, present)
         return score, active, z, med
 
     def update(self, ts_ms: int, values: Sequence[float] | np.ndarray) -> DetectorResult:

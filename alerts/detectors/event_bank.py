@@ -9,6 +9,10 @@ across the devices of the round.
 Contract: for any interleaving of devices and rows, every device gets, row by row, the score,
 active flag, z and baseline medians `EventDetector(parameters, settings).update` would give it.
 
+The step channel keeps the same two rings per parameter as `event._StepChannel` (reference,
+spread of the step) and the newest reading before the row; the ramp channel the run, ring and
+last reading of `event._RampChannel`.
+
 The window statistics come from `robust_rows` (the order statistics `median_last` picks, hence
 bit-identical), and the baseline cache follows `event._Rings.stats`: once all of a device's rings
 are full its baselines are recomputed after `refresh` pushes per parameter; while any is filling,
@@ -25,7 +29,14 @@ import numpy as np
 
 from alerts.detectors.bank import robust_in_chunks, rounds
 from alerts.detectors.base import DetectorResult
-from alerts.detectors.event import event_result, scale_floors, z_scores
+from alerts.detectors.event import (
+    NEVER,
+    event_result,
+    returned,
+    scale_floors,
+    step_diff,
+    z_scores,
+)
 from alerts.detectors.settings import EventSettings
 from alerts.detectors.stacked import Stacked
 
@@ -137,6 +148,14 @@ class EventBank(Stacked):
         ("active", False),
         ("active_since_ms", -1),
         ("frozen_rows", 0),
+        ("peak", 0.0),
+        ("rearm", 0.0),
+        ("since_active", NEVER),
+        ("prev", np.nan),
+        ("ramp_run", 0),
+        ("ramp_ring", 0.0),
+        ("ramp_head", 0),
+        ("ramp_count", 0),
     )
 
     def __init__(
@@ -161,10 +180,27 @@ class EventBank(Stacked):
         self.active = np.zeros(capacity, dtype=bool)
         self.active_since_ms = np.full(capacity, -1, dtype=np.int64)
         self.frozen_rows = np.zeros(capacity, dtype=np.int64)
+        self.peak = np.zeros(capacity)
+        self.rearm = np.zeros(capacity)
+        self.since_active = np.full(capacity, NEVER, dtype=np.int64)
+        step = settings.step_window
+        # The step channel (see event._StepChannel); refresh 0: the reference exact every row.
+        self.step_ref = _RingBank(capacity, p, step, refresh=0) if step else None
+        self.step_spread = (
+            _RingBank(capacity, p, settings.step_scale_window, settings.refresh_rows)
+            if step
+            else None
+        )
+        self.prev = np.full((capacity, p), np.nan)
+        # The ramp channel; the last reading before the row is `prev` (kept for either channel).
+        self.ramp_run = np.zeros((capacity, p), dtype=np.int64)
+        self.ramp_ring = np.zeros((capacity, p, max(settings.ramp_rows, 1)))
+        self.ramp_head = np.zeros((capacity, p), dtype=np.int64)
+        self.ramp_count = np.zeros((capacity, p), dtype=np.int64)
 
     def fit(self, rows: np.ndarray) -> None:
         super().fit(rows)
-        for rings in (self.long, self.short):
+        for rings in (self.long, self.short, self.step_ref, self.step_spread):
             if rings is not None:
                 rings.fit(rows)
 
@@ -217,29 +253,86 @@ class EventBank(Stacked):
             short = self.short.stats(devices, self.floors, min(s.min_history, s.short_window))
         z = z_scores(v, present, med, scale, short)
         score = _top_k_score(z, s.top_k)
+        if self.step_ref is not None:
+            ref = self.step_ref.stats(devices, self.floors, self.step_ref.size)[0]
+            recent = self.since_active[devices] < s.step_window
+            episode = (self.active[devices] | recent)[:, None]
+            back = returned(z, episode, s)
+            d = np.where(present, step_diff(v, self.prev[devices], ref, back), np.nan)
+            scale = self.step_spread.stats(
+                devices, self.floors, min(s.min_history, s.step_scale_window)
+            )[1]
+            step_score = _top_k_score(d / scale, s.top_k) * s.threshold / s.step_threshold
+            score = np.fmax(score, step_score)
+        if s.ramp_rows:
+            zr = self._ramp_z(devices, v, present)
+            score = np.fmax(score, np.nanmax(np.abs(zr), axis=1) * s.threshold / s.ramp_threshold)
         self._persist(devices, ts, score)
+        since = self.since_active[devices]
+        self.since_active[devices] = np.where(self.active[devices], 0, since + 1)
         hold = self.active[devices] & (self.frozen_rows[devices] < s.max_frozen)
         self.frozen_rows[devices[hold]] += 1  # baseline held: event rows do not become normal
         self._push(devices[~hold], v[~hold], present[~hold])
+        if self.step_ref is not None:
+            self._step_push(devices, v, present, d)
+        if s.ramp_rows:
+            self._ramp_push(devices, v, present)
+        self.prev[devices] = np.where(present, v, self.prev[devices])
         out.score[idx], out.z[idx], out.med[idx] = score, z, med
 
+    def _step_push(
+        self, devices: np.ndarray, v: np.ndarray, present: np.ndarray, d: np.ndarray
+    ) -> None:
+        prev = self.prev[devices]
+        self.step_ref.push(devices, present & ~np.isnan(prev), prev)
+        self.step_spread.push(devices, present & ~np.isnan(d), d)
+
+    def _ramp_z(self, devices: np.ndarray, v: np.ndarray, present: np.ndarray) -> np.ndarray:
+        """As `event._RampChannel.z`: advance the runs, the ramp z of each present parameter."""
+        k = self.settings.ramp_rows
+        with np.errstate(invalid="ignore"):
+            step = np.sign(v - self.prev[devices])
+        step = np.where(present & ~np.isnan(step), step, 0).astype(np.int64)
+        run = self.ramp_run[devices]
+        run = np.where(present, np.where(step * run > 0, run + step, step), run)
+        self.ramp_run[devices] = run
+        j = np.arange(v.shape[1])[None, :]
+        oldest = self.ramp_ring[devices[:, None], j, self.ramp_head[devices]]
+        ramp = (np.abs(run) >= k) & (self.ramp_count[devices] >= k)
+        z = np.where(ramp, (v - oldest) / self.floors, 0.0)
+        return np.where(present, z, np.nan)
+
+    def _ramp_push(self, devices: np.ndarray, v: np.ndarray, present: np.ndarray) -> None:
+        i, j = np.nonzero(present)
+        d = devices[i]
+        h = self.ramp_head[d, j]
+        self.ramp_ring[d, j, h] = v[i, j]
+        self.ramp_head[d, j] = (h + 1) % self.settings.ramp_rows
+        self.ramp_count[d, j] = np.minimum(self.ramp_count[d, j] + 1, self.settings.ramp_rows)
+
     def _persist(self, devices: np.ndarray, ts: np.ndarray, score: np.ndarray) -> None:
-        """Persistence (m of the last n rows raw-positive) and hysteresis."""
+        """Persistence (m of the last n rows raw-positive), hysteresis and the clear on return."""
         s = self.settings
-        raw = score > s.threshold
+        below = ~(score > s.off_ratio * s.threshold)
+        rearm = self.rearm[devices]
+        rearm = np.where(rearm > 0, np.where(below, 0.0, np.minimum(rearm, score)), 0.0)
+        raw = score - rearm > s.threshold
         h = self.raw_head[devices]
         self.raw_sum[devices] += raw.astype(np.int64) - self.raw[devices, h]
         self.raw[devices, h] = raw
         self.raw_head[devices] = (h + 1) % s.persist_n
         was = self.active[devices]
-        off = was & ~(score > s.off_ratio * s.threshold)
+        peak = np.where(was, np.fmax(self.peak[devices], score), self.peak[devices])
+        off = was & (below | (score < s.clear_ratio * peak))
         on = ~was & (self.raw_sum[devices] >= s.persist_m)
         # A new episode must earn its own m-of-n, not reuse the last one's rows.
         self.raw[devices[off]] = False
         self.raw_sum[devices[off]] = 0
+        self.rearm[devices] = np.where(off, np.where(below, 0.0, score), rearm)
         self.active[devices] = (was & ~off) | on
         self.active_since_ms[devices[on]] = ts[on]
         self.frozen_rows[devices[on]] = 0
+        self.peak[devices] = np.where(on, score, peak)
 
     def _push(self, devices: np.ndarray, v: np.ndarray, present: np.ndarray) -> None:
         lag = self.settings.lag

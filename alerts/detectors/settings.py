@@ -7,15 +7,25 @@ from a standard. Per-parameter tables override the `series_defaults` tables key 
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass
-from importlib import resources
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from alerts.detectors.registry import PluginSettings, discovered
+from alerts.settings_files import (
+    STRICT,
+    SettingsError,
+    check_keys,
+    checked,
+    parse_toml,
+    read_toml,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class ImplausibleSettings:
+    __pydantic_config__ = STRICT
+
     low: float
     high: float
     max_rate_per_min: float
@@ -23,6 +33,8 @@ class ImplausibleSettings:
 
 @dataclass(frozen=True, slots=True)
 class StuckSettings:
+    __pydantic_config__ = STRICT
+
     epsilon: float
     min_readings: int
     min_minutes: float
@@ -30,6 +42,8 @@ class StuckSettings:
 
 @dataclass(frozen=True, slots=True)
 class SpikeSettings:
+    __pydantic_config__ = STRICT
+
     window: int
     min_history: int
     threshold: float
@@ -38,6 +52,8 @@ class SpikeSettings:
 
 @dataclass(frozen=True, slots=True)
 class ShiftSettings:
+    __pydantic_config__ = STRICT
+
     window: int
     lag: int
     min_history: int
@@ -51,6 +67,8 @@ class ShiftSettings:
 
 @dataclass(frozen=True, slots=True)
 class SeriesSettings:
+    __pydantic_config__ = STRICT
+
     parameter: str
     implausible: ImplausibleSettings
     stuck: StuckSettings
@@ -60,12 +78,16 @@ class SeriesSettings:
 
 @dataclass(frozen=True, slots=True)
 class OfflineSettings:
+    __pydantic_config__ = STRICT
+
     timeout_factor: float
     min_timeout_s: float
 
 
 @dataclass(frozen=True, slots=True)
 class InconsistencySettings:
+    __pydantic_config__ = STRICT
+
     orp: str
     chlorine: str
     window: int
@@ -75,6 +97,8 @@ class InconsistencySettings:
 
 @dataclass(frozen=True, slots=True)
 class EventSettings:
+    __pydantic_config__ = STRICT
+
     parameters: tuple[str, ...]
     window: int
     lag: int
@@ -91,10 +115,26 @@ class EventSettings:
     max_frozen: int = 0
     # Rows between recomputations of the full baseline (1: every row).
     refresh_rows: int = 1
+    # Step channel (0 = off): the newest row and the one before it, both against the median of
+    # the `step_window` rows before them, scaled by the spread of that statistic over the last
+    # `step_scale_window` rows. Counts as (step score) x threshold / step_threshold.
+    step_window: int = 0
+    step_scale_window: int = 1440
+    step_threshold: float = 8.0
+    # Ramp channel (0 = off): a parameter that moved the same way on each of its last
+    # `ramp_rows` readings, by (total change) / scale_floor; counts as (largest of those) x
+    # threshold / ramp_threshold.
+    ramp_rows: int = 0
+    ramp_threshold: float = 3.0
+    # An episode clears when its score falls below clear_ratio x its peak (0 = off); the next
+    # episode must then rise `threshold` above the lowest score since.
+    clear_ratio: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class ReplaySettings:
+    __pydantic_config__ = STRICT
+
     lag_h: float
     tolerance_s: float
     min_rows: int
@@ -102,6 +142,8 @@ class ReplaySettings:
 
 @dataclass(frozen=True, slots=True)
 class GapSettings:
+    __pydantic_config__ = STRICT
+
     window_min: float
     on_fraction: float
     off_fraction: float
@@ -110,11 +152,15 @@ class GapSettings:
 
 @dataclass(frozen=True, slots=True)
 class ClockSkewSettings:
+    __pydantic_config__ = STRICT
+
     min_refused: int
 
 
 @dataclass(frozen=True, slots=True)
 class DetectorSettings:
+    __pydantic_config__ = STRICT
+
     source: str
     confidence: str
     series: dict[str, SeriesSettings]
@@ -124,6 +170,8 @@ class DetectorSettings:
     replay: ReplaySettings
     gaps: GapSettings
     clock_skew: ClockSkewSettings
+    # Every registered plug-in detector's settings (alerts/detectors/registry.py), by kind.
+    plugins: dict[str, PluginSettings] = field(default_factory=dict)
 
     def for_parameter(self, parameter: str) -> SeriesSettings:
         try:
@@ -142,48 +190,69 @@ def _merged(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return {**defaults, **override}
 
 
-def parse_detector_settings(doc: dict[str, Any]) -> DetectorSettings:
+_TOP = {"source", "confidence", "series_defaults", "series", "offline", "inconsistency"}
+_TOP |= {"event_profiles", "replay", "gaps", "clock_skew", "plugins"}
+_SERIES = {"implausible", "stuck", "spike", "shift"}
+
+
+def parse_detector_settings(doc: dict[str, Any], file: str = "detectors.toml") -> DetectorSettings:
+    """The settings of `doc`, or SettingsError naming the file, the key and the reason."""
+    check_keys(doc, _TOP, file)
     defaults = doc.get("series_defaults", {})
+    check_keys(defaults, _SERIES - {"implausible"}, file, "series_defaults")
     series: dict[str, SeriesSettings] = {}
-    for name, spec in doc["series"].items():
+    for name, spec in doc.get("series", {}).items():
+        key = f"series.{name}"
+        check_keys(spec, _SERIES, file, key)
+        parts = {
+            part: _merged(defaults.get(part, {}), spec.get(part, {}))
+            for part in ("stuck", "spike", "shift")
+        }
         series[name] = SeriesSettings(
             parameter=name,
-            implausible=ImplausibleSettings(**spec["implausible"]),
-            stuck=StuckSettings(**_merged(defaults.get("stuck", {}), spec.get("stuck", {}))),
-            spike=SpikeSettings(**_merged(defaults.get("spike", {}), spec.get("spike", {}))),
-            shift=ShiftSettings(**_merged(defaults.get("shift", {}), spec.get("shift", {}))),
+            implausible=checked(
+                ImplausibleSettings, spec.get("implausible"), file, f"{key}.implausible"
+            ),
+            stuck=checked(StuckSettings, parts["stuck"], file, f"{key}.stuck"),
+            spike=checked(SpikeSettings, parts["spike"], file, f"{key}.spike"),
+            shift=checked(ShiftSettings, parts["shift"], file, f"{key}.shift"),
         )
     profiles = {
-        name: EventSettings(
-            **{
-                **spec,
-                "parameters": tuple(spec["parameters"]),
-                "scale_floor": {k: float(v) for k, v in spec["scale_floor"].items()},
-            }
-        )
-        for name, spec in doc["event_profiles"].items()
+        name: checked(EventSettings, spec, file, f"event_profiles.{name}")
+        for name, spec in doc.get("event_profiles", {}).items()
     }
     for name, profile in profiles.items():
         missing = set(profile.parameters) - set(profile.scale_floor)
         if missing:
-            raise ValueError(f"event profile {name!r} has no scale_floor for {sorted(missing)}")
+            raise SettingsError(
+                file, f"event_profiles.{name}.scale_floor", f"none for {sorted(missing)}"
+            )
+    tables = doc.get("plugins", {})
+    plugins = discovered()
+    check_keys(tables, set(plugins), file, "plugins")
     return DetectorSettings(
-        source=doc["source"],
-        confidence=doc["confidence"],
+        source=checked(str, doc.get("source"), file, "source"),
+        confidence=checked(str, doc.get("confidence"), file, "confidence"),
         series=series,
-        offline=OfflineSettings(**doc["offline"]),
-        inconsistency=InconsistencySettings(**doc["inconsistency"]),
+        offline=checked(OfflineSettings, doc.get("offline"), file, "offline"),
+        inconsistency=checked(
+            InconsistencySettings, doc.get("inconsistency"), file, "inconsistency"
+        ),
         event_profiles=profiles,
-        replay=ReplaySettings(**doc["replay"]),
-        gaps=GapSettings(**doc["gaps"]),
-        clock_skew=ClockSkewSettings(**doc["clock_skew"]),
+        replay=checked(ReplaySettings, doc.get("replay"), file, "replay"),
+        gaps=checked(GapSettings, doc.get("gaps"), file, "gaps"),
+        clock_skew=checked(ClockSkewSettings, doc.get("clock_skew"), file, "clock_skew"),
+        plugins={
+            kind: checked(p.settings, tables.get(kind, {}), file, f"plugins.{kind}")
+            for kind, p in plugins.items()
+        },
     )
 
 
 def load_detector_settings(path: str | Path | None = None) -> DetectorSettings:
-    """Read the committed settings file, or `path` when given."""
+    """Read the settings file (the config dir's or the packaged one), or `path` when given."""
     if path is None:
-        text = resources.files("alerts").joinpath("data/detectors.toml").read_text("utf-8")
+        file, doc = read_toml("detectors.toml")
     else:
-        text = Path(path).read_text("utf-8")
-    return parse_detector_settings(tomllib.loads(text))
+        file, doc = str(path), parse_toml(str(path), Path(path).read_text("utf-8"))
+    return parse_detector_settings(doc, file)
