@@ -1,4 +1,5 @@
-"""One contract for every readings backend: SQLite always, InfluxDB when a server is configured.
+"""One contract for every store: SQLite and PostgreSQL always (PostgreSQL on a fresh database of
+the server tests/postgres.py finds), InfluxDB when a server is configured.
 
 InfluxDB runs when LANDUN_INFLUX_URL, LANDUN_INFLUX_TOKEN, LANDUN_INFLUX_ORG and
 LANDUN_INFLUX_BUCKET are set (e.g. against `docker compose up influxdb`); each test uses its own
@@ -9,10 +10,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from domain.model import (
@@ -36,7 +39,9 @@ from store.base import (
     Store,
     StoreUnavailable,
 )
+from store.postgres.store import PostgresStore
 from store.sqlite import SqliteStore
+from tests.postgres import fresh_database
 
 INFLUX_ENV = (
     "LANDUN_INFLUX_URL",
@@ -52,7 +57,7 @@ MIN = 60_000
 class Backend:
     name: str
     store: Store
-    sqlite_path: Path
+    block_writes: Callable[[], AbstractContextManager[None]]  # while open, writes cannot commit
     site: str
     dev_a: str
     dev_b: str
@@ -67,9 +72,32 @@ def _registry(site: str, other_site: str, dev_a: str, dev_b: str) -> Registry:
     return reg
 
 
+@contextmanager
+def _sqlite_write_lock(path: Path) -> Iterator[None]:
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
+def _postgres_table_lock(url: str) -> Callable[[], AbstractContextManager[None]]:
+    @contextmanager
+    def block() -> Iterator[None]:
+        with psycopg.connect(url) as blocker:
+            blocker.execute("LOCK TABLE dead_letters IN ACCESS EXCLUSIVE MODE")
+            yield
+            blocker.rollback()
+
+    return block
+
+
 @pytest.fixture(
     params=[
         "sqlite",
+        "postgres",
         pytest.param(
             "influx",
             marks=pytest.mark.skipif(
@@ -82,6 +110,13 @@ def _registry(site: str, other_site: str, dev_a: str, dev_b: str) -> Registry:
 def backend(request, tmp_path: Path) -> Iterator[Backend]:
     tag = uuid.uuid4().hex[:8]
     site, dev_a, dev_b = f"site-{tag}", f"dev-a-{tag}", f"dev-b-{tag}"
+    if request.param == "postgres":
+        with fresh_database() as url:
+            # A short lock timeout: the unavailability test waits it out once.
+            store = PostgresStore(url, lock_timeout_ms=300)
+            yield Backend("postgres", store, _postgres_table_lock(url), site, dev_a, dev_b)
+            store.close()
+        return
     path = tmp_path / "landun.db"
     relational = SqliteStore(path)
     if request.param == "sqlite":
@@ -93,7 +128,7 @@ def backend(request, tmp_path: Path) -> Iterator[Backend]:
         reg = _registry(site, f"other-{tag}", dev_a, dev_b)
         store = InfluxStore(url, token, org, bucket, relational, reg)
         store.ensure_bucket(retention_days=0)
-    yield Backend(request.param, store, path, site, dev_a, dev_b)
+    yield Backend(request.param, store, lambda: _sqlite_write_lock(path), site, dev_a, dev_b)
     store.close()
 
 
@@ -171,16 +206,10 @@ def test_flags_are_preserved(backend: Backend) -> None:
 def test_store_unavailable_then_recovers(backend: Backend) -> None:
     """A write that cannot be committed raises StoreUnavailable and commits nothing; the same
     batch goes through once the store is back. (InfluxDB's unreachable case is covered in
-    tests/test_influx_unit.py; here the relational side is locked, which both backends use.)"""
-    blocker = sqlite3.connect(backend.sqlite_path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
+    tests/test_influx_unit.py; here the relational side is locked, which InfluxDB uses too.)"""
     dead = DeadLetter("t", None, T0, "reason", b"x")
-    try:
-        with pytest.raises(StoreUnavailable):
-            backend.store.write_batch([_r(backend, 0)], [dead])
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
+    with backend.block_writes(), pytest.raises(StoreUnavailable):
+        backend.store.write_batch([_r(backend, 0)], [dead])
     assert backend.store.dead_letters() == []
     backend.store.write_batch([_r(backend, 0)], [dead])
     assert backend.store.dead_letters() == [dead]
