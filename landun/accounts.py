@@ -10,8 +10,9 @@ from pathlib import Path
 from api.auth import ROLES, new_token, token_hash
 from domain.credentials import hash_secret
 from domain.timeutil import ms_to_iso, now_ms
+from landun.db import add_database_argument
 from store.base import Principal
-from store.sqlite import SqliteStore
+from store.factory import open_store
 
 
 def _check_scope(role: str, jurisdictions: list[str]) -> None:
@@ -30,7 +31,7 @@ def add_user(args: argparse.Namespace) -> int:
             password = getpass.getpass(f"password for {args.name}: ")
     if len(password) < 8:
         raise SystemExit("the password must have at least 8 characters")
-    store = SqliteStore(Path(args.data_dir) / "landun.db")
+    store = open_store(Path(args.data_dir) / "landun.db", args.database)
     try:
         store.add_user(args.name, hash_secret(password), args.role, args.jurisdiction)
     finally:
@@ -47,7 +48,7 @@ def create_token(args: argparse.Namespace) -> int:
     token = new_token()
     expires = now_ms() + args.days * 86_400_000 if args.days else None
     who = Principal(args.name, args.role, tuple(args.jurisdiction), kind="token")
-    store = SqliteStore(Path(args.data_dir) / "landun.db")
+    store = open_store(Path(args.data_dir) / "landun.db", args.database)
     try:
         store.add_token(token_hash(token), who, expires, label=args.label or "")
     finally:
@@ -69,6 +70,7 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--password", help="default: ask (or --generate-password)")
     add.add_argument("--generate-password", action="store_true")
     add.add_argument("--data-dir", default="var")
+    add_database_argument(add)
     add.set_defaults(func=add_user)
 
     tokens = sub.add_parser("tokens", help="API tokens for machines").add_subparsers(
@@ -81,4 +83,5 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--days", type=int, default=365, help="validity; 0 for no expiry")
     create.add_argument("--label", help="a note kept with the token")
     create.add_argument("--data-dir", default="var")
+    add_database_argument(create)
     create.set_defaults(func=create_token)

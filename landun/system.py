@@ -39,8 +39,8 @@ from landun.broker import EmbeddedBroker
 from landun.demo import BACKFILL_MS, demo_devices, demo_registry_path
 from simulators.runner import RunnerSettings, SimulatorRunner
 from store.base import Store
-from store.ledger import SqliteLedger
-from store.sqlite import SqliteStore
+from store.factory import describe, open_ledger, open_store
+from store.ledger import WasteLedger
 
 log = logging.getLogger("landun")
 
@@ -61,6 +61,7 @@ class RunConfig:
     broker_url: str | None = None  # None: start the embedded broker
     broker_port: int = 1883  # embedded broker's port (0: any free port)
     data_dir: Path = Path("var")
+    database_url: str | None = None  # postgresql://...; None: SQLite in data_dir
     registry_path: Path | None = None  # None: the demo registry
     simulators: bool = True
     sim_interval_s: int | None = None
@@ -84,13 +85,19 @@ class Core:
     store: Store
     engine: AlertEngine
     pipeline: IngestPipeline
-    ledger: SqliteLedger
+    ledger: WasteLedger
+    database_url: str | None = None
 
     @classmethod
     def open(cls, cfg: RunConfig) -> Core:
         """The configured registry and store, on the wall clock."""
         registry_path = cfg.registry_path or demo_registry_path()
-        return cls.build(load_registry(registry_path), cfg.data_dir / "landun.db", registry_path)
+        return cls.build(
+            load_registry(registry_path),
+            cfg.data_dir / "landun.db",
+            registry_path,
+            database_url=cfg.database_url,
+        )
 
     @classmethod
     def build(
@@ -99,11 +106,12 @@ class Core:
         db_path: Path,
         registry_path: Path | None = None,
         clock: Callable[[], int] = now_ms,
+        database_url: str | None = None,
     ) -> Core:
         """Wire store, engine, rules and pipeline; `clock` lets a replay run on simulated time
         (simulators/evaluate.py) through exactly the production wiring."""
         catalogue = default_catalogue()
-        store = SqliteStore(db_path)
+        store = open_store(db_path, database_url)
         if os.environ.get("LANDUN_INFLUX_URL"):
             # Readings in InfluxDB, everything else in SQLite; influxdb-client loads only if used.
             from store.influx import InfluxStore
@@ -121,7 +129,7 @@ class Core:
         engine = AlertEngine(store, registry, profiles, catalogue, clock=clock)
         detectors = load_detector_settings()
         offline = OfflineRule(registry, detectors.offline, store.last_seen(), clock())
-        ledger = SqliteLedger(db_path)
+        ledger = open_ledger(db_path, database_url)
         custody = CustodyRule(registry, ledger)
         skew = ClockSkewRule(registry, detectors.clock_skew)
         engine.rules += [offline, DetectorRule(registry, catalogue, detectors), custody, skew]
@@ -139,7 +147,10 @@ class Core:
             on_events=on_events,
             on_dead=lambda dead: skew.dead_letters(dead, engine),
         )
-        return cls(registry_path, registry, catalogue, db_path, store, engine, pipeline, ledger)
+        return cls(
+            registry_path, registry, catalogue, db_path, store, engine, pipeline, ledger,
+            database_url,
+        )  # fmt: skip
 
     def close(self) -> None:
         self.ledger.close()
@@ -299,7 +310,7 @@ class System:
         if self.hj212_port is not None:
             lines.append(f"  HJ 212 (TCP): {cfg.hj212_host}:{self.hj212_port}")
         lines += [
-            f"  Database:     {core.db_path.resolve()}",
+            f"  Database:     {describe(core.db_path, core.database_url)}",
             f"  Registry:     {core.registry_path}",
             f"  Simulators:   {'on' if sims else 'off'}",
             f"  Log in:       {self.admin_note}",
@@ -321,7 +332,9 @@ async def run_hj212_gateway(cfg: RunConfig, ready: threading.Event | None = None
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
     print(
-        f"HJ 212 gateway listening on {cfg.hj212_host}:{port}; database {core.db_path}", flush=True
+        f"HJ 212 gateway listening on {cfg.hj212_host}:{port};"
+        f" database {describe(core.db_path, core.database_url)}",
+        flush=True,
     )
     if ready is not None:
         ready.set()

@@ -5,15 +5,16 @@ schema brought up to date when it opens."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from domain.timeutil import now_ms
 from store.base import StoreUnavailable
+from store.factory import DatabaseUrlError
 from store.migrations import Migration, pending
 from store.migrations.postgres import MIGRATIONS
 
@@ -23,17 +24,10 @@ log = logging.getLogger("landun.store")
 SCHEMA_LOCK = 0x4C414E44554E  # "LANDUN"
 
 
-class DatabaseUrlError(ValueError):
-    """The database URL is not one Landun can use."""
-
-
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without its password, for messages and logs (parsed or not)."""
+    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url, count=1)
+    return re.sub(r"(password=)[^&\s]*", r"\1***", url)
 
 
 def is_postgres_url(url: str) -> bool:
