@@ -114,8 +114,14 @@ class Core:
         store = open_store(db_path, database_url)
         if os.environ.get("LANDUN_INFLUX_URL"):
             # Readings in InfluxDB, everything else in SQLite; influxdb-client loads only if used.
-            from store.influx import InfluxStore
-
+            try:
+                from store.influx import InfluxStore
+            except ImportError as exc:
+                store.close()
+                raise SystemExit(
+                    f"LANDUN_INFLUX_URL is set but InfluxDB support is not installed ({exc});"
+                    " pip install 'landun[influx]'"
+                ) from exc
             try:
                 store = InfluxStore.from_env(store, registry, catalogue)
                 store.ensure_bucket(int(os.environ.get("LANDUN_INFLUX_RETENTION_DAYS", "0")))
