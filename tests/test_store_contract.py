@@ -40,6 +40,7 @@ from store.base import (
     StoreUnavailable,
 )
 from store.postgres.store import PostgresStore
+from store.retention import RetentionSettings
 from store.sqlite import SqliteStore
 from tests.postgres import fresh_database
 
@@ -357,3 +358,39 @@ def test_alert_save_appears_in_audit_events_and_deliveries(backend: Backend) -> 
         ("acknowledged", True, 1),
         ("opened", False, 3),
     ]
+
+
+# -- retention ----------------------------------------------------------------------------------
+
+
+def test_retention_rolls_old_readings_into_hours_and_keeps_alert_evidence(
+    backend: Backend,
+) -> None:
+    if backend.name == "influx":
+        pytest.skip("InfluxDB expires readings by bucket retention")
+    store = backend.store
+    now = T0 + 500 * 24 * 60 * MIN
+    old = [_ph(backend, m, 7.0 + (m % 7) / 10, "C" if m == 5 else "N") for m in range(120)]
+    recent = _r(backend, 0, ts_ms=now - 24 * 60 * MIN)
+    store.write_batch([*old, recent, _r(backend, 3, device=backend.dev_b)])
+    alert = Alert(backend.site, backend.dev_a, "range:ph", AlertFamily.COMPLIANCE,
+                  Severity.WARNING, "ph", "pH high", T0 + 30 * MIN, T0 + 40 * MIN)  # fmt: skip
+    store.save_alerts([AlertChange(alert, "opened")])
+    if isinstance(store, SqliteStore):
+        store.compact(0)  # retention deletes compacted readings
+    hourly = {
+        valid: store.downsample(backend.dev_a, ["ph"], T0, T0 + 3 * 60 * MIN, 60 * MIN, valid)
+        for valid in (True, False)
+    }
+    report = store.apply_retention(now, RetentionSettings(raw_days=400))
+    assert (report.removed, report.kept_as_evidence) == (120 - 11 + 1, 11)
+    evidence = [r for r in old if T0 + 30 * MIN <= r.ts_ms <= T0 + 40 * MIN]
+    assert _mine(backend, device_id=backend.dev_a) == [*evidence, recent]
+    assert _mine(backend, device_id=backend.dev_b) == []
+    for valid, buckets in hourly.items():
+        after = store.downsample(backend.dev_a, ["ph"], T0, T0 + 3 * 60 * MIN, 60 * MIN, valid)
+        assert [(b.start_ms, b.count, b.min, b.max) for b in after] == [
+            (b.start_ms, b.count, b.min, b.max) for b in buckets
+        ]
+        assert [b.mean for b in after] == pytest.approx([b.mean for b in buckets])
+    assert store.apply_retention(now, RetentionSettings(raw_days=400)).removed == 0

@@ -165,7 +165,43 @@ CREATE INDEX waste_bags_incomplete ON waste_bags (handed_recv_ms)
     WHERE collected_ms IS NULL OR stored_ms IS NULL;
 """
 
+RETENTION = """
+-- Hourly aggregates of the raw readings retention removed, kept for good.
+CREATE TABLE readings_hourly (
+    device_id text NOT NULL,
+    parameter text NOT NULL,
+    hour_ms bigint NOT NULL,          -- start of the UTC hour
+    n bigint NOT NULL,
+    total double precision NOT NULL,
+    lo double precision NOT NULL,
+    hi double precision NOT NULL,
+    valid_n bigint NOT NULL,          -- the readings flagged N
+    valid_total double precision NOT NULL,
+    valid_lo double precision,
+    valid_hi double precision,
+    PRIMARY KEY (device_id, parameter, hour_ms)
+);
+-- Readings of a partition retention dropped that are evidence of an alert.
+CREATE TABLE readings_kept (
+    device_id text NOT NULL,
+    parameter text NOT NULL,
+    ts_ms bigint NOT NULL,
+    value double precision NOT NULL,
+    flag text NOT NULL,
+    recv_ms bigint NOT NULL,
+    seq bigint,
+    site_id text NOT NULL,
+    PRIMARY KEY (device_id, parameter, ts_ms)
+);
+-- What queries read: the partitions and the kept evidence never hold the same reading.
+CREATE VIEW readings_all AS
+    SELECT device_id, parameter, ts_ms, value, flag, recv_ms, seq, site_id FROM readings
+    UNION ALL
+    SELECT device_id, parameter, ts_ms, value, flag, recv_ms, seq, site_id FROM readings_kept;
+"""
+
 MIGRATIONS = (
     Migration(1, "readings, alerts, accounts and engine state", INITIAL),
     Migration(2, "the medical-waste ledger", WASTE_LEDGER),
+    Migration(3, "retention: hourly aggregates, kept evidence", RETENTION),
 )

@@ -24,6 +24,16 @@ from store.base import (
     ReadingQuery,
 )
 from store.postgres.db import SCHEMA_LOCK, PostgresDatabase
+from store.retention import (
+    HOUR_MS,
+    HOURLY_COLS,
+    HOURLY_MERGE,
+    HOURLY_SELECT,
+    RetentionReport,
+    RetentionSettings,
+    downsample_sql,
+    is_evidence,
+)
 from store.sqlite import _ALERT_COLS, _alert_from_row, _alert_values
 
 _READING_FIELDS = "device_id, site_id, parameter, ts_ms, value, flag, recv_ms, seq"  # Reading's
@@ -169,7 +179,7 @@ class PostgresStore:
         if q.end_ms is not None:
             where.append("ts_ms < %s")
             args.append(q.end_ms)
-        sql = f"SELECT {_READING_FIELDS} FROM readings"
+        sql = f"SELECT {_READING_FIELDS} FROM readings_all"
         if where:
             sql += " WHERE " + " AND ".join(where)
         order = " DESC" if q.descending else ""
@@ -199,7 +209,7 @@ class PostgresStore:
 
     def latest_readings(self, device_id: str) -> list[Reading]:
         rows = self.db.rows(
-            f"SELECT DISTINCT ON (parameter) {_READING_FIELDS} FROM readings"
+            f"SELECT DISTINCT ON (parameter) {_READING_FIELDS} FROM readings_all"
             " WHERE device_id = %s ORDER BY parameter, ts_ms DESC",
             (device_id,),
         )
@@ -219,7 +229,7 @@ class PostgresStore:
         row = self.db.one(
             "SELECT count(*), count(*) FILTER (WHERE flag = 'N'),"
             " count(*) FILTER (WHERE flag = 'N' AND (value < %s OR value > %s))"
-            " FROM readings WHERE device_id = %s AND parameter = %s AND ts_ms >= %s"
+            " FROM readings_all WHERE device_id = %s AND parameter = %s AND ts_ms >= %s"
             " AND ts_ms < %s",
             (lo, hi, device_id, parameter, start_ms, end_ms),
         )
@@ -234,14 +244,50 @@ class PostgresStore:
         every_ms: int,
         valid_only: bool = True,
     ) -> list[Bucket]:
+        if every_ms % HOUR_MS == 0:  # whole hours: the aggregates of removed readings count too
+            args = (every_ms, every_ms, device_id, list(parameters), start_ms, end_ms)
+            sql = downsample_sql("readings_all", "readings_hourly", "%s", valid_only, "%s")
+            sql = sql.replace("IN (%s)", "= ANY(%s)")
+            return [Bucket(*r) for r in self.db.rows(sql, args + args)]
         flag = " AND flag = 'N'" if valid_only else ""
         rows = self.db.rows(
             "SELECT (ts_ms / %s) * %s AS b, parameter, avg(value), min(value), max(value),"
-            " count(*) FROM readings WHERE device_id = %s AND parameter = ANY(%s)"
+            " count(*) FROM readings_all WHERE device_id = %s AND parameter = ANY(%s)"
             f" AND ts_ms >= %s AND ts_ms < %s{flag} GROUP BY b, parameter ORDER BY b, parameter",
             (every_ms, every_ms, device_id, list(parameters), start_ms, end_ms),
         )
         return [Bucket(*r) for r in rows]
+
+    # -- retention ----------------------------------------------------------------------------
+
+    def apply_retention(self, now_ms: int, settings: RetentionSettings) -> RetentionReport:
+        """Drop each monthly partition wholly older than the cutoff, in one transaction with
+        rolling its readings up into hours and keeping those that are an alert's evidence."""
+        cutoff = settings.cutoff_ms(now_ms)
+        removed = kept = hours = 0
+        with self._partitions_lock:
+            self._partitions = self._existing_partitions()
+            old = [start for start in sorted(self._partitions) if next_month_ms(start) <= cutoff]
+            for start in old:
+                part = partition_name(start)
+                with self.db.tx() as conn:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                    evidence = is_evidence("alerts", "r")
+                    kept += conn.execute(
+                        f"INSERT INTO readings_kept ({_READING_FIELDS}) SELECT {_READING_FIELDS}"
+                        f" FROM {part} r WHERE {evidence} ON CONFLICT DO NOTHING"
+                    ).rowcount
+                    hours += conn.execute(
+                        f"INSERT INTO readings_hourly ({HOURLY_COLS}) {HOURLY_SELECT}"
+                        f" FROM {part} r WHERE NOT {evidence} GROUP BY 1, 2, 3"
+                        + HOURLY_MERGE.format(least="least", greatest="greatest")
+                    ).rowcount
+                    removed += conn.execute(
+                        f"SELECT count(*) FROM {part} r WHERE NOT {evidence}"
+                    ).fetchone()[0]
+                    conn.execute(f"DROP TABLE {part}")
+                self._partitions.discard(start)
+        return RetentionReport(removed, kept, hours)
 
     # -- alerts -------------------------------------------------------------------------------
 

@@ -1,0 +1,95 @@
+"""Retention of raw readings: older than `raw_days`, they are rolled up into hourly aggregates
+and removed, except the readings of a device inside one of its alerts' windows, which are kept
+as long as the alert. Each backend applies it its own way (PostgreSQL drops whole monthly
+partitions; SQLite deletes in batches); this module holds what they share."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    raw_days: int
+
+    def cutoff_ms(self, now_ms: int) -> int:
+        """Raw readings with a sensor time before this may go."""
+        return now_ms - self.raw_days * DAY_MS
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionReport:
+    removed: int  # raw readings rolled up and removed
+    kept_as_evidence: int  # readings older than the cutoff kept for an alert
+    hours: int  # hourly aggregates written or merged
+
+
+def load_retention_settings() -> RetentionSettings:
+    text = resources.files("store").joinpath("data/retention.toml").read_text("utf-8")
+    raw_days = tomllib.loads(text)["readings"]["raw_days"]
+    if not isinstance(raw_days, int) or raw_days < 1:
+        raise ValueError(
+            f"store/data/retention.toml: raw_days must be a positive integer: {raw_days}"
+        )
+    return RetentionSettings(raw_days)
+
+
+def is_evidence(alerts: str, r: str) -> str:
+    """Reading `r` is evidence of an alert in table `alerts`: its device's, inside the alert's
+    window."""
+    return (
+        f"EXISTS (SELECT 1 FROM {alerts} a WHERE a.device_id = {r}.device_id"
+        f" AND {r}.ts_ms >= a.first_ms AND {r}.ts_ms <= a.last_ms)"
+    )
+
+
+# The hourly aggregate columns: all readings, and the valid ones (flag N) apart, as downsample
+# serves either.
+HOURLY_COLS = (
+    "device_id, parameter, hour_ms, n, total, lo, hi, valid_n, valid_total, valid_lo, valid_hi"
+)
+# Aggregates of the readings `r` selected by the query's FROM/WHERE, one row per hour.
+HOURLY_SELECT = (
+    "SELECT r.device_id, r.parameter, (r.ts_ms / 3600000) * 3600000 AS h, count(*), sum(r.value),"
+    " min(r.value), max(r.value), count(*) FILTER (WHERE r.flag = 'N'),"
+    " coalesce(sum(r.value) FILTER (WHERE r.flag = 'N'), 0),"
+    " min(r.value) FILTER (WHERE r.flag = 'N'), max(r.value) FILTER (WHERE r.flag = 'N')"
+)
+# Merging into an hour already aggregated (a batch boundary inside an hour, or a second run).
+HOURLY_MERGE = (
+    " ON CONFLICT (device_id, parameter, hour_ms) DO UPDATE SET"
+    " n = readings_hourly.n + excluded.n, total = readings_hourly.total + excluded.total,"
+    " lo = {least}(readings_hourly.lo, excluded.lo),"
+    " hi = {greatest}(readings_hourly.hi, excluded.hi),"
+    " valid_n = readings_hourly.valid_n + excluded.valid_n,"
+    " valid_total = readings_hourly.valid_total + excluded.valid_total,"
+    " valid_lo = coalesce({least}(readings_hourly.valid_lo, excluded.valid_lo),"
+    " readings_hourly.valid_lo, excluded.valid_lo),"
+    " valid_hi = coalesce({greatest}(readings_hourly.valid_hi, excluded.valid_hi),"
+    " readings_hourly.valid_hi, excluded.valid_hi)"
+)
+
+
+def downsample_sql(readings: str, hourly: str, marks: str, valid_only: bool, mark: str) -> str:
+    """Buckets of `every_ms` (a whole number of hours) from raw readings and from the hourly
+    aggregates of removed ones together. Arguments, in order: every, every, device, *parameters,
+    start, end (raw), then every, every, device, *parameters, start, end (hourly)."""
+    flag = " AND flag = 'N'" if valid_only else ""
+    p = "valid_" if valid_only else ""
+    return (
+        "SELECT b, parameter, sum(s) / CAST(sum(n) AS DOUBLE PRECISION), min(lo), max(hi),"
+        " CAST(sum(n) AS BIGINT) FROM ("
+        f"SELECT (ts_ms / {mark}) * {mark} AS b, parameter, sum(value) AS s, count(*) AS n,"
+        f" min(value) AS lo, max(value) AS hi FROM {readings} WHERE device_id = {mark}"
+        f" AND parameter IN ({marks}) AND ts_ms >= {mark} AND ts_ms < {mark}{flag}"
+        " GROUP BY b, parameter"
+        f" UNION ALL SELECT (hour_ms / {mark}) * {mark}, parameter, {p}total, {p}n, {p}lo, {p}hi"
+        f" FROM {hourly} WHERE device_id = {mark} AND parameter IN ({marks})"
+        f" AND hour_ms >= {mark} AND hour_ms < {mark} AND {p}n > 0"
+        ") AS parts GROUP BY b, parameter ORDER BY b, parameter"
+    )
