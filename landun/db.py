@@ -54,6 +54,26 @@ def _upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retain(args: argparse.Namespace) -> int:
+    from domain.timeutil import now_ms
+    from store.factory import open_store
+    from store.retention import RetentionSettings, load_retention_settings
+
+    settings = RetentionSettings(args.raw_days) if args.raw_days else load_retention_settings()
+    db_path = Path(args.data_dir) / "landun.db"
+    store = open_store(db_path, args.database)
+    try:
+        report = store.apply_retention(now_ms(), settings)
+    finally:
+        store.close()
+    print(
+        f"{describe(db_path, args.database)}: {report.removed} raw readings older than"
+        f" {settings.raw_days} days rolled up into {report.hours} hourly aggregates and removed;"
+        f" {report.kept_as_evidence} kept as alert evidence"
+    )
+    return 0
+
+
 def add_subparser(sub: argparse._SubParsersAction) -> None:
     db = sub.add_parser("db", help="database maintenance").add_subparsers(
         dest="db_command", required=True
@@ -62,3 +82,10 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     add_database_argument(up)
     up.add_argument("--data-dir", default="var", help="where the SQLite database lives")
     up.set_defaults(func=_upgrade)
+    retain = db.add_parser(
+        "retain", help="remove raw readings past retention (store/data/retention.toml); daily"
+    )
+    add_database_argument(retain)
+    retain.add_argument("--data-dir", default="var", help="where the SQLite database lives")
+    retain.add_argument("--raw-days", type=int, help="override the configured raw_days")
+    retain.set_defaults(func=_retain)

@@ -226,3 +226,10 @@ def test_a_pg_dump_restored_into_a_fresh_database_has_every_reading_and_alert(
             assert [e.action for e in copy.audit_trail(alert.id)] == ["opened"]
         finally:
             copy.close()
+
+
+def test_db_retain_on_postgresql_and_sqlite(pg_url: str, tmp_path: Path) -> None:
+    for where in (["--database", pg_url], ["--data-dir", str(tmp_path)]):
+        done = _landun("db", "retain", *where)
+        assert done.returncode == 0, done.stderr
+        assert "0 raw readings older than 400 days" in done.stdout
