@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
-import uuid
-from urllib.parse import urlsplit, urlunsplit
+from pathlib import Path
 
 import psycopg
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fresh_pg import fresh_database
 
 from domain.model import Reading
 from store.postgres.store import PostgresStore
@@ -26,11 +30,7 @@ def main() -> None:
     ap.add_argument("--sites", type=int, default=150)
     ap.add_argument("--days", type=float, default=1.0)
     args = ap.parse_args()
-    name = f"landun_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.url, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    url = urlunsplit(urlsplit(args.url)._replace(path=f"/{name}"))
-    try:
+    with fresh_database(args.url) as url:
         store = PostgresStore(url)
         written, started = 0, time.perf_counter()
         for minute in range(int(args.days * 1440)):
@@ -48,9 +48,6 @@ def main() -> None:
                 "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits"
                 " WHERE inhparent = 'readings'::regclass"
             ).fetchone()[0]
-    finally:
-        with psycopg.connect(args.url, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     per_reading = int(size) / written
     year = args.sites * len(PARAMETERS) * 1440 * 365
     print(f"{written} readings in {elapsed:.1f} s ({written / elapsed:,.0f} readings/s)")
