@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from domain.timeutil import SHANGHAI
 from domain.waste import Bag, WasteCategory, WasteEvent, WasteEventKind, derive_bag
 from store.base import StoreUnavailable
+from store.migrations import Migration
 from store.sqlite_db import SqliteDatabase
 
 SCHEMA = """
@@ -70,6 +71,8 @@ CREATE INDEX IF NOT EXISTS waste_bags_held ON waste_bags (site_id) WHERE handed_
 CREATE INDEX IF NOT EXISTS waste_bags_incomplete ON waste_bags (handed_recv_ms)
     WHERE collected_ms IS NULL OR stored_ms IS NULL;
 """
+
+MIGRATIONS = (Migration(1, "waste events and bags (as of 2026-12)", SCHEMA),)
 
 _BAG_COLS = (
     "site_id, bag_id, category, department, collected_ms, collected_kg, stored_ms, stored_kg,"
@@ -355,7 +358,7 @@ class LedgerReads:
 
 class SqliteLedger(SqliteDatabase, LedgerReads):
     def __init__(self, path: Path | str) -> None:
-        super().__init__(path, SCHEMA)
+        super().__init__(path, "ledger", MIGRATIONS)
 
     # -- writes -------------------------------------------------------------------------------
 

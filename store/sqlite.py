@@ -27,6 +27,7 @@ from store.base import (
     ReadingQuery,
     StoreUnavailable,
 )
+from store.migrations import Migration
 from store.retention import (
     HOUR_MS,
     HOURLY_COLS,
@@ -91,6 +92,14 @@ CREATE TABLE IF NOT EXISTS readings_runs (
     {_READING_COLUMNS}
     PRIMARY KEY (run, device_id, parameter, ts_ms)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (
+    run INTEGER PRIMARY KEY,
+    rows INTEGER NOT NULL,           -- rows of the run still in `readings_runs`
+    min_ts_ms INTEGER NOT NULL,      -- the sensor times of the rows it ever held
+    max_ts_ms INTEGER NOT NULL
+);
+"""
+READINGS_HOURLY = """
 -- Hourly aggregates of the raw readings retention removed, kept for good (store.retention).
 CREATE TABLE IF NOT EXISTS readings_hourly (
     device_id TEXT NOT NULL,
@@ -106,13 +115,11 @@ CREATE TABLE IF NOT EXISTS readings_hourly (
     valid_hi REAL,
     PRIMARY KEY (device_id, parameter, hour_ms)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS runs (
-    run INTEGER PRIMARY KEY,
-    rows INTEGER NOT NULL,           -- rows of the run still in `readings_runs`
-    min_ts_ms INTEGER NOT NULL,      -- the sensor times of the rows it ever held
-    max_ts_ms INTEGER NOT NULL
-);
 """
+READINGS_MIGRATIONS = (
+    Migration(1, "readings, runs (as of 2026-12)", READINGS_SCHEMA),
+    Migration(2, "retention: hourly aggregates", READINGS_HOURLY),
+)
 # A series' rows in the runs: one index lookup per live run.
 _IN_RUNS = "run IN (SELECT run FROM {0}runs)"
 # What queries read, on every reader connection (a view in the main file cannot name an
@@ -292,6 +299,8 @@ CREATE TABLE IF NOT EXISTS engine_state (
 ) WITHOUT ROWID;
 """
 
+MIGRATIONS = (Migration(1, "inboxes, alerts, accounts, engine state (as of 2026-12)", SCHEMA),)
+
 _ALERT_COLS = (
     "site_id, device_id, rule_id, family, severity, parameter, status, message, first_ms, last_ms,"
     " first_value, last_value, worst_value, worst_ms, count, limit_json, evidence_json, opened_ms,"
@@ -352,8 +361,10 @@ class SqliteStore(SqliteDatabase):
         compact_rows: int = 50_000,
         inbox_max_rows: int = 25_000,
     ) -> None:
-        self._cold = SqliteDatabase(readings_path(Path(path)), READINGS_SCHEMA, busy_timeout_ms)
-        super().__init__(path, SCHEMA, busy_timeout_ms)
+        self._cold = SqliteDatabase(
+            readings_path(Path(path)), "readings", READINGS_MIGRATIONS, busy_timeout_ms
+        )
+        super().__init__(path, "store", MIGRATIONS, busy_timeout_ms)
         attach_readonly(self._writer, self._cold.path, "cold")  # for the duplicate checks
         self._move_legacy_readings()
         if self._writer.execute("SELECT moved_ts_ms IS NULL FROM inbox_state").fetchone()[0]:
