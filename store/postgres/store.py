@@ -53,6 +53,14 @@ def next_month_ms(start_ms: int) -> int:
     return int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1000)
 
 
+def months_between(first_ms: int, last_ms: int) -> list[int]:
+    """The starts of the months from the one holding `first_ms` to the one holding `last_ms`."""
+    months = [month_start_ms(first_ms)]
+    while next_month_ms(months[-1]) <= last_ms:
+        months.append(next_month_ms(months[-1]))
+    return months
+
+
 def partition_name(start_ms: int) -> str:
     return "readings_" + datetime.fromtimestamp(start_ms / 1000, UTC).strftime("y%Ym%m")
 
@@ -63,8 +71,7 @@ class PostgresStore:
         self.db = PostgresDatabase(url, max_connections, lock_timeout_ms, configure=_create_staging)
         self._partitions_lock = threading.Lock()
         self._partitions = self._existing_partitions()
-        now = month_start_ms(now_ms())
-        ahead = [now]
+        ahead = [month_start_ms(now_ms())]
         for _ in range(MONTHS_AHEAD):
             ahead.append(next_month_ms(ahead[-1]))
         self.ensure_partitions(ahead)
@@ -109,13 +116,14 @@ class PostgresStore:
     ) -> int:
         last_seen: dict[str, int] = {}
         sites: set[tuple[str, str]] = set()
-        months: set[int] = set()
         for r in readings:
             sites.add((r.site_id, r.device_id))
             if r.recv_ms > last_seen.get(r.device_id, 0):
                 last_seen[r.device_id] = r.recv_ms
-            months.add(r.ts_ms)
-        self.ensure_partitions({month_start_ms(ts) for ts in months})
+        if readings:
+            # Ingest bounds sensor times to a few weeks: a batch spans a month or two.
+            self.ensure_partitions(months_between(min(r.ts_ms for r in readings),
+                                                  max(r.ts_ms for r in readings)))  # fmt: skip
         stored = 0
         with self.db.tx() as conn:
             if readings:
