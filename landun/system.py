@@ -173,6 +173,7 @@ def ensure_admin(store: Store, data_dir: Path, password: str | None) -> str:
     if store.get_user("admin") is None:
         password = secrets.token_urlsafe(12)
         store.add_user("admin", hash_secret(password), "admin", ())
+        data_dir.mkdir(parents=True, exist_ok=True)  # with PostgreSQL, nothing else made it
         path.write_text(password + "\n")
         path.chmod(0o600)
     if path.exists():

@@ -1,6 +1,6 @@
-"""Versioned schema migrations: each step runs once, in order, in its own transaction, and is
-recorded in `schema_migrations`. A store applies what is pending when it opens; `landun db
-upgrade` does the same without starting anything else."""
+"""Versioned schema migrations: each step runs once, in order, inside a transaction, and is
+recorded in `schema_migrations` (store.postgres.db, store.sqlite_db). A store applies what is
+pending when it opens; `landun db upgrade` does the same without starting anything else."""
 
 from __future__ import annotations
 
