@@ -152,18 +152,22 @@ class PostgresStore:
                          for s in statuses],
                     )  # fmt: skip
                 if last_seen:
-                    # In key order: concurrent writers lock the same rows in the same order.
-                    cur.executemany(
-                        "INSERT INTO device_last_seen (device_id, recv_ms) VALUES (%s, %s)"
+                    # One statement over arrays (a batch names thousands of devices), in key
+                    # order: concurrent writers lock the same rows in the same order.
+                    devices = sorted(last_seen)
+                    cur.execute(
+                        "INSERT INTO device_last_seen (device_id, recv_ms)"
+                        " SELECT * FROM unnest(%s::text[], %s::bigint[])"
                         " ON CONFLICT (device_id) DO UPDATE SET"
                         " recv_ms = greatest(device_last_seen.recv_ms, excluded.recv_ms)",
-                        sorted(last_seen.items()),
+                        (devices, [last_seen[d] for d in devices]),
                     )
                 if sites:
-                    cur.executemany(
-                        "INSERT INTO device_sites (site_id, device_id) VALUES (%s, %s)"
-                        " ON CONFLICT DO NOTHING",
-                        sorted(sites),
+                    pairs = sorted(sites)
+                    cur.execute(
+                        "INSERT INTO device_sites (site_id, device_id)"
+                        " SELECT * FROM unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING",
+                        ([s for s, _ in pairs], [d for _, d in pairs]),
                     )
         return stored
 
