@@ -83,3 +83,10 @@ def test_postgres_disk_reports_bytes_per_reading():
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["readings"] == 3 * 5 * 14
     assert figures["bytes_per_reading"] > 0
+
+
+def test_query_quick_on_postgresql():
+    figures = run_quick("query.py", "--database", require_server())
+    assert figures["store"] == "postgresql"
+    assert figures["week_raw_rows"] == 7 * 24 * 60
+    assert figures["week_hourly_buckets"] in (168, 169)
