@@ -7,6 +7,8 @@ COPY . .
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
+# Optional extras, e.g. `--build-arg LANDUN_EXTRAS=[influx]` for the InfluxDB readings backend.
+ARG LANDUN_EXTRAS=""
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -20,7 +22,7 @@ RUN apt-get update \
 COPY --from=build /wheels /wheels
 # A fixed numeric uid, so volume ownership is the same on every host; the data directory is
 # created here so that a fresh named volume mounted on it inherits that ownership.
-RUN pip install --no-cache-dir /wheels/*.whl \
+RUN pip install --no-cache-dir "$(ls /wheels/landun-*.whl)${LANDUN_EXTRAS}" \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/landun --create-home landun
 USER 10001:10001

@@ -16,6 +16,9 @@ Prints the figures; the last line is a JSON object. `--quick` is a small run for
 `--workers N` drains the backlog with N Landun processes on one shared subscription and one
 SQLite file instead (step 4 only): each worker judges alerts on its share of every device's
 readings, so alert latency is not measured there.
+
+`--database postgresql://user:password@host/dbname` runs Landun on PostgreSQL instead: the run
+creates a fresh database on that server and drops it at the end.
 """
 
 from __future__ import annotations
@@ -38,7 +41,12 @@ from collections import deque
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fresh_pg import fresh_database
 
 from landun.broker import free_port, wait_port
 from store.sqlite import connect_readonly
@@ -213,7 +221,13 @@ class RssSampler:
 
 
 def start_landun(
-    port: int, api_port: int, registry: Path, data: Path, client_id: str, group: str | None
+    port: int,
+    api_port: int,
+    registry: Path,
+    data: Path,
+    client_id: str,
+    group: str | None,
+    database: str | None = None,
 ) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "landun.cli", "run", "--no-simulators",
@@ -222,6 +236,8 @@ def start_landun(
     ]  # fmt: skip
     if group is not None:
         cmd += ["--shared-group", group]
+    if database is not None:
+        cmd += ["--database", database]
     log = open(data / f"{client_id}.log", "wb")  # noqa: SIM115 (kept for the process's lifetime)
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
@@ -362,10 +378,12 @@ class AlertWatcher:
         return sorted(self.arrived[d] - t for d, t in sent_at.items() if d in self.arrived)
 
 
-def decision_latencies(db: Path, sent_at: dict[str, int]) -> tuple[list[int], list[int]]:
+def decision_latencies(db: Path | str, sent_at: dict[str, int]) -> tuple[list[int], list[int]]:
     """Publish to the engine's decision (the alert's `opened_ms`, taken before it is written),
-    and the part of it inside Landun: the trigger reading's receive time to the decision."""
-    conn = connect_readonly(db)
+    and the part of it inside Landun: the trigger reading's receive time to the decision.
+    `db` is the SQLite file, or the PostgreSQL URL."""
+    conn = psycopg.connect(db) if isinstance(db, str) else connect_readonly(db)
+    mark = "%s" if isinstance(db, str) else "?"
     opened = dict(
         conn.execute(
             "SELECT device_id, min(opened_ms) FROM alerts"
@@ -374,7 +392,8 @@ def decision_latencies(db: Path, sent_at: dict[str, int]) -> tuple[list[int], li
     )
     received = {
         d: conn.execute(
-            "SELECT recv_ms FROM readings_all WHERE device_id = ? AND parameter = 'free_chlorine'"
+            f"SELECT recv_ms FROM readings_all WHERE device_id = {mark}"
+            " AND parameter = 'free_chlorine'"
             " ORDER BY ts_ms DESC LIMIT 1",  # the trigger is each device's newest reading
             (d,),
         ).fetchone()[0]
@@ -399,7 +418,12 @@ def percentile(values: list[int], q: float) -> float:
 
 
 def steady_phase(
-    args: argparse.Namespace, port: int, devices: list[str], db: Path, pid: int, rng: random.Random
+    args: argparse.Namespace,
+    port: int,
+    devices: list[str],
+    db: Path | str,
+    pid: int,
+    rng: random.Random,
 ) -> tuple[dict[str, object], int]:
     """Alert latency and memory under the steady load (one worker), and the messages it sent."""
     watcher = AlertWatcher(port)
@@ -444,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--triggers", type=int, default=500, help="alerts timed under steady load")
     ap.add_argument("--workers", type=int, default=1, help="Landun processes on $share")
     ap.add_argument("--quick", action="store_true", help="a small run (for the tests)")
+    ap.add_argument("--database", help="a PostgreSQL server's URL: run Landun on a new database")
     args = ap.parse_args(argv)
     if args.quick:
         args.messages, args.devices, args.rate, args.seconds, args.triggers = 2_000, 50, 200, 2, 5
@@ -451,6 +476,13 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("mosquitto") is None:
         print("mosquitto is not installed", file=sys.stderr)
         return 2
+    if args.database:
+        with fresh_database(args.database) as url:
+            return run(args, url)
+    return run(args, None)
+
+
+def run(args: argparse.Namespace, database: str | None) -> int:
     rng = random.Random(1)
     work = Path(tempfile.mkdtemp(prefix="landun-bench-"))
     port = free_port()
@@ -470,7 +502,12 @@ def main(argv: list[str] | None = None) -> int:
         ["msgs_per_s", "readings_per_s", "bare_paho_msgs_per_s", "ratio", "p50_alert_ms",
          "p99_alert_ms", "peak_rss_mb", "readings_stored"]
     )  # fmt: skip
-    summary.update(messages=args.messages, devices=args.devices, workers=args.workers)
+    summary.update(
+        messages=args.messages,
+        devices=args.devices,
+        workers=args.workers,
+        store="postgresql" if database else "sqlite",
+    )
     unmeasured: list[str] = []
     try:
         wait_port(port)
@@ -499,7 +536,9 @@ def main(argv: list[str] | None = None) -> int:
         launched = time.perf_counter()
         for client_id, api_port in zip(ids, api_ports, strict=True):
             workers.append(
-                start_landun(port, api_port, work / "registry.toml", data, client_id, group)
+                start_landun(
+                    port, api_port, work / "registry.toml", data, client_id, group, database
+                )
             )
         readings_per_s = landun_drain(api_ports, len(backlog) * 5, launched)
         msgs_per_s = readings_per_s / 5
@@ -516,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         steady_sent = 0
         if group is None:
-            db = data / "landun.db"
+            db = database or data / "landun.db"
             try:
                 figures, steady_sent = steady_phase(args, port, devices, db, workers[0].pid, rng)
                 summary.update(figures)

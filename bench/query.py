@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
 import uvicorn
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from fresh_pg import fresh_database
 from ingest_throughput import machine, payload, write_registry
 
 from api.app import create_app
@@ -101,12 +103,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alerts", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--database", help="a PostgreSQL server's URL: query a new database there")
     args = ap.parse_args(argv)
     if args.quick:
         args.devices, args.minutes, args.alerts, args.repeat = 3, WEEK, 500, 5
+    if args.database:
+        with fresh_database(args.database) as url:
+            return run(args, url)
+    return run(args, None)
+
+
+def database_mb(work: Path, database: str | None) -> float:
+    if database is None:
+        return sum(p.stat().st_size for p in (work / "var").glob("landun*.db*")) / 2**20
+    with psycopg.connect(database) as conn:
+        return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] / 2**20
+
+
+def run(args: argparse.Namespace, database: str | None) -> int:
     work = Path(tempfile.mkdtemp(prefix="landun-query-"))
     devices = write_registry(work / "registry.toml", args.devices)
-    core = Core.open(RunConfig(data_dir=work / "var", registry_path=work / "registry.toml"))
+    core = Core.open(
+        RunConfig(
+            data_dir=work / "var", registry_path=work / "registry.toml", database_url=database
+        )
+    )
     # The bench is about queries: no detector or alert work while filling.
     core.pipeline.on_stored = None
     rng = random.Random(1)
@@ -123,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
     rows = args.devices * args.minutes * 5
-    db_mb = sum(p.stat().st_size for p in (work / "var").glob("landun*.db*")) / 2**20
+    db_mb = database_mb(work, database)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
             token = c.post(
@@ -149,17 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.should_exit = True
         thread.join(10)
-        core.store.close()
+        core.close()
     print(f"machine: {machine()}")
     print(
         f"store: {rows:,} readings ({args.devices} devices x {args.minutes} min x 5),"
-        f" {args.alerts:,} alerts, {db_mb:.0f} MB SQLite; filled in {fill_s:.0f} s"
+        f" {args.alerts:,} alerts, {db_mb:.0f} MB {'PostgreSQL' if database else 'SQLite'};"
+        f" filled in {fill_s:.0f} s"
     )
     for name, (p50, p95, n) in (("week raw", raw), ("week hourly", hourly), ("alerts", alerts)):
         print(f"{name:12s} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  ({n} items)")
     print(
         json.dumps(
             {
+                "store": "postgresql" if database else "sqlite",
                 "readings": rows,
                 "alerts": args.alerts,
                 "db_mb": round(db_mb, 1),

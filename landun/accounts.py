@@ -13,8 +13,9 @@ from pathlib import Path
 from api.auth import ROLES, new_token, token_hash
 from domain.credentials import hash_secret
 from domain.timeutil import ms_to_iso, now_ms
-from store.base import Principal
-from store.sqlite import SqliteStore
+from landun.db import add_database_argument
+from store.base import Principal, Store
+from store.factory import open_store
 
 
 def _check_scope(role: str, jurisdictions: list[str]) -> None:
@@ -43,8 +44,8 @@ def add_user(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def _store(args: argparse.Namespace) -> Iterator[SqliteStore]:
-    store = SqliteStore(Path(args.data_dir) / "landun.db")
+def _store(args: argparse.Namespace) -> Iterator[Store]:
+    store = open_store(Path(args.data_dir) / "landun.db", args.database)
     try:
         yield store
     finally:
@@ -61,7 +62,7 @@ def list_users(args: argparse.Namespace) -> int:
     return 0
 
 
-def _change_user(done: str, change: Callable[[SqliteStore, str], bool]):
+def _change_user(done: str, change: Callable[[Store, str], bool]):
     def command(args: argparse.Namespace) -> int:
         with _store(args) as store:
             found = change(store, args.name)
@@ -118,9 +119,11 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--password", help="default: ask (or --generate-password)")
     add.add_argument("--generate-password", action="store_true")
     add.add_argument("--data-dir", default="var")
+    add_database_argument(add)
     add.set_defaults(func=add_user)
     listing = users.add_parser("list", help="list users")
     listing.add_argument("--data-dir", default="var")
+    add_database_argument(listing)
     listing.set_defaults(func=list_users)
     for name, what, done, change in (
         ("disable", "refuse the user's logins and end their sessions", "disabled",
@@ -133,6 +136,7 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
         one = users.add_parser(name, help=what)
         one.add_argument("name")
         one.add_argument("--data-dir", default="var")
+        add_database_argument(one)
         one.set_defaults(func=_change_user(done, change))
 
     tokens = sub.add_parser("tokens", help="API tokens for machines").add_subparsers(
@@ -145,11 +149,14 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--days", type=int, default=365, help="validity; 0 for no expiry")
     create.add_argument("--label", help="a note kept with the token")
     create.add_argument("--data-dir", default="var")
+    add_database_argument(create)
     create.set_defaults(func=create_token)
     listing = tokens.add_parser("list", help="list tokens and login sessions that are valid")
     listing.add_argument("--data-dir", default="var")
+    add_database_argument(listing)
     listing.set_defaults(func=list_tokens)
     revoke = tokens.add_parser("revoke", help="revoke a token or login session")
     revoke.add_argument("id", help="its id from `landun tokens list`")
     revoke.add_argument("--data-dir", default="var")
+    add_database_argument(revoke)
     revoke.set_defaults(func=revoke_token)

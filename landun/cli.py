@@ -17,9 +17,12 @@ from alerts.startup_settings import load_settings
 from domain.logtext import EscapingFilter
 from domain.mqtt_connection import BrokerUnusable
 from landun import accounts, broker_options, gc_settings
+from landun import db as database
 from landun.mosquitto_export import add_subparser as add_devices_subparser
 from landun.system import RunConfig, StartupError, System, run_hj212_gateway
 from simulators.cli import add_subparser as add_simulate_subparser
+from store.base import StoreUnavailable
+from store.factory import DatabaseUrlError
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -37,6 +40,7 @@ def _run(args: argparse.Namespace) -> int:
         broker=broker,
         broker_port=args.broker_port,
         data_dir=Path(args.data_dir),
+        database_url=args.database,
         registry_path=Path(args.registry) if args.registry else None,
         simulators=not args.no_simulators,
         sim_interval_s=args.sim_interval,
@@ -47,6 +51,7 @@ def _run(args: argparse.Namespace) -> int:
         hj212_host=args.hj212_host,
         webhooks=_webhooks(args.webhook),
     )
+    database.prepare(cfg.database_url)
     gc_settings.settle()
     try:
         with contextlib.suppress(KeyboardInterrupt):
@@ -72,10 +77,12 @@ def _webhooks(urls: list[str] | None) -> list[WebhookTarget]:
 def _hj212_gateway(args: argparse.Namespace) -> int:
     cfg = RunConfig(
         data_dir=Path(args.data_dir),
+        database_url=args.database,
         registry_path=Path(args.registry) if args.registry else None,
         hj212_port=args.hj212_port,
         hj212_host=args.hj212_host,
     )
+    database.prepare(cfg.database_url)
     gc_settings.settle()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_hj212_gateway(cfg))
@@ -102,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--broker-port", type=int, default=1883, help="embedded broker port")
     run.add_argument("--data-dir", default="var", help="where the SQLite database lives")
+    database.add_database_argument(run)
     run.add_argument("--registry", help="registry TOML (default: the demo registry)")
     run.add_argument(
         "--config-dir",
@@ -131,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     accounts.add_subparsers(sub)
+    database.add_subparser(sub)
     add_devices_subparser(sub)
     add_simulate_subparser(sub)
     for name, (_, what) in DELEGATED.items():
@@ -145,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gw.add_argument("--port", dest="hj212_port", type=int, default=9212, help="TCP port")
     gw.add_argument("--data-dir", default="var", help="where the SQLite database lives")
+    database.add_database_argument(gw)
     gw.add_argument("--registry", help="registry TOML (default: the demo registry)")
     gw.set_defaults(func=_hj212_gateway)
     return p
@@ -161,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(EscapingFilter())  # a newline or NUL from outside cannot forge a line
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (StoreUnavailable, DatabaseUrlError) as exc:
+        print(f"landun: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

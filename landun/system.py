@@ -49,9 +49,9 @@ from landun.demo import (
 from simulators.hj212_logger import Hj212LoggerRunner
 from simulators.runner import SimulatorRunner
 from store.base import Store
-from store.ledger import SqliteLedger
-from store.retention import DeadLetterRetention
-from store.sqlite import SqliteStore
+from store.dead_letter_retention import DeadLetterRetention
+from store.factory import describe, open_ledger, open_store
+from store.ledger import WasteLedger
 
 log = logging.getLogger("landun")
 
@@ -73,6 +73,7 @@ class RunConfig:
     broker: BrokerAddress | None = None  # the full address (TLS, login); wins over broker_url
     broker_port: int = 1883  # embedded broker's port (0: any free port)
     data_dir: Path = Path("var")
+    database_url: str | None = None  # postgresql://...; None: SQLite in data_dir
     registry_path: Path | None = None  # None: the demo registry
     simulators: bool = True
     sim_interval_s: int | None = None
@@ -99,13 +100,19 @@ class Core:
     store: Store
     engine: AlertEngine
     pipeline: IngestPipeline
-    ledger: SqliteLedger
+    ledger: WasteLedger
+    database_url: str | None = None
 
     @classmethod
     def open(cls, cfg: RunConfig) -> Core:
         """The configured registry and store, on the wall clock."""
         registry_path = cfg.registry_path or demo_registry_path()
-        return cls.build(load_registry(registry_path), cfg.data_dir / "landun.db", registry_path)
+        return cls.build(
+            load_registry(registry_path),
+            cfg.data_dir / "landun.db",
+            registry_path,
+            database_url=cfg.database_url,
+        )
 
     @classmethod
     def build(
@@ -114,15 +121,22 @@ class Core:
         db_path: Path,
         registry_path: Path | None = None,
         clock: Callable[[], int] = now_ms,
+        database_url: str | None = None,
     ) -> Core:
         """Wire store, engine, rules and pipeline; `clock` lets a replay run on simulated time
         (simulators/evaluate.py) through exactly the production wiring."""
         catalogue = default_catalogue()
-        store = SqliteStore(db_path)
+        store = open_store(db_path, database_url)
         if os.environ.get("LANDUN_INFLUX_URL"):
             # Readings in InfluxDB, everything else in SQLite; influxdb-client loads only if used.
-            from store.influx import InfluxStore
-
+            try:
+                from store.influx import InfluxStore
+            except ImportError as exc:
+                store.close()
+                raise SystemExit(
+                    f"LANDUN_INFLUX_URL is set but InfluxDB support is not installed ({exc});"
+                    " pip install 'landun[influx]'"
+                ) from exc
             try:
                 store = InfluxStore.from_env(store, registry, catalogue)
                 store.ensure_bucket(int(os.environ.get("LANDUN_INFLUX_RETENTION_DAYS", "0")))
@@ -136,7 +150,7 @@ class Core:
         engine = AlertEngine(store, registry, profiles, catalogue, clock=clock)
         detectors = load_detector_settings()
         offline = OfflineRule(registry, detectors.offline, store.last_seen(), clock())
-        ledger = SqliteLedger(db_path)
+        ledger = open_ledger(db_path, database_url)
         custody = CustodyRule(registry, ledger)
         skew = ClockSkewRule(registry, detectors.clock_skew)
         engine.rules += [offline, DetectorRule(registry, catalogue, detectors), custody, skew]
@@ -154,7 +168,10 @@ class Core:
             on_events=on_events,
             on_dead=lambda dead: skew.dead_letters(dead, engine),
         )
-        return cls(registry_path, registry, catalogue, db_path, store, engine, pipeline, ledger)
+        return cls(
+            registry_path, registry, catalogue, db_path, store, engine, pipeline, ledger,
+            database_url,
+        )  # fmt: skip
 
     def close(self) -> None:
         self.ledger.close()
@@ -171,6 +188,7 @@ def ensure_admin(store: Store, data_dir: Path, password: str | None) -> str:
     if store.get_user("admin") is None:
         password = secrets.token_urlsafe(12)
         store.add_user("admin", hash_secret(password), "admin", ())
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # not made yet on PostgreSQL
         # Created owner-only: never readable by others, not even for a moment.
         with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(password + "\n")
@@ -404,7 +422,7 @@ class System:
         if self.hj212_port is not None:
             lines.append(f"  HJ 212 (TCP): {cfg.hj212_host}:{self.hj212_port}")
         lines += [
-            f"  Database:     {core.db_path.resolve()}",
+            f"  Database:     {describe(core.db_path, core.database_url)}",
             f"  Registry:     {core.registry_path}",
             f"  Simulators:   {'on' if sims else 'off'}",
             f"  Log in:       {self.admin_note}",
@@ -428,7 +446,8 @@ async def run_hj212_gateway(cfg: RunConfig, ready: threading.Event | None = None
     local = cfg.hj212_host in ("127.0.0.1", "::1", "localhost")
     reach = "this machine only" if local else "the network"
     print(
-        f"HJ 212 gateway listening on {cfg.hj212_host}:{port} ({reach}); database {core.db_path}",
+        f"HJ 212 gateway listening on {cfg.hj212_host}:{port} ({reach});"
+        f" database {describe(core.db_path, core.database_url)}",
         flush=True,
     )
     if ready is not None:

@@ -85,6 +85,10 @@ class Principal:
     kind: str = "user"  # user | token
 
 
+# Hex digits of a token's SHA-256 that name it (TokenInfo.id): 64 bits, unique in practice.
+TOKEN_ID_CHARS = 16
+
+
 @dataclass(frozen=True, slots=True)
 class TokenInfo:
     """A stored token or login session, without the token itself. `id` is the start of the

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from domain.timeutil import SHANGHAI
 from domain.waste import Bag, WasteCategory, WasteEvent, WasteEventKind, derive_bag
 from store.base import StoreUnavailable
+from store.migrations import Migration
 from store.sqlite_db import SqliteDatabase
 
 SCHEMA = """
@@ -70,6 +71,8 @@ CREATE INDEX IF NOT EXISTS waste_bags_held ON waste_bags (site_id) WHERE handed_
 CREATE INDEX IF NOT EXISTS waste_bags_incomplete ON waste_bags (handed_recv_ms)
     WHERE collected_ms IS NULL OR stored_ms IS NULL;
 """
+
+MIGRATIONS = (Migration(1, "waste events and bags (as of 2026-12)", SCHEMA),)
 
 _BAG_COLS = (
     "site_id, bag_id, category, department, collected_ms, collected_kg, stored_ms, stored_kg,"
@@ -160,6 +163,13 @@ class WasteLedger(Protocol):
     def close(self) -> None: ...
 
 
+# A bag's events in custody order.
+CHAIN_SQL = (
+    f"SELECT {_EVENT_COLS} FROM waste_events WHERE site_id = ? AND bag_id = ?"
+    " ORDER BY ts_ms, recv_ms, device_id"
+)
+
+
 def _bag_from_row(row: tuple) -> Bag:
     (site, bag, cat, dept, c_ms, c_kg, s_ms, s_kg, h_ms, h_kg, h_recv, manifest, carrier,
      cats, dups, n) = row  # fmt: skip
@@ -227,62 +237,25 @@ def local_day(ms: int, tz: str) -> date:
     return datetime.fromtimestamp(ms / 1000, ZoneInfo(tz)).date()
 
 
-class SqliteLedger(SqliteDatabase):
-    def __init__(self, path: Path | str) -> None:
-        super().__init__(path, SCHEMA)
+class LedgerReads:
+    """The ledger's queries, in SQL both backends run (`?` placeholders); a backend supplies
+    `_rows`."""
 
-    # -- writes -------------------------------------------------------------------------------
-
-    def record(self, events: Sequence[WasteEvent]) -> list[WasteEvent]:
-        fresh: list[WasteEvent] = []
-        try:
-            with self._tx() as conn:
-                for e in events:
-                    cur = conn.execute(
-                        f"INSERT OR IGNORE INTO waste_events ({_EVENT_COLS})"
-                        f" VALUES ({','.join('?' * 11)})",
-                        _event_values(e),
-                    )
-                    if cur.rowcount:
-                        fresh.append(e)
-                for site_id, bag_id in dict.fromkeys((e.site_id, e.bag_id) for e in fresh):
-                    bag = derive_bag(self._chain(conn, site_id, bag_id))
-                    conn.execute(
-                        f"INSERT OR REPLACE INTO waste_bags ({_BAG_COLS}, produced_ms, weight_kg)"
-                        f" VALUES ({','.join('?' * 18)})",
-                        _bag_values(bag),
-                    )
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"sqlite ledger: {exc}") from exc
-        return fresh
-
-    # -- reads --------------------------------------------------------------------------------
-
-    @staticmethod
-    def _chain(conn: sqlite3.Connection, site_id: str, bag_id: str) -> list[WasteEvent]:
-        rows = conn.execute(
-            f"SELECT {_EVENT_COLS} FROM waste_events WHERE site_id = ? AND bag_id = ?"
-            " ORDER BY ts_ms, recv_ms, device_id",
-            (site_id, bag_id),
-        )
-        return [_event_from_row(r) for r in rows]
+    def _rows(self, sql: str, args: Sequence = ()) -> list[tuple]:
+        raise NotImplementedError
 
     def chain(self, site_id: str, bag_id: str) -> list[WasteEvent]:
-        return self._chain(self._reader(), site_id, bag_id)
+        return [_event_from_row(r) for r in self._rows(CHAIN_SQL, (site_id, bag_id))]
 
     def bag(self, site_id: str, bag_id: str) -> Bag | None:
-        row = (
-            self._reader()
-            .execute(
-                f"SELECT {_BAG_COLS} FROM waste_bags WHERE site_id = ? AND bag_id = ?",
-                (site_id, bag_id),
-            )
-            .fetchone()
+        rows = self._rows(
+            f"SELECT {_BAG_COLS} FROM waste_bags WHERE site_id = ? AND bag_id = ?",
+            (site_id, bag_id),
         )
-        return _bag_from_row(row) if row else None
+        return _bag_from_row(rows[0]) if rows else None
 
     def sites_of_bag(self, bag_id: str) -> list[str]:
-        rows = self._reader().execute(
+        rows = self._rows(
             "SELECT site_id FROM waste_bags WHERE bag_id = ? ORDER BY site_id", (bag_id,)
         )
         return [r[0] for r in rows]
@@ -310,7 +283,7 @@ class SqliteLedger(SqliteDatabase):
         if q.end_ms is not None:
             where.append("produced_ms < ?")
             args.append(q.end_ms)
-        rows = self._reader().execute(
+        rows = self._rows(
             f"SELECT {_BAG_COLS} FROM waste_bags WHERE {' AND '.join(where)}"
             " ORDER BY produced_ms DESC, bag_id LIMIT ?",
             (*args, q.limit),
@@ -323,11 +296,11 @@ class SqliteLedger(SqliteDatabase):
         if site_id is not None:
             sql += " AND site_id = ?"
             args = (site_id,)
-        rows = self._reader().execute(sql + " ORDER BY produced_ms", args)
+        rows = self._rows(sql + " ORDER BY produced_ms", args)
         return [_bag_from_row(r) for r in rows]
 
     def holding(self, site_id: str, start_ms: int, end_ms: int) -> list[tuple[int, int | None]]:
-        rows = self._reader().execute(
+        rows = self._rows(
             "SELECT stored_ms, handed_ms FROM waste_bags WHERE site_id = ?"
             " AND stored_ms IS NOT NULL AND stored_ms < ? AND (handed_ms IS NULL OR handed_ms > ?)",
             (site_id, end_ms, start_ms),
@@ -335,7 +308,7 @@ class SqliteLedger(SqliteDatabase):
         return [(s, h) for s, h in rows]
 
     def incomplete_handovers(self, recv_from_ms: int, recv_to_ms: int) -> list[Bag]:
-        rows = self._reader().execute(
+        rows = self._rows(
             f"SELECT {_BAG_COLS} FROM waste_bags WHERE handed_recv_ms >= ? AND handed_recv_ms < ?"
             " AND (collected_ms IS NULL OR stored_ms IS NULL) ORDER BY handed_recv_ms",
             (recv_from_ms, recv_to_ms),
@@ -343,12 +316,11 @@ class SqliteLedger(SqliteDatabase):
         return [_bag_from_row(r) for r in rows]
 
     def manifest(self, site_id: str, manifest_id: str) -> ManifestTotal | None:
-        rows = self._reader().execute(
+        rows = self._rows(
             "SELECT bag_id, weight_kg, handed_kg FROM waste_bags"
             " WHERE site_id = ? AND manifest_id = ? ORDER BY bag_id",
             (site_id, manifest_id),
         )
-        rows = rows.fetchall()
         if not rows:
             return None
         weighed = [(w, h) for _, w, h in rows if w is not None and h is not None]
@@ -366,8 +338,8 @@ class SqliteLedger(SqliteDatabase):
         self, site_id: str, first_day: date, last_day: date, tz: str = SHANGHAI
     ) -> list[DailyTotal]:
         start_ms, end_ms = local_day_bounds(first_day, last_day, tz)
-        rows = self._reader().execute(
-            "SELECT produced_ms, ifnull(department, ''), ifnull(category, ''), weight_kg"
+        rows = self._rows(
+            "SELECT produced_ms, coalesce(department, ''), coalesce(category, ''), weight_kg"
             " FROM waste_bags WHERE site_id = ? AND produced_ms >= ? AND produced_ms < ?",
             (site_id, start_ms, end_ms),
         )
@@ -382,3 +354,37 @@ class SqliteLedger(SqliteDatabase):
             DailyTotal(day, dept, cat, int(n), round(kg, 3))
             for (day, dept, cat), (n, kg) in sorted(totals.items())
         ]
+
+
+class SqliteLedger(SqliteDatabase, LedgerReads):
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(path, "ledger", MIGRATIONS)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def record(self, events: Sequence[WasteEvent]) -> list[WasteEvent]:
+        fresh: list[WasteEvent] = []
+        try:
+            with self._tx() as conn:
+                for e in events:
+                    cur = conn.execute(
+                        f"INSERT OR IGNORE INTO waste_events ({_EVENT_COLS})"
+                        f" VALUES ({','.join('?' * 11)})",
+                        _event_values(e),
+                    )
+                    if cur.rowcount:
+                        fresh.append(e)
+                for site_id, bag_id in dict.fromkeys((e.site_id, e.bag_id) for e in fresh):
+                    chain = conn.execute(CHAIN_SQL, (site_id, bag_id))
+                    bag = derive_bag(_event_from_row(r) for r in chain)
+                    conn.execute(
+                        f"INSERT OR REPLACE INTO waste_bags ({_BAG_COLS}, produced_ms, weight_kg)"
+                        f" VALUES ({','.join('?' * 18)})",
+                        _bag_values(bag),
+                    )
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"sqlite ledger: {exc}") from exc
+        return fresh
+
+    def _rows(self, sql: str, args: Sequence = ()) -> list[tuple]:
+        return self._reader().execute(sql, args).fetchall()

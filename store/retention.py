@@ -1,62 +1,95 @@
-"""Dead-letter retention: raw bytes cleared after `raw_days`, rows deleted after `row_days`
-with their counts per reason kept, run every `every_minutes` (store/data/retention.toml)."""
+"""Retention of raw readings: older than `raw_days`, they are rolled up into hourly aggregates
+and removed, except the readings of a device inside one of its alerts' windows, which are kept
+as long as the alert. Each backend applies it its own way (PostgreSQL drops whole monthly
+partitions; SQLite deletes in batches); this module holds what they share."""
 
 from __future__ import annotations
 
-import logging
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
-from domain.timeutil import now_ms
-from store.base import Store
-
-log = logging.getLogger("landun.store.retention")
-
+HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
-class RetentionPolicy:
+class RetentionSettings:
     raw_days: int
-    row_days: int
-    every_minutes: int
 
-    def __post_init__(self) -> None:
-        if not 0 < self.raw_days <= self.row_days or self.every_minutes <= 0:
-            raise ValueError(f"dead-letter retention {self}: need 0 < raw_days <= row_days")
+    def cutoff_ms(self, now_ms: int) -> int:
+        """Raw readings with a sensor time before this may go."""
+        return now_ms - self.raw_days * DAY_MS
 
 
-def load_policy() -> RetentionPolicy:
+@dataclass(frozen=True, slots=True)
+class RetentionReport:
+    removed: int  # raw readings rolled up and removed
+    kept_as_evidence: int  # readings older than the cutoff kept for an alert
+    hours: int  # hourly aggregates written or merged
+
+
+def load_retention_settings() -> RetentionSettings:
     text = resources.files("store").joinpath("data/retention.toml").read_text("utf-8")
-    return RetentionPolicy(**tomllib.loads(text)["dead_letters"])
-
-
-class DeadLetterRetention:
-    def __init__(
-        self,
-        store: Store,
-        policy: RetentionPolicy | None = None,
-        clock: Callable[[], int] = now_ms,
-    ) -> None:
-        self.store = store
-        self.policy = policy or load_policy()
-        self.clock = clock
-        self._last_ms: int | None = None
-
-    def maybe_run(self) -> None:
-        """Run if the interval has passed since the last run (called from a periodic clock)."""
-        now = self.clock()
-        if self._last_ms is not None and now - self._last_ms < self.policy.every_minutes * 60_000:
-            return
-        self._last_ms = now
-        cleared, deleted = self.store.prune_dead_letters(
-            now - self.policy.raw_days * DAY_MS, now - self.policy.row_days * DAY_MS
+    raw_days = tomllib.loads(text)["readings"]["raw_days"]
+    if not isinstance(raw_days, int) or raw_days < 1:
+        raise ValueError(
+            f"store/data/retention.toml: raw_days must be a positive integer: {raw_days}"
         )
-        if cleared or deleted:
-            log.info(
-                "dead-letter retention: raw bytes cleared from %d, %d rows deleted (counted)",
-                cleared,
-                deleted,
-            )
+    return RetentionSettings(raw_days)
+
+
+def is_evidence(alerts: str, r: str) -> str:
+    """Reading `r` is evidence of an alert in table `alerts`: its device's, inside the alert's
+    window."""
+    return (
+        f"EXISTS (SELECT 1 FROM {alerts} a WHERE a.device_id = {r}.device_id"
+        f" AND {r}.ts_ms >= a.first_ms AND {r}.ts_ms <= a.last_ms)"
+    )
+
+
+# The hourly aggregate columns: all readings, and the valid ones (flag N) apart, as downsample
+# serves either.
+HOURLY_COLS = (
+    "device_id, parameter, hour_ms, n, total, lo, hi, valid_n, valid_total, valid_lo, valid_hi"
+)
+# Aggregates of the readings `r` selected by the query's FROM/WHERE, one row per hour.
+HOURLY_SELECT = (
+    "SELECT r.device_id, r.parameter, (r.ts_ms / 3600000) * 3600000 AS h, count(*), sum(r.value),"
+    " min(r.value), max(r.value), count(*) FILTER (WHERE r.flag = 'N'),"
+    " coalesce(sum(r.value) FILTER (WHERE r.flag = 'N'), 0),"
+    " min(r.value) FILTER (WHERE r.flag = 'N'), max(r.value) FILTER (WHERE r.flag = 'N')"
+)
+# Merging into an hour already aggregated (a batch boundary inside an hour, or a second run).
+HOURLY_MERGE = (
+    " ON CONFLICT (device_id, parameter, hour_ms) DO UPDATE SET"
+    " n = readings_hourly.n + excluded.n, total = readings_hourly.total + excluded.total,"
+    " lo = {least}(readings_hourly.lo, excluded.lo),"
+    " hi = {greatest}(readings_hourly.hi, excluded.hi),"
+    " valid_n = readings_hourly.valid_n + excluded.valid_n,"
+    " valid_total = readings_hourly.valid_total + excluded.valid_total,"
+    " valid_lo = coalesce({least}(readings_hourly.valid_lo, excluded.valid_lo),"
+    " readings_hourly.valid_lo, excluded.valid_lo),"
+    " valid_hi = coalesce({greatest}(readings_hourly.valid_hi, excluded.valid_hi),"
+    " readings_hourly.valid_hi, excluded.valid_hi)"
+)
+
+
+def downsample_sql(readings: str, hourly: str, marks: str, valid_only: bool, mark: str) -> str:
+    """Buckets of `every_ms` (a whole number of hours) from raw readings and from the hourly
+    aggregates of removed ones together. Arguments, in order: every, every, device, *parameters,
+    start, end (raw), then every, every, device, *parameters, start, end (hourly)."""
+    flag = " AND flag = 'N'" if valid_only else ""
+    p = "valid_" if valid_only else ""
+    return (
+        "SELECT b, parameter, sum(s) / CAST(sum(n) AS DOUBLE PRECISION), min(lo), max(hi),"
+        " CAST(sum(n) AS BIGINT) FROM ("
+        f"SELECT (ts_ms / {mark}) * {mark} AS b, parameter, sum(value) AS s, count(*) AS n,"
+        f" min(value) AS lo, max(value) AS hi FROM {readings} WHERE device_id = {mark}"
+        f" AND parameter IN ({marks}) AND ts_ms >= {mark} AND ts_ms < {mark}{flag}"
+        " GROUP BY b, parameter"
+        f" UNION ALL SELECT (hour_ms / {mark}) * {mark}, parameter, {p}total, {p}n, {p}lo, {p}hi"
+        f" FROM {hourly} WHERE device_id = {mark} AND parameter IN ({marks})"
+        f" AND hour_ms >= {mark} AND hour_ms < {mark} AND {p}n > 0"
+        ") AS parts GROUP BY b, parameter ORDER BY b, parameter"
+    )

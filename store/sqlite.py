@@ -17,6 +17,7 @@ from domain import strict_json
 from domain.model import Alert, AlertFamily, AlertStatus, DeadLetter, Reading, Severity
 from domain.timeutil import now_ms
 from store.base import (
+    TOKEN_ID_CHARS,
     AlertChange,
     AlertQuery,
     AuditEntry,
@@ -30,12 +31,21 @@ from store.base import (
     TokenInfo,
     UserInfo,
 )
+from store.migrations import Migration
+from store.retention import (
+    HOUR_MS,
+    HOURLY_COLS,
+    HOURLY_MERGE,
+    HOURLY_SELECT,
+    RetentionReport,
+    RetentionSettings,
+    downsample_sql,
+    is_evidence,
+)
 from store.sqlite_db import SqliteDatabase, attach_readonly, readonly_uri
 
 log = logging.getLogger("landun.store")
 
-# Hex digits of a token's SHA-256 that name it (TokenInfo.id): 64 bits, unique in practice.
-TOKEN_ID_CHARS = 16
 COMPACTION_NICE = 10  # added to the compaction thread's nice value (lower CPU priority)
 
 _READING_COLS = "device_id, parameter, ts_ms, value, flag, recv_ms, seq, site_id"
@@ -94,6 +104,27 @@ CREATE TABLE IF NOT EXISTS runs (
     max_ts_ms INTEGER NOT NULL
 );
 """
+READINGS_HOURLY = """
+-- Hourly aggregates of the raw readings retention removed, kept for good (store.retention).
+CREATE TABLE IF NOT EXISTS readings_hourly (
+    device_id TEXT NOT NULL,
+    parameter TEXT NOT NULL,
+    hour_ms INTEGER NOT NULL,        -- start of the UTC hour
+    n INTEGER NOT NULL,
+    total REAL NOT NULL,
+    lo REAL NOT NULL,
+    hi REAL NOT NULL,
+    valid_n INTEGER NOT NULL,        -- the readings flagged N
+    valid_total REAL NOT NULL,
+    valid_lo REAL,
+    valid_hi REAL,
+    PRIMARY KEY (device_id, parameter, hour_ms)
+) WITHOUT ROWID;
+"""
+READINGS_MIGRATIONS = (
+    Migration(1, "readings, runs (as of 2026-12)", READINGS_SCHEMA),
+    Migration(2, "retention: hourly aggregates", READINGS_HOURLY),
+)
 # A series' rows in the runs: one index lookup per live run.
 _IN_RUNS = "run IN (SELECT run FROM {0}runs)"
 # What queries read, on every reader connection (a view in the main file cannot name an
@@ -284,6 +315,8 @@ CREATE TABLE IF NOT EXISTS engine_state (
 ) WITHOUT ROWID;
 """
 
+MIGRATIONS = (Migration(1, "inboxes, alerts, accounts, engine state (as of 2026-12)", SCHEMA),)
+
 _ALERT_COLS = (
     "site_id, device_id, rule_id, family, severity, parameter, status, message, first_ms, last_ms,"
     " first_value, last_value, worst_value, worst_ms, count, limit_json, evidence_json, opened_ms,"
@@ -344,8 +377,10 @@ class SqliteStore(SqliteDatabase):
         compact_rows: int = 50_000,
         inbox_max_rows: int = 25_000,
     ) -> None:
-        self._cold = SqliteDatabase(readings_path(Path(path)), READINGS_SCHEMA, busy_timeout_ms)
-        super().__init__(path, SCHEMA, busy_timeout_ms)
+        self._cold = SqliteDatabase(
+            readings_path(Path(path)), "readings", READINGS_MIGRATIONS, busy_timeout_ms
+        )
+        super().__init__(path, "store", MIGRATIONS, busy_timeout_ms)
         attach_readonly(self._writer, self._cold.path, "cold")  # for the duplicate checks
         self._move_legacy_readings()
         if self._writer.execute("SELECT moved_ts_ms IS NULL FROM inbox_state").fetchone()[0]:
@@ -653,6 +688,67 @@ class SqliteStore(SqliteDatabase):
         self._compact_from = row[0]
         return "device_id >= ? AND device_id < ?", (first, row[0])
 
+    def apply_retention(
+        self, now_ms: int, settings: RetentionSettings, batch_rows: int = 10_000
+    ) -> RetentionReport:
+        """Roll up and delete the compacted readings older than the cutoff, series by series, at
+        most `batch_rows` a transaction, keeping those that are an alert's evidence. Older
+        readings still in runs go once compaction has moved them on."""
+        cutoff = settings.cutoff_ms(now_ms)
+        removed = kept = hours = 0
+        series: tuple[str, str] | None = ("", "")
+        while not self._closing and (series := self._next_series(series)) is not None:
+            start = None
+            while start is None or start < cutoff:
+                start, step = self._retire(series, start or 0, cutoff, batch_rows)
+                removed, kept, hours = removed + step[0], kept + step[1], hours + step[2]
+        return RetentionReport(removed, kept, hours)
+
+    def _next_series(self, after: tuple[str, str]) -> tuple[str, str] | None:
+        row = (
+            self._reader()
+            .execute(
+                "SELECT device_id, parameter FROM cold.readings"
+                " WHERE (device_id, parameter) > (?, ?)"
+                " ORDER BY device_id, parameter LIMIT 1",
+                after,
+            )
+            .fetchone()
+        )
+        return None if row is None else (row[0], row[1])
+
+    def _retire(
+        self, series: tuple[str, str], start: int, cutoff: int, batch_rows: int
+    ) -> tuple[int, tuple[int, int, int]]:
+        """One batch: the series' readings from `start` on, before the cutoff, at most
+        `batch_rows`; returns where the next batch starts, and (removed, kept, hours)."""
+        with self._compacting, self._attached_main() as cold:
+            row = cold.execute(
+                "SELECT ts_ms FROM readings WHERE device_id = ? AND parameter = ? AND ts_ms >= ?"
+                " AND ts_ms < ? ORDER BY ts_ms LIMIT 1 OFFSET ?",
+                (*series, start, cutoff, batch_rows),
+            ).fetchone()
+            end = cutoff if row is None else row[0]
+            args = (*series, start, end)
+            batch = "device_id = ? AND parameter = ? AND ts_ms >= ? AND ts_ms < ?"
+            hours = cold.execute(
+                f"INSERT INTO readings_hourly ({HOURLY_COLS}) {HOURLY_SELECT} FROM readings r"
+                f" WHERE {batch} AND NOT {is_evidence('hot.alerts', 'r')} GROUP BY 1, 2, 3"
+                + HOURLY_MERGE.format(least="min", greatest="max"),
+                args,
+            ).rowcount
+            kept = cold.execute(
+                f"SELECT count(*) FROM readings r WHERE {batch}"
+                f" AND {is_evidence('hot.alerts', 'r')}",
+                args,
+            ).fetchone()[0]
+            removed = cold.execute(
+                f"DELETE FROM readings WHERE {batch}"
+                f" AND NOT {is_evidence('hot.alerts', 'readings')}",
+                args,
+            ).rowcount
+        return end, (removed, kept, hours)
+
     def query_readings(self, q: ReadingQuery) -> list[Reading]:
         where, args = [], []
         if q.device_id is not None:
@@ -873,6 +969,10 @@ class SqliteStore(SqliteDatabase):
         valid_only: bool = True,
     ) -> list[Bucket]:
         marks = ",".join("?" * len(parameters))
+        if every_ms % HOUR_MS == 0:  # whole hours: the aggregates of removed readings count too
+            args = (every_ms, every_ms, device_id, *parameters, start_ms, end_ms)
+            sql = downsample_sql("readings_all", "cold.readings_hourly", marks, valid_only, "?")
+            return [Bucket(*r) for r in self._reader().execute(sql, args + args)]
         flag = " AND flag = 'N'" if valid_only else ""
         rows = self._reader().execute(
             f"SELECT (ts_ms / ?) * ? AS b, parameter, avg(value), min(value), max(value), count(*)"

@@ -1,7 +1,8 @@
 """One SQLite database file in WAL mode: a single writer connection behind a lock, and a reader
 connection per thread, which WAL lets run alongside the writer. The store and the waste ledger
 share the file, each with its own tables and this connection handling. Other files may be
-attached read-only: a write transaction then locks this file only."""
+attached read-only: a write transaction then locks this file only. Each user of a file keeps its
+tables by versioned steps (store.migrations), recorded per component in `schema_migrations`."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
+from domain.timeutil import now_ms
 from store.base import StoreUnavailable
+from store.migrations import Migration, pending
 
 # The database holds password and token hashes: only its owner may read it. SQLite gives the
 # WAL and shared-memory files the database file's permissions.
@@ -64,13 +67,46 @@ def attach_readonly(conn: sqlite3.Connection, path: Path, name: str) -> None:
     conn.execute("ATTACH DATABASE ? AS " + name, (readonly_uri(path),))
 
 
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def upgrade(conn: sqlite3.Connection, component: str, migrations: Sequence[Migration]) -> None:
+    """Apply `component`'s pending steps, each in its own write transaction with its record."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (component TEXT NOT NULL,"
+        " version INTEGER NOT NULL, name TEXT NOT NULL, applied_ms INTEGER NOT NULL,"
+        " PRIMARY KEY (component, version))"
+    )
+    rows = conn.execute("SELECT version FROM schema_migrations WHERE component = ?", (component,))
+    for step in pending(tuple(migrations), {v for (v,) in rows}):
+        record = (
+            "INSERT OR IGNORE INTO schema_migrations (component, version, name, applied_ms)"
+            f" VALUES ({_quoted(component)}, {step.version}, {_quoted(step.name)}, {now_ms()})"
+        )
+        try:
+            # A script, as a step may hold several statements; OR IGNORE: a step's statements
+            # are idempotent, and another process may have applied it meanwhile.
+            conn.executescript(f"BEGIN IMMEDIATE;\n{step.sql}\n;{record};\nCOMMIT;")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
 class SqliteDatabase:
-    def __init__(self, path: Path | str, schema: str, busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        component: str,
+        migrations: Sequence[Migration],
+        busy_timeout_ms: int = 5000,
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         make_private(self.path)
         self._writer = connect(self.path, busy_timeout_ms)
-        self._writer.executescript(schema)
+        upgrade(self._writer, component, migrations)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []

@@ -15,6 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from landun.demo import demo_registry_path
 from landun.system import RunConfig, System
 from tests.brokers import AmqttBroker, MosquittoBroker, have_mosquitto
+from tests.postgres import fresh_database
 
 
 @pytest.fixture
@@ -140,3 +141,10 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str =
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database (tests/postgres.py)."""
+    with fresh_database() as url:
+        yield url

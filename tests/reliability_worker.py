@@ -1,6 +1,7 @@
 """One ingest worker as its own process, for tests/test_reliability.py to kill, starve and share.
 
-It wires exactly the production ingest path (SqliteStore + IngestPipeline + MqttSubscriber) and
+It wires exactly the production ingest path (SqliteStore, or PostgresStore when --db is a
+postgresql:// URL, + IngestPipeline + MqttSubscriber) and
 nothing else: no API, no alert engine, no simulators. That keeps the start fast and the failures
 the tests provoke attributable to ingest alone. Every 0.1 s it writes its state (metrics, queue
 depth, connection) as JSON to --status, atomically, so the test can read it even after a kill -9.
@@ -26,13 +27,15 @@ from domain.registry import load_registry
 from ingest.mqtt import MqttSubscriber, SubscriberSettings
 from ingest.pipeline import IngestPipeline
 from landun.demo import demo_registry_path
+from store.base import Store
+from store.postgres.store import PostgresStore
 from store.sqlite import SqliteStore
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--broker", required=True, help="mqtt://host:port")
-    p.add_argument("--db", required=True, type=Path, help="SQLite file")
+    p.add_argument("--db", required=True, help="SQLite file, or a postgresql:// URL")
     p.add_argument("--status", required=True, type=Path, help="JSON state file to keep current")
     p.add_argument("--registry", type=Path, default=demo_registry_path())
     p.add_argument("--client-id", default="landun-ingest")
@@ -74,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     # A short busy timeout lets the store-outage test see failures fast instead of waiting
     # out the default 5 s on every attempt.
-    store = SqliteStore(args.db, busy_timeout_ms=args.busy_timeout_ms or 5000)
+    if args.db.startswith("postgresql://"):
+        store: Store = PostgresStore(args.db)
+    else:
+        store = SqliteStore(args.db, busy_timeout_ms=args.busy_timeout_ms or 5000)
     pipeline = IngestPipeline(store, load_registry(args.registry), default_catalogue())
     settings = SubscriberSettings(
         client_id=args.client_id, shared_group=args.shared_group, queue_max=args.queue_max

@@ -235,6 +235,7 @@ def test_cli_tokens_act_with_their_role_and_scope_until_they_expire(world, capsy
         days=30,
         label="test",
         data_dir=str(world.running.system.config.data_dir),
+        database=None,
     )
     assert create_token(args) == 0
     token = capsys.readouterr().out.strip().splitlines()[-1]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.brokers import have_mosquitto
+from tests.postgres import require_server
 
 BENCH = Path(__file__).parent.parent / "bench"
 
@@ -71,3 +72,32 @@ def test_detector_throughput_runs_on_a_small_series():
     )
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures and all(v > 0 for v in figures.values() if isinstance(v, int | float))
+
+
+@pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed (CI installs it)")
+def test_ingest_throughput_quick_on_postgresql():
+    figures = run_quick("ingest_throughput.py", "--database", require_server())
+    assert figures["store"] == "postgresql"
+    assert figures["readings_stored"] >= figures["messages"] * 5  # the steady load's too
+    assert figures["alerts_timed"] == 5
+
+
+def test_postgres_disk_reports_bytes_per_reading():
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "postgres_disk.py"), "--url", require_server(),
+         "--sites", "3", "--days", "0.01"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )  # fmt: skip
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["readings"] == 3 * 5 * 14
+    assert figures["bytes_per_reading"] > 0
+
+
+def test_query_quick_on_postgresql():
+    figures = run_quick("query.py", "--database", require_server())
+    assert figures["store"] == "postgresql"
+    assert figures["week_raw_rows"] == 7 * 24 * 60
+    assert figures["week_hourly_buckets"] in (168, 169)

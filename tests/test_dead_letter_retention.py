@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from domain.model import DeadLetter
-from store.retention import DAY_MS, DeadLetterRetention, RetentionPolicy, load_policy
+from store.dead_letter_retention import DAY_MS, DeadLetterRetention, RetentionPolicy, load_policy
 from store.sqlite import SqliteStore
 
 NOW = 1_795_334_400_000

@@ -3,7 +3,8 @@
 The HTTP tests talk to a tiny local http.server on 127.0.0.1 that stands in for InfluxDB: real
 HTTP exchanges through influxdb-client, with the status codes and bodies InfluxDB 2 sends, but
 not InfluxDB itself. The contract suite (tests/test_store_contract.py) runs against a real
-server when LANDUN_INFLUX_URL is set."""
+server when LANDUN_INFLUX_URL is set. InfluxDB is an optional extra (`landun[influx]`): without
+influxdb-client these tests skip."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("influxdb_client", reason="the influx extra is not installed")
 
 from domain.model import DeadLetter, Device, Reading, Site, SiteKind
 from domain.params import default_catalogue

@@ -392,13 +392,15 @@ def test_compose_stack_shape() -> None:
     doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = doc["services"]
     assert services["mosquitto"]["image"] == "eclipse-mosquitto:2"
-    assert services["influxdb"]["image"] == "influxdb:2.7"
+    assert services["postgres"]["image"] == "postgres:15"
+    assert "LANDUN_DATABASE_URL" in services["landun"]["environment"]
+    assert services["influxdb"]["profiles"] == ["influx"], "InfluxDB is off unless asked for"
     assert services["simulators"]["profiles"] == ["simulators"]
     for name, svc in services.items():
         if name != "simulators":
             assert "healthcheck" in svc, name
     named = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
-    assert {"mosquitto-data", "influxdb-data", "influxdb-config", "landun-data"} <= named
+    assert {"mosquitto-data", "postgres-data", "influxdb-data", "landun-data"} <= named
     assert set(doc["volumes"]) <= named
 
 

@@ -9,17 +9,22 @@ by key and value by value, with what was published. Run with -s to see the figur
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -32,6 +37,7 @@ from landun.demo import demo_registry_path
 from store.sqlite import SqliteStore, connect_readonly
 from tests.brokers import MosquittoBroker, have_mosquitto
 from tests.conftest import wait_for
+from tests.postgres import fresh_database
 
 needs_mosquitto = pytest.mark.skipif(not have_mosquitto(), reason="needs mosquitto on PATH")
 
@@ -79,20 +85,29 @@ class Stream:
         return f"landun/v1/devices/{self.device(i)}/telemetry", json.dumps(doc).encode()
 
 
-def count_rows(db: Path) -> int:
-    if not db.exists():  # created after the readings file
+def _query(db: Path | str, sql: str) -> list[tuple]:
+    """Rows of `sql` on the SQLite store at path `db`, or the PostgreSQL database at URL `db`."""
+    if isinstance(db, str):
+        try:
+            with psycopg.connect(db, connect_timeout=5) as conn:
+                return conn.execute(sql).fetchall()
+        except psycopg.OperationalError:  # restarting, in the PostgreSQL outage test
+            return []
+    with closing(connect_readonly(db)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def count_rows(db: Path | str) -> int:
+    if isinstance(db, Path) and not db.exists():  # created after the readings file
         return 0
-    with closing(connect_readonly(db)) as conn:
-        return conn.execute("SELECT count(*) FROM readings_all").fetchone()[0]
+    counted = _query(db, "SELECT count(*) FROM readings_all")
+    return counted[0][0] if counted else 0
 
 
-def assert_stored_exactly(db: Path, stream: Stream) -> int:
+def assert_stored_exactly(db: Path | str, stream: Stream) -> int:
     """Every published reading is in the store once, with its own value; nothing else is."""
-    with closing(connect_readonly(db)) as conn:
-        rows = conn.execute(
-            "SELECT device_id, parameter, ts_ms, value FROM readings_all"
-        ).fetchall()
-        dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+    rows = _query(db, "SELECT device_id, parameter, ts_ms, value FROM readings_all")
+    [(dead,)] = _query(db, "SELECT count(*) FROM dead_letters")
     assert dead == 0
     keys = {(d, p, t) for d, p, t, _ in rows}
     assert len(keys) == len(rows), "the primary key let a duplicate through"
@@ -168,7 +183,9 @@ class Publisher:
 class Worker:
     """tests/reliability_worker.py as a subprocess; its state is read from the JSON it keeps."""
 
-    def __init__(self, tmp: Path, broker: MosquittoBroker, db: Path, client_id: str, *extra: str):
+    def __init__(
+        self, tmp: Path, broker: MosquittoBroker, db: Path | str, client_id: str, *extra: str
+    ):
         self.tmp = tmp
         self.argv = [
             sys.executable, "-m", "tests.reliability_worker", "--broker", broker.url,
@@ -233,6 +250,16 @@ def broker(tmp_path: Path):
     b.stop()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request, tmp_path: Path) -> Iterator[Path | str]:
+    """Where ingest stores: a SQLite file, or a fresh PostgreSQL database's URL."""
+    if request.param == "postgres":
+        with fresh_database() as url:
+            yield url
+    else:
+        yield tmp_path / "landun.db"
+
+
 @pytest.fixture
 def cleanup():
     """Closes what a test opened, in reverse order, even when it fails half-way."""
@@ -260,8 +287,9 @@ def rss_kb(pid: int) -> int:
 
 
 @needs_mosquitto
-def test_ingest_killed_mid_stream_resumes_and_stores_every_reading_once(tmp_path, broker, cleanup):
-    db = tmp_path / "landun.db"
+def test_ingest_killed_mid_stream_resumes_and_stores_every_reading_once(
+    tmp_path, broker, cleanup, db
+):
     stream = Stream(20_000)
     worker = Worker(tmp_path, broker, db, "rel-kill")
     cleanup(worker)
@@ -305,8 +333,7 @@ def test_ingest_killed_mid_stream_resumes_and_stores_every_reading_once(tmp_path
 
 
 @needs_mosquitto
-def test_broker_restart_mid_stream_loses_nothing_and_stores_once(tmp_path, broker, cleanup):
-    db = tmp_path / "landun.db"
+def test_broker_restart_mid_stream_loses_nothing_and_stores_once(tmp_path, broker, cleanup, db):
     stream = Stream(20_000)
     worker = Worker(tmp_path, broker, db, "rel-restart")
     cleanup(worker)
@@ -421,6 +448,61 @@ def test_store_locked_mid_stream_holds_the_backlog_in_the_broker(tmp_path, broke
     )
 
 
+def _restartable_cluster(url: str) -> tuple[str, str]:
+    """(version, name) of the local Debian PostgreSQL cluster serving `url`; skips the test when
+    this process cannot restart it (needs root and pg_ctlcluster, as in CI)."""
+    if os.geteuid() != 0 or shutil.which("pg_ctlcluster") is None:
+        pytest.skip("restarting PostgreSQL needs root and Debian's pg_ctlcluster")
+    port = urlsplit(url).port or 5432
+    listed = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, check=True)
+    for line in listed.stdout.splitlines():
+        version, name, cluster_port, *_ = line.split()
+        if int(cluster_port) == port:
+            return version, name
+    pytest.skip(f"no local cluster listens on port {port}")
+
+
+@needs_mosquitto
+def test_postgresql_restarted_mid_stream_acknowledges_nothing_meanwhile_and_loses_nothing(
+    tmp_path, broker, cleanup, pg_url
+):
+    version, cluster = _restartable_cluster(pg_url)
+    stream = Stream(10_000)
+    worker = Worker(tmp_path, broker, pg_url, "rel-pg", "--queue-max", "500")
+    cleanup(worker)
+    worker.start().wait_subscribed()
+    pub = Publisher(broker.url, "rel-pg-pub")
+    cleanup(pub)
+    pub.stream(stream, per_second=4000)
+
+    wait_for(lambda: count_rows(pg_url) >= stream.readings // 5, STORE_TIMEOUT_S, "a fifth")
+    subprocess.run(["pg_ctlcluster", version, cluster, "stop", "-m", "fast"], check=True)
+    try:
+        wait_for(lambda: worker.metrics()["store_retries"] >= 1, 30, "a write to fail")
+        acked_down = worker.metrics()["acked"]
+        time.sleep(1.0)
+        assert worker.metrics()["acked"] == acked_down, "nothing acknowledged while down"
+    finally:
+        subprocess.run(["pg_ctlcluster", version, cluster, "start"], check=True)
+    started = time.monotonic()
+    wait_for(lambda: count_rows(pg_url) >= stream.readings, STORE_TIMEOUT_S, "all stored")
+    recovered_s = time.monotonic() - started
+    acked = pub.wait_acked(stream.n)
+    m = worker.terminate()
+
+    stored = assert_stored_exactly(pg_url, stream)
+    assert acked == stream.n
+    assert m["readings_stored"] == stream.readings
+    report(
+        "PostgreSQL restarted mid-stream",
+        messages=stream.n,
+        puback=acked,
+        store_retries=m["store_retries"],
+        rows=stored,
+        all_stored_after_restart_s=recovered_s,
+    )
+
+
 @needs_mosquitto
 def test_two_workers_on_a_shared_subscription_store_each_message_once(tmp_path, broker, cleanup):
     db = tmp_path / "landun.db"  # one file: both workers write through WAL, as one tier would
@@ -460,11 +542,10 @@ def test_two_workers_on_a_shared_subscription_store_each_message_once(tmp_path, 
 
 
 @needs_mosquitto
-def test_clean_stop_mid_stream_leaves_nothing_to_redeliver_twice(tmp_path, broker, cleanup):
+def test_clean_stop_mid_stream_leaves_nothing_to_redeliver_twice(tmp_path, broker, cleanup, db):
     """SIGTERM mid-stream (what `docker stop` sends) with the broker still sending: every
     committed message's ack reaches the broker before the socket closes (see _flush_acks), so
     the next worker gets only what was not stored yet."""
-    db = tmp_path / "landun.db"
     stream = Stream(5_000)
     worker = Worker(tmp_path, broker, db, "rel-term")
     cleanup(worker)

@@ -1,4 +1,5 @@
-"""One contract for every readings backend: SQLite always, InfluxDB when a server is configured.
+"""One contract for every store: SQLite and PostgreSQL always (PostgreSQL on a fresh database of
+the server tests/postgres.py finds), InfluxDB when a server is configured.
 
 InfluxDB runs when LANDUN_INFLUX_URL, LANDUN_INFLUX_TOKEN, LANDUN_INFLUX_ORG and
 LANDUN_INFLUX_BUCKET are set (e.g. against `docker compose up influxdb`); each test uses its own
@@ -9,10 +10,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from domain.model import (
@@ -36,7 +39,10 @@ from store.base import (
     Store,
     StoreUnavailable,
 )
+from store.postgres.store import PostgresStore
+from store.retention import RetentionSettings
 from store.sqlite import SqliteStore
+from tests.postgres import fresh_database
 
 INFLUX_ENV = (
     "LANDUN_INFLUX_URL",
@@ -52,7 +58,7 @@ MIN = 60_000
 class Backend:
     name: str
     store: Store
-    sqlite_path: Path
+    block_writes: Callable[[], AbstractContextManager[None]]  # while open, writes cannot commit
     site: str
     dev_a: str
     dev_b: str
@@ -67,9 +73,32 @@ def _registry(site: str, other_site: str, dev_a: str, dev_b: str) -> Registry:
     return reg
 
 
+@contextmanager
+def _sqlite_write_lock(path: Path) -> Iterator[None]:
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
+def _postgres_table_lock(url: str) -> Callable[[], AbstractContextManager[None]]:
+    @contextmanager
+    def block() -> Iterator[None]:
+        with psycopg.connect(url) as blocker:
+            blocker.execute("LOCK TABLE dead_letters IN ACCESS EXCLUSIVE MODE")
+            yield
+            blocker.rollback()
+
+    return block
+
+
 @pytest.fixture(
     params=[
         "sqlite",
+        "postgres",
         pytest.param(
             "influx",
             marks=pytest.mark.skipif(
@@ -82,6 +111,13 @@ def _registry(site: str, other_site: str, dev_a: str, dev_b: str) -> Registry:
 def backend(request, tmp_path: Path) -> Iterator[Backend]:
     tag = uuid.uuid4().hex[:8]
     site, dev_a, dev_b = f"site-{tag}", f"dev-a-{tag}", f"dev-b-{tag}"
+    if request.param == "postgres":
+        with fresh_database() as url:
+            # A short lock timeout: the unavailability test waits it out once.
+            store = PostgresStore(url, lock_timeout_ms=300)
+            yield Backend("postgres", store, _postgres_table_lock(url), site, dev_a, dev_b)
+            store.close()
+        return
     path = tmp_path / "landun.db"
     relational = SqliteStore(path)
     if request.param == "sqlite":
@@ -93,7 +129,7 @@ def backend(request, tmp_path: Path) -> Iterator[Backend]:
         reg = _registry(site, f"other-{tag}", dev_a, dev_b)
         store = InfluxStore(url, token, org, bucket, relational, reg)
         store.ensure_bucket(retention_days=0)
-    yield Backend(request.param, store, path, site, dev_a, dev_b)
+    yield Backend(request.param, store, lambda: _sqlite_write_lock(path), site, dev_a, dev_b)
     store.close()
 
 
@@ -171,16 +207,10 @@ def test_flags_are_preserved(backend: Backend) -> None:
 def test_store_unavailable_then_recovers(backend: Backend) -> None:
     """A write that cannot be committed raises StoreUnavailable and commits nothing; the same
     batch goes through once the store is back. (InfluxDB's unreachable case is covered in
-    tests/test_influx_unit.py; here the relational side is locked, which both backends use.)"""
-    blocker = sqlite3.connect(backend.sqlite_path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
+    tests/test_influx_unit.py; here the relational side is locked, which InfluxDB uses too.)"""
     dead = DeadLetter("t", None, T0, "reason", b"x")
-    try:
-        with pytest.raises(StoreUnavailable):
-            backend.store.write_batch([_r(backend, 0)], [dead])
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
+    with backend.block_writes(), pytest.raises(StoreUnavailable):
+        backend.store.write_batch([_r(backend, 0)], [dead])
     assert backend.store.dead_letters() == []
     backend.store.write_batch([_r(backend, 0)], [dead])
     assert backend.store.dead_letters() == [dead]
@@ -356,3 +386,39 @@ def test_alert_save_appears_in_audit_events_and_deliveries(backend: Backend) -> 
         ("acknowledged", True, 1),
         ("opened", False, 3),
     ]
+
+
+# -- retention ----------------------------------------------------------------------------------
+
+
+def test_retention_rolls_old_readings_into_hours_and_keeps_alert_evidence(
+    backend: Backend,
+) -> None:
+    if backend.name == "influx":
+        pytest.skip("InfluxDB expires readings by bucket retention")
+    store = backend.store
+    now = T0 + 500 * 24 * 60 * MIN
+    old = [_ph(backend, m, 7.0 + (m % 7) / 10, "C" if m == 5 else "N") for m in range(120)]
+    recent = _r(backend, 0, ts_ms=now - 24 * 60 * MIN)
+    store.write_batch([*old, recent, _r(backend, 3, device=backend.dev_b)])
+    alert = Alert(backend.site, backend.dev_a, "range:ph", AlertFamily.COMPLIANCE,
+                  Severity.WARNING, "ph", "pH high", T0 + 30 * MIN, T0 + 40 * MIN)  # fmt: skip
+    store.save_alerts([AlertChange(alert, "opened")])
+    if isinstance(store, SqliteStore):
+        store.compact(0)  # retention deletes compacted readings
+    hourly = {
+        valid: store.downsample(backend.dev_a, ["ph"], T0, T0 + 3 * 60 * MIN, 60 * MIN, valid)
+        for valid in (True, False)
+    }
+    report = store.apply_retention(now, RetentionSettings(raw_days=400))
+    assert (report.removed, report.kept_as_evidence) == (120 - 11 + 1, 11)
+    evidence = [r for r in old if T0 + 30 * MIN <= r.ts_ms <= T0 + 40 * MIN]
+    assert _mine(backend, device_id=backend.dev_a) == [*evidence, recent]
+    assert _mine(backend, device_id=backend.dev_b) == []
+    for valid, buckets in hourly.items():
+        after = store.downsample(backend.dev_a, ["ph"], T0, T0 + 3 * 60 * MIN, 60 * MIN, valid)
+        assert [(b.start_ms, b.count, b.min, b.max) for b in after] == [
+            (b.start_ms, b.count, b.min, b.max) for b in buckets
+        ]
+        assert [b.mean for b in after] == pytest.approx([b.mean for b in buckets])
+    assert store.apply_retention(now, RetentionSettings(raw_days=400)).removed == 0

@@ -1,10 +1,13 @@
 """Medical-waste custody: event decoding, the bag ledger, and every custody rule with the exact
-time it fires, driven through a real AlertEngine on SQLite (the ledger in the same file)."""
+time it fires, driven through a real AlertEngine on SQLite (the ledger in the same file) and on
+PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -29,10 +32,13 @@ from ingest.events import decode_events
 from ingest.metrics import IngestMetrics
 from ingest.mqtt import BrokerAddress, MqttSubscriber, SubscriberSettings
 from ingest.pipeline import IngestPipeline
-from store.base import AlertQuery, Principal, ReadingQuery
-from store.ledger import BagQuery, SqliteLedger
+from store.base import AlertQuery, Principal, ReadingQuery, Store
+from store.ledger import BagQuery, SqliteLedger, WasteLedger
+from store.postgres.ledger import PostgresLedger
+from store.postgres.store import PostgresStore
 from store.sqlite import SqliteStore
 from tests.conftest import Publisher, wait_for
+from tests.postgres import fresh_database
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -81,12 +87,15 @@ def ev(
 
 
 class Rig:
-    """Ledger, store, engine and custody rule on one SQLite file, with a settable clock."""
+    """Ledger, store, engine and custody rule on one SQLite file (or PostgreSQL database, given
+    its URL), with a settable clock."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, database_url: str | None = None) -> None:
         self.now = T0
-        self.store = SqliteStore(path)
-        self.ledger = SqliteLedger(path)
+        self.store: Store = PostgresStore(database_url) if database_url else SqliteStore(path)
+        self.ledger: WasteLedger = (
+            PostgresLedger(database_url) if database_url else SqliteLedger(path)
+        )
         self.engine = AlertEngine(
             self.store, registry(), builtin_profiles(), default_catalogue(), clock=lambda: self.now
         )
@@ -122,11 +131,19 @@ class Rig:
         self.store.close()
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path / "landun.db")
-    yield r
-    r.close()
+@contextmanager
+def _rig(backend: str, path: Path) -> Iterator[Rig]:
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(fresh_database()) if backend == "postgres" else None
+        r = Rig(path, url)
+        stack.callback(r.close)
+        yield r
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def rig(request, tmp_path: Path) -> Iterator[Rig]:
+    with _rig(request.param, tmp_path / "landun.db") as r:
+        yield r
 
 
 # -- decoding -----------------------------------------------------------------------------------
@@ -489,9 +506,13 @@ def test_waste_routes_with_jurisdiction_scope(rig: Rig) -> None:
 # -- end to end: a real broker, the MQTT subscriber, the pipeline, SQLite, the engine ------------
 
 
-@pytest.fixture
-def live(broker, tmp_path: Path) -> Iterator[Rig]:
-    rig = Rig(tmp_path / "landun.db")
+@pytest.fixture(params=["sqlite", "postgres"])
+def live(request, broker, tmp_path: Path) -> Iterator[Rig]:
+    with _rig(request.param, tmp_path / "landun.db") as rig:
+        yield from _subscribed(rig, broker)
+
+
+def _subscribed(rig: Rig, broker) -> Iterator[Rig]:
     pipeline = IngestPipeline(
         rig.store,
         rig.engine.registry,
@@ -504,7 +525,6 @@ def live(broker, tmp_path: Path) -> Iterator[Rig]:
     sub.start()
     yield rig
     sub.stop()
-    rig.close()
 
 
 def wire(kind: WasteEventKind, bag: str, ts: int, **fields) -> dict:

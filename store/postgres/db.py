@@ -1,0 +1,144 @@
+"""One PostgreSQL database behind a psycopg connection pool: connections in autocommit for
+reads, explicit transactions for writes, connection failures as StoreUnavailable, and the
+schema brought up to date when it opens."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from domain.timeutil import now_ms
+from store.base import StoreUnavailable
+from store.factory import DatabaseUrlError
+from store.migrations import Migration, pending
+from store.migrations.postgres import MIGRATIONS
+
+log = logging.getLogger("landun.store")
+
+# pg_advisory_xact_lock key: one process at a time upgrades the schema or changes partitions.
+SCHEMA_LOCK = 0x4C414E44554E  # "LANDUN"
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs (parsed or not)."""
+    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url, count=1)
+    return re.sub(r"(password=)[^&\s]*", r"\1***", url)
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def connect(url: str, connect_timeout_s: int = 10) -> psycopg.Connection:
+    """One connection in autocommit; a bad or unreachable URL raises a one-line error."""
+    if not is_postgres_url(url):
+        raise DatabaseUrlError(f"not a PostgreSQL URL (postgresql://...): {redact(url)}")
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout_s)
+    except psycopg.ProgrammingError as exc:  # the URL itself is malformed
+        raise DatabaseUrlError(f"bad PostgreSQL URL {redact(url)}: {_one_line(exc)}") from exc
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(
+            f"cannot connect to PostgreSQL at {redact(url)}: {_one_line(exc)}"
+        ) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def schema_version(conn: psycopg.Connection) -> int:
+    exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
+    if not exists:
+        return 0
+    return conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+
+
+def upgrade(
+    conn: psycopg.Connection, migrations: Sequence[Migration] = MIGRATIONS
+) -> list[Migration]:
+    """Apply the pending steps in one transaction (DDL is transactional here: all or none);
+    returns them. Concurrent upgrades wait for each other on an advisory lock."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
+            " name text NOT NULL, applied_ms bigint NOT NULL)"
+        )
+        applied = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+        steps = pending(tuple(migrations), applied)
+        for step in steps:
+            log.info("schema: applying %d (%s)", step.version, step.name)
+            conn.execute(step.sql)  # no parameters: several statements may run
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_ms) VALUES (%s, %s, %s)",
+                (step.version, step.name, now_ms()),
+            )
+    return steps
+
+
+class PostgresDatabase:
+    """`lock_timeout_ms` bounds how long a statement waits for a lock before the write is
+    reported unavailable (and retried by its caller); `pool_timeout_s` how long a caller waits
+    for a connection."""
+
+    def __init__(
+        self,
+        url: str,
+        max_connections: int = 4,
+        lock_timeout_ms: int = 5000,
+        pool_timeout_s: float = 10.0,
+        connect_timeout_s: int = 10,
+        configure: Callable[[psycopg.Connection], None] | None = None,
+    ) -> None:
+        self.url = url
+        with connect(url, connect_timeout_s) as conn:
+            upgrade(conn)
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_connections,
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": connect_timeout_s,
+                "options": f"-c lock_timeout={int(lock_timeout_ms)}",
+            },
+            configure=configure,  # run on each new connection
+            # A connection broken by a server restart is replaced, not handed out.
+            check=ConnectionPool.check_connection,
+            timeout=pool_timeout_s,
+            name="landun",
+            open=False,
+        )
+        self._pool.open(wait=False)
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection in autocommit; a connection failure is StoreUnavailable."""
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"postgresql: {_one_line(exc)}") from exc
+
+    @contextmanager
+    def tx(self) -> Iterator[psycopg.Connection]:
+        """One write transaction: committed at the end, rolled back on any error."""
+        with self.connection() as conn, conn.transaction():
+            yield conn
+
+    def rows(self, sql: str, args: Sequence = ()) -> list[tuple]:
+        with self.connection() as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def one(self, sql: str, args: Sequence = ()) -> tuple | None:
+        with self.connection() as conn:
+            return conn.execute(sql, args).fetchone()
+
+    def close(self) -> None:
+        self._pool.close()
