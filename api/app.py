@@ -18,6 +18,7 @@ from api import (
     routes_compliance,
     routes_limits,
     routes_ops,
+    routes_public,
     routes_readings,
     routes_sites,
     routes_waste,
@@ -50,7 +51,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.state.ctx = ctx
     ctx.api_metrics = ApiMetrics()
     routers = (routes_ops, routes_readings, routes_alerts, routes_sites, routes_limits)
-    for module in (*routers, routes_compliance, routes_waste):
+    for module in (*routers, routes_compliance, routes_waste, routes_public):
         app.include_router(module.router)
     dashboard.mount(app)
 

@@ -24,3 +24,5 @@ class AppContext:
     session_hours: float = 12.0
     api_metrics: object = None  # api.routes_ops.ApiMetrics, set by create_app
     ledger: WasteLedger | None = None  # medical-waste bag ledger (api.routes_waste)
+    public_url: str | None = None  # base of public page links; None: the API's own address
+    public: object = None  # api.routes_public.PublicState, made on first use

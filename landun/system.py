@@ -80,6 +80,8 @@ class RunConfig:
     webhooks: list[WebhookTarget] = field(default_factory=list)
     admin_password: str | None = None  # None: generate one on first start and print it
     tick_s: float = 5.0
+    # base of the public status page links (扫码知卫生); None: LANDUN_PUBLIC_URL, else the API's
+    public_url: str | None = None
 
 
 @dataclass
@@ -284,6 +286,7 @@ class System:
                 metrics=core.pipeline.metrics,
                 broker_connected=lambda: subscriber.connected,
                 ledger=core.ledger,
+                public_url=cfg.public_url or os.environ.get("LANDUN_PUBLIC_URL"),
             )
             self._server = _ApiServer(
                 uvicorn.Config(create_app(ctx), log_level="warning", timeout_graceful_shutdown=5)

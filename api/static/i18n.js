@@ -22,7 +22,7 @@ window.I18N = {
     byCategory: "按类别", bag: "袋号", department: "科室", collected: "收集", handedOver: "交接",
     weightLoss: "重量差", stored: "已入暂存间", handed_over: "已交接",
     infectious: "感染性", sharps: "损伤性", pathological: "病理性", pharmaceutical: "药物性",
-    chemical: "化学性",
+    chemical: "化学性", publicQr: "公示二维码", publicLink: "扫码知卫生公示页",
     params: {
       free_chlorine: "游离性余氯", combined_chlorine: "化合性余氯", ph: "pH值", turbidity: "浑浊度",
       orp: "氧化还原电位", temperature: "水温", cyanuric_acid: "氰尿酸", urea: "尿素",
@@ -54,6 +54,7 @@ window.I18N = {
     collected: "Collected", handedOver: "Handed over", weightLoss: "Weight lost",
     stored: "Stored", handed_over: "Handed over", infectious: "Infectious", sharps: "Sharps",
     pathological: "Pathological", pharmaceutical: "Pharmaceutical", chemical: "Chemical",
+    publicQr: "Public QR code", publicLink: "Public status page",
     params: {
       free_chlorine: "Free chlorine", combined_chlorine: "Combined chlorine", ph: "pH",
       turbidity: "Turbidity", orp: "ORP", temperature: "Water temperature",
