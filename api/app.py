@@ -20,6 +20,7 @@ from api import (
     routes_ops,
     routes_public,
     routes_readings,
+    routes_reports,
     routes_sites,
     routes_waste,
 )
@@ -51,7 +52,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.state.ctx = ctx
     ctx.api_metrics = ApiMetrics()
     routers = (routes_ops, routes_readings, routes_alerts, routes_sites, routes_limits)
-    for module in (*routers, routes_compliance, routes_waste, routes_public):
+    for module in (*routers, routes_compliance, routes_waste, routes_public, routes_reports):
         app.include_router(module.router)
     dashboard.mount(app)
 
