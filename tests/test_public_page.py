@@ -16,7 +16,7 @@ from api.public_page import load_public_settings
 from api.routes_public import RateLimiter
 from domain.timeutil import now_ms
 from store.base import Principal
-from tests.conftest import Publisher, RunningSystem, wait_for
+from tests.conftest import ADMIN_PASSWORD, Publisher, RunningSystem, wait_for
 from tests.test_dashboard_browser import (  # the browser fixture
     CHROMIUM,
     SHOTS,
@@ -157,5 +157,16 @@ def test_public_page_on_a_phone(system: RunningSystem, broker, browser):  # noqa
         assert not problems
         if SHOTS:
             page.screenshot(path=f"{SHOTS}/public.png", full_page=True)
+
+        # An admin gets the same link and its QR code from the dashboard's site page.
+        page.goto(system.base_url + "/")
+        page.fill("#username", "admin")
+        page.fill("#password", ADMIN_PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#sites tbody tr")
+        page.goto(system.base_url + f"/#/site/{SITE}/h24")
+        page.click("#public-qr")
+        page.wait_for_selector("#public-link svg")
+        assert page.locator("#public-link a").inner_text() == link["url"]
     finally:
         page.close()
