@@ -20,6 +20,7 @@ from api import public_page
 from api.auth import Caller, Ctx, require_role, site_for
 from api.context import AppContext
 from api.schemas import error_responses
+from domain.model import Site
 from domain.timeutil import now_ms
 
 router = APIRouter(tags=["public status page"], responses=error_responses(401, 422))
@@ -61,14 +62,19 @@ class PublicState:
     settings: public_page.PublicSettings
     limiter: RateLimiter
     pages: OrderedDict[str, tuple[float, str, str]]  # public id -> (expires, body, etag)
+    lock: threading.Lock  # the routes run on the threadpool
+
+
+_init = threading.Lock()
 
 
 def _state(ctx: AppContext) -> PublicState:
-    if ctx.public is None:
-        settings = public_page.load_public_settings()
-        serving = settings.serving
-        limiter = RateLimiter(serving.requests_per_window, serving.window_s, serving.max_clients)
-        ctx.public = PublicState(settings, limiter, OrderedDict())
+    with _init:
+        if ctx.public is None:
+            settings = public_page.load_public_settings()
+            s = settings.serving
+            limiter = RateLimiter(s.requests_per_window, s.window_s, s.max_clients)
+            ctx.public = PublicState(settings, limiter, OrderedDict(), threading.Lock())
     return ctx.public
 
 
@@ -102,11 +108,14 @@ def public_status(ctx: Ctx, request: Request, public_id: str) -> Response:
     return _html(body, 200, headers)
 
 
-def _cached(ctx: AppContext, state: PublicState, public_id: str, site) -> tuple[str, str] | None:
+def _cached(
+    ctx: AppContext, state: PublicState, public_id: str, site: Site
+) -> tuple[str, str] | None:
     """The rendered page, computed at most once per max-age per id (a crowd scanning one code
     costs one computation)."""
     now = time.monotonic()
-    hit = state.pages.get(public_id)
+    with state.lock:
+        hit = state.pages.get(public_id)
     if hit is not None and hit[0] > now:
         return hit[1], hit[2]
     view = public_page.public_view(ctx, site, state.settings, now_ms())
@@ -114,10 +123,11 @@ def _cached(ctx: AppContext, state: PublicState, public_id: str, site) -> tuple[
         return None
     body = public_page.render(view)
     tag = public_page.etag(body)
-    state.pages[public_id] = (now + state.settings.serving.cache_max_age_s, body, tag)
-    state.pages.move_to_end(public_id)
-    while len(state.pages) > state.settings.serving.max_cached_pages:
-        state.pages.popitem(last=False)
+    with state.lock:
+        state.pages[public_id] = (now + state.settings.serving.cache_max_age_s, body, tag)
+        state.pages.move_to_end(public_id)
+        while len(state.pages) > state.settings.serving.max_cached_pages:
+            state.pages.popitem(last=False)
     return body, tag
 
 
