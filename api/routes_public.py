@@ -78,10 +78,6 @@ def _state(ctx: AppContext) -> PublicState:
     return ctx.public
 
 
-def _html(body: str, status: int, headers: dict[str, str]) -> HTMLResponse:
-    return HTMLResponse(body, status_code=status, headers=headers)
-
-
 @router.get("/p/{public_id}", include_in_schema=False)
 def public_status(ctx: Ctx, request: Request, public_id: str) -> Response:
     """The venue's public page; an unknown or revoked id gets the same plain 404 whatever it is."""
@@ -89,23 +85,21 @@ def public_status(ctx: Ctx, request: Request, public_id: str) -> Response:
     client = request.client.host if request.client else "unknown"
     wait = state.limiter.retry_after(client, time.monotonic())
     if wait is not None:
-        return _html(
+        return HTMLResponse(
             "<!doctype html><title>请稍后再试</title><p>访问过于频繁，请稍后再试。</p>",
-            429,
-            {"Retry-After": str(wait), "Cache-Control": "no-store"},
+            status_code=429,
+            headers={"Retry-After": str(wait), "Cache-Control": "no-store"},
         )
     site = public_page.site_of(ctx, public_id)
-    view = None
-    if site is not None:
-        view = _cached(ctx, state, public_id, site)
+    view = None if site is None else _cached(ctx, state, public_id, site)
     if view is None:
-        return _html(public_page.NOT_FOUND, 404, {"Cache-Control": "no-store"})
+        return HTMLResponse(public_page.NOT_FOUND, 404, headers={"Cache-Control": "no-store"})
     body, tag = view
     max_age = state.settings.serving.cache_max_age_s
     headers = {"Cache-Control": f"public, max-age={max_age}", "ETag": tag}
     if tag in request.headers.get("if-none-match", "")[:1000]:
         return Response(status_code=304, headers=headers)
-    return _html(body, 200, headers)
+    return HTMLResponse(body, headers=headers)
 
 
 def _cached(
