@@ -9,6 +9,7 @@ import os
 import smtplib
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from email.message import EmailMessage
@@ -117,23 +118,32 @@ def send(mail: MailSettings, msg: EmailMessage) -> None:
         smtp.send_message(msg)
 
 
-def mail_due_reports(ctx: AppContext, mail: MailSettings, settings: ReportSettings, now_ms: int):
-    """Send every due report not sent yet; returns the keys sent."""
+def mail_due_reports(
+    ctx: AppContext, mail: MailSettings, settings: ReportSettings, now_ms: int
+) -> list[str]:
+    """Send every due report not sent yet and return their keys. A failed one does not hold
+    back the others; the first failure is raised after all were tried."""
     mailed = ctx.store.load_state(MAILED_NS)
-    sent = []
+    sent: list[str] = []
+    failures: list[Exception] = []
     for period, last in due_reports(now_ms, settings.schedule, settings.timezone):
         for jurisdiction, to in sorted(mail.recipients.items()):
             key = f"{jurisdiction}/{period}/{last.isoformat()}"
             if key in mailed or not to:
                 continue
-            report = build_report(ctx, jurisdiction, period, last, settings)
-            msg = report_message(
-                report, render_pdf(report, settings), render_xlsx(report), mail.sender, to
-            )
-            send(mail, msg)
+            try:
+                report = build_report(ctx, jurisdiction, period, last, settings)
+                pdf, xlsx = render_pdf(report, settings), render_xlsx(report)
+                send(mail, report_message(report, pdf, xlsx, mail.sender, to))
+            except Exception as exc:  # smtplib, ssl, OSError, a missing font: try the others
+                log.warning("the %s report %s was not mailed: %s", PERIOD_ZH[period], key, exc)
+                failures.append(exc)
+                continue
             ctx.store.save_state(MAILED_NS, {key: str(now_ms)})
             log.info("mailed the %s report %s to %s", PERIOD_ZH[period], key, ", ".join(to))
             sent.append(key)
+    if failures:
+        raise failures[0]
     return sent
 
 
@@ -141,7 +151,12 @@ class ReportMailer:
     """Checks every `every_s` seconds on its own thread whether a report is due."""
 
     def __init__(
-        self, ctx: AppContext, mail: MailSettings, settings: ReportSettings, clock, every_s: float
+        self,
+        ctx: AppContext,
+        mail: MailSettings,
+        settings: ReportSettings,
+        clock: Callable[[], int],
+        every_s: float,
     ) -> None:
         self.args = (ctx, mail, settings)
         self.clock = clock
