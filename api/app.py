@@ -20,7 +20,9 @@ from api import (
     routes_deliveries,
     routes_limits,
     routes_ops,
+    routes_public,
     routes_readings,
+    routes_reports,
     routes_sites,
     routes_waste,
 )
@@ -60,7 +62,15 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.state.login_guard = LoginGuard.for_context(ctx)
     ctx.api_metrics = ApiMetrics()
     routers = (routes_ops, routes_readings, routes_alerts, routes_sites, routes_limits)
-    for module in (*routers, routes_compliance, routes_waste, routes_deliveries, routes_accounts):
+    for module in (
+        *routers,
+        routes_compliance,
+        routes_waste,
+        routes_deliveries,
+        routes_accounts,
+        routes_public,
+        routes_reports,
+    ):
         app.include_router(module.router)
     dashboard.mount(app)
     routes_ops.keep_readings_count(app, ctx)

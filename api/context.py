@@ -58,3 +58,5 @@ class AppContext:
     clock: Callable[[], float] | None = None
     # Set when the process is asked to stop: live streams end so the server can shut down.
     stopping: threading.Event = field(default_factory=threading.Event)
+    public_url: str | None = None  # base of public page links; None: the API's own address
+    public: object = None  # api.routes_public.PublicState, made on first use

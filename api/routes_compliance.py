@@ -8,13 +8,16 @@ is not 14 % complete over a week)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from api.auth import Caller, Ctx, scoped_site_ids, site_for
+from api.context import AppContext
 from api.routes_readings import Instant, period_ms
 from api.schemas import ComplianceOut, error_responses
+from domain.model import Site
 from domain.timeutil import ms_to_iso
 from store.base import AlertQuery, ReadingQuery
 
@@ -39,6 +42,13 @@ def compliance(
     else:
         ids = scoped_site_ids(ctx, who)
         sites = [s for s in ctx.registry.sites.values() if ids is None or s.id in ids]
+    return compliance_rows(ctx, sites, start_ms, end_ms)
+
+
+def compliance_rows(
+    ctx: AppContext, sites: Iterable[Site], start_ms: int, end_ms: int
+) -> list[ComplianceOut]:
+    """One row per site, device and limited parameter (the public page and reports use it too)."""
     out = []
     for s in sorted(sites, key=lambda s: s.id):
         limits = ctx.engine.site_limits(s.id)

@@ -27,6 +27,7 @@ from alerts.offline import OfflineRule
 from alerts.standards import builtin_profiles, limits_for_site
 from api.app import create_app
 from api.context import AppContext
+from api.reports.mail import MailSettings, start_report_mailer
 from api.routes_sites import apply_stored_edits
 from domain.credentials import hash_secret
 from domain.mqtt_connection import BrokerAddress
@@ -87,6 +88,10 @@ class RunConfig:
     tick_s: float = 5.0
     # Seconds open requests get to finish once a stop is asked for (live streams end at once).
     shutdown_grace_s: float = 2.0
+    # base of the public status page links (扫码知卫生); None: LANDUN_PUBLIC_URL, else the API's
+    public_url: str | None = None
+    # SMTP for the scheduled reports (定期通报); None: LANDUN_SMTP_* or no mailing
+    report_mail: MailSettings | None = None
 
 
 @dataclass
@@ -313,8 +318,12 @@ class System:
                 broker_connected=lambda: subscriber.connected,
                 ledger=core.ledger,
                 hj212=gateway,
+                public_url=cfg.public_url or os.environ.get("LANDUN_PUBLIC_URL"),
             )
             self._api = ctx
+            mailer = start_report_mailer(ctx, cfg.report_mail or MailSettings.from_env())
+            if mailer is not None:
+                stack.push_async_callback(asyncio.to_thread, mailer.stop)
             self._server = _ApiServer(
                 uvicorn.Config(
                     create_app(ctx),

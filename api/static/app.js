@@ -303,11 +303,14 @@ async function sitePage(siteId, period) {
       <a class="btn ${p === period ? "" : "secondary"}" href="#/site/${esc(siteId)}/${p}" role="button">${esc(t(p))}</a>`).join("")}
     </div>
     <p class="muted">${esc(t("limitBand"))} · ${esc(t("episodes"))} · ${esc(t("gaps"))} · ${esc(t("tz"))}</p>
+    ${state.me.role === "admin" ? `<p><button id="public-qr" class="btn secondary" type="button">${esc(t("publicQr"))}</button></p><div id="public-link"></div>` : ""}
     <div class="charts" id="charts"></div>
     <div id="waste"></div>
     <h2>${esc(t("alerts"))}</h2>
     ${alertTable(alerts, { [site.id]: site.name })}`;
   bindAlertActions();
+  const qr = document.getElementById("public-qr");
+  if (qr) qr.addEventListener("click", () => publicLink(siteId));
   if (site.kind === "medical_institution") await wastePanel(siteId);
   const charts = document.getElementById("charts");
   for (const device of devices) {
@@ -326,6 +329,16 @@ async function sitePage(siteId, period) {
       drawChart(box, buckets.filter((b) => b.parameter === p), lim, episodes, start, end, step);
     }
   }
+}
+
+// The site's public status page (扫码知卫生): its QR code as SVG, to print at the venue.
+async function publicLink(siteId) {
+  const link = await api(`/api/v1/sites/${encodeURIComponent(siteId)}/public-link`);
+  const svg = new DOMParser().parseFromString(await api(link.qr_svg), "image/svg+xml").documentElement;
+  const box = document.getElementById("public-link");
+  box.className = "card public-qr";
+  box.innerHTML = `<p>${esc(t("publicLink"))}: <a href="${esc(link.url)}" target="_blank" rel="noopener">${esc(link.url)}</a></p>`;
+  box.appendChild(document.importNode(svg, true));
 }
 
 async function wastePanel(siteId) {

@@ -22,7 +22,7 @@ window.I18N = {
     byCategory: "按类别", bag: "袋号", department: "科室", collected: "收集", handedOver: "交接",
     weightLoss: "重量差", stored: "已入暂存间", handed_over: "已交接",
     infectious: "感染性", sharps: "损伤性", pathological: "病理性", pharmaceutical: "药物性",
-    chemical: "化学性",
+    chemical: "化学性", publicQr: "公示二维码", publicLink: "扫码知卫生公示页",
     custody_issue: "医废异常", none: "无", rule: "规则", summary: "说明", standard: "标准",
     end: "结束", ongoing: "持续中", time: "时间", flag: "数据标志", tzOf: "时间为场所所在时区",
     admin: "管理员", inspector: "监督员", viewer: "只读", wrongPassword: "用户名或密码错误",
@@ -62,6 +62,7 @@ window.I18N = {
     standard: "Standard", end: "End", ongoing: "ongoing", time: "Time", flag: "Data flag",
     tzOf: "Times in the site's time zone", admin: "administrator", inspector: "inspector",
     viewer: "viewer", wrongPassword: "wrong user name or password", system: "system",
+    publicQr: "Public QR code", publicLink: "Public status page",
     params: {
       free_chlorine: "Free chlorine", combined_chlorine: "Combined chlorine", ph: "pH",
       turbidity: "Turbidity", orp: "ORP", temperature: "Water temperature",
