@@ -219,7 +219,9 @@ def test_report_route_formats_and_scope(system: RunningSystem):
     from store.base import Principal
 
     store = system.system.core.store
-    store.add_token(token_hash("cn-token"), Principal("cn", "inspector", ("310105",), "token"), None)
+    store.add_token(
+        token_hash("cn-token"), Principal("cn", "inspector", ("310105",), "token"), None
+    )
     cn = {"Authorization": "Bearer cn-token"}
     admin, anon = system.http, system.anon
     url = "/api/v1/reports/310104"
