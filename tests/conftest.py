@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -148,3 +151,39 @@ def pg_url() -> Iterator[str]:
     """The URL of a fresh, empty PostgreSQL database (tests/postgres.py)."""
     with fresh_database() as url:
         yield url
+
+
+def raw_request(port: int, head: str, body: bytes = b"", chunk_total: int = 0) -> tuple[int, str]:
+    """Send a request head (and a body, or a chunked body of `chunk_total` bytes) on a plain
+    socket, stopping as soon as the server answers; return (status, body text)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head.encode() + b"\r\n" + body)
+        chunk = b"%x\r\n" % (64 * 1024) + b"x" * (64 * 1024) + b"\r\n"
+        sent = 0
+        sock.setblocking(False)
+        while sent < chunk_total and not _readable(sock):
+            try:
+                sock.sendall(chunk)
+            except BlockingIOError:
+                continue
+            except OSError:
+                break
+            sent += 64 * 1024
+        sock.setblocking(True)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
+            got = sock.recv(65536)
+            if not got:
+                break
+            data += got
+    head_text, _, text = data.decode().partition("\r\n\r\n")
+    return int(head_text.split()[1]), text
+
+
+def _readable(sock: socket.socket) -> bool:
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def _length(data: bytes) -> int:
+    m = re.search(rb"content-length: *([0-9]+)", data, re.I)
+    return int(m.group(1)) if m else 0

@@ -11,7 +11,6 @@ import hashlib
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,7 +34,7 @@ from domain.credentials import hash_secret, verify_secret
 from domain.registry import parse_registry
 from landun import accounts
 from landun.system import Core, RunConfig
-from tests.conftest import wait_for
+from tests.conftest import raw_request, wait_for
 
 PASSWORD = "correct horse battery staple"
 ADMIN_PASSWORD = "an admin's long password"
@@ -135,54 +134,16 @@ def _detail(r: httpx.Response, status: int) -> str:
 # -- request bodies (item 4) --------------------------------------------------------------------
 
 
-def _raw(port: int, head: str, body: bytes = b"", chunk_total: int = 0) -> tuple[int, str]:
-    """Send a request head (and a body, or a chunked body of `chunk_total` bytes) on a plain
-    socket, stopping as soon as the server answers; return (status, body text)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(head.encode() + b"\r\n" + body)
-        chunk = b"%x\r\n" % (64 * 1024) + b"x" * (64 * 1024) + b"\r\n"
-        sent = 0
-        sock.setblocking(False)
-        while sent < chunk_total and not _readable(sock):
-            try:
-                sock.sendall(chunk)
-            except BlockingIOError:
-                continue
-            except OSError:
-                break
-            sent += 64 * 1024
-        sock.setblocking(True)
-        data = b""
-        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
-            got = sock.recv(65536)
-            if not got:
-                break
-            data += got
-    head_text, _, text = data.decode().partition("\r\n\r\n")
-    return int(head_text.split()[1]), text
-
-
-def _readable(sock: socket.socket) -> bool:
-    import select
-
-    return bool(select.select([sock], [], [], 0)[0])
-
-
-def _length(data: bytes) -> int:
-    m = re.search(rb"content-length: *([0-9]+)", data, re.I)
-    return int(m.group(1)) if m else 0
-
-
 def test_a_300_mb_unauthenticated_put_is_refused_before_its_body_is_read(api):
     head = (
         "PUT /api/v1/sites/pool-xh-01 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {300 * MIB}\r\n"
     )
-    status, text = _raw(api.port, head, b"{" + b" " * MIB)
+    status, text = raw_request(api.port, head, b"{" + b" " * MIB)
     assert status == 413
     assert f"larger than this server takes ({MIB} bytes at most)" in text
     # Within the limit but without a token: refused before the body is read, not after.
-    status, text = _raw(
+    status, text = raw_request(
         api.port,
         "PUT /api/v1/sites/pool-xh-01 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n",
     )
@@ -197,10 +158,10 @@ def test_a_chunked_body_is_counted_as_it_arrives(api):
         "PUT /api/v1/sites/pool-xh-01 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n"
     )
-    status, text = _raw(api.port, head, chunk_total=8 * MIB)
+    status, text = raw_request(api.port, head, chunk_total=8 * MIB)
     assert status == 413 and "larger than this server takes" in text
     # Without a token a chunked body is not read at all.
-    status, text = _raw(api.port, head.replace(token, "ld_made-up"), chunk_total=8 * MIB)
+    status, text = raw_request(api.port, head.replace(token, "ld_made-up"), chunk_total=8 * MIB)
     assert status == 401
     with api.client() as c:
         assert c.get("/healthz").status_code == 200
@@ -212,7 +173,7 @@ def test_parallel_big_logins_are_refused_at_once(api):
         f"Content-Length: {300 * MIB}\r\n"
     )
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda _: _raw(api.port, head, b"{" * MIB), range(8)))
+        answers = list(pool.map(lambda _: raw_request(api.port, head, b"{" * MIB), range(8)))
     assert {status for status, _ in answers} == {413}
 
 
@@ -543,10 +504,12 @@ def test_the_real_process_keeps_its_memory_and_stops_with_a_live_stream_open(lan
     # What the attacker sent: a 300 MB unauthenticated PUT, then 300 MB logins in parallel.
     before = landun.rss()
     head = "PUT /api/v1/sites/pool-xh-01 HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n"
-    assert _raw(port, head.format(300 * MIB), b"{" + b" " * MIB)[0] == 413
+    assert raw_request(port, head.format(300 * MIB), b"{" + b" " * MIB)[0] == 413
     login = "POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n"
     with ThreadPoolExecutor(2) as pool:
-        statuses = pool.map(lambda _: _raw(port, login.format(300 * MIB), b"{" * MIB)[0], (1, 2))
+        statuses = pool.map(
+            lambda _: raw_request(port, login.format(300 * MIB), b"{" * MIB)[0], (1, 2)
+        )
         assert set(statuses) == {413}
     grown = landun.rss() - before
     assert grown < 50 * MIB, f"RSS grew {grown / MIB:.0f} MiB"

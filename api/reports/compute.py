@@ -29,6 +29,16 @@ FAMILY_ZH = {
     str(AlertFamily.CUSTODY): "医废监管",
 }
 
+# The columns of the alerts-by-family table, in the PDF and the XLSX alike.
+FAMILY_COLUMNS = (
+    "告警类别",
+    "告警数",
+    "已确认",
+    "确认用时中位数 (分钟)",
+    "已办结",
+    "办结用时中位数 (分钟)",
+)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

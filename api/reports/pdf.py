@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from api.reports.compute import Report, ReportSettings
+from api.reports.compute import FAMILY_COLUMNS, Report, ReportSettings
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -121,14 +121,7 @@ def _page(r: Report) -> Figure:
     )
     _table(
         fig.add_axes((0.07, 0.34, 0.86, 0.12)),
-        [
-            "告警类别",
-            "告警数",
-            "已确认",
-            "确认用时中位数 (分钟)",
-            "已办结",
-            "办结用时中位数 (分钟)",
-        ],
+        list(FAMILY_COLUMNS),
         [
             [
                 f.name_zh,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
-from api.reports.compute import Report
+from api.reports.compute import FAMILY_COLUMNS, Report
 
 if TYPE_CHECKING:
     from openpyxl import Workbook
@@ -54,14 +54,7 @@ def render_xlsx(r: Report) -> bytes:
     _sheet(
         wb,
         "告警及处置",
-        [
-            "告警类别",
-            "告警数",
-            "已确认",
-            "确认用时中位数 (分钟)",
-            "已办结",
-            "办结用时中位数 (分钟)",
-        ],
+        list(FAMILY_COLUMNS),
         [
             [
                 f.name_zh,
