@@ -124,6 +124,15 @@ def test_inconsistent_orp_and_chlorine() -> None:
     cl2[600:] -= np.minimum(np.arange(DAY - 600), 60) * 0.005
     inc2 = InconsistencyDetector(SETTINGS.inconsistency)
     assert not inc2.update_many(minutes(DAY), orp, cl2)["active"].any()
+    # Chlorine near zero (a failed dosing pump): ORP follows the log of its smallest changes,
+    # so the same fall is explained, and the evidence says at what level chlorine was.
+    low = np.full(DAY, SETTINGS.inconsistency.min_chlorine / 4)
+    inc3 = InconsistencyDetector(SETTINGS.inconsistency)
+    assert not inc3.update_many(minutes(DAY), orp, low)["active"].any()
+    assert (
+        inc3.update(int(minutes(DAY + 1)[-1]), orp[-1], low[-1]).evidence["chlorine_level"]
+        == low[-1]
+    )
 
 
 def test_water_quality_event_with_persistence_and_release() -> None:

@@ -21,17 +21,33 @@ from alerts.detectors.stacked import Stacked
 KIND = "inconsistent"
 
 
+def _halves(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Medians of each window's older and newer halves."""
+    half = windows.shape[-1] // 2
+    return median_last(windows[..., :half]), median_last(windows[..., -half:])
+
+
 def _half_slope(windows: np.ndarray) -> np.ndarray:
     """Robust change across each window: median of its newer half minus its older half."""
-    half = windows.shape[-1] // 2
-    return median_last(windows[..., -half:]) - median_last(windows[..., :half])
+    older, newer = _halves(windows)
+    return newer - older
+
+
+def _chlorine(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(change, level now) of chlorine windows: the level is the newer half's median."""
+    older, newer = _halves(windows)
+    return newer - older, newer
 
 
 def _score(
-    settings: InconsistencySettings, orp_slope: np.ndarray, cl_slope: np.ndarray
+    settings: InconsistencySettings,
+    orp_slope: np.ndarray,
+    cl_slope: np.ndarray,
+    cl_level: np.ndarray,
 ) -> np.ndarray:
     s = settings
-    return np.where(cl_slope >= -s.chlorine_tolerance, -orp_slope / s.orp_drop, 0.0)
+    holds = (cl_slope >= -s.chlorine_tolerance) & (cl_level >= s.min_chlorine)
+    return np.where(holds, -orp_slope / s.orp_drop, 0.0)
 
 
 def _result(
@@ -39,13 +55,17 @@ def _result(
     ts_ms: int,
     orp_slope: float,
     cl_slope: float,
+    cl_level: float,
     start_ms: int,
 ) -> DetectorResult:
     """The decision on a full window of `settings.window` rows, from `start_ms` to `ts_ms`."""
-    score = float(_score(settings, np.float64(orp_slope), np.float64(cl_slope)))
+    score = float(
+        _score(settings, np.float64(orp_slope), np.float64(cl_slope), np.float64(cl_level))
+    )
     evidence = {
         "orp_change": orp_slope,
         "chlorine_change": cl_slope,
+        "chlorine_level": cl_level,
         "orp_drop": settings.orp_drop,
         "chlorine_tolerance": settings.chlorine_tolerance,
         "window_start_ms": start_ms,
@@ -56,8 +76,9 @@ def _result(
 
 class InconsistencyDetector:
     """Over the last `window` rows where both are valid: active when the ORP slope is at most
-    -orp_drop while the chlorine slope is at least -chlorine_tolerance. Score = ORP fall / orp_drop
-    (0 when chlorine fell too, since then the ORP fall is explained)."""
+    -orp_drop while the chlorine slope is at least -chlorine_tolerance and chlorine is at least
+    min_chlorine. Score = ORP fall / orp_drop (0 when chlorine fell too, or is so low that ORP
+    follows its smallest changes, since then the ORP fall is explained)."""
 
     def __init__(self, settings: InconsistencySettings) -> None:
         self.settings = settings
@@ -74,8 +95,9 @@ class InconsistencyDetector:
         if self.orp.count < self.settings.window:
             return DetectorResult(KIND, math.nan, False)
         orp_slope = float(_half_slope(self.orp.values()))
-        cl_slope = float(_half_slope(self.chlorine.values()))
-        return _result(self.settings, ts_ms, orp_slope, cl_slope, int(self.times.values()[0]))
+        cl_slope, cl_level = (float(x) for x in _chlorine(self.chlorine.values()))
+        start = int(self.times.values()[0])
+        return _result(self.settings, ts_ms, orp_slope, cl_slope, cl_level, start)
 
     def update_many(self, ts_ms: np.ndarray, orp: np.ndarray, chlorine: np.ndarray) -> np.ndarray:
         w = self.settings.window
@@ -91,8 +113,8 @@ class InconsistencyDetector:
         if len(ok) > first:
             start = h + first - w + 1
             orp_slope = _half_slope(sliding_window_view(ext_o[start:], w))
-            cl_slope = _half_slope(sliding_window_view(ext_c[start:], w))
-            score[ok[first:]] = _score(self.settings, orp_slope, cl_slope)
+            cl_slope, cl_level = _chlorine(sliding_window_view(ext_c[start:], w))
+            score[ok[first:]] = _score(self.settings, orp_slope, cl_slope, cl_level)
         self.orp.extend(o[ok])
         self.chlorine.extend(c[ok])
         self.times.extend(np.asarray(ts_ms, dtype=np.float64)[ok])
@@ -107,6 +129,7 @@ class InconsistencyBatch:
     ts_ms: np.ndarray
     orp_change: np.ndarray
     chlorine_change: np.ndarray
+    chlorine_level: np.ndarray
     start_ms: np.ndarray
     score: np.ndarray
     active: np.ndarray
@@ -120,6 +143,7 @@ class InconsistencyBatch:
             int(self.ts_ms[i]),
             float(self.orp_change[i]),
             float(self.chlorine_change[i]),
+            float(self.chlorine_level[i]),
             int(self.start_ms[i]),
         )
 
@@ -156,6 +180,7 @@ class InconsistencyBank(Stacked):
             ts,
             np.full(n, np.nan),
             np.full(n, np.nan),
+            np.full(n, np.nan),
             np.zeros(n, dtype=np.int64),
             np.full(n, np.nan),
             np.zeros(n, dtype=bool),
@@ -190,8 +215,9 @@ class InconsistencyBank(Stacked):
         oldest = self.head[d]
         chronological = (oldest[:, None] + np.arange(w)) % w
         orp_slope = _half_slope(self.orp[d[:, None], chronological])
-        cl_slope = _half_slope(self.chlorine[d[:, None], chronological])
-        score = _score(self.settings, orp_slope, cl_slope)
+        cl_slope, cl_level = _chlorine(self.chlorine[d[:, None], chronological])
+        score = _score(self.settings, orp_slope, cl_slope, cl_level)
         out.orp_change[idx], out.chlorine_change[idx] = orp_slope, cl_slope
+        out.chlorine_level[idx] = cl_level
         out.start_ms[idx] = self.times[d, oldest]
         out.score[idx], out.active[idx] = score, score >= 1.0

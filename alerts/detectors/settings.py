@@ -93,6 +93,7 @@ class InconsistencySettings:
     window: int
     orp_drop: float
     chlorine_tolerance: float
+    min_chlorine: float
 
 
 @dataclass(frozen=True, slots=True)
