@@ -94,17 +94,24 @@ def start_system(config: RunConfig) -> RunningSystem:
     return RunningSystem(system, thread)
 
 
+def demo_config(broker_url: str, data_dir: Path, client_id: str, **changes) -> RunConfig:
+    """A whole system on the demo registry, its API on a free port, no simulators."""
+    fields = {"simulators": False} | changes
+    return RunConfig(
+        port=0,
+        broker_url=broker_url,
+        data_dir=data_dir,
+        registry_path=demo_registry_path(),
+        client_id=client_id,
+        **fields,
+    )
+
+
 @pytest.fixture
 def system(broker, tmp_path: Path) -> Iterator[RunningSystem]:
-    cfg = RunConfig(
-        port=0,
-        broker_url=broker.url,
-        data_dir=tmp_path / "var",
-        registry_path=demo_registry_path(),
-        simulators=False,
-        client_id=f"landun-ingest-{tmp_path.name}",
+    running = start_system(
+        demo_config(broker.url, tmp_path / "var", f"landun-ingest-{tmp_path.name}")
     )
-    running = start_system(cfg)
     yield running
     running.stop()
 

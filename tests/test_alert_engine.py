@@ -15,9 +15,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from alerts.notify_webhook import SIGNATURE_HEADER, WebhookTarget
 from domain.timeutil import now_ms
-from landun.demo import demo_registry_path
 from landun.system import RunConfig
-from tests.conftest import Publisher, start_system, wait_for
+from tests.conftest import Publisher, demo_config, start_system, wait_for
 
 DEVICE = "pool-xh-01-wq"
 SITE = "pool-xh-01"
@@ -43,15 +42,7 @@ def alerts(system, **params) -> list[dict]:
 
 
 def config(broker, tmp_path, **kw) -> RunConfig:
-    return RunConfig(
-        port=0,
-        broker_url=broker.url,
-        data_dir=tmp_path / "var",
-        registry_path=demo_registry_path(),
-        simulators=False,
-        client_id="landun-ingest-engine",
-        **kw,
-    )
+    return demo_config(broker.url, tmp_path / "var", "landun-ingest-engine", **kw)
 
 
 def test_value_oscillating_around_the_limit_raises_one_alert_then_clears(system, publisher):

@@ -25,11 +25,17 @@ from api.auth import token_hash
 from domain.credentials import hash_secret
 from domain.timeutil import ms_to_iso, now_ms
 from landun.accounts import create_token
-from landun.demo import demo_registry_path
 from landun.system import RunConfig
 from store.base import Principal
 from tests.brokers import AmqttBroker, MosquittoBroker, have_mosquitto
-from tests.conftest import Publisher, RunningSystem, raw_request, start_system, wait_for
+from tests.conftest import (
+    Publisher,
+    RunningSystem,
+    demo_config,
+    raw_request,
+    start_system,
+    wait_for,
+)
 
 MINUTE = 60_000
 HOUR = 3_600_000
@@ -77,15 +83,8 @@ def _broker(workdir: Path) -> MosquittoBroker | AmqttBroker:
 
 
 def _config(broker_url: str, data_dir: Path, client_id: str) -> RunConfig:
-    return RunConfig(
-        port=0,
-        broker_url=broker_url,
-        data_dir=data_dir,
-        registry_path=demo_registry_path(),
-        simulators=False,
-        client_id=client_id,
-        tick_s=3600.0,  # the clock never ticks by itself: offline alerts only when a test asks
-    )
+    # The clock never ticks by itself: offline alerts only when a test asks.
+    return demo_config(broker_url, data_dir, client_id, tick_s=3600.0)
 
 
 def _record(ts: int, values: dict[str, float], flags: dict[str, str] | None = None) -> dict:

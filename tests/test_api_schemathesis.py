@@ -17,9 +17,7 @@ from pathlib import Path
 import pytest
 
 from domain.timeutil import now_ms
-from landun.demo import demo_registry_path
-from landun.system import RunConfig
-from tests.conftest import Publisher, RunningSystem, start_system, wait_for
+from tests.conftest import Publisher, RunningSystem, demo_config, start_system, wait_for
 
 pytest.importorskip("schemathesis")
 
@@ -44,16 +42,8 @@ def _schemathesis() -> list[str]:
 @pytest.fixture
 def seeded(broker, tmp_path: Path) -> RunningSystem:
     """A system with readings and an open alert, so generated ids sometimes name real things."""
-    running = start_system(
-        RunConfig(
-            port=0,
-            broker_url=broker.url,
-            data_dir=tmp_path / "var",
-            registry_path=demo_registry_path(),
-            simulators=False,
-            client_id="landun-ingest-schemathesis",
-            tick_s=3600.0,  # no offline alerts appearing mid-run
-        )
+    running = start_system(  # no offline alerts appearing mid-run
+        demo_config(broker.url, tmp_path / "var", "landun-ingest-schemathesis", tick_s=3600.0)
     )
     pub = Publisher(broker.url, "schemathesis-device")
     try:

@@ -15,9 +15,8 @@ from domain.mqtt_connection import BrokerAddress
 from domain.registry import load_registry
 from domain.timeutil import now_ms
 from landun.demo import FAILING_SITE, demo_devices, demo_registry_path, demo_settings
-from landun.system import RunConfig
 from simulators.runner import SimulatorRunner
-from tests.conftest import ADMIN_PASSWORD, Publisher, start_system, wait_for
+from tests.conftest import ADMIN_PASSWORD, Publisher, demo_config, start_system, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -74,16 +73,7 @@ HOURS = (2, 8, 13, 20)
 def test_inspector_sees_pool_go_over_limit_acknowledges_and_charts_render(
     broker, tmp_path: Path, browser, hour: int
 ):
-    running = start_system(
-        RunConfig(
-            port=0,
-            broker_url=broker.url,
-            data_dir=tmp_path / "var",
-            registry_path=demo_registry_path(),
-            simulators=False,
-            client_id="landun-ingest-browser",
-        )
-    )
+    running = start_system(demo_config(broker.url, tmp_path / "var", "landun-ingest-browser"))
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     console: list[str] = []
     page.on("console", lambda m: console.append(m.text))

@@ -14,9 +14,14 @@ from urllib.parse import urlsplit
 import pytest
 
 from domain.timeutil import now_ms
-from landun.demo import demo_registry_path
-from landun.system import RunConfig
-from tests.conftest import ADMIN_PASSWORD, Publisher, RunningSystem, start_system, wait_for
+from tests.conftest import (
+    ADMIN_PASSWORD,
+    Publisher,
+    RunningSystem,
+    demo_config,
+    start_system,
+    wait_for,
+)
 from tests.test_dashboard_browser import CHROMIUM, browser  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.skipif(
@@ -29,16 +34,8 @@ HAN = re.compile(r"[\u3400-\u9fff\uff08\uff09\uff0c\uff1a\u3001\u3002]")
 @pytest.fixture
 def seeded(broker, tmp_path: Path) -> Iterator[tuple[RunningSystem, dict]]:
     """pool-xh-03's free chlorine at 0.2 mg/L for the last 20 minutes: an open alert."""
-    running = start_system(
-        RunConfig(
-            port=0,
-            broker_url=broker.url,
-            data_dir=tmp_path / "var",
-            registry_path=demo_registry_path(),
-            simulators=False,
-            client_id="landun-ingest-ui-browser",
-            tick_s=3600.0,  # no offline alerts appearing mid-test
-        )
+    running = start_system(  # no offline alerts appearing mid-test
+        demo_config(broker.url, tmp_path / "var", "landun-ingest-ui-browser", tick_s=3600.0)
     )
     pub = Publisher(broker.url, "ui-browser-device")
     start = now_ms() - 20 * MINUTE

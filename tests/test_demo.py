@@ -25,7 +25,7 @@ from landun.demo import (
 )
 from landun.system import RunConfig
 from simulators.pool_model import PoolModel
-from tests.conftest import start_system, wait_for
+from tests.conftest import demo_config, start_system, wait_for
 
 SHANGHAI = timedelta(hours=8)
 # A fixed week (Monday 2026-11-30 to Sunday 2026-12-06), at four hours of the day in Shanghai.
@@ -98,14 +98,7 @@ def _readings(running, device: str) -> list[dict]:
 
 
 def _demo_config(broker, data_dir: Path) -> RunConfig:
-    return RunConfig(
-        port=0,
-        broker_url=broker.url,
-        data_dir=data_dir,
-        registry_path=demo_registry_path(),
-        simulators=True,
-        client_id=f"landun-demo-{data_dir.parent.name}",
-    )
+    return demo_config(broker.url, data_dir, f"landun-demo-{data_dir.parent.name}", simulators=True)
 
 
 def test_demo_opens_the_failing_pools_alert_at_once_and_a_restart_continues_its_data(

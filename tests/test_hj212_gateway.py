@@ -229,9 +229,25 @@ def test_idle_timeout_closes_the_connection_and_reports_partial_data() -> None:
     assert gateway.connections_open == 0
 
 
-def test_unmapped_codes_are_dead_lettered_and_the_rest_delivered() -> None:
+@pytest.mark.parametrize(
+    ("items", "delivered", "reason"),
+    [
+        (  # a code the site's map lacks
+            {"w01001": {"Rtd": "7.2"}, "w21003": {"Rtd": "0.5"}},
+            {"ph": 7.2},
+            "unmapped codes w21003 (not in the site's code map); "
+            "the packet's other values were delivered",
+        ),
+        (  # a value that underflows to zero is refused, not stored as 0.0
+            {"w01001": {"Rtd": "1e-400"}, "w99001": {"Rtd": "0.5"}},
+            {"free_chlorine": 0.5},
+            "w01001-Rtd: number 1e-400 underflows to 0; the packet's other values were delivered",
+        ),
+    ],
+)
+def test_a_bad_item_is_dead_lettered_and_the_rest_delivered(items, delivered, reason) -> None:
     sink = Sink()
-    raw = packet("2011", {"w01001": {"Rtd": "7.2"}, "w21003": {"Rtd": "0.5"}})
+    raw = packet("2011", items)
 
     async def scenario(gateway: Hj212Gateway, port: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -240,11 +256,8 @@ def test_unmapped_codes_are_dead_lettered_and_the_rest_delivered() -> None:
         writer.close()
 
     run(scenario, sink)
-    assert [c[1][0]["values"] for c in sink.telemetry_calls] == [{"ph": 7.2}]
-    assert sink.reasons() == [
-        "unmapped codes w21003 (not in the site's code map); "
-        "the packet's other values were delivered"
-    ]
+    assert [c[1][0]["values"] for c in sink.telemetry_calls] == [delivered]
+    assert sink.reasons() == [reason]
     assert sink.dead_letters[0][1] == raw
 
 
@@ -461,20 +474,3 @@ def test_password_is_checked_once_per_connection_off_the_loop() -> None:
     assert len(lookup.password_threads) == gateway.password_checks == 4
     assert len(sink.telemetry_calls) == 20
     assert sink.reasons() == [f"wrong password for MN {MN}"] * 20
-
-
-def test_a_value_that_underflows_to_zero_is_refused() -> None:
-    sink = Sink()
-    raw = packet("2011", {"w01001": {"Rtd": "1e-400"}, "w99001": {"Rtd": "0.5"}})
-
-    async def scenario(gateway: Hj212Gateway, port: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(raw)
-        assert decode(await read_reply(reader)).cn == "9014"
-        writer.close()
-
-    run(scenario, sink)
-    assert [c[1][0]["values"] for c in sink.telemetry_calls] == [{"free_chlorine": 0.5}]
-    assert sink.reasons() == [
-        "w01001-Rtd: number 1e-400 underflows to 0; the packet's other values were delivered"
-    ]

@@ -17,14 +17,12 @@ import pytest
 from domain.model import Alert, AlertFamily, Reading, Severity
 from domain.timeutil import now_ms
 from landun.broker import free_port
-from landun.demo import demo_registry_path
-from landun.system import RunConfig
 from store.base import AlertChange, AlertQuery, ReadingQuery
 from store.migrations import Migration, pending
 from store.migrations.postgres import MIGRATIONS
 from store.postgres.db import connect, redact, schema_version, upgrade
 from store.postgres.store import PostgresStore, month_start_ms, partition_name
-from tests.conftest import Publisher, start_system, wait_for
+from tests.conftest import Publisher, demo_config, start_system, wait_for
 from tests.postgres import fresh_database, require_server
 from tests.test_end_to_end import DEVICE, MINUTE, record
 
@@ -101,14 +99,8 @@ def test_redact_hides_the_password() -> None:
 
 
 def test_the_running_system_keeps_everything_in_postgresql(broker, pg_url, tmp_path) -> None:
-    cfg = RunConfig(
-        port=0,
-        broker_url=broker.url,
-        data_dir=tmp_path / "var",
-        database_url=pg_url,
-        registry_path=demo_registry_path(),
-        simulators=False,
-        client_id=f"landun-pg-{tmp_path.name}",
+    cfg = demo_config(
+        broker.url, tmp_path / "var", f"landun-pg-{tmp_path.name}", database_url=pg_url
     )
     running = start_system(cfg)
     try:
