@@ -13,6 +13,11 @@
    (Landun publishes it on MQTT once the alert is committed) is the alert latency.
 Prints the figures; the last line is a JSON object. `--quick` is a small run for the tests.
 
+Each drain also reports CPU time per message (from /proc, so other jobs on the machine do not
+skew it as they skew wall-clock rates): the subscriber's and Mosquitto's. Their sum says how many
+cores a drain rate needs, whatever else runs: `cores_for_80pct` is what Landun and its broker
+would need to drain at 80 % of the bare subscriber's rate.
+
 `--workers N` drains the backlog with N Landun processes on one shared subscription and one
 SQLite file instead (step 4 only): each worker judges alerts on its share of every device's
 readings, so alert latency is not measured there.
@@ -28,6 +33,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -181,6 +187,17 @@ def settled_readings(api_ports: list[int], expected: int, timeout_s: float = 60)
     return n
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (/proc/PID/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field):
@@ -242,11 +259,15 @@ def start_landun(
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
-def landun_drain(api_ports: list[int], expected_readings: int, launched: float) -> float:
-    """Readings per second from the first stored batch to the last. Polled every 0.2 s: the
-    API shares the ingest's process, and a tighter poll would take its CPU. A backlog drained
-    before the first poll (a --quick run) is timed from the launch of the process instead."""
+def landun_drain(
+    api_ports: list[int], expected_readings: int, launched: float, pids: list[int], broker: int
+) -> tuple[float, dict[str, float]]:
+    """Readings per second from the first stored batch to the last, and the CPU a message of
+    the workers and the broker over the same span. Polled every 0.2 s: the API shares the
+    ingest's process, and a tighter poll would take its CPU. A backlog drained before the first
+    poll (a --quick run) is timed from the launch of the process instead, start-up included."""
     deadline = time.monotonic() + 3600
+    launch_cpu = 0.0, cpu_s(broker)  # the workers have only just started
     while True:
         try:
             n = readings_stored(api_ports)
@@ -257,15 +278,26 @@ def landun_drain(api_ports: list[int], expected_readings: int, launched: float) 
         if time.monotonic() > deadline:
             raise RuntimeError("Landun stored nothing")
         time.sleep(0.01)
+
+    def cpu_now() -> tuple[float, float]:
+        return sum(cpu_s(p) for p in pids), cpu_s(broker)
+
     if n >= expected_readings:
-        return n / (time.perf_counter() - launched)
-    first_n, first_t = n, time.perf_counter()
+        first_n, first_t, first_cpu = 0, launched, launch_cpu
+    else:
+        first_n, first_t, first_cpu = n, time.perf_counter(), cpu_now()
     while n < expected_readings:
         if time.monotonic() > deadline:
             raise RuntimeError(f"Landun stored {n} of {expected_readings} readings")
         time.sleep(0.2)
         n = readings_stored(api_ports)
-    return (n - first_n) / (time.perf_counter() - first_t)
+    last_cpu = cpu_now()
+    msgs = (n - first_n) / 5
+    cpu = {
+        "landun": (last_cpu[0] - first_cpu[0]) / msgs * 1e6,
+        "broker_to_landun": (last_cpu[1] - first_cpu[1]) / msgs * 1e6,
+    }
+    return (n - first_n) / (time.perf_counter() - first_t), cpu
 
 
 class BoundedPublisher:
@@ -527,8 +559,16 @@ def run(args: argparse.Namespace, database: str | None) -> int:
             f"backlog: {len(backlog)} messages from {len(devices)} devices, queued in {pub_s:.1f} s"
         )
 
+        cpu_before = own_cpu_s(), cpu_s(broker.pid)
         bare = bare_drain(port, len(backlog))
-        print(f"bare paho subscriber: {bare:,.0f} msgs/s")
+        cpu = {
+            "bare_paho": (own_cpu_s() - cpu_before[0]) / len(backlog) * 1e6,
+            "broker_to_bare": (cpu_s(broker.pid) - cpu_before[1]) / len(backlog) * 1e6,
+        }
+        print(
+            f"bare paho subscriber: {bare:,.0f} msgs/s; CPU a message: subscriber"
+            f" {cpu['bare_paho']:.1f} µs, Mosquitto {cpu['broker_to_bare']:.1f} µs"
+        )
         summary["bare_paho_msgs_per_s"] = round(bare)
 
         data = work / "var"
@@ -540,8 +580,22 @@ def run(args: argparse.Namespace, database: str | None) -> int:
                     port, api_port, work / "registry.toml", data, client_id, group, database
                 )
             )
-        readings_per_s = landun_drain(api_ports, len(backlog) * 5, launched)
+        pids = [w.pid for w in workers]
+        readings_per_s, landun_cpu = landun_drain(
+            api_ports, len(backlog) * 5, launched, pids, broker.pid
+        )
         msgs_per_s = readings_per_s / 5
+        cpu.update(landun_cpu)
+        cores = 0.8 * bare * (cpu["landun"] + cpu["broker_to_landun"]) / 1e6
+        print(
+            f"CPU a message: Landun {cpu['landun']:.1f} µs (all workers), Mosquitto"
+            f" {cpu['broker_to_landun']:.1f} µs: draining at 80 % of bare paho needs"
+            f" {cores:.2f} cores for the two (this machine has {os.cpu_count()})"
+        )
+        summary.update(
+            cpu_us_per_msg={k: round(v, 1) for k, v in cpu.items()},
+            cores_for_80pct=round(cores, 2),
+        )
         rss_drain = [peak_rss_mb(w.pid) for w in workers]
         print(
             f"landun ingest, {args.workers} worker(s): {msgs_per_s:,.0f} msgs/s,"
