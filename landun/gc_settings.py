@@ -4,10 +4,9 @@
 CPython collects its youngest generation every 700 net allocations. Ingest allocates several
 objects per reading (the decoded document, the Reading, its row for SQLite), so a batch in flight
 outlives a few collections and is promoted to the oldest generation. That generation then grew
-fast enough that full collections ran about twice a second during a backlog drain, each holding
-every thread for 50 to 90 ms, and freed nothing. With a young generation of 50,000 objects a
-batch dies young: one or two full collections in the whole 200,000-message ingest bench, and the
-drain went from 10,716 msgs/s (60 % of bare paho) to 12,175 and 12,346 (68 %) in two runs.
+fast enough that full collections ran several times a second during a backlog drain, each
+holding every thread, and freed nothing. With a young generation of 50,000 objects a batch dies
+young and full collections become rare (README, Benchmarks, "Memory settings": the figures).
 Objects alive at startup (modules, the API app) are frozen: full collections no longer walk them.
 """
 

@@ -3,13 +3,11 @@ package is imported: before numpy loads and before any thread starts, or they wo
 
 - numpy advises the kernel to back every array over 4 MiB with 2 MiB pages. The detector banks
   are such arrays, zero-filled and written a row at a time, so huge pages make them resident long
-  before their rows fill: the ingest bench (2,000 devices, 40,000-message backlog) peaked at
-  424 MB with the advice and 247 MB without it.
+  before their rows fill.
 - glibc gives threads that allocate at the same time arenas of their own (up to 8 per core), and
   memory freed in one is not reused by another. Ingest's network, worker, deliverer and compaction
-  threads allocate all the time, so the arenas grow apart: the ingest bench with drift active
-  (600,000-message backlog, 3.25 M readings) peaked at 399 MB with the default and 268 MB with one
-  arena, at 8,269 and 7,843 msgs/s.
+  threads allocate all the time, so the arenas grow apart and the process's peak memory with them.
+The measured effect of both settings is in the README (Benchmarks, "Memory settings").
 An explicit NUMPY_MADVISE_HUGEPAGE or MALLOC_ARENA_MAX in the environment wins."""
 
 from __future__ import annotations
