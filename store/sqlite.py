@@ -315,7 +315,21 @@ CREATE TABLE IF NOT EXISTS engine_state (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS = (Migration(1, "inboxes, alerts, accounts, engine state (as of 2026-12)", SCHEMA),)
+NOTIFICATIONS = """
+-- Deliveries of every notification channel, not only webhooks.
+ALTER TABLE deliveries ADD COLUMN channel TEXT NOT NULL DEFAULT 'webhook';
+-- A notice key claimed before sending: one message per person per level per alert episode,
+-- across restarts and processes.
+CREATE TABLE IF NOT EXISTS notice_claims (
+    key TEXT PRIMARY KEY,
+    claimed_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS = (
+    Migration(1, "inboxes, alerts, accounts, engine state (as of 2026-12)", SCHEMA),
+    Migration(2, "notifications: deliveries by channel, claimed notice keys", NOTIFICATIONS),
+)
 
 _ALERT_COLS = (
     "site_id, device_id, rule_id, family, severity, parameter, status, message, first_ms, last_ms,"
@@ -993,21 +1007,35 @@ class SqliteStore(SqliteDatabase):
         attempts: int,
         error: str,
         at_ms: int,
+        channel: str = "webhook",
     ) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO deliveries (target, alert_id, action, ok, attempts, error, at_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (target, alert_id, action, int(ok), attempts, error, at_ms),
+                "INSERT INTO deliveries"
+                " (target, alert_id, action, ok, attempts, error, at_ms, channel)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (target, alert_id, action, int(ok), attempts, error, at_ms, channel),
             )
 
-    def deliveries(self, limit: int = 100) -> list[Delivery]:
+    def deliveries(self, limit: int = 100, channel: str | None = None) -> list[Delivery]:
+        where = "" if channel is None else " WHERE channel = ?"
         rows = self._reader().execute(
-            "SELECT target, alert_id, action, ok, attempts, error, at_ms FROM deliveries"
-            " ORDER BY id DESC LIMIT ?",
-            (limit,),
+            "SELECT target, alert_id, action, ok, attempts, error, at_ms, channel FROM deliveries"
+            f"{where} ORDER BY id DESC LIMIT ?",
+            (limit,) if channel is None else (channel, limit),
         )
-        return [Delivery(t, a, ac, bool(ok), n, e, at) for t, a, ac, ok, n, e, at in rows]
+        return [Delivery(t, a, ac, bool(ok), n, e, at, c) for t, a, ac, ok, n, e, at, c in rows]
+
+    def claim_notice(self, key: str, at_ms: int) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO notice_claims (key, claimed_ms) VALUES (?, ?)", (key, at_ms)
+            )
+            return cur.rowcount == 1
+
+    def release_notice(self, key: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM notice_claims WHERE key = ?", (key,))
 
     # -- users and tokens -----------------------------------------------------------------------
 

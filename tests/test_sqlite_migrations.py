@@ -11,7 +11,7 @@ import pytest
 from domain.model import Reading
 from store.base import ReadingQuery
 from store.ledger import SqliteLedger
-from store.sqlite import SqliteStore, readings_path
+from store.sqlite import MIGRATIONS, SqliteStore, readings_path
 
 T0 = 1_795_334_400_000
 
@@ -25,7 +25,7 @@ def test_an_empty_file_gets_every_step_recorded(tmp_path: Path) -> None:
     path = tmp_path / "landun.db"
     SqliteStore(path).close()
     SqliteLedger(path).close()
-    assert _versions(path) == {("store", 1), ("ledger", 1)}
+    assert _versions(path) == {("store", m.version) for m in MIGRATIONS} | {("ledger", 1)}
     assert _versions(readings_path(path)) == {("readings", 1), ("readings", 2)}
     SqliteStore(path).close()  # nothing left to apply
     assert _versions(readings_path(path)) == {("readings", 1), ("readings", 2)}

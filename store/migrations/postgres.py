@@ -212,9 +212,21 @@ CREATE TABLE dead_letter_tallies (
 );
 """
 
+NOTIFICATIONS = """
+-- Deliveries of every notification channel, not only webhooks.
+ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS channel text NOT NULL DEFAULT 'webhook';
+-- A notice key claimed before sending: one message per person per level per alert episode,
+-- across restarts and processes.
+CREATE TABLE IF NOT EXISTS notice_claims (
+    key text PRIMARY KEY,
+    claimed_ms bigint NOT NULL
+);
+"""
+
 MIGRATIONS = (
     Migration(1, "readings, alerts, accounts and engine state", INITIAL),
     Migration(2, "the medical-waste ledger", WASTE_LEDGER),
     Migration(3, "retention: hourly aggregates, kept evidence", RETENTION),
     Migration(4, "disabled users, dead-letter tallies", ACCOUNTS_AND_DEAD_LETTERS),
+    Migration(5, "notifications: deliveries by channel, claimed notice keys", NOTIFICATIONS),
 )
