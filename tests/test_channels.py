@@ -15,6 +15,10 @@ from alerts.channels import dingtalk, email, sms, webhook, wecom
 from alerts.channels.base import DeliveryFailed, Notice, Recipient
 from alerts.channels.http import CUT
 from alerts.channels.registry import discovered
+from alerts.channels.settings import build_outbox, load_channel_settings
+from alerts.settings_files import SettingsError
+from alerts.startup_settings import load_settings
+from store.sqlite import SqliteStore
 from tests.smtp_server import Inbox, make_cert, start_smtp
 from tests.vendors import AliyunSms, Dingtalk, StandIn, Wecom
 
@@ -262,3 +266,61 @@ def test_webhook_signs_a_notice_without_payload() -> None:
             webhook.WebhookChannel("s3cret").send(notice("webhook", "file:///etc/passwd"))
     finally:
         got.close()
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+NOTIFY = """
+[wecom.robots.ops]
+key = { env = "LANDUN_TEST_WECOM_KEY" }
+
+[sms]
+access_key_id = { env = "LANDUN_TEST_SMS_ID" }
+access_key_secret = { file = "SECRET_FILE" }
+sign_name = "蓝盾监测"
+template_code = "SMS_465000001"
+template_params = { site = "site_id", title = "title" }
+"""
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path, monkeypatch):
+    secret = tmp_path / "sms-secret"
+    secret.write_text("key-secret\n")
+    monkeypatch.setenv("LANDUN_TEST_WECOM_KEY", "k-ops")
+    monkeypatch.setenv("LANDUN_TEST_SMS_ID", "LTAI-id")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "notify.toml").write_text(NOTIFY.replace("SECRET_FILE", str(secret)))
+    yield etc
+    load_settings(None)  # later tests read the packaged files only
+
+
+def test_notify_toml_turns_channels_on_with_secrets_from_env_and_files(config_dir, tmp_path):
+    load_settings(config_dir)
+    settings = load_channel_settings()
+    assert set(settings.configs) == {"wecom", "sms"}
+    store = SqliteStore(tmp_path / "landun.db")
+    outbox = build_outbox(settings, store)
+    store.close()
+    assert outbox.channels["wecom"].keys == {"ops": "k-ops"}
+    assert outbox.channels["sms"].provider.secret == "key-secret"
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "reason"),
+    [
+        (('{ env = "LANDUN_TEST_WECOM_KEY" }', '"k-ops"'), "wecom.robots.ops.key",
+         "Input should be a valid dictionary"),
+        (("LANDUN_TEST_WECOM_KEY", "LANDUN_TEST_UNSET"), "wecom.robots.ops.key",
+         "the environment variable LANDUN_TEST_UNSET is not set"),
+        (("[sms]", "[pager]"), "pager", "no such channel"),
+        (('"title" }', '"password" }'), "sms.template_params.title", "Input should be"),
+    ],
+)  # fmt: skip
+def test_notify_toml_mistakes_fail_at_start_naming_the_key(config_dir, change, key, reason):
+    path = config_dir / "notify.toml"
+    path.write_text(path.read_text().replace(*change))
+    with pytest.raises(SettingsError) as e:
+        load_settings(config_dir)
+    assert e.value.key == key and reason in e.value.reason

@@ -65,10 +65,15 @@ class Wecom:
         self.keys = keys
         self.contents: dict[str, list[str]] = {}
         self.errcodes: list[int] = []  # answered (in order) before the requests succeed
+        self.down: set[str] = set()  # keys whose robot answers HTTP 503 once `up_again` is set
+        self.up_again = threading.Event()
         self.stand_in = StandIn(self.handle)
 
     def handle(self, path: str, query: dict[str, str], body: bytes) -> Answer:
         key = query.get("key", "")
+        if key in self.down:
+            self.up_again.wait(30)
+            return 503, {}
         if path != "/cgi-bin/webhook/send" or key not in self.keys:
             return 200, {"errcode": 93000, "errmsg": "invalid webhook url"}
         msg = json.loads(body)
