@@ -97,6 +97,25 @@ def test_wecom_errcodes_say_whether_to_try_again(wecom_vendor) -> None:
     assert not e.value.retry
 
 
+def test_a_hostile_vendor_answer_is_bounded_and_named() -> None:
+    answers = [(200, "x" * 100_000), (200, ["not", "an", "object"]), (502, {})]
+    vendor = StandIn(lambda path, query, body: answers.pop(0))
+    channel = wecom.WecomChannel(vendor.url, {"ops": "k"})
+    try:
+        reasons = []
+        for _ in range(3):
+            with pytest.raises(DeliveryFailed) as e:
+                channel.send(notice("wecom", "ops"))
+            reasons.append((e.value.reason, e.value.retry))
+    finally:
+        vendor.close()
+    assert reasons == [
+        ("answer over 65536 bytes", True),
+        ("WeCom: HTTP 200 with an answer that is not a JSON object", True),
+        ("WeCom: HTTP 502", True),
+    ]
+
+
 # -- DingTalk ----------------------------------------------------------------------------------
 
 

@@ -157,6 +157,9 @@ class OutboxService:
             NOTIFICATIONS.labels(notice.recipient.channel, "duplicate").inc()
             return False
         r = notice.recipient
+        if self._stop.is_set():
+            self._finish(notice, dedup, False, 0, "not sent: Landun stopped first")
+            return True
         if r.channel not in self.channels:
             self._finish(notice, dedup, False, 0, f"no channel {r.channel!r} is configured")
             return True
