@@ -1,6 +1,6 @@
 """The `--webhook` targets: every alert change POSTed to each, as `{"action", "at", "alert"}`,
 signed with HMAC-SHA256 (alerts.channels.webhook), through an outbox of its own (a worker and
-queue per target, retries with backoff, every outcome recorded in the store's `deliveries`).
+queue per target, retries with backoff, every outcome recorded in the store's `notice_deliveries`).
 Each change is its own message, so these notices are not deduplicated."""
 
 from __future__ import annotations

@@ -316,8 +316,25 @@ CREATE TABLE IF NOT EXISTS engine_state (
 """
 
 NOTIFICATIONS = """
--- Deliveries of every notification channel, not only webhooks.
-ALTER TABLE deliveries ADD COLUMN channel TEXT NOT NULL DEFAULT 'webhook';
+-- The deliveries of every notification channel, not only webhooks: the webhook deliveries move
+-- over and their table goes. Safe to run again (a file that lost its schema_migrations gets an
+-- empty legacy table from step 1, copied over and dropped).
+CREATE TABLE IF NOT EXISTS notice_deliveries (
+    id INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    target TEXT NOT NULL,
+    alert_id INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+INSERT INTO notice_deliveries (channel, target, alert_id, action, ok, attempts, error, at_ms)
+    SELECT 'webhook', target, alert_id, action, ok, attempts, error, at_ms FROM deliveries
+    ORDER BY id;
+DROP TABLE deliveries;
+CREATE INDEX IF NOT EXISTS notice_deliveries_by_channel ON notice_deliveries (channel, id);
 -- A notice key claimed before sending: one message per person per level per alert episode,
 -- across restarts and processes.
 CREATE TABLE IF NOT EXISTS notice_claims (
@@ -1011,7 +1028,7 @@ class SqliteStore(SqliteDatabase):
     ) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO deliveries"
+                "INSERT INTO notice_deliveries"
                 " (target, alert_id, action, ok, attempts, error, at_ms, channel)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (target, alert_id, action, int(ok), attempts, error, at_ms, channel),
@@ -1020,8 +1037,8 @@ class SqliteStore(SqliteDatabase):
     def deliveries(self, limit: int = 100, channel: str | None = None) -> list[Delivery]:
         where = "" if channel is None else " WHERE channel = ?"
         rows = self._reader().execute(
-            "SELECT target, alert_id, action, ok, attempts, error, at_ms, channel FROM deliveries"
-            f"{where} ORDER BY id DESC LIMIT ?",
+            "SELECT target, alert_id, action, ok, attempts, error, at_ms, channel"
+            f" FROM notice_deliveries{where} ORDER BY id DESC LIMIT ?",
             (limit,) if channel is None else (channel, limit),
         )
         return [Delivery(t, a, ac, bool(ok), n, e, at, c) for t, a, ac, ok, n, e, at, c in rows]

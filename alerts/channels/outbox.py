@@ -13,7 +13,7 @@ backoff, rate-limited per target, deduplicated on the notice key, every outcome 
   the store (a unique key) before sending, so a restart or another process does not send it
   again. A notice that finally failed gives its key back, so submitting it again tries again.
   A crash between the claim and the send loses that message (at most once).
-- Outcomes: each delivery series is a row of the store's `deliveries` (channel, address,
+- Outcomes: each delivery series is a row of the store's `notice_deliveries` (channel, address,
   alert, action, ok, attempts, last error) and a count of
   `landun_notifications_total{channel, outcome}` on /metrics."""
 

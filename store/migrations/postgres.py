@@ -213,11 +213,27 @@ CREATE TABLE dead_letter_tallies (
 """
 
 NOTIFICATIONS = """
--- Deliveries of every notification channel, not only webhooks.
-ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS channel text NOT NULL DEFAULT 'webhook';
+-- The deliveries of every notification channel, not only webhooks: the webhook deliveries move
+-- over and their table goes.
+CREATE TABLE notice_deliveries (
+    id bigserial PRIMARY KEY,
+    channel text NOT NULL,
+    target text NOT NULL,
+    alert_id bigint NOT NULL,
+    action text NOT NULL,
+    ok boolean NOT NULL,
+    attempts integer NOT NULL,
+    error text NOT NULL,
+    at_ms bigint NOT NULL
+);
+INSERT INTO notice_deliveries (channel, target, alert_id, action, ok, attempts, error, at_ms)
+    SELECT 'webhook', target, alert_id, action, ok, attempts, error, at_ms FROM deliveries
+    ORDER BY id;
+DROP TABLE deliveries;
+CREATE INDEX notice_deliveries_by_channel ON notice_deliveries (channel, id);
 -- A notice key claimed before sending: one message per person per level per alert episode,
 -- across restarts and processes.
-CREATE TABLE IF NOT EXISTS notice_claims (
+CREATE TABLE notice_claims (
     key text PRIMARY KEY,
     claimed_ms bigint NOT NULL
 );

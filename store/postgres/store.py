@@ -443,7 +443,7 @@ class PostgresStore:
     ) -> None:
         with self.db.tx() as conn:
             conn.execute(
-                "INSERT INTO deliveries"
+                "INSERT INTO notice_deliveries"
                 " (target, alert_id, action, ok, attempts, error, at_ms, channel)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 (target, alert_id, action, ok, attempts, error, at_ms, channel),
@@ -452,8 +452,8 @@ class PostgresStore:
     def deliveries(self, limit: int = 100, channel: str | None = None) -> list[Delivery]:
         where = "" if channel is None else " WHERE channel = %s"
         rows = self.db.rows(
-            "SELECT target, alert_id, action, ok, attempts, error, at_ms, channel FROM deliveries"
-            f"{where} ORDER BY id DESC LIMIT %s",
+            "SELECT target, alert_id, action, ok, attempts, error, at_ms, channel"
+            f" FROM notice_deliveries{where} ORDER BY id DESC LIMIT %s",
             (limit,) if channel is None else (channel, limit),
         )
         return [Delivery(*r) for r in rows]
