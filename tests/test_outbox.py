@@ -156,10 +156,13 @@ def test_a_finally_failed_notice_gives_its_key_back(store) -> None:
     clock = FakeClock()
     channel = Recorder(clock, {"ops": DeliveryFailed("down", retry=False)})
     outbox = _outbox(store, channel, clock)
+    told: list[tuple[str, bool, int, str]] = []
+    outbox.on_outcome = lambda n, ok, attempts, error: told.append((n.key, ok, attempts, error))
     outbox.start()
     try:
         assert outbox.submit(notice("ops"))
-        wait_for(lambda: store.deliveries(), what="the failure recorded")
+        wait_for(lambda: told, what="the failure told")
+        assert told == [("1:0:opened:wecom:ops", False, 1, "down")]
         assert outbox.submit(notice("ops"))  # may be tried again
         wait_for(lambda: len(store.deliveries()) == 2, what="the second failure recorded")
     finally:

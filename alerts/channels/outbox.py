@@ -129,6 +129,9 @@ class OutboxService:
         self._targets: dict[tuple[str, str], _Target] = {}
         self._keys: OrderedDict[str, None] = OrderedDict()
         self._started = False
+        # Told every outcome but duplicates (notice, ok, attempts, last error), on the thread
+        # that decided it: the escalation stage writes them to the alert's audit trail.
+        self.on_outcome: Callable[[Notice, bool, int, str], None] | None = None
 
     # -- the Outbox interface -------------------------------------------------------------------
 
@@ -309,3 +312,8 @@ class OutboxService:
             )
         except Exception:
             log.exception("could not record a notice delivery")
+        if self.on_outcome is not None:
+            try:
+                self.on_outcome(notice, ok, attempts, error)
+            except Exception:
+                log.exception("the outcome hook failed")
