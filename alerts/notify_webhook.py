@@ -1,30 +1,19 @@
-"""Webhook delivery: HTTP POST of each alert change, signed with HMAC-SHA256, retried a bounded
-number of times with backoff on a worker thread per target, so a slow receiver never holds up
-evaluation or another target. Every outcome is recorded in the store (`deliveries`)."""
+"""The `--webhook` targets: every alert change POSTed to each, as `{"action", "at", "alert"}`,
+signed with HMAC-SHA256 (alerts.channels.webhook), through an outbox of its own (a worker and
+queue per target, retries with backoff, every outcome recorded in the store's `notice_deliveries`).
+Each change is its own message, so these notices are not deduplicated."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import hmac
-import logging
-import queue
-import threading
 from dataclasses import dataclass
 
-import httpx
-
-from domain import strict_json
+from alerts.channels.base import Notice, Recipient
+from alerts.channels.outbox import ChannelPolicy, OutboxService
+from alerts.channels.webhook import WebhookChannel
 from domain.alert_json import alert_to_dict
-from domain.logtext import log_safe
 from domain.model import Alert
 from domain.timeutil import now_ms
 from store.base import Store
-
-log = logging.getLogger("landun.alerts.webhook")
-
-SIGNATURE_HEADER = "X-Landun-Signature"
-STOP_WAIT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,98 +25,43 @@ class WebhookTarget:
     timeout_s: float = 5.0
 
 
-def sign(secret: str, body: bytes) -> str:
-    """`sha256=<hex>` of the body; receivers recompute it with the shared secret."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class _Job:
-    target: WebhookTarget
-    alert_id: int
-    action: str
-    body: bytes
-
-
 class WebhookNotifier:
-    """One worker thread and queue per target: a receiver that is down or slow costs its own
-    retries only, never another target's deliveries."""
+    """An alert sink: one notice per change per target, handed to the outbox."""
 
     def __init__(self, targets: list[WebhookTarget], store: Store, queue_max: int = 10_000):
         self.targets = targets
-        self.store = store
-        self._stop = threading.Event()
-        self._client = httpx.Client()
-        self._queues: list[queue.Queue[_Job | None]] = [queue.Queue(queue_max) for _ in targets]
-        self._threads = [
-            threading.Thread(target=self._run, args=(q,), name=f"landun-webhook-{i}", daemon=True)
-            for i, q in enumerate(self._queues)
-        ]
+        channel = WebhookChannel(None, per_url={t.url: (t.secret, t.timeout_s) for t in targets})
+        self.outbox = OutboxService(
+            {"webhook": channel},
+            store,
+            overrides={
+                ("webhook", t.url): ChannelPolicy(
+                    t.max_attempts, t.backoff_s, float("inf"), queue_max=queue_max
+                )
+                for t in targets
+            },
+        )
 
     def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
+        self.outbox.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        for q in self._queues:
-            with contextlib.suppress(queue.Full):
-                q.put(None, timeout=STOP_WAIT_S)
-        for thread in self._threads:
-            thread.join(timeout=STOP_WAIT_S)
-        self._client.close()
+        self.outbox.stop()
 
     def alert_changed(self, alert: Alert, action: str) -> None:
         payload = {"action": action, "at": now_ms(), "alert": alert_to_dict(alert)}
-        body = strict_json.dumps(payload).encode()
-        for target, q in zip(self.targets, self._queues, strict=True):
-            job = _Job(target, alert.id or 0, action, body)
-            try:
-                q.put_nowait(job)
-            except queue.Full:
-                self._record(job, False, 0, "delivery queue full: change not sent")
-
-    def _run(self, q: queue.Queue[_Job | None]) -> None:
-        while (job := q.get()) is not None:
-            if self._stop.is_set():
-                self._record(job, False, 0, "not sent: Landun stopped first")
-            else:
-                self._deliver(job)
-
-    def _deliver(self, job: _Job) -> None:
-        t = job.target
-        delay = t.backoff_s
-        error = ""
-        for attempt in range(1, t.max_attempts + 1):
-            try:
-                r = self._client.post(
-                    t.url,
-                    content=job.body,
-                    timeout=t.timeout_s,
-                    headers={
-                        "Content-Type": "application/json",
-                        SIGNATURE_HEADER: sign(t.secret, job.body),
-                        "X-Landun-Action": job.action,
-                    },
-                )
-                if r.status_code < 300:
-                    self._record(job, True, attempt, "")
-                    return
-                error = f"HTTP {r.status_code}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            if attempt < t.max_attempts and self._stop.wait(delay):
-                break
-            delay *= 2
-        log.warning(
-            "webhook %s failed for alert %s: %s", log_safe(t.url), job.alert_id, log_safe(error)
-        )
-        self._record(job, False, attempt, error)
-
-    def _record(self, job: _Job, ok: bool, attempts: int, error: str) -> None:
-        try:
-            self.store.record_delivery(
-                job.target.url, job.alert_id, job.action, ok, attempts, error, now_ms()
+        for t in self.targets:
+            notice = Notice(
+                alert_id=alert.id or 0,
+                level=0,
+                action=action,
+                severity=str(alert.severity),
+                family=str(alert.family),
+                site_id=alert.site_id,
+                title=alert.message,
+                text=alert.message,
+                url="",
+                recipient=Recipient("webhook", t.url),
+                payload=payload,
             )
-        except Exception:
-            log.exception("could not record a webhook delivery")
+            self.outbox.submit(notice, dedup=False)

@@ -49,6 +49,14 @@ def read_toml(name: str) -> tuple[str, dict[str, Any]]:
     return _parse(f"alerts/data/{name}", _packaged(name).read_text("utf-8"))
 
 
+def config_file(name: str) -> Path | None:
+    """The config dir's file `name`, if it has one: for files with no packaged default, such
+    as the operator's notify.toml."""
+    if _config_dir is not None and (_config_dir / name).is_file():
+        return _config_dir / name
+    return None
+
+
 def standards_texts() -> dict[str, tuple[str, str]]:
     """File name -> (where it came from, text) of every standards profile, the config dir's
     files replacing packaged ones of the same name."""

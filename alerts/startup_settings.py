@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alerts.channels.settings import load_channel_settings
 from alerts.custody import default_custody_settings
 from alerts.detectors.settings import load_detector_settings
 from alerts.engine import EngineSettings
@@ -21,3 +22,4 @@ def load_settings(config_dir: str | Path | None) -> None:
     EngineSettings.load()
     default_custody_settings()
     builtin_profiles()
+    load_channel_settings()

@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import REGISTRY, generate_latest
 
 from api.auth import Caller, Ctx, issue_token, require_role, scoped_site_ids
 from api.schemas import (
@@ -172,7 +173,8 @@ def readyz(ctx: Ctx) -> JSONResponse:
 
 @router.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
 def metrics(ctx: Ctx) -> PlainTextResponse:
-    """Prometheus text format: ingest, alerts, API latency."""
+    """Prometheus text format: ingest, alerts, API latency, notifications (and whatever else
+    counts with prometheus_client in this process)."""
     open_alerts = ctx.store.list_alerts(
         AlertQuery(statuses=("open", "acknowledged"), limit=100_000)
     )
@@ -187,6 +189,7 @@ def metrics(ctx: Ctx) -> PlainTextResponse:
         lines.append(f'landun_alerts_open{{family="{family}",severity="{severity}"}} {n}')
     api = ctx.api_metrics.render() if ctx.api_metrics is not None else ""
     text = render_prometheus(ctx.metrics) + "\n".join(lines) + "\n" + api + _hj212_lines(ctx)
+    text += generate_latest(REGISTRY).decode()
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 

@@ -113,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--registry", help="registry TOML (default: the demo registry)")
     run.add_argument(
         "--config-dir",
-        help="settings files (detectors.toml, engine.toml, custody.toml, standards/*.toml) "
-        "that replace the packaged ones of the same name",
+        help="settings files (detectors.toml, engine.toml, custody.toml, channels.toml, "
+        "standards/*.toml) that replace the packaged ones of the same name, and notify.toml "
+        "(notification channels and their credentials, named by environment variable or file)",
     )
     run.add_argument("--no-simulators", action="store_true", help="do not run simulators")
     run.add_argument("--sim-interval", type=int, help="simulated reporting interval, seconds")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import uvicorn
 
+from alerts.channels.outbox import OutboxService
+from alerts.channels.settings import ChannelSettings, build_outbox, load_channel_settings
 from alerts.clock_skew import ClockSkewRule
 from alerts.custody import CustodyRule
 from alerts.detector_rule import DetectorRule
@@ -92,6 +94,8 @@ class RunConfig:
     public_url: str | None = None
     # SMTP for the scheduled reports (定期通报); None: LANDUN_SMTP_* or no mailing
     report_mail: MailSettings | None = None
+    # notification channels (alerts/channels); None: channels.toml and the config dir's notify.toml
+    channels: ChannelSettings | None = None
 
 
 @dataclass
@@ -263,6 +267,7 @@ class System:
         self._server: uvicorn.Server | None = None
         self._stopping = threading.Event()
         self._api: AppContext | None = None
+        self.outbox: OutboxService | None = None  # where notices to people are submitted
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -297,6 +302,9 @@ class System:
                 webhooks.start()
                 stack.push_async_callback(asyncio.to_thread, webhooks.stop)
                 core.engine.sinks.append(webhooks)
+            outbox = self.outbox = build_outbox(cfg.channels or load_channel_settings(), core.store)
+            outbox.start()
+            stack.push_async_callback(asyncio.to_thread, outbox.stop)
             subscriber = MqttSubscriber(
                 core.pipeline, broker, SubscriberSettings(client_id, cfg.shared_group)
             )

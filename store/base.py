@@ -64,15 +64,16 @@ class AlertChange:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One attempt series to deliver an alert change to a webhook."""
+    """One attempt series to deliver a notice (or an alert change) through a channel."""
 
-    target: str
+    target: str  # the channel's address: URL, robot name, e-mail, phone
     alert_id: int
     action: str
     ok: bool
     attempts: int
     error: str
     at_ms: int
+    channel: str = "webhook"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +197,21 @@ class Store(Protocol):
         attempts: int,
         error: str,
         at_ms: int,
+        channel: str = "webhook",
     ) -> None: ...
 
-    def deliveries(self, limit: int = 100) -> list[Delivery]: ...
+    def deliveries(self, limit: int = 100, channel: str | None = None) -> list[Delivery]:
+        """Newest first; only `channel`'s when given."""
+        ...
+
+    def claim_notice(self, key: str, at_ms: int) -> bool:
+        """Take a notice key before sending it: True for the first claim, False when the key
+        was claimed already (by this process, an earlier run or another process)."""
+        ...
+
+    def release_notice(self, key: str) -> None:
+        """Give a claimed key back after its delivery finally failed, so it may be tried again."""
+        ...
 
     def downsample(
         self,

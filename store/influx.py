@@ -574,6 +574,8 @@ DELEGATED = frozenset(
         "audit_events",
         "record_delivery",
         "deliveries",
+        "claim_notice",
+        "release_notice",
         "add_user",
         "get_user",
         "add_token",

@@ -315,7 +315,38 @@ CREATE TABLE IF NOT EXISTS engine_state (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS = (Migration(1, "inboxes, alerts, accounts, engine state (as of 2026-12)", SCHEMA),)
+NOTIFICATIONS = """
+-- The deliveries of every notification channel, not only webhooks: the webhook deliveries move
+-- over and their table goes. Safe to run again (a file that lost its schema_migrations gets an
+-- empty legacy table from step 1, copied over and dropped).
+CREATE TABLE IF NOT EXISTS notice_deliveries (
+    id INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    target TEXT NOT NULL,
+    alert_id INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+INSERT INTO notice_deliveries (channel, target, alert_id, action, ok, attempts, error, at_ms)
+    SELECT 'webhook', target, alert_id, action, ok, attempts, error, at_ms FROM deliveries
+    ORDER BY id;
+DROP TABLE deliveries;
+CREATE INDEX IF NOT EXISTS notice_deliveries_by_channel ON notice_deliveries (channel, id);
+-- A notice key claimed before sending: one message per person per level per alert episode,
+-- across restarts and processes.
+CREATE TABLE IF NOT EXISTS notice_claims (
+    key TEXT PRIMARY KEY,
+    claimed_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS = (
+    Migration(1, "inboxes, alerts, accounts, engine state (as of 2026-12)", SCHEMA),
+    Migration(2, "notifications: deliveries by channel, claimed notice keys", NOTIFICATIONS),
+)
 
 _ALERT_COLS = (
     "site_id, device_id, rule_id, family, severity, parameter, status, message, first_ms, last_ms,"
@@ -993,21 +1024,35 @@ class SqliteStore(SqliteDatabase):
         attempts: int,
         error: str,
         at_ms: int,
+        channel: str = "webhook",
     ) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO deliveries (target, alert_id, action, ok, attempts, error, at_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (target, alert_id, action, int(ok), attempts, error, at_ms),
+                "INSERT INTO notice_deliveries"
+                " (target, alert_id, action, ok, attempts, error, at_ms, channel)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (target, alert_id, action, int(ok), attempts, error, at_ms, channel),
             )
 
-    def deliveries(self, limit: int = 100) -> list[Delivery]:
+    def deliveries(self, limit: int = 100, channel: str | None = None) -> list[Delivery]:
+        where = "" if channel is None else " WHERE channel = ?"
         rows = self._reader().execute(
-            "SELECT target, alert_id, action, ok, attempts, error, at_ms FROM deliveries"
-            " ORDER BY id DESC LIMIT ?",
-            (limit,),
+            "SELECT target, alert_id, action, ok, attempts, error, at_ms, channel"
+            f" FROM notice_deliveries{where} ORDER BY id DESC LIMIT ?",
+            (limit,) if channel is None else (channel, limit),
         )
-        return [Delivery(t, a, ac, bool(ok), n, e, at) for t, a, ac, ok, n, e, at in rows]
+        return [Delivery(t, a, ac, bool(ok), n, e, at, c) for t, a, ac, ok, n, e, at, c in rows]
+
+    def claim_notice(self, key: str, at_ms: int) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO notice_claims (key, claimed_ms) VALUES (?, ?)", (key, at_ms)
+            )
+            return cur.rowcount == 1
+
+    def release_notice(self, key: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM notice_claims WHERE key = ?", (key,))
 
     # -- users and tokens -----------------------------------------------------------------------
 

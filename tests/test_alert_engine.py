@@ -13,7 +13,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from alerts.notify_webhook import SIGNATURE_HEADER, WebhookTarget
+from alerts.channels.webhook import SIGNATURE_HEADER
+from alerts.notify_webhook import WebhookTarget
 from domain.timeutil import now_ms
 from landun.system import RunConfig
 from tests.conftest import Publisher, demo_config, start_system, wait_for

@@ -5,10 +5,6 @@ caller's jurisdictions, and mailed over STARTTLS to a real local SMTP server (ai
 from __future__ import annotations
 
 import io
-import shutil
-import socket
-import ssl
-import subprocess
 from datetime import date
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -27,6 +23,7 @@ from landun.demo import demo_registry_path
 from landun.system import Core
 from store.base import AlertChange
 from tests.conftest import RunningSystem
+from tests.smtp_server import Inbox, make_cert, start_smtp
 from tests.test_dashboard_browser import SHOTS
 
 MIN = 60_000
@@ -248,52 +245,15 @@ def test_report_route_formats_and_scope(system: RunningSystem):
 # --- mail ------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.mails: list[tuple[list[str], bytes, bool]] = []
-
-    async def handle_DATA(self, server, session, envelope):  # aiosmtpd's handler hook
-        self.mails.append((envelope.rcpt_tos, envelope.original_content, session.ssl is not None))
-        return "250 OK"
-
-
 @pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[str, str]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make the test server's certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
-
-
-def _smtp(inbox: Inbox, tls: tuple[str, str] | None):
-    from aiosmtpd.controller import Controller
-
-    kwargs = {}
-    if tls is not None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(*tls)
-        kwargs = {"tls_context": context, "require_starttls": True}
-    server = Controller(inbox, hostname="127.0.0.1", port=_free_port(), **kwargs)
-    server.start()
-    return server
+    return make_cert(tmp_path)
 
 
 @needs_cjk
 def test_due_reports_are_mailed_once_over_starttls_with_attachments(ctx, tls_files):
     inbox = Inbox()
-    server = _smtp(inbox, tls_files)
+    server = start_smtp(inbox, tls_files)
     try:
         mail = MailSettings(
             host="127.0.0.1",
@@ -327,7 +287,7 @@ def test_no_mail_without_starttls(ctx):
     import smtplib
 
     inbox = Inbox()
-    server = _smtp(inbox, None)
+    server = start_smtp(inbox, None)
     try:
         mail = MailSettings("127.0.0.1", server.port, "landun@example.cn", {"310104": ("a@b.cn",)})
         with pytest.raises(smtplib.SMTPNotSupportedError):

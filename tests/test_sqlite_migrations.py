@@ -11,7 +11,7 @@ import pytest
 from domain.model import Reading
 from store.base import ReadingQuery
 from store.ledger import SqliteLedger
-from store.sqlite import SqliteStore, readings_path
+from store.sqlite import MIGRATIONS, SqliteStore, readings_path
 
 T0 = 1_795_334_400_000
 
@@ -25,7 +25,7 @@ def test_an_empty_file_gets_every_step_recorded(tmp_path: Path) -> None:
     path = tmp_path / "landun.db"
     SqliteStore(path).close()
     SqliteLedger(path).close()
-    assert _versions(path) == {("store", 1), ("ledger", 1)}
+    assert _versions(path) == {("store", m.version) for m in MIGRATIONS} | {("ledger", 1)}
     assert _versions(readings_path(path)) == {("readings", 1), ("readings", 2)}
     SqliteStore(path).close()  # nothing left to apply
     assert _versions(readings_path(path)) == {("readings", 1), ("readings", 2)}
@@ -57,3 +57,33 @@ def test_a_file_upgraded_by_a_newer_release_is_refused(tmp_path: Path) -> None:
         conn.execute("INSERT INTO schema_migrations VALUES ('store', 99, 'from the future', 0)")
     with pytest.raises(RuntimeError, match="newer Landun"):
         SqliteStore(path)
+
+
+def test_webhook_deliveries_of_an_earlier_release_move_to_the_notice_deliveries(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "landun.db"
+    SqliteStore(path).close()
+    with sqlite3.connect(path) as conn:  # as a release before the notification channels left it
+        conn.executescript(
+            "DROP TABLE notice_deliveries; DROP TABLE notice_claims;"
+            " CREATE TABLE deliveries (id INTEGER PRIMARY KEY, target TEXT NOT NULL,"
+            " alert_id INTEGER NOT NULL, action TEXT NOT NULL, ok INTEGER NOT NULL,"
+            " attempts INTEGER NOT NULL, error TEXT NOT NULL, at_ms INTEGER NOT NULL);"
+            " INSERT INTO deliveries VALUES (1, 'https://hook.example.cn/x', 7, 'opened', 0, 5,"
+            " 'HTTP 503', 1795334400000);"
+            " DELETE FROM schema_migrations WHERE component = 'store' AND version > 1;"
+        )
+    store = SqliteStore(path)
+    try:
+        [d] = store.deliveries()
+        assert (d.channel, d.target, d.alert_id, d.ok, d.error) == (
+            "webhook",
+            "https://hook.example.cn/x",
+            7,
+            False,
+            "HTTP 503",
+        )
+        assert store.claim_notice("7:0:opened:sms:13800138000", T0)
+    finally:
+        store.close()

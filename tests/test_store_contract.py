@@ -388,6 +388,25 @@ def test_alert_save_appears_in_audit_events_and_deliveries(backend: Backend) -> 
     ]
 
 
+def test_notice_keys_are_claimed_once_and_deliveries_kept_by_channel(backend: Backend) -> None:
+    store = backend.store
+    key = f"7:1:escalated:sms:{backend.site}"
+    assert store.claim_notice(key, T0) is True
+    assert store.claim_notice(key, T0 + 1) is False  # another process, or after a restart
+    store.release_notice(key)  # its delivery failed: it may be tried again
+    assert store.claim_notice(key, T0 + 2) is True
+    store.record_delivery("13800138000", 7, "escalated", False, 3, "isp.SYSTEM_ERROR", T0, "sms")
+    store.record_delivery("ops", 7, "escalated", True, 1, "", T0 + 1, "wecom")
+    [sms] = store.deliveries(channel="sms")
+    assert (sms.channel, sms.target, sms.ok, sms.error) == (
+        "sms",
+        "13800138000",
+        False,
+        "isp.SYSTEM_ERROR",
+    )
+    assert [d.channel for d in store.deliveries(10)][:2] == ["wecom", "sms"]
+
+
 # -- retention ----------------------------------------------------------------------------------
 
 

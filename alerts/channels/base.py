@@ -7,8 +7,9 @@ channel is one module that sends one notice and says how it failed; nothing else
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,9 @@ class Notice:
     text: str  # zh-CN, plain text with light markdown (headings, bold, lists)
     url: str  # the alert in the dashboard
     recipient: Recipient
+    # The machine-readable body for channels that carry one (the webhook sends it as JSON);
+    # None: the channel builds its own from the fields above.
+    payload: Mapping[str, Any] | None = None
 
     @property
     def key(self) -> str:
@@ -47,10 +51,14 @@ class DeliveryFailed(Exception):
     """A send that failed; `retry` False when trying again cannot help (bad address, refused
     signature, message over the vendor's limit)."""
 
-    def __init__(self, reason: str, *, retry: bool = True) -> None:
+    def __init__(
+        self, reason: str, *, retry: bool = True, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry = retry
+        # The vendor asked to wait this long (a rate limit), longer than the usual backoff.
+        self.retry_after_s = retry_after_s
 
 
 class Channel(Protocol):

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import smtplib
-import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from api.reports.compute import (
 )
 from api.reports.pdf import render_pdf
 from api.reports.xlsx import render_xlsx
+from domain.smtp import SmtpServer, send_mail
 from domain.timeutil import now_ms
 
 log = logging.getLogger("landun.reports")
@@ -43,6 +42,11 @@ class MailSettings:
     password: str | None = None
     cafile: str | None = None  # None: the system's trusted CAs
     timeout_s: float = 30.0
+
+    def server(self) -> SmtpServer:
+        return SmtpServer(
+            self.host, self.port, self.username, self.password, self.cafile, self.timeout_s
+        )
 
     @classmethod
     def from_env(cls) -> MailSettings | None:
@@ -106,18 +110,6 @@ def report_message(report: Report, pdf: bytes, xlsx: bytes, sender: str, to: tup
     return msg
 
 
-def send(mail: MailSettings, msg: EmailMessage) -> None:
-    """Deliver over SMTP, refusing to go on without STARTTLS (reports name venues)."""
-    context = ssl.create_default_context(cafile=mail.cafile)
-    with smtplib.SMTP(mail.host, mail.port, timeout=mail.timeout_s) as smtp:
-        smtp.ehlo()
-        smtp.starttls(context=context)  # raises SMTPNotSupportedError if the server cannot
-        smtp.ehlo()
-        if mail.username:
-            smtp.login(mail.username, mail.password or "")
-        smtp.send_message(msg)
-
-
 def mail_due_reports(
     ctx: AppContext, mail: MailSettings, settings: ReportSettings, now_ms: int
 ) -> list[str]:
@@ -134,7 +126,7 @@ def mail_due_reports(
             try:
                 report = build_report(ctx, jurisdiction, period, last, settings)
                 pdf, xlsx = render_pdf(report, settings), render_xlsx(report)
-                send(mail, report_message(report, pdf, xlsx, mail.sender, to))
+                send_mail(mail.server(), report_message(report, pdf, xlsx, mail.sender, to))
             except Exception as exc:  # smtplib, ssl, OSError, a missing font: try the others
                 log.warning("the %s report %s was not mailed: %s", PERIOD_ZH[period], key, exc)
                 failures.append(exc)

@@ -212,9 +212,37 @@ CREATE TABLE dead_letter_tallies (
 );
 """
 
+NOTIFICATIONS = """
+-- The deliveries of every notification channel, not only webhooks: the webhook deliveries move
+-- over and their table goes.
+CREATE TABLE notice_deliveries (
+    id bigserial PRIMARY KEY,
+    channel text NOT NULL,
+    target text NOT NULL,
+    alert_id bigint NOT NULL,
+    action text NOT NULL,
+    ok boolean NOT NULL,
+    attempts integer NOT NULL,
+    error text NOT NULL,
+    at_ms bigint NOT NULL
+);
+INSERT INTO notice_deliveries (channel, target, alert_id, action, ok, attempts, error, at_ms)
+    SELECT 'webhook', target, alert_id, action, ok, attempts, error, at_ms FROM deliveries
+    ORDER BY id;
+DROP TABLE deliveries;
+CREATE INDEX notice_deliveries_by_channel ON notice_deliveries (channel, id);
+-- A notice key claimed before sending: one message per person per level per alert episode,
+-- across restarts and processes.
+CREATE TABLE notice_claims (
+    key text PRIMARY KEY,
+    claimed_ms bigint NOT NULL
+);
+"""
+
 MIGRATIONS = (
     Migration(1, "readings, alerts, accounts and engine state", INITIAL),
     Migration(2, "the medical-waste ledger", WASTE_LEDGER),
     Migration(3, "retention: hourly aggregates, kept evidence", RETENTION),
     Migration(4, "disabled users, dead-letter tallies", ACCOUNTS_AND_DEAD_LETTERS),
+    Migration(5, "notifications: deliveries by channel, claimed notice keys", NOTIFICATIONS),
 )

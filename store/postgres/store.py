@@ -439,21 +439,37 @@ class PostgresStore:
         attempts: int,
         error: str,
         at_ms: int,
+        channel: str = "webhook",
     ) -> None:
         with self.db.tx() as conn:
             conn.execute(
-                "INSERT INTO deliveries (target, alert_id, action, ok, attempts, error, at_ms)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (target, alert_id, action, ok, attempts, error, at_ms),
+                "INSERT INTO notice_deliveries"
+                " (target, alert_id, action, ok, attempts, error, at_ms, channel)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (target, alert_id, action, ok, attempts, error, at_ms, channel),
             )
 
-    def deliveries(self, limit: int = 100) -> list[Delivery]:
+    def deliveries(self, limit: int = 100, channel: str | None = None) -> list[Delivery]:
+        where = "" if channel is None else " WHERE channel = %s"
         rows = self.db.rows(
-            "SELECT target, alert_id, action, ok, attempts, error, at_ms FROM deliveries"
-            " ORDER BY id DESC LIMIT %s",
-            (limit,),
+            "SELECT target, alert_id, action, ok, attempts, error, at_ms, channel"
+            f" FROM notice_deliveries{where} ORDER BY id DESC LIMIT %s",
+            (limit,) if channel is None else (channel, limit),
         )
         return [Delivery(*r) for r in rows]
+
+    def claim_notice(self, key: str, at_ms: int) -> bool:
+        with self.db.tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO notice_claims (key, claimed_ms) VALUES (%s, %s)"
+                " ON CONFLICT (key) DO NOTHING",
+                (key, at_ms),
+            )
+            return cur.rowcount == 1
+
+    def release_notice(self, key: str) -> None:
+        with self.db.tx() as conn:
+            conn.execute("DELETE FROM notice_claims WHERE key = %s", (key,))
 
     # -- users and tokens -----------------------------------------------------------------------
 
