@@ -43,6 +43,7 @@ _READING_FIELDS = "device_id, site_id, parameter, ts_ms, value, flag, recv_ms, s
 _ALERT_COLS_A = ", ".join(f"a.{c.strip()}" for c in _ALERT_COLS.split(","))
 _ALERT_SETS = ", ".join(f"{c.strip()} = %s" for c in _ALERT_COLS.split(","))
 MONTHS_AHEAD = 1  # partitions created beyond the current month, so ingest rarely creates one
+PARTITIONS, HYPERTABLE = "monthly partitions", "TimescaleDB hypertable"  # readings layouts
 
 
 def month_start_ms(ts_ms: int) -> int:
@@ -64,6 +65,12 @@ def months_between(first_ms: int, last_ms: int) -> list[int]:
     return months
 
 
+def readings_layout(db: PostgresDatabase) -> str:
+    """PARTITIONS, or HYPERTABLE where the schema step for TimescaleDB converted the table."""
+    (kind,) = db.one("SELECT relkind FROM pg_class WHERE oid = 'readings'::regclass")
+    return PARTITIONS if kind == "p" else HYPERTABLE
+
+
 def partition_name(start_ms: int) -> str:
     return "readings_" + datetime.fromtimestamp(start_ms / 1000, UTC).strftime("y%Ym%m")
 
@@ -73,6 +80,7 @@ class PostgresStore:
         # Each pooled connection gets its own staging table for COPY.
         self.db = PostgresDatabase(url, max_connections, lock_timeout_ms, configure=_create_staging)
         self._partitions_lock = threading.Lock()
+        self.layout = readings_layout(self.db)
         self._partitions = self._existing_partitions()
         ahead = [month_start_ms(now_ms())]
         for _ in range(MONTHS_AHEAD):
@@ -82,6 +90,8 @@ class PostgresStore:
     # -- partitions -------------------------------------------------------------------------
 
     def _existing_partitions(self) -> set[int]:
+        if self.layout == HYPERTABLE:
+            return set()
         rows = self.db.rows(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
             " WHERE i.inhparent = 'readings'::regclass"
@@ -95,7 +105,9 @@ class PostgresStore:
         return found
 
     def ensure_partitions(self, month_starts: Iterable[int]) -> None:
-        """Create the monthly partitions that do not exist yet."""
+        """Create the monthly partitions that do not exist yet (TimescaleDB creates chunks)."""
+        if self.layout == HYPERTABLE:
+            return
         with self._partitions_lock:
             missing = sorted(set(month_starts) - self._partitions)
             if not missing:
@@ -299,15 +311,13 @@ class PostgresStore:
     # -- retention ----------------------------------------------------------------------------
 
     def apply_retention(self, now_ms: int, settings: RetentionSettings) -> RetentionReport:
-        """Drop each monthly partition wholly older than the cutoff, in one transaction with
-        rolling its readings up into hours and keeping those that are an alert's evidence."""
+        """Drop each monthly partition (or TimescaleDB chunk) wholly older than the cutoff, in
+        one transaction with rolling its readings up into hours and keeping those that are an
+        alert's evidence."""
         cutoff = settings.cutoff_ms(now_ms)
         removed = kept = hours = 0
         with self._partitions_lock:
-            self._partitions = self._existing_partitions()
-            old = [start for start in sorted(self._partitions) if next_month_ms(start) <= cutoff]
-            for start in old:
-                part = partition_name(start)
+            for part, drop in self._old_tables(cutoff):
                 with self.db.tx() as conn:
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                     evidence = is_evidence("alerts", "r")
@@ -323,9 +333,25 @@ class PostgresStore:
                     removed += conn.execute(
                         f"SELECT count(*) FROM {part} r WHERE NOT {evidence}"
                     ).fetchone()[0]
-                    conn.execute(f"DROP TABLE {part}")
-                self._partitions.discard(start)
+                    conn.execute(drop)
+            self._partitions = self._existing_partitions()
         return RetentionReport(removed, kept, hours)
+
+    def _old_tables(self, cutoff_ms: int) -> list[tuple[str, str]]:
+        """The tables of readings wholly older than the cutoff, oldest first, each with the
+        statement that drops it."""
+        if self.layout == HYPERTABLE:
+            rows = self.db.rows(
+                "SELECT format('%%I.%%I', chunk_schema, chunk_name), range_start_integer,"
+                " range_end_integer FROM timescaledb_information.chunks"
+                " WHERE hypertable_name = 'readings' AND range_end_integer <= %s"
+                " ORDER BY range_start_integer",
+                (cutoff_ms,),
+            )
+            drop = "SELECT drop_chunks('readings', older_than => {1}, newer_than => {0})"
+            return [(chunk, drop.format(start, end)) for chunk, start, end in rows]
+        starts = sorted(s for s in self._existing_partitions() if next_month_ms(s) <= cutoff_ms)
+        return [(partition_name(s), f"DROP TABLE {partition_name(s)}") for s in starts]
 
     # -- alerts -------------------------------------------------------------------------------
 
