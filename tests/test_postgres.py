@@ -257,3 +257,17 @@ def test_readings_layout_follows_the_timescaledb_extension(pg_url: str) -> None:
     with psycopg.connect(pg_url) as conn:
         kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = 'readings'::regclass")
         assert kind.fetchone()[0] == ("r" if available else "p")
+
+
+def test_a_batch_with_stored_readings_stores_only_the_new_ones(pg_url: str) -> None:
+    """The direct COPY refuses the whole batch; the staging path then skips what is stored."""
+    store = PostgresStore(pg_url)
+    try:
+        first = [Reading("d1", "s1", "ph", T0 + i * MINUTE, 7.0, recv_ms=T0) for i in range(3)]
+        assert store.write_batch(first) == 3
+        later = [Reading("d1", "s1", "ph", T0 + i * MINUTE, 7.0, recv_ms=T0) for i in range(1, 5)]
+        assert store.write_batch(later) == 2
+        assert store.query_readings(ReadingQuery(device_id="d1")) == first + later[2:]
+        assert store.query_readings(ReadingQuery(site_id="s1")) == first + later[2:]
+    finally:
+        store.close()

@@ -40,6 +40,7 @@ from store.retention import (
 from store.sqlite import _ALERT_COLS, _alert_from_row, _alert_values
 
 _READING_FIELDS = "device_id, site_id, parameter, ts_ms, value, flag, recv_ms, seq"  # Reading's
+_READING_TYPES = ("text", "text", "text", "int8", "float8", "text", "int8", "int8")  # binary COPY
 _ALERT_COLS_A = ", ".join(f"a.{c.strip()}" for c in _ALERT_COLS.split(","))
 _ALERT_SETS = ", ".join(f"{c.strip()} = %s" for c in _ALERT_COLS.split(","))
 MONTHS_AHEAD = 1  # partitions created beyond the current month, so ingest rarely creates one
@@ -80,6 +81,7 @@ class PostgresStore:
         # Each pooled connection gets its own staging table for COPY.
         self.db = PostgresDatabase(url, max_connections, lock_timeout_ms, configure=_create_staging)
         self._partitions_lock = threading.Lock()
+        self._known_sites: set[tuple[str, str]] = set()  # (site, device) pairs in device_sites
         self.layout = readings_layout(self.db)
         self._partitions = self._existing_partitions()
         ahead = [month_start_ms(now_ms())]
@@ -139,16 +141,11 @@ class PostgresStore:
             # Ingest bounds sensor times to a few weeks: a batch spans a month or two.
             self.ensure_partitions(months_between(min(r.ts_ms for r in readings),
                                                   max(r.ts_ms for r in readings)))  # fmt: skip
+        new_sites = sorted(sites - self._known_sites)
         stored = 0
         with self.db.tx() as conn:
             if readings:
-                with conn.cursor().copy(f"COPY readings_in ({_READING_FIELDS}) FROM STDIN") as copy:
-                    for r in readings:
-                        copy.write_row(r)
-                stored = conn.execute(
-                    f"INSERT INTO readings ({_READING_FIELDS}) SELECT {_READING_FIELDS}"
-                    " FROM readings_in ON CONFLICT DO NOTHING"
-                ).rowcount
+                stored = _copy_readings(conn, readings)
             with conn.cursor() as cur:
                 if dead_letters:
                     cur.executemany(
@@ -177,13 +174,13 @@ class PostgresStore:
                         " recv_ms = greatest(device_last_seen.recv_ms, excluded.recv_ms)",
                         (devices, [last_seen[d] for d in devices]),
                     )
-                if sites:
-                    pairs = sorted(sites)
+                if new_sites:
                     cur.execute(
                         "INSERT INTO device_sites (site_id, device_id)"
                         " SELECT * FROM unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING",
-                        ([s for s, _ in pairs], [d for _, d in pairs]),
+                        ([s for s, _ in new_sites], [d for _, d in new_sites]),
                     )
+        self._known_sites.update(new_sites)  # committed: rows of device_sites are never deleted
         return stored
 
     def query_readings(self, q: ReadingQuery) -> list[Reading]:
@@ -618,6 +615,35 @@ class PostgresStore:
 
 def _end_sessions(conn: psycopg.Connection, name: str) -> None:
     conn.execute("DELETE FROM tokens WHERE name = %s AND kind = 'user'", (name,))
+
+
+def _copy_readings(conn: psycopg.Connection, readings: Sequence[Reading]) -> int:
+    """Store the readings not stored yet; returns how many. COPY straight into `readings` first,
+    in a savepoint: nearly every batch is new readings, and that does half the work of the
+    staging table. A batch holding a stored reading (a redelivery, a device resending its
+    buffer) fails as a whole there, and goes through the staging table, whose insert skips
+    what is stored."""
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy(f"COPY readings ({_READING_FIELDS}) FROM STDIN (FORMAT BINARY)") as copy:
+                _write_rows(copy, readings)
+            return len(readings)
+    except psycopg.errors.UniqueViolation:
+        pass
+    with conn.cursor().copy(
+        f"COPY readings_in ({_READING_FIELDS}) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        _write_rows(copy, readings)
+    return conn.execute(
+        f"INSERT INTO readings ({_READING_FIELDS}) SELECT {_READING_FIELDS}"
+        " FROM readings_in ON CONFLICT DO NOTHING"
+    ).rowcount
+
+
+def _write_rows(copy: psycopg.Copy, readings: Sequence[Reading]) -> None:
+    copy.set_types(_READING_TYPES)
+    for r in readings:
+        copy.write_row(r)
 
 
 def _create_staging(conn: psycopg.Connection) -> None:
