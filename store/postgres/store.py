@@ -145,7 +145,7 @@ class PostgresStore:
         stored = 0
         with self.db.tx() as conn:
             if readings:
-                stored = _copy_readings(conn, readings)
+                stored = len(_copy_readings(conn, readings))
             with conn.cursor() as cur:
                 if dead_letters:
                     cur.executemany(
@@ -613,31 +613,43 @@ class PostgresStore:
         self.db.close()
 
 
+def _only_new(readings: Sequence[Reading], inserted: list[tuple]) -> list[Reading]:
+    """The batch's readings the insert stored (the first of any repeated in the batch)."""
+    keys = set(inserted)
+    new = []
+    for r in readings:
+        key = (r.device_id, r.parameter, r.ts_ms)
+        if key in keys:
+            keys.discard(key)
+            new.append(r)
+    return new
+
+
 def _end_sessions(conn: psycopg.Connection, name: str) -> None:
     conn.execute("DELETE FROM tokens WHERE name = %s AND kind = 'user'", (name,))
 
 
-def _copy_readings(conn: psycopg.Connection, readings: Sequence[Reading]) -> int:
-    """Store the readings not stored yet; returns how many. COPY straight into `readings` first,
-    in a savepoint: nearly every batch is new readings, and that does half the work of the
-    staging table. A batch holding a stored reading (a redelivery, a device resending its
-    buffer) fails as a whole there, and goes through the staging table, whose insert skips
-    what is stored."""
+def _copy_readings(conn: psycopg.Connection, readings: Sequence[Reading]) -> Sequence[Reading]:
+    """Store the readings not stored yet; returns them. COPY straight into `readings` first, in
+    a savepoint: nearly every batch is new readings, and that does half the work of the staging
+    table. A batch holding a stored reading (a redelivery, a device resending its buffer) fails
+    as a whole there, and goes through the staging table, whose insert skips what is stored."""
     try:
         with conn.transaction(), conn.cursor() as cur:
             with cur.copy(f"COPY readings ({_READING_FIELDS}) FROM STDIN (FORMAT BINARY)") as copy:
                 _write_rows(copy, readings)
-            return len(readings)
+            return readings
     except psycopg.errors.UniqueViolation:
         pass
     with conn.cursor().copy(
         f"COPY readings_in ({_READING_FIELDS}) FROM STDIN (FORMAT BINARY)"
     ) as copy:
         _write_rows(copy, readings)
-    return conn.execute(
+    inserted = conn.execute(
         f"INSERT INTO readings ({_READING_FIELDS}) SELECT {_READING_FIELDS}"
-        " FROM readings_in ON CONFLICT DO NOTHING"
-    ).rowcount
+        " FROM readings_in ON CONFLICT DO NOTHING RETURNING device_id, parameter, ts_ms"
+    ).fetchall()
+    return _only_new(readings, inserted)
 
 
 def _write_rows(copy: psycopg.Copy, readings: Sequence[Reading]) -> None:
