@@ -116,3 +116,12 @@ def test_ingest_throughput_without_its_database_still_ends_with_the_summary():
     assert out.returncode == 1
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["store"] == "postgresql" and "Connection refused" in figures["unmeasured"][0]
+
+
+@pytest.mark.parametrize("on", ["sqlite", "postgresql"])
+def test_store_write_quick_reports_every_figure(on: str):
+    database = ("--database", require_server()) if on == "postgresql" else ()
+    figures = run_quick("store_write.py", *database)
+    assert figures["store"] == on and figures["readings"] == 3 * 10_000
+    assert figures["readings_per_s"] > 0 and figures["commit_p50_ms"] <= figures["commit_max_ms"]
+    assert (figures["server_cpu_us_per_reading"] is None) == (on == "sqlite")
