@@ -159,12 +159,15 @@ def _wrong_password() -> str:
     ],
     ids=["wrong-password", "nothing-listening", "malformed", "not-postgresql"],
 )
+@pytest.mark.parametrize(
+    "command",
+    [("run", "--no-simulators", "--port", "0"), ("db", "upgrade"), ("db", "retain")],
+    ids=["run", "db-upgrade", "db-retain"],
+)
 def test_a_wrong_database_url_is_one_line_and_a_nonzero_exit(
-    url: Callable[[], str], says: str, tmp_path: Path
+    url: Callable[[], str], says: str, command: tuple[str, ...], tmp_path: Path
 ) -> None:
-    done = _landun(
-        "run", "--database", url(), "--data-dir", str(tmp_path), "--no-simulators", "--port", "0"
-    )
+    done = _landun(*command, "--database", url(), "--data-dir", str(tmp_path))
     assert done.returncode == 2
     assert done.stdout == ""
     lines = done.stderr.splitlines()
