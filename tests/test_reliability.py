@@ -486,9 +486,10 @@ def _database_down(url: str, how: str) -> Iterator[None]:
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
         )
-        try:
-            yield
-        finally:
+    try:
+        yield
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
             admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
 
 
