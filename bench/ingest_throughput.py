@@ -509,8 +509,13 @@ def main(argv: list[str] | None = None) -> int:
         print("mosquitto is not installed", file=sys.stderr)
         return 2
     if args.database:
-        with fresh_database(args.database) as url:
-            return run(args, url)
+        try:
+            with fresh_database(args.database) as url:
+                return run(args, url)
+        except psycopg.Error as exc:  # no database to run on: nothing measured, still a summary
+            why = f"PostgreSQL: {' '.join(str(exc).split())}"
+            print(json.dumps({"store": "postgresql", "unmeasured": [why], "machine": machine()}))
+            return 1
     return run(args, None)
 
 

@@ -83,7 +83,9 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--data-dir", default="var", help="where the SQLite database lives")
     up.set_defaults(func=_upgrade)
     retain = db.add_parser(
-        "retain", help="remove raw readings past retention (store/data/retention.toml); daily"
+        "retain",
+        help="remove raw readings past retention (store/data/retention.toml) now; a running"
+        " Landun does it every every_hours",
     )
     add_database_argument(retain)
     retain.add_argument("--data-dir", default="var", help="where the SQLite database lives")

@@ -49,10 +49,10 @@ from landun.demo import (
     demo_settings,
     newest_sensor_time,
 )
+from landun.housekeeping import Housekeeper
 from simulators.hj212_logger import Hj212LoggerRunner
 from simulators.runner import SimulatorRunner
 from store.base import Store
-from store.dead_letter_retention import DeadLetterRetention
 from store.factory import describe, open_ledger, open_store
 from store.ledger import WasteLedger
 
@@ -207,13 +207,11 @@ def ensure_admin(store: Store, data_dir: Path, password: str | None) -> str:
 
 
 class Clock:
-    """Runs the engine's time-driven rules every `tick_s` seconds on its own thread, and the
-    dead-letter retention when it is due."""
+    """Runs the engine's time-driven rules every `tick_s` seconds on its own thread."""
 
     def __init__(self, engine: AlertEngine, tick_s: float) -> None:
         self.engine = engine
         self.tick_s = tick_s
-        self.retention = DeadLetterRetention(engine.store)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="landun-clock", daemon=True)
 
@@ -228,7 +226,6 @@ class Clock:
         while not self._stop.wait(self.tick_s):
             try:
                 self.engine.tick()
-                self.retention.maybe_run()
             except Exception:
                 log.exception("clock tick failed")
 
@@ -313,6 +310,9 @@ class System:
             clock = Clock(core.engine, cfg.tick_s)
             clock.start()
             stack.callback(clock.stop)
+            housekeeper = Housekeeper.for_store(core.store, cfg.tick_s)
+            housekeeper.start()
+            stack.callback(housekeeper.stop)
             gateway = await self._start_hj212(stack, core)
             sims = False
             if cfg.simulators:
@@ -453,6 +453,8 @@ async def run_hj212_gateway(cfg: RunConfig, ready: threading.Event | None = None
     core = Core.open(cfg)
     clock = Clock(core.engine, cfg.tick_s)
     clock.start()
+    housekeeper = Housekeeper.for_store(core.store, cfg.tick_s)
+    housekeeper.start()
     gateway = Hj212Gateway(RegistryLookup(core.registry), PipelineSink(core.pipeline))
     port = await gateway.start(cfg.hj212_host, cfg.hj212_port or 0)
     stop = asyncio.Event()
@@ -473,5 +475,6 @@ async def run_hj212_gateway(cfg: RunConfig, ready: threading.Event | None = None
         await stop.wait()
     finally:
         await gateway.stop()
+        housekeeper.stop()
         clock.stop()
         core.close()

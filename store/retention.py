@@ -5,9 +5,16 @@ partitions; SQLite deletes in batches); this module holds what they share."""
 
 from __future__ import annotations
 
+import logging
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
+from typing import Protocol, runtime_checkable
+
+from domain.timeutil import now_ms
+
+log = logging.getLogger("landun.store.retention")
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
@@ -29,14 +36,63 @@ class RetentionReport:
     hours: int  # hourly aggregates written or merged
 
 
-def load_retention_settings() -> RetentionSettings:
+def _positive(key: str) -> int:
     text = resources.files("store").joinpath("data/retention.toml").read_text("utf-8")
-    raw_days = tomllib.loads(text)["readings"]["raw_days"]
-    if not isinstance(raw_days, int) or raw_days < 1:
-        raise ValueError(
-            f"store/data/retention.toml: raw_days must be a positive integer: {raw_days}"
-        )
-    return RetentionSettings(raw_days)
+    value = tomllib.loads(text)["readings"][key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"store/data/retention.toml: {key} must be a positive integer: {value}")
+    return value
+
+
+def load_retention_settings() -> RetentionSettings:
+    return RetentionSettings(_positive("raw_days"))
+
+
+def load_every_hours() -> int:
+    """How often a running Landun applies the readings retention."""
+    return _positive("every_hours")
+
+
+@runtime_checkable
+class RetainingStore(Protocol):
+    """A store that keeps raw readings itself (InfluxDB expires them by bucket retention)."""
+
+    def apply_retention(self, now_ms: int, settings: RetentionSettings) -> RetentionReport: ...
+
+
+class ReadingRetention:
+    """Applies the readings retention when `every_hours` have passed since its last run (at
+    once the first time); called from a periodic thread (landun.housekeeping)."""
+
+    def __init__(
+        self,
+        store: RetainingStore,
+        settings: RetentionSettings | None = None,
+        every_hours: int | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.store = store
+        self.settings = settings or load_retention_settings()
+        self.every_ms = (every_hours or load_every_hours()) * HOUR_MS
+        self.clock = clock
+        self._last_ms: int | None = None
+
+    def maybe_run(self) -> RetentionReport | None:
+        now = self.clock()
+        if self._last_ms is not None and now - self._last_ms < self.every_ms:
+            return None
+        self._last_ms = now
+        report = self.store.apply_retention(now, self.settings)
+        if report.removed or report.kept_as_evidence:
+            log.info(
+                "readings retention: %d raw readings older than %d days rolled up into %d hourly"
+                " aggregates and removed; %d kept as alert evidence",
+                report.removed,
+                self.settings.raw_days,
+                report.hours,
+                report.kept_as_evidence,
+            )
+        return report
 
 
 def is_evidence(alerts: str, r: str) -> str:

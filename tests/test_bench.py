@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from landun.broker import free_port
 from tests.brokers import have_mosquitto
 from tests.postgres import require_server
 
@@ -101,3 +102,26 @@ def test_query_quick_on_postgresql():
     assert figures["store"] == "postgresql"
     assert figures["week_raw_rows"] == 7 * 24 * 60
     assert figures["week_hourly_buckets"] in (168, 169)
+
+
+@pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed (CI installs it)")
+def test_ingest_throughput_without_its_database_still_ends_with_the_summary():
+    url = f"postgresql://nobody:wrong-pw@127.0.0.1:{free_port()}/postgres"
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "ingest_throughput.py"), "--quick", "--database", url],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 1
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["store"] == "postgresql" and "Connection refused" in figures["unmeasured"][0]
+
+
+@pytest.mark.parametrize("on", ["sqlite", "postgresql"])
+def test_store_write_quick_reports_every_figure(on: str):
+    database = ("--database", require_server()) if on == "postgresql" else ()
+    figures = run_quick("store_write.py", *database)
+    assert figures["store"] == on and figures["readings"] == 3 * 10_000
+    assert figures["readings_per_s"] > 0 and figures["commit_p50_ms"] <= figures["commit_max_ms"]
+    assert (figures["server_cpu_us_per_reading"] is None) == (on == "sqlite")

@@ -21,7 +21,14 @@ from store.base import AlertChange, AlertQuery, ReadingQuery
 from store.migrations import Migration, pending
 from store.migrations.postgres import MIGRATIONS
 from store.postgres.db import connect, redact, schema_version, upgrade
-from store.postgres.store import PostgresStore, month_start_ms, partition_name
+from store.postgres.store import (
+    HYPERTABLE,
+    PARTITIONS,
+    PostgresStore,
+    month_start_ms,
+    partition_name,
+)
+from store.retention import HOUR_MS, RetentionSettings
 from tests.conftest import Publisher, demo_config, start_system, wait_for
 from tests.postgres import fresh_database, require_server
 from tests.test_end_to_end import DEVICE, MINUTE, record
@@ -152,12 +159,15 @@ def _wrong_password() -> str:
     ],
     ids=["wrong-password", "nothing-listening", "malformed", "not-postgresql"],
 )
+@pytest.mark.parametrize(
+    "command",
+    [("run", "--no-simulators", "--port", "0"), ("db", "upgrade"), ("db", "retain")],
+    ids=["run", "db-upgrade", "db-retain"],
+)
 def test_a_wrong_database_url_is_one_line_and_a_nonzero_exit(
-    url: Callable[[], str], says: str, tmp_path: Path
+    url: Callable[[], str], says: str, command: tuple[str, ...], tmp_path: Path
 ) -> None:
-    done = _landun(
-        "run", "--database", url(), "--data-dir", str(tmp_path), "--no-simulators", "--port", "0"
-    )
+    done = _landun(*command, "--database", url(), "--data-dir", str(tmp_path))
     assert done.returncode == 2
     assert done.stdout == ""
     lines = done.stderr.splitlines()
@@ -225,3 +235,42 @@ def test_db_retain_on_postgresql_and_sqlite(pg_url: str, tmp_path: Path) -> None
         done = _landun("db", "retain", *where)
         assert done.returncode == 0, done.stderr
         assert "0 raw readings older than 400 days" in done.stdout
+
+
+def test_readings_layout_follows_the_timescaledb_extension(pg_url: str) -> None:
+    """Monthly partitions where TimescaleDB is absent (as on Debian's postgresql-15 here); a
+    hypertable where it is available, with the same writes, queries and retention."""
+    with psycopg.connect(pg_url) as conn:
+        available = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')"
+        ).fetchone()[0]
+    store = PostgresStore(pg_url)
+    try:
+        assert store.layout == (HYPERTABLE if available else PARTITIONS)
+        old = [Reading("d1", "s1", "ph", T0 + i * MINUTE, 7.0, recv_ms=T0) for i in range(30)]
+        store.write_batch(old)
+        assert store.query_readings(ReadingQuery(device_id="d1")) == old
+        report = store.apply_retention(T0 + 500 * DAY, RetentionSettings(raw_days=400))
+        assert (report.removed, report.kept_as_evidence) == (30, 0)
+        assert store.query_readings(ReadingQuery(device_id="d1")) == []
+        [hour] = store.downsample("d1", ["ph"], T0, T0 + HOUR_MS, HOUR_MS)
+        assert hour.count == 30
+    finally:
+        store.close()
+    with psycopg.connect(pg_url) as conn:
+        kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = 'readings'::regclass")
+        assert kind.fetchone()[0] == ("r" if available else "p")
+
+
+def test_a_batch_with_stored_readings_stores_only_the_new_ones(pg_url: str) -> None:
+    """The direct COPY refuses the whole batch; the staging path then skips what is stored."""
+    store = PostgresStore(pg_url)
+    try:
+        first = [Reading("d1", "s1", "ph", T0 + i * MINUTE, 7.0, recv_ms=T0) for i in range(3)]
+        assert store.write_batch(first) == 3
+        later = [Reading("d1", "s1", "ph", T0 + i * MINUTE, 7.0, recv_ms=T0) for i in range(1, 5)]
+        assert store.write_batch(later) == 2
+        assert store.query_readings(ReadingQuery(device_id="d1")) == first + later[2:]
+        assert store.query_readings(ReadingQuery(site_id="s1")) == first + later[2:]
+    finally:
+        store.close()

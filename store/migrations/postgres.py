@@ -212,6 +212,47 @@ CREATE TABLE dead_letter_tallies (
 );
 """
 
+TIMESCALEDB = """
+-- Where the TimescaleDB extension is available, readings go into a hypertable (chunks of 30 days
+-- of sensor time) instead of monthly partitions; the store finds out which from the table's kind
+-- and runs the same queries on either. Only a database without readings is converted: moving an
+-- existing one is a dump and restore. Where the extension is absent, or not loadable (it needs
+-- shared_preload_libraries), nothing changes.
+DO $timescaledb$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
+            OR EXISTS (SELECT 1 FROM readings) THEN
+        RETURN;
+    END IF;
+    BEGIN
+        CREATE EXTENSION IF NOT EXISTS timescaledb;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE NOTICE 'timescaledb not loadable (%), readings stay in monthly partitions', SQLERRM;
+        RETURN;
+    END;
+    DROP VIEW readings_all;
+    DROP TABLE readings;
+    CREATE TABLE readings (
+        device_id text NOT NULL,
+        parameter text NOT NULL,
+        ts_ms bigint NOT NULL,
+        value double precision NOT NULL,
+        flag text NOT NULL,
+        recv_ms bigint NOT NULL,
+        seq bigint,
+        site_id text NOT NULL,
+        PRIMARY KEY (device_id, parameter, ts_ms)
+    );
+    PERFORM create_hypertable('readings', 'ts_ms', chunk_time_interval => 2592000000);
+    CREATE VIEW readings_all AS
+        SELECT device_id, parameter, ts_ms, value, flag, recv_ms, seq, site_id FROM readings
+        UNION ALL
+        SELECT device_id, parameter, ts_ms, value, flag, recv_ms, seq, site_id
+        FROM readings_kept;
+END
+$timescaledb$;
+"""
+
 NOTIFICATIONS = """
 -- The deliveries of every notification channel, not only webhooks: the webhook deliveries move
 -- over and their table goes.
@@ -244,5 +285,6 @@ MIGRATIONS = (
     Migration(2, "the medical-waste ledger", WASTE_LEDGER),
     Migration(3, "retention: hourly aggregates, kept evidence", RETENTION),
     Migration(4, "disabled users, dead-letter tallies", ACCOUNTS_AND_DEAD_LETTERS),
-    Migration(5, "notifications: deliveries by channel, claimed notice keys", NOTIFICATIONS),
+    Migration(5, "readings as a TimescaleDB hypertable where available", TIMESCALEDB),
+    Migration(6, "notifications: deliveries by channel, claimed notice keys", NOTIFICATIONS),
 )

@@ -40,9 +40,11 @@ from store.retention import (
 from store.sqlite import _ALERT_COLS, _alert_from_row, _alert_values
 
 _READING_FIELDS = "device_id, site_id, parameter, ts_ms, value, flag, recv_ms, seq"  # Reading's
+_READING_TYPES = ("text", "text", "text", "int8", "float8", "text", "int8", "int8")  # binary COPY
 _ALERT_COLS_A = ", ".join(f"a.{c.strip()}" for c in _ALERT_COLS.split(","))
 _ALERT_SETS = ", ".join(f"{c.strip()} = %s" for c in _ALERT_COLS.split(","))
 MONTHS_AHEAD = 1  # partitions created beyond the current month, so ingest rarely creates one
+PARTITIONS, HYPERTABLE = "monthly partitions", "TimescaleDB hypertable"  # readings layouts
 
 
 def month_start_ms(ts_ms: int) -> int:
@@ -64,6 +66,12 @@ def months_between(first_ms: int, last_ms: int) -> list[int]:
     return months
 
 
+def readings_layout(db: PostgresDatabase) -> str:
+    """PARTITIONS, or HYPERTABLE where the schema step for TimescaleDB converted the table."""
+    (kind,) = db.one("SELECT relkind FROM pg_class WHERE oid = 'readings'::regclass")
+    return PARTITIONS if kind == "p" else HYPERTABLE
+
+
 def partition_name(start_ms: int) -> str:
     return "readings_" + datetime.fromtimestamp(start_ms / 1000, UTC).strftime("y%Ym%m")
 
@@ -73,6 +81,8 @@ class PostgresStore:
         # Each pooled connection gets its own staging table for COPY.
         self.db = PostgresDatabase(url, max_connections, lock_timeout_ms, configure=_create_staging)
         self._partitions_lock = threading.Lock()
+        self._known_sites: set[tuple[str, str]] = set()  # (site, device) pairs in device_sites
+        self.layout = readings_layout(self.db)
         self._partitions = self._existing_partitions()
         ahead = [month_start_ms(now_ms())]
         for _ in range(MONTHS_AHEAD):
@@ -82,6 +92,8 @@ class PostgresStore:
     # -- partitions -------------------------------------------------------------------------
 
     def _existing_partitions(self) -> set[int]:
+        if self.layout == HYPERTABLE:
+            return set()
         rows = self.db.rows(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
             " WHERE i.inhparent = 'readings'::regclass"
@@ -95,7 +107,9 @@ class PostgresStore:
         return found
 
     def ensure_partitions(self, month_starts: Iterable[int]) -> None:
-        """Create the monthly partitions that do not exist yet."""
+        """Create the monthly partitions that do not exist yet (TimescaleDB creates chunks)."""
+        if self.layout == HYPERTABLE:
+            return
         with self._partitions_lock:
             missing = sorted(set(month_starts) - self._partitions)
             if not missing:
@@ -127,16 +141,11 @@ class PostgresStore:
             # Ingest bounds sensor times to a few weeks: a batch spans a month or two.
             self.ensure_partitions(months_between(min(r.ts_ms for r in readings),
                                                   max(r.ts_ms for r in readings)))  # fmt: skip
+        new_sites = sorted(sites - self._known_sites)
         stored = 0
         with self.db.tx() as conn:
             if readings:
-                with conn.cursor().copy(f"COPY readings_in ({_READING_FIELDS}) FROM STDIN") as copy:
-                    for r in readings:
-                        copy.write_row(r)
-                stored = conn.execute(
-                    f"INSERT INTO readings ({_READING_FIELDS}) SELECT {_READING_FIELDS}"
-                    " FROM readings_in ON CONFLICT DO NOTHING"
-                ).rowcount
+                stored = len(_copy_readings(conn, readings))
             with conn.cursor() as cur:
                 if dead_letters:
                     cur.executemany(
@@ -165,13 +174,13 @@ class PostgresStore:
                         " recv_ms = greatest(device_last_seen.recv_ms, excluded.recv_ms)",
                         (devices, [last_seen[d] for d in devices]),
                     )
-                if sites:
-                    pairs = sorted(sites)
+                if new_sites:
                     cur.execute(
                         "INSERT INTO device_sites (site_id, device_id)"
                         " SELECT * FROM unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING",
-                        ([s for s, _ in pairs], [d for _, d in pairs]),
+                        ([s for s, _ in new_sites], [d for _, d in new_sites]),
                     )
+        self._known_sites.update(new_sites)  # committed: rows of device_sites are never deleted
         return stored
 
     def query_readings(self, q: ReadingQuery) -> list[Reading]:
@@ -299,15 +308,13 @@ class PostgresStore:
     # -- retention ----------------------------------------------------------------------------
 
     def apply_retention(self, now_ms: int, settings: RetentionSettings) -> RetentionReport:
-        """Drop each monthly partition wholly older than the cutoff, in one transaction with
-        rolling its readings up into hours and keeping those that are an alert's evidence."""
+        """Drop each monthly partition (or TimescaleDB chunk) wholly older than the cutoff, in
+        one transaction with rolling its readings up into hours and keeping those that are an
+        alert's evidence."""
         cutoff = settings.cutoff_ms(now_ms)
         removed = kept = hours = 0
         with self._partitions_lock:
-            self._partitions = self._existing_partitions()
-            old = [start for start in sorted(self._partitions) if next_month_ms(start) <= cutoff]
-            for start in old:
-                part = partition_name(start)
+            for part, drop in self._old_tables(cutoff):
                 with self.db.tx() as conn:
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                     evidence = is_evidence("alerts", "r")
@@ -323,9 +330,25 @@ class PostgresStore:
                     removed += conn.execute(
                         f"SELECT count(*) FROM {part} r WHERE NOT {evidence}"
                     ).fetchone()[0]
-                    conn.execute(f"DROP TABLE {part}")
-                self._partitions.discard(start)
+                    conn.execute(drop)
+            self._partitions = self._existing_partitions()
         return RetentionReport(removed, kept, hours)
+
+    def _old_tables(self, cutoff_ms: int) -> list[tuple[str, str]]:
+        """The tables of readings wholly older than the cutoff, oldest first, each with the
+        statement that drops it."""
+        if self.layout == HYPERTABLE:
+            rows = self.db.rows(
+                "SELECT format('%%I.%%I', chunk_schema, chunk_name), range_start_integer,"
+                " range_end_integer FROM timescaledb_information.chunks"
+                " WHERE hypertable_name = 'readings' AND range_end_integer <= %s"
+                " ORDER BY range_start_integer",
+                (cutoff_ms,),
+            )
+            drop = "SELECT drop_chunks('readings', older_than => {1}, newer_than => {0})"
+            return [(chunk, drop.format(start, end)) for chunk, start, end in rows]
+        starts = sorted(s for s in self._existing_partitions() if next_month_ms(s) <= cutoff_ms)
+        return [(partition_name(s), f"DROP TABLE {partition_name(s)}") for s in starts]
 
     # -- alerts -------------------------------------------------------------------------------
 
@@ -606,8 +629,49 @@ class PostgresStore:
         self.db.close()
 
 
+def _only_new(readings: Sequence[Reading], inserted: list[tuple]) -> list[Reading]:
+    """The batch's readings the insert stored (the first of any repeated in the batch)."""
+    keys = set(inserted)
+    new = []
+    for r in readings:
+        key = (r.device_id, r.parameter, r.ts_ms)
+        if key in keys:
+            keys.discard(key)
+            new.append(r)
+    return new
+
+
 def _end_sessions(conn: psycopg.Connection, name: str) -> None:
     conn.execute("DELETE FROM tokens WHERE name = %s AND kind = 'user'", (name,))
+
+
+def _copy_readings(conn: psycopg.Connection, readings: Sequence[Reading]) -> Sequence[Reading]:
+    """Store the readings not stored yet; returns them. COPY straight into `readings` first, in
+    a savepoint: nearly every batch is new readings, and that does half the work of the staging
+    table. A batch holding a stored reading (a redelivery, a device resending its buffer) fails
+    as a whole there, and goes through the staging table, whose insert skips what is stored."""
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy(f"COPY readings ({_READING_FIELDS}) FROM STDIN (FORMAT BINARY)") as copy:
+                _write_rows(copy, readings)
+            return readings
+    except psycopg.errors.UniqueViolation:
+        pass
+    with conn.cursor().copy(
+        f"COPY readings_in ({_READING_FIELDS}) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        _write_rows(copy, readings)
+    inserted = conn.execute(
+        f"INSERT INTO readings ({_READING_FIELDS}) SELECT {_READING_FIELDS}"
+        " FROM readings_in ON CONFLICT DO NOTHING RETURNING device_id, parameter, ts_ms"
+    ).fetchall()
+    return _only_new(readings, inserted)
+
+
+def _write_rows(copy: psycopg.Copy, readings: Sequence[Reading]) -> None:
+    copy.set_types(_READING_TYPES)
+    for r in readings:
+        copy.write_row(r)
 
 
 def _create_staging(conn: psycopg.Connection) -> None:
