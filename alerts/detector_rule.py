@@ -71,7 +71,7 @@ class _Rows:
 class _Devices(Stacked):
     """Row numbers of the devices the rule has seen and their per-device progress."""
 
-    STATE = (("last_ts", -1), ("last_row_ts", -1), ("bank_rows", -1))
+    STATE = (("last_ts", -1), ("last_row_ts", -1), ("bank_rows", -1), ("drift", 0.0))
 
     def __init__(self, columns: int, capacity: int = 64) -> None:
         super().__init__(capacity)
@@ -81,6 +81,8 @@ class _Devices(Stacked):
         self.last_ts = np.full((capacity, columns), -1, dtype=np.int64)
         self.last_row_ts = np.full(capacity, -1, dtype=np.int64)
         self.bank_rows = np.full((capacity, columns), -1, dtype=np.int64)  # row in SeriesBank
+        # Newest drift score per device and series, over its threshold (0: not judged).
+        self.drift = np.zeros((capacity, columns))
 
     def rows(self, ids: list[str]) -> np.ndarray:
         """The row of each device id, registering those not seen before."""
@@ -211,6 +213,7 @@ class DetectorRule:
         the reading's index in it."""
         raised = self._series_mask([(d, p) for d, _, p in self._raised])
         judged: dict[int, tuple[BankResult, int]] = {}
+        outs: list[tuple[int, np.ndarray, BankResult]] = []
         for j, parameter in enumerate(self._series):
             idx = np.flatnonzero(moved & (b.column == j))
             if not len(idx):
@@ -220,12 +223,28 @@ class DetectorRule:
                 series = self.settings.for_parameter(parameter)
                 bank = self._banks[j] = SeriesBank(parameter, series, self._devices.capacity)
             out = bank.update(self._bank_rows(bank, j, b.device[idx]), b.ts[idx], b.value[idx])
+            drift = np.nan_to_num(out.kinds["drift"].score) / bank.settings.shift.threshold
+            self._devices.drift[b.device[idx], j] = drift  # a device's newest reading last
+            outs.append((j, idx, out))
+        for j, idx, out in outs:
+            self._partnered(j, b.device[idx], out.kinds["drift"].active)
             # Only readings with an active detector, or whose series has an alert open, need a
             # decision; the rest are judged and done.
             active = np.logical_or.reduce([k.active for k in out.kinds.values()])
             for m in np.flatnonzero(active | raised[b.device[idx], j]).tolist():
                 judged[int(idx[m])] = (out, m)
         return judged
+
+    def _partnered(self, column: int, devices: np.ndarray, active: np.ndarray) -> None:
+        """Turn off the drift decisions of series `column` whose device has another series
+        drifting at least `partner_share` of its threshold (newest scores, after the batch):
+        parameters moving together are the water, not one drifting sensor."""
+        share = self.settings.for_parameter(self._series[column]).shift.partner_share
+        if not share or not active.any():
+            return
+        others = self._devices.drift[devices].copy()
+        others[:, column] = 0.0
+        active &= ~(others.max(axis=1) > share)
 
     def _plugged(self, b: _Batch, moved: np.ndarray) -> dict[int, list[DetectorResult]]:
         """The plug-in detectors on the moved readings of their parameters, in time order: by
