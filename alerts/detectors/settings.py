@@ -66,8 +66,12 @@ class ShiftSettings:
     # A drift is one sensor's only while no other drift-judged parameter of the device has a
     # drift score above partner_share x its own threshold: parameters moving together are the
     # water (dosing stopped or restored), which the range rules and the event detector report.
-    # 0: off.
+    # It is raised once it has been so for partner_rows readings in a row; a partner that was
+    # that high within the last partner_memory readings still explains it (the recovery). 0
+    # share: off.
     partner_share: float = 0.0
+    partner_rows: int = 1
+    partner_memory: int = 1
 
 
 @dataclass(frozen=True, slots=True)
