@@ -16,17 +16,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from alerts.detectors.bank import BankResult, SeriesBank
+from alerts.detectors.bank import BankResult, SeriesBank, rounds
 from alerts.detectors.base import DetectorResult
 from alerts.detectors.consistency import KIND as INCONSISTENT
 from alerts.detectors.consistency import InconsistencyBank
 from alerts.detectors.event import KIND as EVENT
+from alerts.detectors.event import NEVER
 from alerts.detectors.event_bank import EventBank
 from alerts.detectors.gaps import GapBank
 from alerts.detectors.registry import Plugin, PluginSettings, SeriesDetector, discovered
 from alerts.detectors.replay import KIND as TAMPERING
 from alerts.detectors.replay import ReplayBank, row_hashes
-from alerts.detectors.settings import DetectorSettings
+from alerts.detectors.settings import DetectorSettings, ShiftSettings
 from alerts.detectors.stacked import Stacked
 from domain.model import VALID_FLAG, Alert, AlertFamily, Reading, Severity
 from domain.params import Catalogue
@@ -71,7 +72,13 @@ class _Rows:
 class _Devices(Stacked):
     """Row numbers of the devices the rule has seen and their per-device progress."""
 
-    STATE = (("last_ts", -1), ("last_row_ts", -1), ("bank_rows", -1))
+    STATE = (
+        ("last_ts", -1),
+        ("last_row_ts", -1),
+        ("bank_rows", -1),
+        ("drift_since", NEVER),
+        ("drift_run", 0),
+    )
 
     def __init__(self, columns: int, capacity: int = 64) -> None:
         super().__init__(capacity)
@@ -81,6 +88,11 @@ class _Devices(Stacked):
         self.last_ts = np.full((capacity, columns), -1, dtype=np.int64)
         self.last_row_ts = np.full(capacity, -1, dtype=np.int64)
         self.bank_rows = np.full((capacity, columns), -1, dtype=np.int64)  # row in SeriesBank
+        # Per device and series: readings since its drift score was last at least
+        # partner_share of its threshold, and readings in a row its drift has been active with
+        # the device's other series quiet.
+        self.drift_since = np.full((capacity, columns), NEVER, dtype=np.int64)
+        self.drift_run = np.zeros((capacity, columns), dtype=np.int64)
 
     def rows(self, ids: list[str]) -> np.ndarray:
         """The row of each device id, registering those not seen before."""
@@ -211,6 +223,7 @@ class DetectorRule:
         the reading's index in it."""
         raised = self._series_mask([(d, p) for d, _, p in self._raised])
         judged: dict[int, tuple[BankResult, int]] = {}
+        outs: list[tuple[int, np.ndarray, BankResult]] = []
         for j, parameter in enumerate(self._series):
             idx = np.flatnonzero(moved & (b.column == j))
             if not len(idx):
@@ -220,12 +233,46 @@ class DetectorRule:
                 series = self.settings.for_parameter(parameter)
                 bank = self._banks[j] = SeriesBank(parameter, series, self._devices.capacity)
             out = bank.update(self._bank_rows(bank, j, b.device[idx]), b.ts[idx], b.value[idx])
+            self._drift_seen(j, b.device[idx], out.kinds["drift"].score, bank.settings.shift)
+            outs.append((j, idx, out))
+        for j, idx, out in outs:
+            self._partnered(j, b.device[idx], out.kinds["drift"].active)
             # Only readings with an active detector, or whose series has an alert open, need a
             # decision; the rest are judged and done.
             active = np.logical_or.reduce([k.active for k in out.kinds.values()])
             for m in np.flatnonzero(active | raised[b.device[idx], j]).tolist():
                 judged[int(idx[m])] = (out, m)
         return judged
+
+    def _drift_seen(
+        self, column: int, devices: np.ndarray, score: np.ndarray, shift: ShiftSettings
+    ) -> None:
+        """Count, per device, the readings since series `column` last drifted at least
+        `partner_share` of its threshold."""
+        high = score >= shift.partner_share * shift.threshold  # False for NaN (not judged)
+        since = self._devices.drift_since[:, column]
+        for idx in rounds(devices):  # a device's readings in order, one per round
+            d = devices[idx]
+            since[d] = np.where(high[idx] & (shift.partner_share > 0), 0, since[d] + 1)
+
+    def _partnered(self, column: int, devices: np.ndarray, active: np.ndarray) -> None:
+        """Keep a drift decision of series `column` active only once it has been active for
+        `partner_rows` readings in a row while no other series of its device drifted at least
+        `partner_share` of its threshold in the last `partner_memory` readings (as of the end
+        of the batch): parameters moving together are the water (and its recovery, while the
+        lagged drift reference still holds it), not one drifting sensor; and a partner may
+        cross a little later than the first."""
+        shift = self.settings.for_parameter(self._series[column]).shift
+        if not shift.partner_share:
+            return
+        since = self._devices.drift_since[devices].copy()
+        since[:, column] = NEVER
+        alone = active & (since.min(axis=1) >= shift.partner_memory)
+        run = self._devices.drift_run[:, column]
+        for idx in rounds(devices):  # a device's readings in order, one per round
+            d = devices[idx]
+            run[d] = np.where(alone[idx], run[d] + 1, 0)
+            active[idx] = run[d] >= shift.partner_rows
 
     def _plugged(self, b: _Batch, moved: np.ndarray) -> dict[int, list[DetectorResult]]:
         """The plug-in detectors on the moved readings of their parameters, in time order: by

@@ -7,7 +7,8 @@ Column mapping for gecco2018 (drinking-water distribution, GECCO 2018 industrial
     Cl -> free_chlorine (chlorine dioxide, mg/L)   pH -> ph        Redox -> orp (mV)
     Leit -> conductivity                            Trueb -> turbidity
     Cl_2 -> free_chlorine_2 (second chlorine dioxide measurement)
-Tp (temperature) and Fm, Fm_2 (flows) are operating data, not event signals, and are not used.
+Fm, Fm_2 (flows) are operating data, not event signals: they are read as the profile's context
+columns `flow`, `flow_2` (a change of flow explains a pH or ORP move). Tp is not used.
 EVENT (0/1) is the label. Rows are scored one flag each; a slice can be scored after replaying
 everything before it, so the detector state at the slice start is what production would have.
 The settings come from the committed alerts/data/detectors.toml; nothing is learned here.
@@ -41,6 +42,7 @@ class Dataset:
     label_column: str
     columns: dict[str, str]  # CSV column -> detector parameter
     profile: str
+    context: dict[str, str]  # CSV column -> context column of the profile (operating data)
 
 
 DATASETS = {
@@ -56,6 +58,7 @@ DATASETS = {
             "Cl_2": "free_chlorine_2",
         },
         profile="drinking_water",
+        context={"Fm": "flow", "Fm_2": "flow_2"},
     ),
 }
 
@@ -67,6 +70,8 @@ class LabelledData:
     values: np.ndarray  # (rows, parameters), NaN where missing
     labels: np.ndarray  # bool
     parameters: tuple[str, ...]
+    context: np.ndarray  # (rows, context columns), NaN where missing
+    context_names: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,32 +108,52 @@ def read_labelled_csv(path: str | Path, dataset: Dataset) -> LabelledData:
     """Read the CSV (gzip if it ends in .gz) and sort it by time (stable)."""
     times: list[str] = []
     rows: list[list[float]] = []
+    context: list[list[float]] = []
     labels: list[bool] = []
     with _open_text(Path(path)) as fh:
         for rec in csv.DictReader(fh):
             times.append(rec[dataset.time_column])
+            # Values are read as plain floats, nothing else. No detector looks at whether a
+            # value is a whole step of its sensor's resolution: in GECCO 2018 only event rows
+            # are not, so such a test would read the label (tests/test_evaluation.py checks
+            # that rounding every value to its resolution leaves the decisions as they are).
             rows.append([_number(rec[c]) for c in dataset.columns])
+            context.append([_number(rec[c]) for c in dataset.context])
             labels.append(_number(rec[dataset.label_column]) > 0.5)  # missing label: no event
     ts = np.array([_epoch_ms(t) for t in times], dtype=np.int64)
     order = np.argsort(ts, kind="stable")
     values = np.array(rows, dtype=np.float64).reshape(len(times), len(dataset.columns))
+    flows = np.array(context, dtype=np.float64).reshape(len(times), len(dataset.context))
     return LabelledData(
         times=[times[i] for i in order],
         ts_ms=ts[order],
         values=values[order],
         labels=np.array(labels, dtype=bool)[order],
         parameters=tuple(dataset.columns.values()),
+        context=flows[order],
+        context_names=tuple(dataset.context.values()),
     )
 
 
 def replay(data: LabelledData, settings: EventSettings, stop: int) -> tuple[np.ndarray, np.ndarray]:
     """Scores and flags of rows [0, stop) from a fresh production EventDetector, in time order."""
     detector = EventDetector(data.parameters, settings)
+    # The profile's context columns, by name (a column the file lacks is missing: NaN).
+    missing = np.full((len(data.ts_ms), 1), np.nan)
+    context = np.hstack(
+        [
+            data.context[:, [data.context_names.index(c)]] if c in data.context_names else missing
+            for c in settings.context
+        ]
+        or [np.empty((len(data.ts_ms), 0))]
+    )
     scores = np.empty(stop)
     flags = np.empty(stop, dtype=bool)
     for start in range(0, stop, CHUNK_ROWS):
         end = min(stop, start + CHUNK_ROWS)
-        out = detector.update_many(data.ts_ms[start:end], data.values[start:end])
+        out = detector.update_many(
+            data.ts_ms[start:end], data.values[start:end], context[start:end]
+        )
         scores[start:end] = out["score"]
         flags[start:end] = out["active"]
     return scores, flags

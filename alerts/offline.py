@@ -3,11 +3,11 @@ the clock (a silent device sends nothing to react to) and resolved when it repor
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from alerts.detectors.offline import OfflineMonitor
 from alerts.detectors.settings import OfflineSettings
-from domain.model import Alert, AlertFamily, Reading, Severity
+from domain.model import FUTURE_TS, Alert, AlertFamily, DeadLetter, Reading, Severity
 from domain.registry import Registry
 from domain.timeutil import ms_to_iso
 
@@ -35,15 +35,29 @@ class OfflineRule:
         self._back: set[str] = set()
 
     def observe(self, readings: Iterable[Reading], engine: object = None) -> None:
+        self._heard((r.device_id, r.recv_ms) for r in readings)
+
+    def _heard(self, arrivals: Iterable[tuple[str, int]]) -> None:
+        """(device id, receive time) of messages that show a device's link works."""
         newest: dict[str, int] = {}
-        for r in readings:
-            if r.recv_ms > newest.get(r.device_id, -1):
-                newest[r.device_id] = r.recv_ms
+        for device_id, recv_ms in arrivals:
+            if recv_ms > newest.get(device_id, -1):
+                newest[device_id] = recv_ms
         for device_id, recv_ms in newest.items():
             if device_id in self.monitor.index:
                 self.monitor.seen(device_id, recv_ms)
                 self._back.add(device_id)
                 self._never.discard(device_id)
+
+    def dead_letters(self, dead: Sequence[DeadLetter], engine: object = None) -> None:
+        """A device whose readings are refused because its clock runs ahead is heard: its link
+        works, and the clock-skew rule says what is wrong. Other refusals do not count (a device
+        sending only garbage would otherwise never show as offline)."""
+        self._heard(
+            (d.device_id, d.recv_ms)
+            for d in dead
+            if d.device_id is not None and FUTURE_TS in d.reason
+        )
 
     def tick(self, now: int, engine) -> None:
         overdue = {res.evidence["device_id"]: res for res in self.monitor.overdue(now)}

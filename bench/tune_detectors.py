@@ -28,7 +28,14 @@ from concurrent.futures import ProcessPoolExecutor
 
 from alerts.detectors import load_detector_settings
 from alerts.detectors.settings import EventSettings
-from alerts.evaluation import DATASETS, LabelledData, read_labelled_csv, replay, score_flags
+from alerts.evaluation import (
+    DATASETS,
+    LabelledData,
+    Scores,
+    read_labelled_csv,
+    replay,
+    score_flags,
+)
 
 DEFAULT_PATH = "/work/shared/data/gecco2018_water_quality_train.csv.gz"
 
@@ -81,8 +88,8 @@ def candidate(base: EventSettings, point: dict) -> EventSettings:
     return s
 
 
-def evaluate(settings: EventSettings) -> dict[str, float]:
-    """F1 of each fold, from one replay of the whole file."""
+def evaluate(settings: EventSettings) -> dict[str, Scores]:
+    """The scores of each fold, from one replay of the whole file."""
     data = _DATA
     assert data is not None
     n = len(data.ts_ms)
@@ -93,8 +100,7 @@ def evaluate(settings: EventSettings) -> dict[str, float]:
         )
     flags = replay(data, settings, n)[1]
     return {
-        name: score_flags(flags[v0:v1], data.labels[v0:v1]).f1
-        for name, (v0, v1) in folds(n).items()
+        name: score_flags(flags[v0:v1], data.labels[v0:v1]) for name, (v0, v1) in folds(n).items()
     }
 
 
@@ -103,7 +109,7 @@ def _init(path: str) -> None:
     _DATA = read_labelled_csv(path, DATASETS["gecco2018"])
 
 
-def _run(args: tuple[EventSettings, dict]) -> tuple[dict, dict[str, float]]:
+def _run(args: tuple[EventSettings, dict]) -> tuple[dict, dict[str, Scores]]:
     settings, point = args
     return point, evaluate(settings)
 
@@ -147,10 +153,17 @@ def main(argv: list[str]) -> int:
     print(f"rows {n}; folds (start, stop): {folds(n)}; {len(points)} candidates", flush=True)
     results: dict[str, dict[str, float]] = {}
     with ProcessPoolExecutor(args.jobs, initializer=_init, initargs=(args.path,)) as pool:
-        for point, f1 in pool.map(_run, work):
+        for point, scores in pool.map(_run, work):
+            f1 = {k: v.f1 for k, v in scores.items()}
             results[_key(point)] = f1
             figures = " ".join(f"{k} {v:.3f}" for k, v in f1.items())
             print(f"{figures} | {_fmt(point)}", flush=True)
+            if len(work) == 1:  # one candidate: every fold in full
+                for k, v in scores.items():
+                    print(
+                        f"  {k} rows {folds(n)[k]}: f1 {v.f1:.3f} precision {v.precision:.3f}"
+                        f" recall {v.recall:.3f} false/true alarm rows {v.fp}/{v.tp}"
+                    )
     print("\n# ranked by the worst fold; nbr = worst fold over the grid neighbours")
     rows = []
     for point in points:

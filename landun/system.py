@@ -175,7 +175,7 @@ class Core:
             on_stored=engine.on_readings,
             ledger=ledger,
             on_events=on_events,
-            on_dead=lambda dead: skew.dead_letters(dead, engine),
+            on_dead=lambda dead: (offline.dead_letters(dead), skew.dead_letters(dead, engine)),
         )
         return cls(
             registry_path, registry, catalogue, db_path, store, engine, pipeline, ledger,

@@ -297,6 +297,85 @@ def test_event_baseline_frozen_during_a_long_event() -> None:
     assert not held[1105:].any()  # released when the readings return
 
 
+def test_suspect_readings_kept_out_of_the_baseline_before_an_episode() -> None:
+    """A long excursion that never raised (below the persistence threshold: 2-of-3 never met,
+    its score is under 8) still must not widen the baseline: with hold_z its readings stay out,
+    so the next excursion scores as high as the first."""
+    params = ["free_chlorine", "ph", "orp", "turbidity"]
+    rows = np.column_stack([clean(p, 2 * DAY) for p in params])
+    rows[800:1200, 1] += 0.12  # 6 sd of pH for 400 rows: suspect, not an event on its own
+    rows[1500:1520, 1] += 0.12
+    base = dataclasses.replace(SETTINGS.event_profile("pool"), window=720, refresh_rows=1)
+    scores = {}
+    for name, hold in (("open", 0.0), ("held", 4.0)):
+        settings = dataclasses.replace(base, max_frozen=600, hold_z=hold)
+        scores[name] = EventDetector(params, settings).update_many(minutes(2 * DAY), rows)
+    second = slice(1505, 1520)
+    assert np.median(scores["held"]["score"][second]) > 1.5 * np.median(
+        scores["open"]["score"][second]
+    )
+
+
+def test_one_broken_row_sets_no_peak_that_clears_the_event() -> None:
+    """Every analyser reading 0 for one row (a broken probe) scores hundreds; the episode's peak
+    counts a score only as far as the row before confirms it, so the clear on return
+    (clear_ratio x peak) does not end the event there."""
+    params = ["free_chlorine", "ph", "orp", "turbidity"]
+    rows = np.column_stack([clean(p) for p in params])
+    rows[700:900, 0] -= 0.3
+    rows[700:900, 2] -= 80.0
+    rows[800] = 0.0
+    settings = dataclasses.replace(SETTINGS.event_profile("pool"), clear_ratio=0.15)
+    active = EventDetector(params, settings).update_many(minutes(DAY), rows)["active"]
+    assert active[710:900].all()
+
+
+def test_confirmed_channel_raises_without_waiting_for_two_of_three() -> None:
+    params = ["free_chlorine", "ph", "orp", "turbidity"]
+    rows = np.column_stack([clean(p) for p in params])
+    rows[700:760, 1] += 0.3
+    base = dataclasses.replace(
+        SETTINGS.event_profile("pool"), step_window=60, step_threshold=8.0, persist_m=3
+    )
+    first = {}
+    for raise_now in (False, True):
+        settings = dataclasses.replace(base, confirmed_raise=raise_now)
+        active = EventDetector(params, settings).update_many(minutes(DAY), rows)["active"]
+        first[raise_now] = int(np.flatnonzero(active)[0])
+    assert first[True] == 701  # the step, confirmed on its second row
+    assert first[False] > first[True]
+
+
+def test_a_change_of_flow_explains_a_lone_ph_move() -> None:
+    """Flows are context: after a flow change a pH move alone is discounted away; the same move
+    with no flow change, or chlorine moving with no explanation, is an event."""
+    params = ["free_chlorine", "ph", "orp", "turbidity"]
+    rows = np.column_stack([clean(p) for p in params])
+    rows[700:760, 1] += 0.3
+    flows = np.full((DAY, 2), 1500.0)
+    changed = flows.copy()
+    changed[690:, 0] = 1900.0  # a pump switched on 10 minutes before
+    settings = dataclasses.replace(
+        SETTINGS.event_profile("pool"),
+        context=("flow", "flow_2"),
+        context_explains=("ph", "orp"),
+        context_window=60,
+        context_change=0.1,
+        context_rows=120,
+        context_discount=0.0,
+    )
+
+    def active(values: np.ndarray, context: np.ndarray | None) -> np.ndarray:
+        return EventDetector(params, settings).update_many(minutes(DAY), values, context)["active"]
+
+    assert active(rows, flows)[705:760].all()
+    assert active(rows, None)[705:760].all()
+    assert not active(rows, changed).any()
+    chlorine = rows.copy()
+    chlorine[700:760, 0] -= 0.5
+    assert active(chlorine, changed)[705:760].all()
+
+
 def test_event_batch_equals_streaming_with_frozen_and_short_baselines() -> None:
     params = ["free_chlorine", "ph", "orp", "turbidity"]
     rows = np.column_stack([_with_faults_and_gaps(p, seed=11) for p in params])

@@ -152,3 +152,21 @@ def test_runs_as_a_module(tmp_path, rows) -> None:
         cwd=Path(__file__).resolve().parents[1],
     )
     assert json.loads(done.stdout.strip().splitlines()[-1])["rows"] == 300
+
+
+def test_values_off_the_resolution_grid_change_no_decision(tmp_path, rows, capsys) -> None:
+    """The leak of GECCO 2018 (only event rows hold values that are not whole steps of the
+    sensor's resolution) must not be read: nudging every event row off the grid, far below any
+    scale floor, leaves every flag as it was."""
+    nudged = [list(r) for r in rows]
+    for start, length in EVENTS:
+        for r in nudged[start : start + length]:
+            r[2:8] = [f"{float(v) + 1e-6:.7f}" if v else v for v in r[2:8]]
+    flags = {}
+    for name, data in (("grid", rows), ("nudged", nudged)):
+        src = _write(tmp_path / f"{name}.csv.gz", data)
+        pred = tmp_path / f"{name}.pred.csv"
+        _run(capsys, str(src), "--dataset", "gecco2018", "--predictions", str(pred))
+        flags[name] = [r[1] for r in _predictions(pred)]
+    assert flags["grid"] == flags["nudged"]
+    assert "1" in flags["grid"]

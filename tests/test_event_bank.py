@@ -300,7 +300,37 @@ EVENT_VARIANTS = {
         max_frozen=10,
         refresh_rows=3,
     ),
+    "held suspects, confirmed raise, flow context": dataclasses.replace(
+        POOL_EVENTS,
+        window=60,
+        min_history=20,
+        threshold=4.0,
+        step_window=12,
+        step_scale_window=40,
+        step_threshold=3.0,
+        ramp_rows=3,
+        ramp_threshold=2.0,
+        clear_ratio=0.5,
+        max_frozen=10,
+        hold_z=3.0,
+        confirmed_raise=True,
+        context=("flow", "flow_2"),
+        context_explains=("ph", "orp"),
+        context_window=10,
+        context_change=0.05,
+        context_rows=30,
+        context_discount=0.3,
+        refresh_rows=3,
+    ),
 }
+
+
+def flow_rows(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Two flows with noise, a few lasting changes and missing values."""
+    level = 1000.0 * (1 + np.cumsum(rng.random((n, 2)) < 0.02, axis=0) % 3 * 0.2)
+    x = np.round(level * (1 + 0.01 * rng.standard_normal((n, 2))))
+    x[rng.random(x.shape) < 0.1] = np.nan
+    return x
 
 
 def check_event_bank(settings: EventSettings, seed: int, lengths: list[int], batch: int) -> int:
@@ -308,6 +338,7 @@ def check_event_bank(settings: EventSettings, seed: int, lengths: list[int], bat
     rows interleaved in batches; the number of active rows."""
     rng = np.random.default_rng(seed)
     data = [event_rows(rng, n) for n in lengths]
+    flows = [flow_rows(rng, n) for n in lengths] if settings.context else None
     bank = EventBank(EVENT_PARAMETERS, settings, capacity=2)
     refs = [EventDetector(EVENT_PARAMETERS, settings) for _ in lengths]
     actives = 0
@@ -316,9 +347,12 @@ def check_event_bank(settings: EventSettings, seed: int, lengths: list[int], bat
             continue
         ts = [T0 + k * MINUTE for _, k in rows]
         values = np.array([data[d][k] for d, k in rows]).reshape(len(rows), -1)
-        out = bank.update(np.array([d for d, _ in rows]), np.array(ts), values)
+        context = None
+        if flows is not None:
+            context = np.array([flows[d][k] for d, k in rows]).reshape(len(rows), -1)
+        out = bank.update(np.array([d for d, _ in rows]), np.array(ts), values, context)
         for i, (d, k) in enumerate(rows):
-            ref = refs[d].update(ts[i], values[i])
+            ref = refs[d].update(ts[i], values[i], None if context is None else context[i])
             assert_same_result(ref, out.result(i), (d, k))
             actives += ref.active
     if settings.window < min(lengths):

@@ -36,6 +36,8 @@ def test_dosing_pump_failure_raises_free_chlorine_range_in_time() -> None:
     figures = score(run("dosing_pump_failure", pools=1, days=1))
     assert figures["kinds"]["range:free_chlorine"]["recall"] == 1.0
     assert figures["kinds"]["range:free_chlorine"]["median_ttd_min"] <= 270
+    # Chlorine and ORP fall together when the pump stops: the water, not a drifting electrode.
+    assert "drift" not in figures["kinds"]
 
 
 def test_stuck_sensor_is_found() -> None:
@@ -70,6 +72,7 @@ def test_a_clock_running_ahead_is_found_from_the_refused_readings() -> None:
     figures = score(run("clock_skew", pools=1, days=2))
     assert figures["kinds"]["clock_skew"]["recall"] == 1.0
     assert figures["dead_letters"] > 0  # the readings themselves are refused, with the reason
+    assert "offline" not in figures["kinds"]  # refused, yet heard: its link works
 
 
 def test_slow_orp_electrode_drift_is_found_within_its_allowance() -> None:

@@ -9,10 +9,11 @@ top-k z^2) over the parameters present. A row is raw-positive when the score exc
 threshold; the detector turns active when m of the last n scored rows are raw-positive, and stays
 active while the score is above off_ratio x threshold (hysteresis).
 
-While the detector is active the baselines are frozen (readings are not added) for at most
-`max_frozen` rows, so a long event is not absorbed into its own baseline; after that the readings
-flow in again and a lasting level change becomes the new normal. Rows where every parameter is
-missing leave the state untouched.
+Events must not poison the baseline: while the detector is active, and (with `hold_z`) while a
+parameter's own |level z| exceeds `hold_z` (a suspect reading, alarmed or not), that parameter's
+readings are held out of its level baseline, for at most `max_frozen` rows in a row; after that
+they flow in again and a lasting level change becomes the new normal. Rows where every
+parameter is missing leave the state untouched.
 
 With `step_window` > 0 a step channel judges change rather than level: the newest row and the
 row before it against the median of the `step_window` rows before them, the smaller of the two
@@ -32,12 +33,27 @@ largest such change x threshold / ramp_threshold.
 With `clear_ratio` > 0 an episode also clears once its score has fallen below clear_ratio x the
 episode's peak: the water has returned most of the way, or has settled at a new level that the
 level channel will take hours to accept. After such a clear the next episode must rise
-`threshold` above the lowest score seen since, so a recovery tail does not re-raise itself.
+`threshold` above the lowest score seen since, so a recovery tail does not re-raise itself. The
+peak counts a score only as far as the row before confirms it (the smaller of the two): one
+broken-probe row (every analyser at 0) must not set a peak that clears the rest of the event.
 
-The detector sees values only through medians, median absolute deviations and differences
-against floors of a few resolution steps. It does not use, and must not use, whether a value is
-a whole multiple of its sensor's resolution: in the GECCO 2018 file only event rows carry values
-that are not, so any such test would read the label from the data.
+With `confirmed_raise`, a step or ramp channel score above the threshold raises at once; the
+level channel still needs m of the last n rows.
+
+With `context_rows` > 0 the operating data (flows) explain moves, without being event signals:
+per `context` column, the newest row and the row before it against the median of the
+`context_window` rows before them (confirmed as in the step channel); a change by more than
+`context_change` of that median is a flow change. For `context_rows` rows after one, the z of
+the `context_explains` parameters (pH and ORP move when the flow does) counts
+`context_discount` times in every channel: a move of theirs alone is explained, a move with
+other parameters is still an event. Context values come with each row (`context=`); without
+them no flow change is ever seen.
+
+The detector sees values only through medians, median absolute deviations, differences
+against floors of a few resolution steps and relative changes of the flows. It does not use,
+and must not use, whether a value is a whole multiple of its sensor's resolution: in the GECCO
+2018 file only event rows carry values that are not, so any such test would read the label from
+the data.
 
 `update` and `update_many` run the same scalar step (the baseline depends on the decisions, so a
 batch cannot be vectorised across rows); the window statistics use only medians, which do not
@@ -241,6 +257,63 @@ def event_result(
     return DetectorResult(KIND, score, active, evidence)
 
 
+def held_due(level_z: np.ndarray, active: np.ndarray | bool, settings: EventSettings) -> np.ndarray:
+    """Parameters whose reading is due to be held out of the level baseline: every one while
+    the detector is active, and those with |level z| above `hold_z` (suspect). Elementwise:
+    `active` has the leading shape of `level_z` (one row: a scalar)."""
+    s = settings
+    due = np.zeros(np.shape(level_z), dtype=bool)
+    if s.max_frozen:
+        due |= np.asarray(active)[..., None]
+        if s.hold_z:
+            with np.errstate(invalid="ignore"):
+                due |= abs(level_z) > s.hold_z
+    return due
+
+
+def _explains(parameters: Sequence[str], settings: EventSettings) -> np.ndarray:
+    """Which parameters a flow change explains."""
+    return np.array([p in settings.context_explains for p in parameters], dtype=bool)
+
+
+def flow_changed(
+    row: np.ndarray, prev: np.ndarray, ref: np.ndarray, settings: EventSettings
+) -> np.ndarray:
+    """Whether any context column changed, confirmed on two rows, by more than
+    `context_change` of its reference median. Elementwise over leading axes; the last axis is
+    the context columns."""
+    d = step_diff(row, prev, ref, np.zeros(np.shape(row), dtype=bool))
+    with np.errstate(invalid="ignore"):
+        return (abs(d) > settings.context_change * abs(ref)).any(axis=-1)
+
+
+class _ContextChannel:
+    """Rows since the last flow change, and the flows' reference rings."""
+
+    __slots__ = ("prev", "ref", "settings", "since")
+
+    def __init__(self, settings: EventSettings) -> None:
+        c = len(settings.context)
+        self.settings = settings
+        self.ref = _Rings(c, settings.context_window, refresh=0)
+        self.prev = np.full(c, np.nan)
+        self.since = NEVER
+
+    def explains(self, context: np.ndarray | None) -> bool:
+        """Advance by this row's context values; whether a flow change explains it."""
+        if context is not None:
+            ref = self.ref.stats(np.zeros(len(self.prev)), self.ref.size)[0]
+            changed = bool(flow_changed(context, self.prev, ref, self.settings))
+            self.since = 0 if changed else self.since + 1
+            for j in np.flatnonzero(~np.isnan(context)).tolist():
+                if not math.isnan(self.prev[j]):
+                    self.ref.push(j, float(self.prev[j]))
+                self.prev[j] = context[j]
+        else:
+            self.since += 1
+        return self.since < self.settings.context_rows
+
+
 class EventDetector:
     def __init__(self, parameters: Sequence[str], settings: EventSettings) -> None:
         self.floors = scale_floors(parameters, settings)
@@ -258,34 +331,41 @@ class EventDetector:
         self.raw_sum = 0
         self.active = False
         self.active_since_ms = -1
-        self.frozen_rows = 0  # rows the baselines have been held during the current episode
-        self.peak = 0.0  # highest score of the current episode
+        # Per parameter: rows in a row its readings were due to be held out of its baseline.
+        self.held = np.zeros(p, dtype=np.int64)
+        self.peak = 0.0  # highest confirmed score of the current episode
+        self.last_score = math.nan  # the score of the row before
+        self.explains = _explains(self.parameters, settings)
+        self.context = _ContextChannel(settings) if settings.context_rows else None
         self.rearm = 0.0  # after a clear on clear_ratio: the lowest score since (0: none)
         self.since_active = NEVER  # judged rows since the detector was last active
 
-    def _persist_step(self, ts_ms: int, score: float) -> bool:
-        """Persistence, hysteresis and the clear on return (clear_ratio)."""
+    def _persist_step(self, ts_ms: int, score: float, confirmed: float) -> bool:
+        """Persistence, hysteresis and the clear on return (clear_ratio); `confirmed` is the
+        score of the step and ramp channels (NaN: none)."""
         s = self.settings
         off = not score > s.off_ratio * s.threshold
         if self.rearm:
             self.rearm = 0.0 if off else min(self.rearm, score)
         raw = score - self.rearm > s.threshold
+        at_once = s.confirmed_raise and confirmed - self.rearm > s.threshold
         self.raw_sum += int(raw) - int(self.raw[self.raw_head])
         self.raw[self.raw_head] = raw
         self.raw_head = (self.raw_head + 1) % s.persist_n
+        seen = float(np.fmin(score, self.last_score))
         if self.active:
-            self.peak = max(self.peak, score)
+            self.peak = float(np.fmax(self.peak, seen))
             if off or score < s.clear_ratio * self.peak:
                 self.active = False
                 # A new episode must earn its own m-of-n, not reuse the last one's rows.
                 self.raw[:] = False
                 self.raw_sum = 0
                 self.rearm = 0.0 if off else score
-        elif self.raw_sum >= s.persist_m:
+        elif self.raw_sum >= s.persist_m or at_once:
             self.active = True
             self.active_since_ms = ts_ms
-            self.frozen_rows = 0
-            self.peak = score
+            self.peak = seen
+        self.last_score = score
         return self.active
 
     def _z(self, row: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -310,37 +390,53 @@ class EventDetector:
             if self.short is not None:
                 self.short.push(j, x)
 
-    def _step(self, ts_ms: int, row: np.ndarray) -> tuple[float, bool, np.ndarray, np.ndarray]:
+    def _step(
+        self, ts_ms: int, row: np.ndarray, context: np.ndarray | None
+    ) -> tuple[float, bool, np.ndarray, np.ndarray]:
         """One row: score against the baselines, decide, then feed the baselines."""
         present = ~np.isnan(row)
         if not present.any():
             return math.nan, self.active, np.full(len(row), np.nan), np.full(len(row), np.nan)
         s = self.settings
-        z, med = self._z(row, present)
+        level_z, med = self._z(row, present)
+        weight = np.ones(len(row))
+        if self.context is not None and self.context.explains(context):
+            weight[self.explains] = s.context_discount
+        z = level_z * weight
         score = self._score(z)
+        confirmed = math.nan
         if self.step is not None:
             episode = np.bool_(self.active or self.since_active < s.step_window)
             d = np.where(present, self.step.diff(row, returned(z, episode, s)), np.nan)
-            step_score = self._score(self.step.z(d)) * s.threshold / s.step_threshold
-            score = float(np.fmax(score, step_score))
+            confirmed = self._score(self.step.z(d) * weight) * s.threshold / s.step_threshold
         if self.ramp is not None:
-            zr = self.ramp.z(row, present)
-            score = float(np.fmax(score, np.nanmax(np.abs(zr)) * s.threshold / s.ramp_threshold))
-        active = self._persist_step(ts_ms, score)
+            zr = self.ramp.z(row, present) * weight
+            ramp = np.nanmax(np.abs(zr)) * s.threshold / s.ramp_threshold
+            confirmed = float(np.fmax(confirmed, ramp))
+        score = float(np.fmax(score, confirmed))
+        active = self._persist_step(ts_ms, score, confirmed)
         self.since_active = 0 if active else self.since_active + 1
-        if active and self.frozen_rows < s.max_frozen:
-            self.frozen_rows += 1  # baseline held: this event row does not become "normal"
-        else:
-            self._push(row, present)
+        due = held_due(level_z, active, s)
+        self.held = np.where(present, np.where(due, self.held + 1, 0), self.held)
+        # Held readings (an episode's, or suspect ones) do not become "normal".
+        self._push(row, present & ~(due & (self.held <= s.max_frozen)))
         if self.step is not None:
             self.step.push(row, present, d)
         if self.ramp is not None:
             self.ramp.push(row, present)
         return score, active, z, med
 
-    def update(self, ts_ms: int, values: Sequence[float] | np.ndarray) -> DetectorResult:
+    def update(
+        self,
+        ts_ms: int,
+        values: Sequence[float] | np.ndarray,
+        context: Sequence[float] | np.ndarray | None = None,
+    ) -> DetectorResult:
+        """One row: `values` one per parameter, `context` one per `settings.context` column
+        (NaN or None: missing)."""
         row = np.asarray(values, dtype=np.float64).reshape(len(self.parameters))
-        score, active, z, med = self._step(ts_ms, row)
+        ctx = None if context is None else np.asarray(context, dtype=np.float64)
+        score, active, z, med = self._step(ts_ms, row, ctx)
         return event_result(
             self.parameters, self.settings, ts_ms, score, active, self.active_since_ms, z, med
         )
@@ -356,13 +452,19 @@ class EventDetector:
             acc += v
         return math.sqrt(acc / k)
 
-    def update_many(self, ts_ms: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """`values` has one column per parameter, in the constructor's order. Same scalar step as
-        `update` row by row (the frozen baseline makes each row depend on earlier decisions)."""
+    def update_many(
+        self, ts_ms: np.ndarray, values: np.ndarray, context: np.ndarray | None = None
+    ) -> np.ndarray:
+        """`values` has one column per parameter, in the constructor's order, `context` one per
+        context column. Same scalar step as `update` row by row (the held baseline makes each
+        row depend on earlier decisions)."""
         ts = np.asarray(ts_ms, dtype=np.int64)
         rows = np.asarray(values, dtype=np.float64).reshape(len(ts), len(self.parameters))
+        ctx = None
+        if context is not None:
+            ctx = np.asarray(context, dtype=np.float64).reshape(len(ts), -1)
         score = np.empty(len(ts))
         active = np.zeros(len(ts), dtype=bool)
         for i, t in enumerate(ts.tolist()):
-            score[i], active[i], _, _ = self._step(t, rows[i])
+            score[i], active[i], _, _ = self._step(t, rows[i], None if ctx is None else ctx[i])
         return batch_result(score, active)

@@ -11,7 +11,8 @@ active flag, z and baseline medians `EventDetector(parameters, settings).update`
 
 The step channel keeps the same two rings per parameter as `event._StepChannel` (reference,
 spread of the step) and the newest reading before the row; the ramp channel the run, ring and
-last reading of `event._RampChannel`.
+last reading of `event._RampChannel`; the context channel the flows' reference rings, newest
+values and rows since the last flow change of `event._ContextChannel`.
 
 The window statistics come from `robust_rows` (the order statistics `median_last` picks, hence
 bit-identical), and the baseline cache follows `event._Rings.stats`: once all of a device's rings
@@ -32,6 +33,8 @@ from alerts.detectors.base import DetectorResult
 from alerts.detectors.event import (
     NEVER,
     event_result,
+    flow_changed,
+    held_due,
     returned,
     scale_floors,
     step_diff,
@@ -147,8 +150,9 @@ class EventBank(Stacked):
         ("raw_sum", 0),
         ("active", False),
         ("active_since_ms", -1),
-        ("frozen_rows", 0),
+        ("held", 0),
         ("peak", 0.0),
+        ("last_score", np.nan),
         ("rearm", 0.0),
         ("since_active", NEVER),
         ("prev", np.nan),
@@ -156,6 +160,8 @@ class EventBank(Stacked):
         ("ramp_ring", 0.0),
         ("ramp_head", 0),
         ("ramp_count", 0),
+        ("ctx_prev", np.nan),
+        ("since_change", NEVER),
     )
 
     def __init__(
@@ -179,8 +185,10 @@ class EventBank(Stacked):
         self.raw_sum = np.zeros(capacity, dtype=np.int64)
         self.active = np.zeros(capacity, dtype=bool)
         self.active_since_ms = np.full(capacity, -1, dtype=np.int64)
-        self.frozen_rows = np.zeros(capacity, dtype=np.int64)
+        self.held = np.zeros((capacity, p), dtype=np.int64)
         self.peak = np.zeros(capacity)
+        self.last_score = np.full(capacity, np.nan)
+        self.explains = np.array([q in settings.context_explains for q in parameters], dtype=bool)
         self.rearm = np.zeros(capacity)
         self.since_active = np.full(capacity, NEVER, dtype=np.int64)
         step = settings.step_window
@@ -197,19 +205,40 @@ class EventBank(Stacked):
         self.ramp_ring = np.zeros((capacity, p, max(settings.ramp_rows, 1)))
         self.ramp_head = np.zeros((capacity, p), dtype=np.int64)
         self.ramp_count = np.zeros((capacity, p), dtype=np.int64)
+        # The context channel (see event._ContextChannel).
+        c = len(settings.context)
+        self.ctx_ref = (
+            _RingBank(capacity, c, settings.context_window, refresh=0)
+            if settings.context_rows
+            else None
+        )
+        self.ctx_prev = np.full((capacity, c), np.nan)
+        self.since_change = np.full(capacity, NEVER, dtype=np.int64)
 
     def fit(self, rows: np.ndarray) -> None:
         super().fit(rows)
-        for rings in (self.long, self.short, self.step_ref, self.step_spread):
+        for rings in (self.long, self.short, self.step_ref, self.step_spread, self.ctx_ref):
             if rings is not None:
                 rings.fit(rows)
 
-    def update(self, rows: np.ndarray, ts_ms: np.ndarray, values: np.ndarray) -> EventBatch:
+    def update(
+        self,
+        rows: np.ndarray,
+        ts_ms: np.ndarray,
+        values: np.ndarray,
+        context: np.ndarray | None = None,
+    ) -> EventBatch:
         """Judge a batch: row i of device rows[i] at ts_ms[i], `values` with one column per
-        parameter (NaN: missing). A device may repeat; its rows are judged in input order."""
+        parameter, `context` one per context column (NaN: missing; None: none for any row). A
+        device may repeat; its rows are judged in input order."""
         rows = np.asarray(rows, dtype=np.int64)
         ts = np.asarray(ts_ms, dtype=np.int64)
         v = np.asarray(values, dtype=np.float64).reshape(len(rows), len(self.parameters))
+        c = len(self.settings.context)
+        ctx = np.full((len(rows), c), np.nan)
+        if context is not None:
+            ctx = np.asarray(context, dtype=np.float64).reshape(len(rows), c)
+        has_ctx = np.full(len(rows), context is not None)
         self.fit(rows)
         out = EventBatch(
             self.parameters,
@@ -222,18 +251,26 @@ class EventBank(Stacked):
             np.full(v.shape, np.nan),
         )
         for idx in rounds(rows):
-            self._round(idx, rows[idx], ts[idx], v[idx], out)
+            self._round(idx, rows[idx], ts[idx], v[idx], (ctx[idx], has_ctx[idx]), out)
         return out
 
     def _round(
-        self, idx: np.ndarray, devices: np.ndarray, ts: np.ndarray, v: np.ndarray, out: EventBatch
+        self,
+        idx: np.ndarray,
+        devices: np.ndarray,
+        ts: np.ndarray,
+        v: np.ndarray,
+        ctx: tuple[np.ndarray, np.ndarray],
+        out: EventBatch,
     ) -> None:
         """Rows `idx` of the batch, at most one per device: score, decide, feed the baselines. A
         row with nothing in it leaves the state untouched."""
         present = ~np.isnan(v)
         judged = present.any(axis=1)
         if judged.any():
-            self._judge(idx[judged], devices[judged], ts[judged], v[judged], present[judged], out)
+            j = judged
+            context = (ctx[0][j], ctx[1][j])
+            self._judge(idx[j], devices[j], ts[j], v[j], present[j], context, out)
         out.active[idx] = self.active[devices]
         out.active_since_ms[idx] = self.active_since_ms[devices]
 
@@ -244,6 +281,7 @@ class EventBank(Stacked):
         ts: np.ndarray,
         v: np.ndarray,
         present: np.ndarray,
+        context: tuple[np.ndarray, np.ndarray],
         out: EventBatch,
     ) -> None:
         s = self.settings
@@ -251,8 +289,14 @@ class EventBank(Stacked):
         short = None
         if self.short is not None:
             short = self.short.stats(devices, self.floors, min(s.min_history, s.short_window))
-        z = z_scores(v, present, med, scale, short)
+        level_z = z_scores(v, present, med, scale, short)
+        weight = np.ones(v.shape)
+        if self.ctx_ref is not None:
+            explained = self._context(devices, *context)
+            weight[np.ix_(explained, self.explains)] = s.context_discount
+        z = level_z * weight
         score = _top_k_score(z, s.top_k)
+        confirmed = np.full(len(devices), np.nan)
         if self.step_ref is not None:
             ref = self.step_ref.stats(devices, self.floors, self.step_ref.size)[0]
             recent = self.since_active[devices] < s.step_window
@@ -262,17 +306,20 @@ class EventBank(Stacked):
             scale = self.step_spread.stats(
                 devices, self.floors, min(s.min_history, s.step_scale_window)
             )[1]
-            step_score = _top_k_score(d / scale, s.top_k) * s.threshold / s.step_threshold
-            score = np.fmax(score, step_score)
+            confirmed = _top_k_score(d / scale * weight, s.top_k) * s.threshold / s.step_threshold
         if s.ramp_rows:
-            zr = self._ramp_z(devices, v, present)
-            score = np.fmax(score, np.nanmax(np.abs(zr), axis=1) * s.threshold / s.ramp_threshold)
-        self._persist(devices, ts, score)
+            zr = self._ramp_z(devices, v, present) * weight
+            ramp = np.nanmax(np.abs(zr), axis=1) * s.threshold / s.ramp_threshold
+            confirmed = np.fmax(confirmed, ramp)
+        score = np.fmax(score, confirmed)
+        self._persist(devices, ts, score, confirmed)
         since = self.since_active[devices]
         self.since_active[devices] = np.where(self.active[devices], 0, since + 1)
-        hold = self.active[devices] & (self.frozen_rows[devices] < s.max_frozen)
-        self.frozen_rows[devices[hold]] += 1  # baseline held: event rows do not become normal
-        self._push(devices[~hold], v[~hold], present[~hold])
+        due = held_due(level_z, self.active[devices], s)
+        held = np.where(present, np.where(due, self.held[devices] + 1, 0), self.held[devices])
+        self.held[devices] = held
+        # Held readings (an episode's, or suspect ones) do not become "normal".
+        self._push(devices, v, present & ~(due & (held <= s.max_frozen)))
         if self.step_ref is not None:
             self._step_push(devices, v, present, d)
         if s.ramp_rows:
@@ -310,29 +357,47 @@ class EventBank(Stacked):
         self.ramp_head[d, j] = (h + 1) % self.settings.ramp_rows
         self.ramp_count[d, j] = np.minimum(self.ramp_count[d, j] + 1, self.settings.ramp_rows)
 
-    def _persist(self, devices: np.ndarray, ts: np.ndarray, score: np.ndarray) -> None:
-        """Persistence (m of the last n rows raw-positive), hysteresis and the clear on return."""
+    def _context(self, devices: np.ndarray, ctx: np.ndarray, given: np.ndarray) -> np.ndarray:
+        """As `event._ContextChannel.explains`: advance by the rows' context values (where
+        `given`); per row, whether a flow change explains it."""
+        ref = self.ctx_ref.stats(devices, np.zeros(ctx.shape[1]), self.ctx_ref.size)[0]
+        prev = self.ctx_prev[devices]
+        changed = flow_changed(ctx, prev, ref, self.settings)
+        since = self.since_change[devices]
+        self.since_change[devices] = np.where(given & changed, 0, since + 1)
+        present = given[:, None] & ~np.isnan(ctx)
+        self.ctx_ref.push(devices, present & ~np.isnan(prev), prev)
+        self.ctx_prev[devices] = np.where(present, ctx, prev)
+        return self.since_change[devices] < self.settings.context_rows
+
+    def _persist(
+        self, devices: np.ndarray, ts: np.ndarray, score: np.ndarray, confirmed: np.ndarray
+    ) -> None:
+        """Persistence (m of the last n rows raw-positive, or at once on a confirmed channel),
+        hysteresis and the clear on return."""
         s = self.settings
         below = ~(score > s.off_ratio * s.threshold)
         rearm = self.rearm[devices]
         rearm = np.where(rearm > 0, np.where(below, 0.0, np.minimum(rearm, score)), 0.0)
         raw = score - rearm > s.threshold
+        at_once = s.confirmed_raise & (confirmed - rearm > s.threshold)
         h = self.raw_head[devices]
         self.raw_sum[devices] += raw.astype(np.int64) - self.raw[devices, h]
         self.raw[devices, h] = raw
         self.raw_head[devices] = (h + 1) % s.persist_n
         was = self.active[devices]
-        peak = np.where(was, np.fmax(self.peak[devices], score), self.peak[devices])
+        seen = np.fmin(score, self.last_score[devices])  # confirmed by the row before
+        self.last_score[devices] = score
+        peak = np.where(was, np.fmax(self.peak[devices], seen), self.peak[devices])
         off = was & (below | (score < s.clear_ratio * peak))
-        on = ~was & (self.raw_sum[devices] >= s.persist_m)
+        on = ~was & ((self.raw_sum[devices] >= s.persist_m) | at_once)
         # A new episode must earn its own m-of-n, not reuse the last one's rows.
         self.raw[devices[off]] = False
         self.raw_sum[devices[off]] = 0
         self.rearm[devices] = np.where(off, np.where(below, 0.0, score), rearm)
         self.active[devices] = (was & ~off) | on
         self.active_since_ms[devices[on]] = ts[on]
-        self.frozen_rows[devices[on]] = 0
-        self.peak[devices] = np.where(on, score, peak)
+        self.peak[devices] = np.where(on, seen, peak)
 
     def _push(self, devices: np.ndarray, v: np.ndarray, present: np.ndarray) -> None:
         lag = self.settings.lag

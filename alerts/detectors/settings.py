@@ -63,6 +63,15 @@ class ShiftSettings:
     clip: float
     # Readings between recomputations of the baseline (1: every reading); see shift.py.
     refresh_rows: int = 1
+    # A drift is one sensor's only while no other drift-judged parameter of the device has a
+    # drift score above partner_share x its own threshold: parameters moving together are the
+    # water (dosing stopped or restored), which the range rules and the event detector report.
+    # It is raised once it has been so for partner_rows readings in a row; a partner that was
+    # that high within the last partner_memory readings still explains it (the recovery). 0
+    # share: off.
+    partner_share: float = 0.0
+    partner_rows: int = 1
+    partner_memory: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +121,12 @@ class EventSettings:
     scale_floor: dict[str, float]
     # Second, short baseline (0 = off); a reading must stand out against both to count.
     short_window: int = 0
-    # Rows the baselines stay frozen while an event is active (0 = never frozen).
+    # Rows in a row a parameter's readings are held out of its level baseline (0 = never):
+    # while the detector is active, and (hold_z > 0) while the reading's own |level z| exceeds
+    # hold_z (a suspect row, alarmed or not). After that they flow in again, so a lasting new
+    # level becomes the new normal.
     max_frozen: int = 0
+    hold_z: float = 0.0
     # Rows between recomputations of the full baseline (1: every row).
     refresh_rows: int = 1
     # Step channel (0 = off): the newest row and the one before it, both against the median of
@@ -130,6 +143,20 @@ class EventSettings:
     # An episode clears when its score falls below clear_ratio x its peak (0 = off); the next
     # episode must then rise `threshold` above the lowest score since.
     clear_ratio: float = 0.0
+    # A step or ramp channel score above the threshold raises at once: those channels are
+    # confirmed over two or `ramp_rows` rows already, so m-of-n would only add lateness.
+    confirmed_raise: bool = False
+    # Operating data (flows) as context, never as event signals: a confirmed relative change of
+    # a `context` column by more than `context_change` against the median of its
+    # `context_window` rows before marks a flow change; for `context_rows` rows after it, the z
+    # of the `context_explains` parameters (in every channel) is multiplied by
+    # `context_discount` (0: a move of theirs alone is explained away). 0 rows: off.
+    context: tuple[str, ...] = ()
+    context_explains: tuple[str, ...] = ()
+    context_window: int = 60
+    context_change: float = 0.1
+    context_rows: int = 0
+    context_discount: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +254,11 @@ def parse_detector_settings(doc: dict[str, Any], file: str = "detectors.toml") -
         if missing:
             raise SettingsError(
                 file, f"event_profiles.{name}.scale_floor", f"none for {sorted(missing)}"
+            )
+        strange = set(profile.context_explains) - set(profile.parameters)
+        if strange:
+            raise SettingsError(
+                file, f"event_profiles.{name}.context_explains", f"not judged: {sorted(strange)}"
             )
     tables = doc.get("plugins", {})
     plugins = discovered()
