@@ -173,6 +173,8 @@ def _act(ctx, who: Principal, alert_id: int, doing: str, action: Callable[[], ob
         raise HTTPException(404, str(exc.args[0])) from None
     except ValueError as exc:
         raise HTTPException(409, str(exc)) from None
+    except TimeoutError as exc:  # recorded for alert workers that did not answer in time
+        raise HTTPException(503, str(exc)) from None
     return _detail(ctx, alert_id)
 
 

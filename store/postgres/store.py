@@ -26,7 +26,10 @@ from store.base import (
     TokenInfo,
     UserInfo,
 )
+from store.feed import FeedEntry, FeedSettings
+from store.postgres import feed
 from store.postgres.db import SCHEMA_LOCK, PostgresDatabase
+from store.postgres.lease import Leases
 from store.retention import (
     HOUR_MS,
     HOURLY_COLS,
@@ -78,6 +81,8 @@ class PostgresStore:
         for _ in range(MONTHS_AHEAD):
             ahead.append(next_month_ms(ahead[-1]))
         self.ensure_partitions(ahead)
+        self._feed_parts: int | None = None  # None: this process does not append to the feed
+        self._feed_sites: dict[str, str] = {}
 
     # -- partitions -------------------------------------------------------------------------
 
@@ -129,14 +134,23 @@ class PostgresStore:
                                                   max(r.ts_ms for r in readings)))  # fmt: skip
         stored = 0
         with self.db.tx() as conn:
+            new: Sequence[Reading] = ()
             if readings:
                 with conn.cursor().copy(f"COPY readings_in ({_READING_FIELDS}) FROM STDIN") as copy:
                     for r in readings:
                         copy.write_row(r)
-                stored = conn.execute(
+                insert = (
                     f"INSERT INTO readings ({_READING_FIELDS}) SELECT {_READING_FIELDS}"
                     " FROM readings_in ON CONFLICT DO NOTHING"
-                ).rowcount
+                )
+                if self._feed_parts is None:
+                    stored = conn.execute(insert).rowcount
+                else:
+                    new = _only_new(
+                        readings,
+                        conn.execute(insert + " RETURNING device_id, parameter, ts_ms").fetchall(),
+                    )
+                    stored = len(new)
             with conn.cursor() as cur:
                 if dead_letters:
                     cur.executemany(
@@ -172,7 +186,77 @@ class PostgresStore:
                         " SELECT * FROM unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING",
                         ([s for s, _ in pairs], [d for _, d in pairs]),
                     )
+            if self._feed_parts is not None:
+                feed.append(conn, self._feed_parts, new, (), dead_letters, self._feed_sites)
         return stored
+
+    # -- the alert feed (store/feed.py) -------------------------------------------------------
+
+    def enable_feed(self, partitions: int, site_of_device: dict[str, str]) -> None:
+        """Append every batch's new readings (and its dead letters of known devices) to the
+        alert feed from now on: the ingest role of a deployment with separate alert workers."""
+        with self.db.connection() as conn:
+            feed.ensure_partitions(conn, partitions)
+        self._feed_parts = partitions
+        self._feed_sites = site_of_device
+
+    def feed_events(self, events: Sequence) -> None:
+        """Append waste events the ledger recorded as new (their own transaction, after it)."""
+        if self._feed_parts is not None and events:
+            with self.db.tx() as conn:
+                feed.append(conn, self._feed_parts, (), events, ())
+
+    def feed_partitions(self, partitions: int) -> None:
+        """Check (and on first use set) the feed's partition count: the alert workers' side."""
+        with self.db.connection() as conn:
+            feed.ensure_partitions(conn, partitions)
+
+    def leases(self, settings: FeedSettings) -> Leases:
+        """A worker's partition leases, on a connection of their own."""
+        return Leases(self.db.url, settings)
+
+    def feed_claim(self, part: int) -> tuple[int, int]:
+        with self.db.connection() as conn:
+            return feed.claim(conn, part)
+
+    def feed_read(self, part: int, after: int, limit: int) -> list[FeedEntry]:
+        with self.db.connection() as conn:
+            return feed.read(conn, part, after, limit)
+
+    def feed_commit(
+        self,
+        part: int,
+        epoch: int,
+        pos: int,
+        writes: Sequence[feed.Write],
+        actions_done: Sequence[tuple[int, str | None]] = (),
+    ) -> None:
+        """A worker's alert changes and engine state, the inspector actions it applied, and the
+        partition's cursor moved to `pos`, in one transaction; LeaseLost if the partition is no
+        longer this epoch's."""
+        with self.db.tx() as conn:
+            feed.advance(conn, part, epoch, pos)
+            feed.write_changes(conn, writes, self._write_alert, _write_state)
+            for action_id, error in actions_done:
+                feed.finish_action(conn, action_id, error)
+
+    def add_action(self, part: int, alert_id: int, action: str, actor: str, comment: str) -> int:
+        """Record an inspector action for the worker holding the partition; its id."""
+        row = self.db.one(
+            "INSERT INTO alert_actions (part, alert_id, action, actor, comment, at_ms)"
+            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+            (part, alert_id, action, actor, comment, now_ms()),
+        )
+        return row[0]
+
+    def action_outcome(self, action_id: int) -> tuple[bool, str | None]:
+        """(applied yet, why it was refused or None)."""
+        row = self.db.one("SELECT done_ms, error FROM alert_actions WHERE id = %s", (action_id,))
+        return (row is not None and row[0] is not None), (row[1] if row else None)
+
+    def pending_actions(self, parts: Sequence[int]) -> list[feed.PendingAction]:
+        with self.db.connection() as conn:
+            return feed.pending_actions(conn, parts)
 
     def query_readings(self, q: ReadingQuery) -> list[Reading]:
         where, args = [], []
@@ -588,6 +672,18 @@ class PostgresStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _only_new(readings: Sequence[Reading], inserted: list[tuple]) -> list[Reading]:
+    """The batch's readings the insert stored (the first of any repeated in the batch)."""
+    keys = set(inserted)
+    new = []
+    for r in readings:
+        key = (r.device_id, r.parameter, r.ts_ms)
+        if key in keys:
+            keys.discard(key)
+            new.append(r)
+    return new
 
 
 def _end_sessions(conn: psycopg.Connection, name: str) -> None:
