@@ -211,7 +211,8 @@ async def run_alerts(cfg: RoleConfig) -> None:
 
         sinks: list = []
         if cfg.broker is not None:
-            client_id = cfg.client_id or f"landun-alerts-{default_client_id(cfg.worker)}"
+            ingest_id = default_client_id(cfg.worker)
+            client_id = cfg.client_id or ingest_id.replace("landun-ingest", "landun-alerts", 1)
             publisher = MqttAlertPublisher(cfg.broker, client_id)
             publisher.start()
             stack.callback(publisher.stop)
