@@ -23,7 +23,7 @@ from domain.registry import Registry
 from domain.timeutil import now_ms
 from domain.waste import WasteEvent
 from store.base import AlertChange, Store
-from store.feed import FeedEntry, FeedSettings, partition_of
+from store.feed import SITE_EDITED, FeedEntry, FeedSettings, partition_of
 from store.ledger import WasteLedger
 
 log = logging.getLogger("landun.alerts.feed")
@@ -167,6 +167,7 @@ class AlertWorker:
         self.metrics = WorkerMetrics()
         self.parts: dict[int, Partition] = {}
         self.leases = store.leases(settings)
+        self._rebuild = False  # a partition was left to be rebuilt: check the leases now
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="landun-alert-worker", daemon=True)
 
@@ -187,7 +188,8 @@ class AlertWorker:
         while not self._stop.is_set():
             now = self.clock()
             try:
-                if now >= next_lease:
+                if now >= next_lease or self._rebuild:
+                    self._rebuild = False
                     next_lease = now + self.settings.lease_check_s * 1000
                     self._balance()
                 busy = self._apply_actions()
@@ -305,6 +307,14 @@ class AlertWorker:
         for a in actions:
             p = self.parts.get(a.part)
             if p is None:
+                continue
+            if a.action == SITE_EDITED:
+                # Rebuilt from the store with the edit at the next lease check (soon).
+                self._commit(p, p.pos, [(a.id, None)])
+                if p.part in self.parts:
+                    self._drop(p.part, f"site {a.comment} was edited")
+                    self.leases.release(p.part)
+                self._rebuild = True
                 continue
             error = None
             try:

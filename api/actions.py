@@ -10,7 +10,7 @@ import time
 from alerts.standards import Limit, Profile, limits_for_site
 from domain.model import Alert
 from domain.registry import Registry
-from store.feed import partition_of
+from store.feed import SITE_EDITED, partition_of
 
 
 class ActionPending(TimeoutError):
@@ -46,7 +46,11 @@ class StoredActions:
         return limits
 
     def forget_limits(self, site_id: str) -> None:
+        """The site was edited: the alert worker holding it rebuilds its partition with the
+        stored edits (alerts/feed.py)."""
         self._limits.pop(site_id, None)
+        part = partition_of(site_id, self.partitions)
+        self.store.add_action(part, 0, SITE_EDITED, "api", site_id)
 
     def acknowledge(self, alert_id: int, actor: str, comment: str = "") -> Alert:
         return self._act(alert_id, "acknowledged", actor, comment)

@@ -15,6 +15,9 @@ from importlib import resources
 from domain.model import DeadLetter, Reading
 from domain.waste import WasteCategory, WasteEvent, WasteEventKind
 
+# The action an API records when a site changes: its partition is rebuilt with the edit.
+SITE_EDITED = "site_edited"
+
 
 @dataclass(frozen=True, slots=True)
 class FeedSettings:
