@@ -155,8 +155,11 @@ class AlertWorker:
         sinks: Sequence = (),
         tick_s: float = 5.0,
         clock: Callable[[], int] = now_ms,
+        chores: Sequence[Callable[[], None]] = (),
     ) -> None:
+        """`chores` run on the clock too (e.g. dead-letter retention), whatever is held."""
         self.store = store
+        self.chores = list(chores)
         self.ledger = ledger
         self.registry = registry
         self.build = build
@@ -199,6 +202,8 @@ class AlertWorker:
                     next_tick = now + self.tick_s * 1000
                     for p in list(self.parts.values()):
                         self._tick(p, now)
+                    for chore in self.chores:
+                        chore()
             except Exception:
                 log.exception("alert worker step failed; leases are checked again")
                 self._drop_all()
@@ -223,19 +228,21 @@ class AlertWorker:
             self._drop(part, "rebalancing")
             self.leases.release(part)
         start = ((self.leases.slot or 0) * share) % total
+        registry = None
         for i in range(total):
             if len(self.parts) >= share:
                 break
             part = (start + i) % total
             if part not in self.parts and self.leases.take(part):
                 try:
-                    self._take(part)
+                    registry = registry or self.registry()
+                    self._take(part, registry)
                 except Exception:
                     self.leases.release(part)
                     raise
 
-    def _take(self, part: int) -> None:
-        registry = partition_registry(self.registry(), part, self.settings.partitions)
+    def _take(self, part: int, whole: Registry) -> None:
+        registry = partition_registry(whole, part, self.settings.partitions)
         pos, epoch = self.store.feed_claim(part)
         store = PartitionStore(self.store, part, set(registry.sites))
         ledger = PartitionLedger(self.ledger, set(registry.sites))

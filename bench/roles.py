@@ -257,9 +257,14 @@ def latency(work: Path, server: str, broker: MosquittoBroker, args) -> dict:
             low = dev in start and k >= start[dev]
             if dev in start and k == start[dev] + 10:
                 trigger_index[len(msgs)] = dev
-            fc = 0.1 if low else round(rng.gauss(0.6, 0.03), 2)
-            body = {"ts": T0 + k * MINUTE, "seq": k, "values": {"free_chlorine": fc, "ph": 7.4,
-                    "turbidity": 0.3, "orp": 710, "temperature": 27.0}}  # fmt: skip
+            values = {
+                "free_chlorine": 0.1 if low else round(rng.gauss(0.6, 0.03), 2),
+                "ph": round(rng.gauss(7.4, 0.02), 2),
+                "turbidity": round(abs(rng.gauss(0.3, 0.03)), 2),
+                "orp": round(rng.gauss(710, 4)),
+                "temperature": round(rng.gauss(27.0, 0.1), 1),
+            }
+            body = {"ts": T0 + k * MINUTE, "seq": k, "values": values}
             msgs.append((dev, json.dumps(body, separators=(",", ":")).encode()))
     with fresh_database(server) as url:
         d = Deployment(work, url, broker.url, work / "registry.toml")

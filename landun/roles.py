@@ -39,6 +39,8 @@ from ingest.pipeline import IngestPipeline
 from landun.demo import demo_registry_path
 from landun.system import Core, StartupError, _ApiServer, bind_api_socket, ensure_admin
 from store.base import StoreUnavailable
+from store.bell import Bell
+from store.dead_letter_retention import DeadLetterRetention
 from store.factory import describe, open_ledger, open_store
 from store.feed import load_feed_settings
 
@@ -223,8 +225,9 @@ async def run_alerts(cfg: RoleConfig) -> None:
             stack.push_async_callback(asyncio.to_thread, webhooks.stop)
             sinks.append(webhooks)
         worker = AlertWorker(
-            store, ledger, lambda: _registry(cfg, store), build, settings, sinks, cfg.tick_s
-        )
+            store, ledger, lambda: _registry(cfg, store), build, settings, sinks, cfg.tick_s,
+            chores=[DeadLetterRetention(store).maybe_run],
+        )  # fmt: skip
         worker.start()
         stack.push_async_callback(asyncio.to_thread, worker.stop)
         app = _metrics_app(lambda: _worker_metrics(worker), lambda: True)
@@ -281,7 +284,16 @@ async def run_api(cfg: RoleConfig) -> None:
             metrics=IngestMetrics(),
             ledger=ledger,
             public_url=os.environ.get("LANDUN_PUBLIC_URL"),
+            bell=Bell(),
         )
+        listener = store.listen(ctx.bell)
+        listener.start()
+        stack.callback(listener.stop)
         announce = f"Landun api is running.\n  Log in:       {admin}"
-        await _until_stopped(create_app(ctx), cfg.host, cfg.port, announce, ctx.stopping.set)
+
+        def stopping() -> None:
+            ctx.stopping.set()  # live streams end instead of holding the server open
+            ctx.bell.ring()
+
+        await _until_stopped(create_app(ctx), cfg.host, cfg.port, announce, stopping)
     print("Landun api stopped cleanly.", flush=True)

@@ -3,12 +3,17 @@ and `landun api`, with one ingest and one alert worker killed with SIGKILL mid-s
 killed and restarted. Every reading is stored once, the range alerts are those a single
 `landun run` finds on the same messages (it listens on the same broker at the same time), no
 alert is written twice, nothing in any log says IntegrityError or "hook failed", and the killed
-worker's partitions are taken over. An acknowledgement through one api shows in another.
+worker's partitions are taken over. An acknowledgement through one api shows in another, and in
+its live stream.
 
 The full-size run (20,000 messages) is bench/roles.py; here 2,000 keep CI short."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -124,9 +129,16 @@ def test_separate_roles_survive_kill_9(tmp_path: Path) -> None:
             two = _login(int(other.args[other.args.index("--port") + 1]), tmp_path)
             open_now = one.get("/api/v1/alerts", params={"status": "open"}).json()
             target = next(a for a in open_now if a["rule_id"].startswith("range:"))
-            r = one.post(f"/api/v1/alerts/{target['id']}/acknowledge", json={"comment": "seen"})
-            assert r.status_code == 200, r.text
-            assert r.json()["status"] == "acknowledged"
+            # The other api's live stream hears of it (PostgreSQL NOTIFY rings its bell).
+            with two.stream("GET", "/api/v1/alerts/stream") as events:
+                lines = events.iter_lines()
+                assert next(lines).startswith("retry:")
+                r = one.post(f"/api/v1/alerts/{target['id']}/acknowledge", json={"comment": "seen"})
+                assert r.status_code == 200, r.text
+                assert r.json()["status"] == "acknowledged"
+                heard = next(line for line in lines if line.startswith("data:"))
+                event = json.loads(heard.removeprefix("data:"))
+                assert (event["action"], event["alert"]["id"]) == ("acknowledged", target["id"])
             seen = two.get(f"/api/v1/alerts/{target['id']}").json()
             assert seen["status"] == "acknowledged"
             again = two.post(f"/api/v1/alerts/{target['id']}/acknowledge", json={"comment": ""})
@@ -137,3 +149,21 @@ def test_separate_roles_survive_kill_9(tmp_path: Path) -> None:
             d.stop()
             single.stop()
             broker.stop()
+
+
+@pytest.mark.parametrize("role", ["ingest", "alerts", "api"])
+def test_a_role_without_postgresql_says_so_in_one_line(role: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "LANDUN_DATABASE_URL"}
+    out = subprocess.run(
+        [sys.executable, "-m", "landun.cli", role, "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"landun {role}: {role} runs beside other processes and needs PostgreSQL: give"
+        " --database postgresql://... (or LANDUN_DATABASE_URL); for one process on SQLite use"
+        " landun run"
+    ]

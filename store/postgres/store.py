@@ -26,10 +26,12 @@ from store.base import (
     TokenInfo,
     UserInfo,
 )
+from store.bell import Bell
 from store.feed import FeedEntry, FeedSettings
 from store.postgres import feed
 from store.postgres.db import SCHEMA_LOCK, PostgresDatabase
 from store.postgres.lease import Leases
+from store.postgres.notify import NOTIFY, Listener
 from store.retention import (
     HOUR_MS,
     HOURLY_COLS,
@@ -210,6 +212,10 @@ class PostgresStore:
         """Check (and on first use set) the feed's partition count: the alert workers' side."""
         with self.db.connection() as conn:
             feed.ensure_partitions(conn, partitions)
+
+    def listen(self, bell: Bell) -> Listener:
+        """Ring `bell` whenever any process commits an audited alert change."""
+        return Listener(self.db.url, bell)
 
     def leases(self, settings: FeedSettings) -> Leases:
         """A worker's partition leases, on a connection of their own."""
@@ -450,6 +456,7 @@ class PostgresStore:
                 " VALUES (%s, %s, %s, %s, %s)",
                 (a.id, stamp, ch.actor, ch.action, ch.comment),
             )
+            conn.execute(NOTIFY)  # live streams of every API process (store.postgres.notify)
 
     def get_alert(self, alert_id: int) -> Alert | None:
         row = self.db.one(f"SELECT id, {_ALERT_COLS} FROM alerts WHERE id = %s", (alert_id,))
