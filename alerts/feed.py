@@ -22,7 +22,7 @@ from domain.model import Alert, DeadLetter, Reading
 from domain.registry import Registry
 from domain.timeutil import now_ms
 from domain.waste import WasteEvent
-from store.base import AlertChange, Store
+from store.base import AlertChange, Store, StoreUnavailable
 from store.feed import SITE_EDITED, FeedEntry, FeedSettings, partition_of
 from store.ledger import WasteLedger
 
@@ -196,19 +196,28 @@ class AlertWorker:
                     next_lease = now + self.settings.lease_check_s * 1000
                     self._balance()
                 busy = self._apply_actions()
-                for p in list(self.parts.values()):
-                    busy |= self._follow_or_drop(p)
+                if self.parts:
+                    cursors = {part: p.pos for part, p in self.parts.items()}
+                    fetched = self.store.feed_read_many(cursors, self.settings.batch_entries)
+                    for part, entries in fetched.items():
+                        if part in self.parts:
+                            busy |= self._follow_or_drop(self.parts[part], entries)
                 if now >= next_tick:
                     next_tick = now + self.tick_s * 1000
                     for p in list(self.parts.values()):
                         self._tick(p, now)
                     for chore in self.chores:
                         chore()
+            except StoreUnavailable as exc:
+                log.warning("store unavailable, partitions left, retrying: %s", exc)
+                self._drop_all()
+                self._stop.wait(self.settings.lease_check_s)
+                next_lease, busy = 0.0, True
             except Exception:
                 log.exception("alert worker step failed; leases are checked again")
                 self._drop_all()
-                next_lease = 0.0
-                busy = False
+                self._stop.wait(self.settings.lease_check_s)
+                next_lease, busy = 0.0, True
             if not busy:
                 self._stop.wait(self.settings.poll_s)
         self._drop_all()
@@ -269,9 +278,9 @@ class AlertWorker:
 
     # -- one partition --------------------------------------------------------------------------
 
-    def _follow_or_drop(self, p: Partition) -> bool:
+    def _follow_or_drop(self, p: Partition, entries: list[FeedEntry]) -> bool:
         try:
-            return self._follow(p)
+            return self._follow(p, entries)
         except Exception:
             # The entries stay after the cursor: whoever takes the partition next retries them.
             log.exception("partition %d failed on entries after %d; dropped", p.part, p.pos)
@@ -279,9 +288,8 @@ class AlertWorker:
             self.leases.release(p.part)
             return False
 
-    def _follow(self, p: Partition) -> bool:
+    def _follow(self, p: Partition, entries: list[FeedEntry]) -> bool:
         """Judge the partition's next entries old enough to be in order, as one batch."""
-        entries = self.store.feed_read(p.part, p.pos, self.settings.batch_entries)
         ready = _prefix(entries, self.clock() - self.settings.hold_ms)
         if not ready:
             return False

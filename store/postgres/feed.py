@@ -115,13 +115,23 @@ def claim(conn: psycopg.Connection, part: int) -> tuple[int, int]:
     return row[0], row[1]
 
 
-def read(conn: psycopg.Connection, part: int, after: int, limit: int) -> list[FeedEntry]:
+def read_many(
+    conn: psycopg.Connection, cursors: dict[int, int], limit: int
+) -> dict[int, list[FeedEntry]]:
+    """The next entries of several partitions, each after its own cursor, in one round trip."""
+    parts = sorted(cursors)
     rows = conn.execute(
-        "SELECT pos, committed_ms, body FROM feed_entries WHERE part = %s AND pos > %s"
-        " ORDER BY pos LIMIT %s",
-        (part, after, limit),
+        "SELECT e.part, e.pos, e.committed_ms, e.body"
+        " FROM unnest(%s::integer[], %s::bigint[]) AS c(part, pos) CROSS JOIN LATERAL"
+        " (SELECT part, pos, committed_ms, body FROM feed_entries f"
+        "  WHERE f.part = c.part AND f.pos > c.pos ORDER BY f.pos LIMIT %s) AS e"
+        " ORDER BY e.part, e.pos",
+        (parts, [cursors[p] for p in parts], limit),
     ).fetchall()
-    return [decode_entry(part, pos, at, orjson.loads(body)) for pos, at, body in rows]
+    out: dict[int, list[FeedEntry]] = {}
+    for part, pos, at, body in rows:
+        out.setdefault(part, []).append(decode_entry(part, pos, at, orjson.loads(body)))
+    return out
 
 
 def advance(conn: psycopg.Connection, part: int, epoch: int, pos: int) -> None:

@@ -226,8 +226,11 @@ class PostgresStore:
             return feed.claim(conn, part)
 
     def feed_read(self, part: int, after: int, limit: int) -> list[FeedEntry]:
+        return self.feed_read_many({part: after}, limit).get(part, [])
+
+    def feed_read_many(self, cursors: dict[int, int], limit: int) -> dict[int, list[FeedEntry]]:
         with self.db.connection() as conn:
-            return feed.read(conn, part, after, limit)
+            return feed.read_many(conn, cursors, limit)
 
     def feed_commit(
         self,
