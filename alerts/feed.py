@@ -199,13 +199,19 @@ class AlertWorker:
                 if self.parts:
                     cursors = {part: p.pos for part, p in self.parts.items()}
                     fetched = self.store.feed_read_many(cursors, self.settings.batch_entries)
+                    judged: list[tuple[Partition, int]] = []
                     for part, entries in fetched.items():
                         if part in self.parts:
-                            busy |= self._follow_or_drop(self.parts[part], entries)
+                            busy |= self._follow_or_drop(self.parts[part], entries, judged)
+                    self._commit_all([(p, pos, ()) for p, pos in judged])
                 if now >= next_tick:
                     next_tick = now + self.tick_s * 1000
-                    for p in list(self.parts.values()):
-                        self._tick(p, now)
+                    ticked = list(self.parts.values())
+                    for p in ticked:
+                        p.rules.engine.tick(now)
+                    self._commit_all(
+                        [(p, p.pos, ()) for p in ticked if p.store.writes or p.heard.held]
+                    )
                     for chore in self.chores:
                         chore()
             except StoreUnavailable as exc:
@@ -278,9 +284,11 @@ class AlertWorker:
 
     # -- one partition --------------------------------------------------------------------------
 
-    def _follow_or_drop(self, p: Partition, entries: list[FeedEntry]) -> bool:
+    def _follow_or_drop(
+        self, p: Partition, entries: list[FeedEntry], judged: list[tuple[Partition, int]]
+    ) -> bool:
         try:
-            return self._follow(p, entries)
+            return self._follow(p, entries, judged)
         except Exception:
             # The entries stay after the cursor: whoever takes the partition next retries them.
             log.exception("partition %d failed on entries after %d; dropped", p.part, p.pos)
@@ -288,8 +296,11 @@ class AlertWorker:
             self.leases.release(p.part)
             return False
 
-    def _follow(self, p: Partition, entries: list[FeedEntry]) -> bool:
-        """Judge the partition's next entries old enough to be in order, as one batch."""
+    def _follow(
+        self, p: Partition, entries: list[FeedEntry], judged: list[tuple[Partition, int]]
+    ) -> bool:
+        """Judge the partition's next entries old enough to be in order, as one batch; its
+        writes and new cursor go to `judged`, committed with the other partitions'."""
         ready = _prefix(entries, self.clock() - self.settings.hold_ms)
         if not ready:
             return False
@@ -305,15 +316,10 @@ class AlertWorker:
             rules.on_dead(dead)
         self.metrics.readings += len(readings)
         self.metrics.entries += len(ready)
-        self._commit(p, ready[-1].pos)
+        judged.append((p, ready[-1].pos))
         if readings:
             self.metrics.lag_ms_last = self.clock() - max(r.recv_ms for r in readings)
         return len(ready) == len(entries) and len(entries) == self.settings.batch_entries
-
-    def _tick(self, p: Partition, now: int) -> None:
-        p.rules.engine.tick(now)
-        if p.store.writes or p.heard.held:
-            self._commit(p, p.pos)
 
     def _apply_actions(self) -> bool:
         if not self.parts:
@@ -343,25 +349,37 @@ class AlertWorker:
         return bool(actions)
 
     def _commit(self, p: Partition, pos: int, actions_done: Sequence = ()) -> None:
-        """The partition's held writes and the cursor at `pos`, in one transaction; then the
-        announcements. On failure the partition is dropped: its memory is ahead of the store."""
-        try:
-            self.store.feed_commit(p.part, p.epoch, pos, p.store.writes, actions_done)
-        except Exception as exc:
-            self._drop(p.part, f"its write failed ({exc})")
-            self.leases.release(p.part)
+        self._commit_all([(p, pos, actions_done)])
+
+    def _commit_all(self, commits: Sequence[tuple[Partition, int, Sequence]]) -> None:
+        """Each partition's held writes and its cursor at the given position, all in one
+        transaction (one round trip per loop, however many partitions moved); then the
+        announcements. On failure the partitions are dropped: their memory is ahead of the
+        store, and whoever takes them next rebuilds from it."""
+        if not commits:
             return
-        p.store.writes.clear()
-        p.pos = pos
+        try:
+            self.store.feed_commit_many(
+                [(p.part, p.epoch, pos, p.store.writes, done) for p, pos, done in commits]
+            )
+        except Exception as exc:
+            for p, _, _ in commits:
+                if p.part in self.parts:
+                    self._drop(p.part, f"its write failed ({exc})")
+                    self.leases.release(p.part)
+            return
         self.metrics.commits += 1
-        self.metrics.partitions[p.part] = pos
-        held, p.heard.held = p.heard.held, []
-        for alert, action in held:
-            for sink in self.sinks:
-                try:
-                    sink.alert_changed(alert, action)
-                except Exception:
-                    log.exception("alert sink %r failed", sink)
+        for p, pos, _ in commits:
+            p.store.writes.clear()
+            p.pos = pos
+            self.metrics.partitions[p.part] = pos
+            held, p.heard.held = p.heard.held, []
+            for alert, action in held:
+                for sink in self.sinks:
+                    try:
+                        sink.alert_changed(alert, action)
+                    except Exception:
+                        log.exception("alert sink %r failed", sink)
 
 
 def _prefix(entries: list[FeedEntry], cutoff: int) -> list[FeedEntry]:

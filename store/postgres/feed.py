@@ -134,16 +134,23 @@ def read_many(
     return out
 
 
-def advance(conn: psycopg.Connection, part: int, epoch: int, pos: int) -> None:
-    """Inside the worker's transaction: move the cursor, refused if the epoch is no longer the
-    partition's; entries up to it are done with."""
+def advance(conn: psycopg.Connection, cursors: Sequence[tuple[int, int, int]]) -> None:
+    """Inside the worker's transaction: move each (partition, epoch, position) cursor, all
+    refused if one epoch is no longer its partition's; entries up to them are done with."""
+    parts, epochs, positions = (list(c) for c in zip(*cursors, strict=True))
     moved = conn.execute(
-        "UPDATE feed_cursors SET pos = greatest(pos, %s) WHERE part = %s AND epoch = %s",
-        (pos, part, epoch),
+        "UPDATE feed_cursors f SET pos = greatest(f.pos, c.pos)"
+        " FROM unnest(%s::integer[], %s::bigint[], %s::bigint[]) AS c(part, epoch, pos)"
+        " WHERE f.part = c.part AND f.epoch = c.epoch",
+        (parts, epochs, positions),
     ).rowcount
-    if moved != 1:
-        raise LeaseLost(f"partition {part} was taken over by another worker")
-    conn.execute("DELETE FROM feed_entries WHERE part = %s AND pos <= %s", (part, pos))
+    if moved != len(cursors):
+        raise LeaseLost(f"one of partitions {parts} was taken over by another worker")
+    conn.execute(
+        "DELETE FROM feed_entries f USING unnest(%s::integer[], %s::bigint[]) AS c(part, pos)"
+        " WHERE f.part = c.part AND f.pos <= c.pos",
+        (parts, positions),
+    )
 
 
 def pending_actions(conn: psycopg.Connection, parts: Sequence[int], limit: int = 100):

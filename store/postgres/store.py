@@ -243,11 +243,16 @@ class PostgresStore:
         """A worker's alert changes and engine state, the inspector actions it applied, and the
         partition's cursor moved to `pos`, in one transaction; LeaseLost if the partition is no
         longer this epoch's."""
+        self.feed_commit_many([(part, epoch, pos, writes, actions_done)])
+
+    def feed_commit_many(self, commits: Sequence[tuple]) -> None:
+        """`feed_commit` for several (part, epoch, pos, writes, actions_done), one transaction."""
         with self.db.tx() as conn:
-            feed.advance(conn, part, epoch, pos)
-            feed.write_changes(conn, writes, self._write_alert, _write_state)
-            for action_id, error in actions_done:
-                feed.finish_action(conn, action_id, error)
+            feed.advance(conn, [(part, epoch, pos) for part, epoch, pos, _, _ in commits])
+            for _, _, _, writes, actions_done in commits:
+                feed.write_changes(conn, writes, self._write_alert, _write_state)
+                for action_id, error in actions_done:
+                    feed.finish_action(conn, action_id, error)
 
     def add_action(self, part: int, alert_id: int, action: str, actor: str, comment: str) -> int:
         """Record an inspector action for the worker holding the partition; its id."""
