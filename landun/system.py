@@ -50,7 +50,6 @@ from landun.demo import (
 from simulators.hj212_logger import Hj212LoggerRunner
 from simulators.runner import SimulatorRunner
 from store.base import Store
-from store.bell import Bell
 from store.dead_letter_retention import DeadLetterRetention
 from store.factory import describe, open_ledger, open_store
 from store.ledger import WasteLedger
@@ -273,7 +272,6 @@ class System:
         self._stopping.set()
         if self._api is not None:
             self._api.stopping.set()  # live streams end instead of holding the server open
-            self._api.bell.ring()
         if self._server is not None:
             self._server.should_exit = True
 
@@ -325,9 +323,7 @@ class System:
                 ledger=core.ledger,
                 hj212=gateway,
                 public_url=cfg.public_url or os.environ.get("LANDUN_PUBLIC_URL"),
-                bell=Bell(),
             )
-            core.engine.sinks.append(ctx.bell)
             self._api = ctx
             mailer = start_report_mailer(ctx, cfg.report_mail or MailSettings.from_env())
             if mailer is not None:

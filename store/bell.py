@@ -1,6 +1,6 @@
 """A bell the store rings when alert changes are committed, so live streams wait on it instead
-of polling. In one process (`landun run`) the engine rings it as one of its sinks; across
-processes PostgreSQL rings it through LISTEN/NOTIFY (store.postgres.notify)."""
+of polling: across processes (`landun api`) PostgreSQL rings it through LISTEN/NOTIFY
+(store.postgres.notify); an engine can ring it as one of its sinks. `landun run` polls."""
 
 from __future__ import annotations
 
