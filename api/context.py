@@ -60,3 +60,5 @@ class AppContext:
     stopping: threading.Event = field(default_factory=threading.Event)
     public_url: str | None = None  # base of public page links; None: the API's own address
     public: object = None  # api.routes_public.PublicState, made on first use
+    # Rung when alert changes are committed (store.bell): live streams wait on it; None: poll.
+    bell: object | None = None

@@ -4,6 +4,7 @@ live stream of changes (Server-Sent Events)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Literal
 
@@ -33,6 +34,8 @@ router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"], responses=error_res
 
 STREAM_POLL_S = 0.5
 STREAM_HEARTBEAT_S = 15.0
+# With a bell (store.bell) the stream looks when it rings, and at least this often.
+STREAM_BELL_S = 2.0
 
 # Ids are SQLite integers; a larger number cannot name an alert (and would overflow the driver).
 MAX_ID = 2**63 - 1
@@ -151,11 +154,15 @@ async def _events(request: Request, ctx, sites, after: int) -> AsyncIterator[str
         if events:
             idle = 0.0
             continue
-        idle += STREAM_POLL_S
         if idle >= STREAM_HEARTBEAT_S:
             idle = 0.0
             yield ": keep-alive\n\n"
-        await asyncio.sleep(STREAM_POLL_S)
+        started = time.monotonic()
+        if ctx.bell is not None:
+            await ctx.bell.wait(STREAM_BELL_S)  # at once on a committed change
+        else:
+            await asyncio.sleep(STREAM_POLL_S)
+        idle += time.monotonic() - started
 
 
 @router.get("/{alert_id}", response_model=AlertDetail, responses=error_responses(403, 404))
@@ -173,6 +180,8 @@ def _act(ctx, who: Principal, alert_id: int, doing: str, action: Callable[[], ob
         raise HTTPException(404, str(exc.args[0])) from None
     except ValueError as exc:
         raise HTTPException(409, str(exc)) from None
+    except TimeoutError as exc:  # recorded for alert workers that did not answer in time
+        raise HTTPException(503, str(exc)) from None
     return _detail(ctx, alert_id)
 
 

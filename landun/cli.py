@@ -89,6 +89,90 @@ def _hj212_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def _role(args: argparse.Namespace) -> int:
+    """`landun ingest`, `landun alerts`, `landun api`: one role each, over PostgreSQL."""
+    from landun import roles
+
+    try:
+        broker = broker_options.address_from_args(args)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"landun {args.command}: {exc}") from None
+    try:
+        load_settings(getattr(args, "config_dir", None))
+    except SettingsError as e:
+        raise SystemExit(f"settings: {e}") from None
+    cfg = roles.RoleConfig(
+        database_url=args.database,
+        broker=broker,
+        registry_path=Path(args.registry) if args.registry else None,
+        data_dir=Path(args.data_dir),
+        host=args.host,
+        port=args.port,
+        worker=args.worker,
+        client_id=getattr(args, "client_id", None),
+        hj212_port=getattr(args, "hj212_port", None),
+        hj212_host=getattr(args, "hj212_host", "127.0.0.1"),
+        webhooks=_webhooks(getattr(args, "webhook", None)),
+        tick_s=getattr(args, "tick", 5.0),
+    )
+    run = {"ingest": roles.run_ingest, "alerts": roles.run_alerts, "api": roles.run_api}
+    database.prepare(cfg.database_url)
+    gc_settings.settle()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run[args.command](cfg))
+    except StartupError as exc:
+        print(f"landun {args.command}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except BrokerUnusable as exc:
+        print(f"landun {args.command}: cannot use the broker {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+def _add_role_parsers(sub: argparse._SubParsersAction) -> None:
+    helps = {
+        "ingest": "run only ingest (MQTT, HJ 212 -> store); any number, on one shared subscription",
+        "alerts": "run only an alert worker (partitions by lease); any number",
+        "api": "run only the API and dashboard; any number",
+    }
+    for name, what in helps.items():
+        p = sub.add_parser(name, help=what)
+        database.add_database_argument(p)
+        broker_options.add_arguments(p, "the broker: mqtt://host:1883, mqtts://host:8883, ...")
+        p.add_argument("--registry", help="registry TOML (default: the demo registry)")
+        p.add_argument("--config-dir", help="settings files replacing the packaged ones")
+        p.add_argument("--data-dir", default="var", help="where the admin password file goes")
+        if name == "api":
+            p.add_argument("--host", default="127.0.0.1", help="API bind address")
+            p.add_argument("--port", type=int, default=8000, help="API port")
+        else:
+            p.add_argument("--metrics-host", dest="host", default="127.0.0.1")
+            p.add_argument(
+                "--metrics-port",
+                dest="port",
+                type=int,
+                help="serve /metrics and /healthz on this port (default: none)",
+            )
+        p.add_argument(
+            "--worker",
+            type=int,
+            default=0,
+            help="this process's number among its role's processes on one host: its MQTT client"
+            " id, its own per process",
+        )
+        if name == "ingest":
+            p.add_argument("--client-id", help="the MQTT client id (default: from --worker)")
+            p.add_argument("--hj212-port", type=int, help="also take HJ 212 loggers on this port")
+            p.add_argument("--hj212-host", default="127.0.0.1", help="HJ 212 bind address")
+        if name == "alerts":
+            p.add_argument("--webhook", action="append", help="POST alert changes here")
+            p.add_argument(
+                "--tick", type=float, default=5.0, help="seconds between time-driven rule runs"
+            )
+        p.set_defaults(func=_role)
+
+
 # Commands whose options belong to another module's `main(argv)`.
 DELEGATED = {
     "eval": ("alerts.evaluation", "score the detectors on a labelled CSV (GECCO 2018)"),
@@ -139,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--hj212-host", default="127.0.0.1", help="HJ 212 bind address")
     run.set_defaults(func=_run)
 
+    _add_role_parsers(sub)
     accounts.add_subparsers(sub)
     database.add_subparser(sub)
     add_devices_subparser(sub)

@@ -131,12 +131,16 @@ class Core:
         registry_path: Path | None = None,
         clock: Callable[[], int] = now_ms,
         database_url: str | None = None,
+        store: Store | None = None,
+        ledger: WasteLedger | None = None,
     ) -> Core:
         """Wire store, engine, rules and pipeline; `clock` lets a replay run on simulated time
-        (simulators/evaluate.py) through exactly the production wiring."""
+        (simulators/evaluate.py) through exactly the production wiring. An alert worker passes
+        one partition's registry, store and ledger (alerts/feed.py) to get the same rules."""
         catalogue = default_catalogue()
-        store = open_store(db_path, database_url)
-        if os.environ.get("LANDUN_INFLUX_URL"):
+        given = store is not None
+        store = store if given else open_store(db_path, database_url)
+        if not given and os.environ.get("LANDUN_INFLUX_URL"):
             # Readings in InfluxDB, everything else in SQLite; influxdb-client loads only if used.
             try:
                 from store.influx import InfluxStore
@@ -159,7 +163,7 @@ class Core:
         engine = AlertEngine(store, registry, profiles, catalogue, clock=clock)
         detectors = load_detector_settings()
         offline = OfflineRule(registry, detectors.offline, store.last_seen(), clock())
-        ledger = open_ledger(db_path, database_url)
+        ledger = ledger or open_ledger(db_path, database_url)
         custody = CustodyRule(registry, ledger)
         skew = ClockSkewRule(registry, detectors.clock_skew)
         engine.rules += [offline, DetectorRule(registry, catalogue, detectors), custody, skew]

@@ -393,7 +393,10 @@ def test_compose_stack_shape() -> None:
     services = doc["services"]
     assert services["mosquitto"]["image"] == "eclipse-mosquitto:2"
     assert services["postgres"]["image"] == "postgres:15"
-    assert "LANDUN_DATABASE_URL" in services["landun"]["environment"]
+    roles = ["ingest-1", "ingest-2", "alerts-1", "alerts-2", "api-1", "api-2"]
+    for name in roles:
+        assert "LANDUN_DATABASE_URL" in services[name]["environment"], name
+        assert services[name]["command"][1] == name.split("-")[0], name
     assert services["influxdb"]["profiles"] == ["influx"], "InfluxDB is off unless asked for"
     assert services["simulators"]["profiles"] == ["simulators"]
     for name, svc in services.items():

@@ -280,6 +280,47 @@ CREATE TABLE notice_claims (
 );
 """
 
+
+ALERT_FEED = """
+-- The alert feed (store/feed.py): what each committed ingest batch brought to each partition,
+-- numbered per partition in commit order. The head row is locked by the committing transaction
+-- to take the next number, so a number is never seen before the ones below it are committed.
+CREATE TABLE feed_heads (
+    part integer PRIMARY KEY,
+    pos bigint NOT NULL
+);
+CREATE TABLE feed_entries (
+    part integer NOT NULL,
+    pos bigint NOT NULL,
+    body text NOT NULL,               -- JSON: readings, waste events, dead letters
+    committed_ms bigint NOT NULL,
+    PRIMARY KEY (part, pos)
+);
+-- Where each partition's alert worker is; `epoch` grows at every take-over, and a write of an
+-- older epoch is refused (a worker that lost its lease cannot write).
+CREATE TABLE feed_cursors (
+    part integer PRIMARY KEY,
+    pos bigint NOT NULL,
+    epoch bigint NOT NULL
+);
+"""
+
+ALERT_ACTIONS = """
+-- Inspector actions the API records and the alert worker holding the alert's partition applies.
+CREATE TABLE alert_actions (
+    id bigserial PRIMARY KEY,
+    part integer NOT NULL,
+    alert_id bigint NOT NULL,
+    action text NOT NULL,             -- acknowledged | resolved | commented
+    actor text NOT NULL,
+    comment text NOT NULL,
+    at_ms bigint NOT NULL,
+    done_ms bigint,                   -- NULL: not applied yet
+    error text                        -- why it was refused; NULL when applied
+);
+CREATE INDEX alert_actions_pending ON alert_actions (part, id) WHERE done_ms IS NULL;
+"""
+
 MIGRATIONS = (
     Migration(1, "readings, alerts, accounts and engine state", INITIAL),
     Migration(2, "the medical-waste ledger", WASTE_LEDGER),
@@ -287,4 +328,6 @@ MIGRATIONS = (
     Migration(4, "disabled users, dead-letter tallies", ACCOUNTS_AND_DEAD_LETTERS),
     Migration(5, "readings as a TimescaleDB hypertable where available", TIMESCALEDB),
     Migration(6, "notifications: deliveries by channel, claimed notice keys", NOTIFICATIONS),
+    Migration(7, "the alert feed: entries in commit order, cursors", ALERT_FEED),
+    Migration(8, "inspector actions for the alert workers", ALERT_ACTIONS),
 )

@@ -26,7 +26,12 @@ from store.base import (
     TokenInfo,
     UserInfo,
 )
+from store.bell import Bell
+from store.feed import FeedEntry, FeedSettings
+from store.postgres import feed
 from store.postgres.db import SCHEMA_LOCK, PostgresDatabase
+from store.postgres.lease import Leases
+from store.postgres.notify import NOTIFY, Listener
 from store.retention import (
     HOUR_MS,
     HOURLY_COLS,
@@ -88,6 +93,8 @@ class PostgresStore:
         for _ in range(MONTHS_AHEAD):
             ahead.append(next_month_ms(ahead[-1]))
         self.ensure_partitions(ahead)
+        self._feed_parts: int | None = None  # None: this process does not append to the feed
+        self._feed_sites: dict[str, str] = {}
 
     # -- partitions -------------------------------------------------------------------------
 
@@ -144,8 +151,10 @@ class PostgresStore:
         new_sites = sorted(sites - self._known_sites)
         stored = 0
         with self.db.tx() as conn:
+            new: Sequence[Reading] = ()
             if readings:
-                stored = len(_copy_readings(conn, readings))
+                new = _copy_readings(conn, readings)
+                stored = len(new)
             with conn.cursor() as cur:
                 if dead_letters:
                     cur.executemany(
@@ -180,8 +189,90 @@ class PostgresStore:
                         " SELECT * FROM unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING",
                         ([s for s, _ in new_sites], [d for _, d in new_sites]),
                     )
+            if self._feed_parts is not None:
+                feed.append(conn, self._feed_parts, new, (), dead_letters, self._feed_sites)
         self._known_sites.update(new_sites)  # committed: rows of device_sites are never deleted
         return stored
+
+    # -- the alert feed (store/feed.py) -------------------------------------------------------
+
+    def enable_feed(self, partitions: int, site_of_device: dict[str, str]) -> None:
+        """Append every batch's new readings (and its dead letters of known devices) to the
+        alert feed from now on: the ingest role of a deployment with separate alert workers."""
+        with self.db.connection() as conn:
+            feed.ensure_partitions(conn, partitions)
+        self._feed_parts = partitions
+        self._feed_sites = site_of_device
+
+    def feed_events(self, events: Sequence) -> None:
+        """Append waste events the ledger recorded as new (their own transaction, after it)."""
+        if self._feed_parts is not None and events:
+            with self.db.tx() as conn:
+                feed.append(conn, self._feed_parts, (), events, ())
+
+    def feed_partitions(self, partitions: int) -> None:
+        """Check (and on first use set) the feed's partition count: the alert workers' side."""
+        with self.db.connection() as conn:
+            feed.ensure_partitions(conn, partitions)
+
+    def listen(self, bell: Bell) -> Listener:
+        """Ring `bell` whenever any process commits an audited alert change."""
+        return Listener(self.db.url, bell)
+
+    def leases(self, settings: FeedSettings) -> Leases:
+        """A worker's partition leases, on a connection of their own."""
+        return Leases(self.db.url, settings)
+
+    def feed_claim(self, part: int) -> tuple[int, int]:
+        with self.db.connection() as conn:
+            return feed.claim(conn, part)
+
+    def feed_read(self, part: int, after: int, limit: int) -> list[FeedEntry]:
+        return self.feed_read_many({part: after}, limit).get(part, [])
+
+    def feed_read_many(self, cursors: dict[int, int], limit: int) -> dict[int, list[FeedEntry]]:
+        with self.db.connection() as conn:
+            return feed.read_many(conn, cursors, limit)
+
+    def feed_commit(
+        self,
+        part: int,
+        epoch: int,
+        pos: int,
+        writes: Sequence[feed.Write],
+        actions_done: Sequence[tuple[int, str | None]] = (),
+    ) -> None:
+        """A worker's alert changes and engine state, the inspector actions it applied, and the
+        partition's cursor moved to `pos`, in one transaction; LeaseLost if the partition is no
+        longer this epoch's."""
+        self.feed_commit_many([(part, epoch, pos, writes, actions_done)])
+
+    def feed_commit_many(self, commits: Sequence[tuple]) -> None:
+        """`feed_commit` for several (part, epoch, pos, writes, actions_done), one transaction."""
+        with self.db.tx() as conn:
+            feed.advance(conn, [(part, epoch, pos) for part, epoch, pos, _, _ in commits])
+            for _, _, _, writes, actions_done in commits:
+                feed.write_changes(conn, writes, self._write_alert, _write_state)
+                for action_id, error in actions_done:
+                    feed.finish_action(conn, action_id, error)
+
+    def add_action(self, part: int, alert_id: int, action: str, actor: str, comment: str) -> int:
+        """Record an inspector action for the worker holding the partition; its id."""
+        row = self.db.one(
+            "INSERT INTO alert_actions (part, alert_id, action, actor, comment, at_ms)"
+            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+            (part, alert_id, action, actor, comment, now_ms()),
+        )
+        return row[0]
+
+    def action_outcome(self, action_id: int) -> tuple[bool, str | None]:
+        """(applied yet, why it was refused or None)."""
+        row = self.db.one("SELECT done_ms, error FROM alert_actions WHERE id = %s", (action_id,))
+        return (row is not None and row[0] is not None), (row[1] if row else None)
+
+    def pending_actions(self, parts: Sequence[int]) -> list[feed.PendingAction]:
+        with self.db.connection() as conn:
+            return feed.pending_actions(conn, parts)
 
     def query_readings(self, q: ReadingQuery) -> list[Reading]:
         where, args = [], []
@@ -389,6 +480,7 @@ class PostgresStore:
                 " VALUES (%s, %s, %s, %s, %s)",
                 (a.id, stamp, ch.actor, ch.action, ch.comment),
             )
+            conn.execute(NOTIFY)  # live streams of every API process (store.postgres.notify)
 
     def get_alert(self, alert_id: int) -> Alert | None:
         row = self.db.one(f"SELECT id, {_ALERT_COLS} FROM alerts WHERE id = %s", (alert_id,))

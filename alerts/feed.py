@@ -1,0 +1,392 @@
+"""The alert worker of a deployment with separate roles (`landun alerts`): it holds partitions
+of the alert state by lease, reads each partition's committed feed entries after its cursor, and
+writes the alert changes with the cursor advance in one transaction (store/feed.py).
+
+Each held partition has an engine of its own, with the rules wired as in `landun run`, over the
+sites of that partition only. The engine's writes are held by a PartitionStore and committed by
+the worker together with the cursor; its announcements wait for that commit. A partition whose
+write fails (store away, lease lost) is dropped and rebuilt from the store (open alerts, engine
+state, cursor) when it is next taken: nothing decided in memory is written unless the cursor
+moves with it, so a crash never opens an alert twice nor loses one."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from alerts.engine import AlertEngine
+from domain.model import Alert, DeadLetter, Reading
+from domain.registry import Registry
+from domain.timeutil import now_ms
+from domain.waste import WasteEvent
+from store.base import AlertChange, Store, StoreUnavailable
+from store.feed import SITE_EDITED, FeedEntry, FeedSettings, partition_of
+from store.ledger import WasteLedger
+
+log = logging.getLogger("landun.alerts.feed")
+
+VERBS = {"acknowledged": "acknowledge", "resolved": "resolve", "commented": "comment"}
+
+
+@dataclass
+class PartitionRules:
+    """One partition's engine and the entry points ingest's hooks call in `landun run`."""
+
+    engine: AlertEngine
+    on_readings: Callable[[list[Reading]], None]
+    on_events: Callable[[list[WasteEvent]], None] | None = None
+    on_dead: Callable[[list[DeadLetter]], None] | None = None
+
+
+# (the partition's registry, its store and ledger) -> its rules
+Builder = Callable[[Registry, Store, WasteLedger], PartitionRules]
+
+
+class PartitionStore:
+    """The store as one partition's engine and rules see it: open alerts of its sites only,
+    engine state in a namespace of its own, and writes held for the worker's transaction."""
+
+    def __init__(self, store: Store, part: int, sites: set[str]) -> None:
+        self._store = store
+        self.part = part
+        self.sites = sites
+        self.writes: list[tuple] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+    def _ns(self, namespace: str) -> str:
+        return f"{namespace}/p{self.part}"
+
+    def open_alerts(self) -> list[Alert]:
+        return [a for a in self._store.open_alerts() if a.site_id in self.sites]
+
+    def load_state(self, namespace: str) -> dict[str, str]:
+        return self._store.load_state(self._ns(namespace))
+
+    def save_alerts(
+        self,
+        changes: Sequence[AlertChange],
+        state_namespace: str = "",
+        state: dict[str, str | None] | None = None,
+    ) -> None:
+        self.writes.append(("alerts", list(changes), self._ns(state_namespace), dict(state or {})))
+
+    def save_state(self, namespace: str, items: dict[str, str | None]) -> None:
+        self.writes.append(("state", self._ns(namespace), dict(items)))
+
+    def close(self) -> None:
+        """The shared store stays open."""
+
+
+class PartitionLedger:
+    """The waste ledger as one partition's custody rule sees it: bags of its sites only."""
+
+    def __init__(self, ledger: WasteLedger, sites: set[str]) -> None:
+        self._ledger = ledger
+        self.sites = sites
+
+    def __getattr__(self, name: str):
+        return getattr(self._ledger, name)
+
+    def held_bags(self, site_id: str | None = None):
+        return [b for b in self._ledger.held_bags(site_id) if b.site_id in self.sites]
+
+    def incomplete_handovers(self, recv_from_ms: int, recv_to_ms: int):
+        bags = self._ledger.incomplete_handovers(recv_from_ms, recv_to_ms)
+        return [b for b in bags if b.site_id in self.sites]
+
+    def close(self) -> None:
+        """The shared ledger stays open."""
+
+
+class HeldAnnouncements:
+    """The engine's sink: announcements wait until their changes are committed."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Alert, str]] = []
+
+    def alert_changed(self, alert: Alert, action: str) -> None:
+        self.held.append((alert, action))
+
+
+@dataclass
+class Partition:
+    part: int
+    epoch: int
+    pos: int
+    rules: PartitionRules
+    store: PartitionStore
+    heard: HeldAnnouncements
+
+
+@dataclass
+class WorkerMetrics:
+    entries: int = 0
+    readings: int = 0
+    commits: int = 0
+    takeovers: int = 0
+    dropped: int = 0
+    actions: int = 0
+    lag_ms_last: int = 0
+    partitions: dict[int, int] = field(default_factory=dict)  # held partition -> its cursor
+
+
+def partition_registry(registry: Registry, part: int, partitions: int) -> Registry:
+    sites = {k: s for k, s in registry.sites.items() if partition_of(k, partitions) == part}
+    devices = {k: d for k, d in registry.devices.items() if d.site_id in sites}
+    by_mn = {mn: d for mn, d in registry.by_mn.items() if d in devices}
+    return Registry(sites=sites, devices=devices, by_mn=by_mn)
+
+
+class AlertWorker:
+    """`registry` is called at every take-over, so site edits reach a rebuilt partition."""
+
+    def __init__(
+        self,
+        store,
+        ledger: WasteLedger,
+        registry: Callable[[], Registry],
+        build: Builder,
+        settings: FeedSettings,
+        sinks: Sequence = (),
+        tick_s: float = 5.0,
+        clock: Callable[[], int] = now_ms,
+        chores: Sequence[Callable[[], None]] = (),
+    ) -> None:
+        """`chores` run on the clock too (e.g. dead-letter retention), whatever is held."""
+        self.store = store
+        self.chores = list(chores)
+        self.ledger = ledger
+        self.registry = registry
+        self.build = build
+        self.settings = settings
+        self.sinks = list(sinks)
+        self.tick_s = tick_s
+        self.clock = clock
+        self.metrics = WorkerMetrics()
+        self.parts: dict[int, Partition] = {}
+        self.leases = store.leases(settings)
+        self._rebuild = False  # a partition was left to be rebuilt: check the leases now
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="landun-alert-worker", daemon=True)
+
+    def start(self) -> None:
+        self.store.feed_partitions(self.settings.partitions)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.leases.close()
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_lease = 0.0
+        next_tick = self.clock() + self.tick_s * 1000
+        while not self._stop.is_set():
+            now = self.clock()
+            try:
+                if now >= next_lease or self._rebuild:
+                    self._rebuild = False
+                    next_lease = now + self.settings.lease_check_s * 1000
+                    self._balance()
+                busy = self._apply_actions()
+                if self.parts:
+                    cursors = {part: p.pos for part, p in self.parts.items()}
+                    fetched = self.store.feed_read_many(cursors, self.settings.batch_entries)
+                    judged: list[tuple[Partition, int]] = []
+                    for part, entries in fetched.items():
+                        if part in self.parts:
+                            busy |= self._follow_or_drop(self.parts[part], entries, judged)
+                    self._commit_all([(p, pos, ()) for p, pos in judged])
+                if now >= next_tick:
+                    next_tick = now + self.tick_s * 1000
+                    ticked = list(self.parts.values())
+                    for p in ticked:
+                        p.rules.engine.tick(now)
+                    self._commit_all(
+                        [(p, p.pos, ()) for p in ticked if p.store.writes or p.heard.held]
+                    )
+                    for chore in self.chores:
+                        chore()
+            except StoreUnavailable as exc:
+                log.warning("store unavailable, partitions left, retrying: %s", exc)
+                self._drop_all()
+                self._stop.wait(self.settings.lease_check_s)
+                next_lease, busy = 0.0, True
+            except Exception:
+                log.exception("alert worker step failed; leases are checked again")
+                self._drop_all()
+                self._stop.wait(self.settings.lease_check_s)
+                next_lease, busy = 0.0, True
+            if not busy:
+                self._stop.wait(self.settings.poll_s)
+        self._drop_all()
+
+    def _balance(self) -> None:
+        """Hold a fair share of the partitions: ceil(partitions / live workers)."""
+        if self.leases.slot is None:
+            for part in list(self.parts):
+                self._drop(part, "reconnecting its leases")
+            self.leases.connect()
+        held = self.leases.held()
+        for part in set(self.parts) - held:  # a lease the server no longer has
+            self._drop(part, "its lease is gone")
+        total = self.settings.partitions
+        share = math.ceil(total / max(1, self.leases.members()))
+        for part in sorted(self.parts, reverse=True)[: max(0, len(self.parts) - share)]:
+            self._drop(part, "rebalancing")
+            self.leases.release(part)
+        start = ((self.leases.slot or 0) * share) % total
+        registry = None
+        for i in range(total):
+            if len(self.parts) >= share:
+                break
+            part = (start + i) % total
+            if part not in self.parts and self.leases.take(part):
+                try:
+                    registry = registry or self.registry()
+                    self._take(part, registry)
+                except Exception:
+                    self.leases.release(part)
+                    raise
+
+    def _take(self, part: int, whole: Registry) -> None:
+        registry = partition_registry(whole, part, self.settings.partitions)
+        pos, epoch = self.store.feed_claim(part)
+        store = PartitionStore(self.store, part, set(registry.sites))
+        ledger = PartitionLedger(self.ledger, set(registry.sites))
+        rules = self.build(registry, store, ledger)
+        heard = HeldAnnouncements()
+        rules.engine.sinks = [heard]
+        self.parts[part] = Partition(part, epoch, pos, rules, store, heard)
+        self.metrics.takeovers += 1
+        self.metrics.partitions[part] = pos
+        # Anything the build wrote (a rule's first bookmarks) goes with the first commit.
+        log.info("took partition %d at entry %d (epoch %d)", part, pos, epoch)
+
+    def _drop(self, part: int, why: str) -> None:
+        p = self.parts.pop(part, None)
+        self.metrics.partitions.pop(part, None)
+        if p is not None:
+            self.metrics.dropped += 1
+            log.info("left partition %d at entry %d: %s", part, p.pos, why)
+
+    def _drop_all(self) -> None:
+        for part in list(self.parts):
+            self._drop(part, "leases lost or stopping")
+        self.leases.close()
+
+    # -- one partition --------------------------------------------------------------------------
+
+    def _follow_or_drop(
+        self, p: Partition, entries: list[FeedEntry], judged: list[tuple[Partition, int]]
+    ) -> bool:
+        try:
+            return self._follow(p, entries, judged)
+        except Exception:
+            # The entries stay after the cursor: whoever takes the partition next retries them.
+            log.exception("partition %d failed on entries after %d; dropped", p.part, p.pos)
+            self._drop(p.part, "evaluation failed")
+            self.leases.release(p.part)
+            return False
+
+    def _follow(
+        self, p: Partition, entries: list[FeedEntry], judged: list[tuple[Partition, int]]
+    ) -> bool:
+        """Judge the partition's next entries old enough to be in order, as one batch; its
+        writes and new cursor go to `judged`, committed with the other partitions'."""
+        ready = _prefix(entries, self.clock() - self.settings.hold_ms)
+        if not ready:
+            return False
+        readings = [r for e in ready for r in e.readings]
+        events = [x for e in ready for x in e.events]
+        dead = [d for e in ready for d in e.dead]
+        rules = p.rules
+        if readings:
+            rules.on_readings(readings)
+        if events and rules.on_events is not None:
+            rules.on_events(events)
+        if dead and rules.on_dead is not None:
+            rules.on_dead(dead)
+        self.metrics.readings += len(readings)
+        self.metrics.entries += len(ready)
+        judged.append((p, ready[-1].pos))
+        if readings:
+            self.metrics.lag_ms_last = self.clock() - max(r.recv_ms for r in readings)
+        return len(ready) == len(entries) and len(entries) == self.settings.batch_entries
+
+    def _apply_actions(self) -> bool:
+        if not self.parts:
+            return False
+        actions = self.store.pending_actions(sorted(self.parts))
+        for a in actions:
+            p = self.parts.get(a.part)
+            if p is None:
+                continue
+            if a.action == SITE_EDITED:
+                # Rebuilt from the store with the edit at the next lease check (soon).
+                self._commit(p, p.pos, [(a.id, None)])
+                if p.part in self.parts:
+                    self._drop(p.part, f"site {a.comment} was edited")
+                    self.leases.release(p.part)
+                self._rebuild = True
+                continue
+            error = None
+            try:
+                getattr(p.rules.engine, VERBS[a.action])(a.alert_id, a.actor, a.comment)
+            except KeyError as exc:
+                error = f"not found: {exc.args[0]}"
+            except ValueError as exc:
+                error = f"conflict: {exc}"
+            self._commit(p, p.pos, [(a.id, error)])
+            self.metrics.actions += 1
+        return bool(actions)
+
+    def _commit(self, p: Partition, pos: int, actions_done: Sequence = ()) -> None:
+        self._commit_all([(p, pos, actions_done)])
+
+    def _commit_all(self, commits: Sequence[tuple[Partition, int, Sequence]]) -> None:
+        """Each partition's held writes and its cursor at the given position, all in one
+        transaction (one round trip per loop, however many partitions moved); then the
+        announcements. On failure the partitions are dropped: their memory is ahead of the
+        store, and whoever takes them next rebuilds from it."""
+        if not commits:
+            return
+        try:
+            self.store.feed_commit_many(
+                [(p.part, p.epoch, pos, p.store.writes, done) for p, pos, done in commits]
+            )
+        except Exception as exc:
+            for p, _, _ in commits:
+                if p.part in self.parts:
+                    self._drop(p.part, f"its write failed ({exc})")
+                    self.leases.release(p.part)
+            return
+        self.metrics.commits += 1
+        for p, pos, _ in commits:
+            p.store.writes.clear()
+            p.pos = pos
+            self.metrics.partitions[p.part] = pos
+            held, p.heard.held = p.heard.held, []
+            for alert, action in held:
+                for sink in self.sinks:
+                    try:
+                        sink.alert_changed(alert, action)
+                    except Exception:
+                        log.exception("alert sink %r failed", sink)
+
+
+def _prefix(entries: list[FeedEntry], cutoff: int) -> list[FeedEntry]:
+    """The entries before the first one committed after `cutoff`."""
+    out = []
+    for e in entries:
+        if e.committed_ms > cutoff:
+            break
+        out.append(e)
+    return out

@@ -1,0 +1,51 @@
+"""LISTEN/NOTIFY for the alert bell (store.bell): writers NOTIFY in the transaction that commits
+an audited alert change (delivered at commit, once per transaction), and each API process
+listens on a connection of its own and rings its bell."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import psycopg
+
+from store.bell import Bell
+from store.postgres.db import redact
+
+log = logging.getLogger("landun.store")
+
+CHANNEL = "landun_alerts"
+NOTIFY = f"NOTIFY {CHANNEL}"
+
+
+class Listener:
+    """Rings `bell` at every notification; reconnects (and rings, as changes may have been
+    missed meanwhile) after a lost connection."""
+
+    def __init__(self, url: str, bell: Bell, retry_s: float = 2.0) -> None:
+        self.url = url
+        self.bell = bell
+        self.retry_s = retry_s
+        self._stop = threading.Event()
+        self._conn: psycopg.Connection | None = None
+        self._thread = threading.Thread(target=self._run, name="landun-listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.bell.ring()
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.bell.ring()
+            except psycopg.OperationalError as exc:
+                log.warning("alert notifications from %s lost, retrying: %s", redact(self.url), exc)
+                self._stop.wait(self.retry_s)
