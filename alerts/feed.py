@@ -155,11 +155,8 @@ class AlertWorker:
         sinks: Sequence = (),
         tick_s: float = 5.0,
         clock: Callable[[], int] = now_ms,
-        chores: Sequence[Callable[[], None]] = (),
     ) -> None:
-        """`chores` run on the clock too (e.g. dead-letter retention), whatever is held."""
         self.store = store
-        self.chores = list(chores)
         self.ledger = ledger
         self.registry = registry
         self.build = build
@@ -212,8 +209,6 @@ class AlertWorker:
                     self._commit_all(
                         [(p, p.pos, ()) for p in ticked if p.store.writes or p.heard.held]
                     )
-                    for chore in self.chores:
-                        chore()
             except StoreUnavailable as exc:
                 log.warning("store unavailable, partitions left, retrying: %s", exc)
                 self._drop_all()

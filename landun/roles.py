@@ -37,10 +37,10 @@ from ingest.metrics import IngestMetrics, render_prometheus
 from ingest.mqtt import MqttSubscriber, SubscriberSettings, default_client_id
 from ingest.pipeline import IngestPipeline
 from landun.demo import demo_registry_path
+from landun.housekeeping import Housekeeper
 from landun.system import Core, StartupError, _ApiServer, bind_api_socket, ensure_admin
 from store.base import StoreUnavailable
 from store.bell import Bell
-from store.dead_letter_retention import DeadLetterRetention
 from store.factory import describe, open_ledger, open_store
 from store.feed import load_feed_settings
 
@@ -226,10 +226,13 @@ async def run_alerts(cfg: RoleConfig) -> None:
             sinks.append(webhooks)
         worker = AlertWorker(
             store, ledger, lambda: _registry(cfg, store), build, settings, sinks, cfg.tick_s,
-            chores=[DeadLetterRetention(store).maybe_run],
         )  # fmt: skip
         worker.start()
         stack.push_async_callback(asyncio.to_thread, worker.stop)
+        # Retention runs here, on a thread of its own: a readings run can take minutes.
+        housekeeper = Housekeeper.for_store(store, cfg.tick_s)
+        housekeeper.start()
+        stack.callback(housekeeper.stop)
         app = _metrics_app(lambda: _worker_metrics(worker), lambda: True)
         announce = (
             f"Landun alerts is running ({settings.partitions} partitions).\n"
