@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from domain.alert_json import alert_to_dict
+from domain.kinds import check_kind
 from domain.model import Alert, DeadLetter, Device, Reading
 from domain.timeutil import ms_to_iso
 from store.base import Bucket
@@ -63,7 +64,10 @@ class SiteIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    kind: Literal["pool", "medical_institution"]
+    kind: Annotated[str, Field(max_length=64), AfterValidator(check_kind)] = Field(
+        description="a site kind of domain/data/site_kinds.toml (pool, medical_institution, ...)"
+    )
+    subtype: str = Field("", max_length=64, description="one of the kind's subtypes, or none")
     jurisdiction: str = Field(pattern=r"^[0-9]{6}$", description="6-digit district code")
     address: str = Field("", max_length=500)
     profile: str = "gb37488-2019-pool"
@@ -85,6 +89,7 @@ class SiteOut(BaseModel):
     latitude: float | None
     longitude: float | None
     overrides: dict
+    subtype: str = ""
     current: SiteStatusOut
 
 

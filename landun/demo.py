@@ -67,7 +67,7 @@ def demo_devices(registry: Registry, anchor: int, seed: int = 7) -> list[SimDevi
     fails."""
     start = model_start(anchor)
     devices = [d for d in _pools(registry, start, seed) if registry.devices[d.device_id].mn is None]
-    for i, site in enumerate(s for s in registry.sites.values() if s.kind is SiteKind.MEDICAL):
+    for i, site in enumerate(s for s in registry.sites.values() if s.kind == SiteKind.MEDICAL):
         by_kind = {d.kind: d for d in registry.devices_of(site.id)}
         scanner, sensor = by_kind.get(WASTE_SCANNER), by_kind.get(WASTE_STORE_SENSOR)
         if scanner is None or sensor is None:
@@ -90,7 +90,7 @@ def _pools(registry: Registry, start: int, seed: int) -> list[SimDevice]:
     devices = []
     for i, dev in enumerate(sorted(registry.devices.values(), key=lambda d: d.id)):
         site = registry.sites[dev.site_id]
-        if site.kind is not SiteKind.POOL:
+        if site.kind != SiteKind.POOL:
             continue
         faults = []
         if site.id == FAILING_SITE:

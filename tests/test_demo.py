@@ -62,7 +62,7 @@ def test_failing_pool_is_over_its_limit_and_the_others_within_theirs_at_any_hour
     registry = load_registry(demo_registry_path())
     profiles = builtin_profiles()
     chlorine = backfilled_chlorine(anchor)
-    assert chlorine.keys() == {s.id for s in registry.sites.values() if s.kind is SiteKind.POOL}
+    assert chlorine.keys() == {s.id for s in registry.sites.values() if s.kind == SiteKind.POOL}
     for site_id, values in chlorine.items():
         limit = limits_for_site(registry.sites[site_id], profiles)["free_chlorine"]
         assert len(values) >= 359
