@@ -61,6 +61,10 @@ def test_low_chlorine_and_turbid_water_raise_alerts_with_their_gb5749_clauses(sy
     limits = {x["parameter"]: x for x in system.http.get(f"/api/v1/sites/{SITE}/limits").json()}
     assert {"free_chlorine", "chlorine_dioxide", "turbidity", "ph", "tds"} <= set(limits)
     assert limits["ph"]["text"] == "6.5–8.5 pH" and limits["tds"]["text"] == "≤1000 mg/L"
+    # The public page (扫码知卫生) of a water supply reads as over the limit, under GB 5749.
+    link = system.http.get(f"/api/v1/sites/{SITE}/public-link").json()
+    page = system.anon.get(link["url"].removeprefix(system.base_url)).text
+    assert "生活饮用水水质卫生状况" in page and "超标" in page and "GB 5749-2022" in page
     site = system.http.get(f"/api/v1/sites/{SITE}").json()
     assert (site["kind"], site["subtype"], site["profile"]) == (
         "drinking_water",

@@ -170,7 +170,13 @@ def test_monthly_report_pdf_renders_chinese_and_xlsx_holds_numbers(ctx, tmp_path
     book = load_workbook(io.BytesIO(render_xlsx(r)))
     assert book.sheetnames == ["概况", "各指标合规", "告警及处置", "场所"]
     rows = list(book["场所"].iter_rows(min_row=2, values_only=True))
-    assert [row[0] for row in rows] == ["hosp-xh-01", "pool-xh-02", "pool-xh-03", "pool-xh-01"]
+    assert [row[0] for row in rows] == [
+        "hosp-xh-01",
+        "pool-xh-02",
+        "water-xh-01",
+        "pool-xh-03",
+        "pool-xh-01",
+    ]
     alerts = {row[0]: row for row in book["告警及处置"].iter_rows(min_row=2, values_only=True)}
     assert alerts["超标"][1:4] == (1, 1, 10.0)
 
