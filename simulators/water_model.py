@@ -24,9 +24,10 @@ and diluted by the refill water, which carries the network's residual (0.05-0.15
 secondary supply, none for a well or for chlorine dioxide). A residual-controlled doser on the
 tank's circulation loop (PI: Kp 2, Ki 2 per hour, conditional integration) keeps it near its
 setpoint (free chlorine 0.3-0.6 mg/L, chlorine dioxide 0.1-0.2 mg/L) with a capacity of three
-times the clean demand: refills dip it, the doser brings it back. A dosing failure
-(`dosing_pump_failure`) leaves decay and dilution: a small supply falls below the GB 5749 tap
-minimum (0.05 mg/L) within hours, a secondary supply towards the network's residual.
+times the clean demand, and a flow-paced doser in the inlet brings the refill water up to the
+setpoint. A dosing failure (`dosing_pump_failure`) stops both and leaves decay and dilution: a
+small supply falls below the GB 5749 tap minimum (0.05 mg/L) within hours, a secondary supply
+towards the network's residual.
 
 Turbidity: refill water brings the network's 0.1-0.3 NTU; sediment settles out at 0.05 per hour.
 A turbidity event (`filtration_failure`: a failed filter cartridge at a school, a mains repair
@@ -221,8 +222,7 @@ class WaterModel(PoolModel):
     def _equilibrium(self, t_ms: int) -> _Tank:  # type: ignore[override]
         tr: WaterTraits = self.traits  # type: ignore[assignment]
         refill = tr.mean_demand / tr.volume_m3  # the average dilution rate
-        k = self._decay(tr.temperature)
-        dose = (k + refill) * tr.setpoint - refill * tr.network_residual
+        dose = self._decay(tr.temperature) * tr.setpoint  # the refills arrive at the setpoint
         turbidity = tr.network_turbidity * refill / (refill + SETTLING)
         return _Tank(
             t_ms=t_ms,
@@ -247,7 +247,11 @@ class WaterModel(PoolModel):
         return self.traits.temperature + 0.5 * math.sin(2 * math.pi * (hour - 9.0) / 24.0)
 
     def _network_conductivity(self, t_ms: int) -> float:
-        return self.traits.conductivity * (1.0 + 0.04 * self._day(local_day(t_ms)).weather_offset)
+        """The network's blend of sources changes from day to day, smoothly through the day."""
+        day, hour = local_day(t_ms), local_hour(t_ms)
+        today, tomorrow = (self._day(d).weather_offset for d in (day, day + 1))
+        offset = today + (tomorrow - today) * hour / 24.0
+        return self.traits.conductivity * (1.0 + 0.04 * offset)
 
     def _step(self, w: _Tank, t_ms: int, dt: float) -> None:  # type: ignore[override]
         tr: WaterTraits = self.traits  # type: ignore[assignment]
@@ -273,7 +277,9 @@ class WaterModel(PoolModel):
         if _may_integrate(demand, error, capacity):
             w.dose_integral += DOSE_KI * error * dt
         dose = min(max(demand, 0.0), capacity) * pump
-        w.cl += (dose - k * w.cl + dilution * (tr.network_residual - w.cl)) * dt
+        # The refill water is dosed in the inlet, flow-paced, up to the setpoint.
+        inlet = tr.network_residual + pump * max(tr.setpoint - tr.network_residual, 0.0)
+        w.cl += (dose - k * w.cl + dilution * (inlet - w.cl)) * dt
         w.cl = max(w.cl + PROCESS_SIGMA["cl"] * root_dt * self._normal(), 0.0)
 
         w.turbidity += (dilution * (tr.network_turbidity - w.turbidity) + release) * dt
