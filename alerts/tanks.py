@@ -83,22 +83,19 @@ class TankRule:
         if site is None or site.kind not in self.settings.kinds:
             return
         rule_id = f"{RULE_PREFIX}:{tank.tank_id}"
-        interval_ms = int(self.settings.interval_days * DAY_MS)
-        since = tank.serviced_ms
-        due = None if since is None else since + interval_ms
-        if due is not None and now <= due:
+        # Due an interval after both jobs were last done; with one job only on record, an
+        # interval after that one.
+        done = tank.serviced_ms
+        if done is None:
+            done = tank.cleaned_ms if tank.cleaned_ms is not None else tank.disinfected_ms
+        if done is None:
+            return
+        due = done + int(self.settings.interval_days * DAY_MS)
+        if now <= due:
             self._raised.pop((site.id, rule_id), None)
             if engine.is_open(site.id, None, rule_id):
                 engine.clear_alert(site.id, None, rule_id, "tank cleaned and disinfected")
             return
-        if since is None and engine.is_open(site.id, None, rule_id):
-            return  # still only one of the two jobs on record: the alert stands
-        if since is None:
-            # One of the two jobs on record: due an interval after the one that was done.
-            done = tank.cleaned_ms if tank.cleaned_ms is not None else tank.disinfected_ms
-            if done is None or now <= done + interval_ms:
-                return
-            due = done + interval_ms
         late_ms = now - due
         critical = late_ms >= self.settings.critical_after_days * DAY_MS
         key = (site.id, rule_id)

@@ -194,3 +194,68 @@ def test_hostile_tank_records_are_dead_lettered_with_precise_reasons(system, pub
     )
     assert [len(t["records"]) for t in tanks] == [1]
     assert system.http.get("/healthz").json()["status"] == "ok"
+
+
+class Clock:
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+def test_tank_rule_on_a_fixed_clock_counts_from_the_older_job_and_turns_critical(tmp_path):
+    """The production wiring (Core.build) on a fixed clock: a tank only cleaned is due an
+    interval after the cleaning; a month past due the alert is critical; a disinfection alone
+    does not clear it until both jobs are newer than the interval."""
+    from domain.registry import load_registry
+    from ingest.pipeline import RawMessage
+    from landun.demo import demo_registry_path
+    from landun.system import Core
+    from store.base import AlertQuery
+
+    t0 = 1_796_000_000_000
+    clock = Clock(t0)
+    core = Core.build(load_registry(demo_registry_path()), tmp_path / "l.db", clock=clock)
+    topic = f"landun/v1/devices/{TANK_LOG}/events"
+
+    def send(ts: int, event: str) -> None:
+        body = {"ts": ts, "event": event, "tank_id": "T2", "operator": "李"}
+        assert core.pipeline.process([RawMessage(topic, _json(body), clock.ms)])
+
+    def alert() -> dict | None:
+        core.engine.tick(clock.ms)  # what the rule changed on the last tick is saved on this one
+        found = [
+            a
+            for a in core.store.list_alerts(AlertQuery(limit=10))
+            if a.rule_id == "tank:cleaning_overdue:T2"
+        ]
+        return (
+            {"status": str(found[0].status), "severity": str(found[0].severity)} if found else None
+        )
+
+    try:
+        send(t0 - DAY, "tank_cleaned")
+        clock.ms = t0 - DAY + 183 * DAY - MINUTE
+        core.engine.tick(clock.ms)
+        assert alert() is None  # not yet due
+        clock.ms += 2 * MINUTE
+        core.engine.tick(clock.ms)
+        assert alert() == {"status": "open", "severity": "warning"}
+        clock.ms += 31 * DAY
+        core.engine.tick(clock.ms)
+        assert alert() == {"status": "open", "severity": "critical"}
+        send(clock.ms - MINUTE, "tank_disinfected")  # the cleaning is still too old
+        core.engine.tick(clock.ms)
+        assert alert() == {"status": "open", "severity": "critical"}
+        send(clock.ms - MINUTE, "tank_cleaned")
+        core.engine.tick(clock.ms)
+        assert alert() == {"status": "resolved", "severity": "critical"}
+    finally:
+        core.close()
+
+
+def _json(body: dict) -> bytes:
+    import json
+
+    return json.dumps(body, ensure_ascii=False).encode()
