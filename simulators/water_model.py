@@ -29,7 +29,8 @@ setpoint. A dosing failure (`dosing_pump_failure`) stops both and leaves decay a
 small supply falls below the GB 5749 tap minimum (0.05 mg/L) within hours, a secondary supply
 towards the network's residual.
 
-Turbidity: refill water brings the network's 0.1-0.3 NTU; sediment settles out at 0.05 per hour.
+Turbidity: refill water brings the network's 0.1-0.3 NTU; its coarse half settles out at 0.05 per
+hour (fine colloids stay).
 A turbidity event (`filtration_failure`: a failed filter cartridge at a school, a mains repair
 upstream) releases `release_ntu_per_h` into the tank. pH follows the refill water (7.2-7.8).
 Conductivity (200-600 uS/cm, a few per cent from day to day as the network blends its sources)
@@ -223,7 +224,8 @@ class WaterModel(PoolModel):
         tr: WaterTraits = self.traits  # type: ignore[assignment]
         refill = tr.mean_demand / tr.volume_m3  # the average dilution rate
         dose = self._decay(tr.temperature) * tr.setpoint  # the refills arrive at the setpoint
-        turbidity = tr.network_turbidity * refill / (refill + SETTLING)
+        fine = 0.5 * tr.network_turbidity
+        turbidity = fine + (tr.network_turbidity - fine) * refill / (refill + SETTLING)
         return _Tank(
             t_ms=t_ms,
             volume=0.7 * tr.volume_m3,
@@ -283,7 +285,8 @@ class WaterModel(PoolModel):
         w.cl = max(w.cl + PROCESS_SIGMA["cl"] * root_dt * self._normal(), 0.0)
 
         w.turbidity += (dilution * (tr.network_turbidity - w.turbidity) + release) * dt
-        w.turbidity -= SETTLING * w.turbidity * dt
+        # Only the coarse part settles: fine colloids keep half the network's turbidity.
+        w.turbidity -= SETTLING * max(w.turbidity - 0.5 * tr.network_turbidity, 0.0) * dt
         w.turbidity = max(w.turbidity + PROCESS_SIGMA["turbidity"] * root_dt * self._normal(), 0)
         w.ph += dilution * (tr.network_ph - w.ph) * dt
         w.ph += PROCESS_SIGMA["ph"] * root_dt * self._normal()
