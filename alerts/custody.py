@@ -601,7 +601,7 @@ class CustodyRule:
         return self._state
 
     def _medical_sites(self) -> list[str]:
-        return sorted(s.id for s in self.registry.sites.values() if s.kind is SiteKind.MEDICAL)
+        return sorted(s.id for s in self.registry.sites.values() if s.kind == SiteKind.MEDICAL)
 
     def _held(self, now: int, held: list[Bag], engine: AlertEngine) -> list[_Raise | _Clear]:
         s = self.settings

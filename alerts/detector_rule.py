@@ -27,8 +27,9 @@ from alerts.detectors.gaps import GapBank
 from alerts.detectors.registry import Plugin, PluginSettings, SeriesDetector, discovered
 from alerts.detectors.replay import KIND as TAMPERING
 from alerts.detectors.replay import ReplayBank, row_hashes
-from alerts.detectors.settings import DetectorSettings, ShiftSettings
+from alerts.detectors.settings import DetectorSettings, EventSettings, ShiftSettings
 from alerts.detectors.stacked import Stacked
+from domain.kinds import DEFAULT_EVENT_PROFILE, site_kinds
 from domain.model import VALID_FLAG, Alert, AlertFamily, Reading, Severity
 from domain.params import Catalogue
 from domain.registry import Registry
@@ -67,6 +68,30 @@ class _Rows:
     ts: np.ndarray
     values: np.ndarray
     present: np.ndarray
+
+
+class _EventProfile:
+    """An event profile's bank and its parameters' columns among the judged series. The first
+    profile's bank has a row per device row (most devices are its); another keeps its own row
+    for each device row it has seen, so it holds only its profile's devices."""
+
+    def __init__(
+        self, columns: dict[str, int], settings: EventSettings, capacity: int, shared: bool
+    ) -> None:
+        params = settings.parameters
+        self.bank = EventBank(params, settings, capacity)
+        self.columns = np.array([columns.get(p, -1) for p in params], dtype=np.int64)
+        self._rows: dict[int, int] | None = None if shared else {}
+
+    def rows(self, devices: np.ndarray) -> np.ndarray:
+        rows = self._rows
+        if rows is None:
+            return devices
+        ids = devices.tolist()
+        for d in ids:
+            if d not in rows:
+                rows[d] = len(rows)
+        return np.fromiter(map(rows.__getitem__, ids), dtype=np.int64, count=len(ids))
 
 
 class _Devices(Stacked):
@@ -120,7 +145,7 @@ class DetectorRule:
         registry: Registry,
         catalogue: Catalogue,
         settings: DetectorSettings,
-        event_profile: str = "pool",
+        event_profile: str = DEFAULT_EVENT_PROFILE,
     ) -> None:
         self.registry = registry
         self.catalogue = catalogue
@@ -133,9 +158,17 @@ class DetectorRule:
         rows = max(64, len(registry.devices))
         self._devices = _Devices(len(self._series), rows)
         self._banks: list[SeriesBank | None] = [None] * len(self._series)  # per column
-        params = self.event_settings.parameters
-        self._events = EventBank(params, self.event_settings, rows)
-        self._event_columns = np.array([self._columns.get(p, -1) for p in params], dtype=np.int64)
+        # One event bank per event profile: `event_profile` for devices of no known site or of a
+        # kind whose profile the settings lack, then each other profile a site kind names
+        # (domain/data/site_kinds.toml). Only the first is sized for every device at once.
+        named = [k.event_profile for k in site_kinds().values()]
+        names = dict.fromkeys([event_profile, *filter(settings.event_profiles.__contains__, named)])
+        self._event_profiles = [
+            _EventProfile(self._columns, settings.event_profile(name), 64 if i else rows, i == 0)
+            for i, name in enumerate(names)
+        ]
+        self._profile_index = {name: i for i, name in enumerate(names)}
+        self._device_profile = np.zeros(0, dtype=np.int64)  # per device row: its profile
         self._consistency = InconsistencyBank(settings.inconsistency, rows)
         self._replay = ReplayBank(settings.replay, rows)
         self._gaps = GapBank(settings.gaps, rows)
@@ -360,11 +393,17 @@ class DetectorRule:
         event parameter), ORP/chlorine inconsistency (when it has both) and replay (always)."""
         if not len(rows.ts):
             return
-        cols = np.maximum(self._event_columns, 0)
-        present = rows.present[:, cols] & (self._event_columns >= 0)
-        ev_rows = np.flatnonzero(present.any(axis=1))
-        ev_values = np.where(present[ev_rows], rows.values[ev_rows][:, cols], np.nan)
-        events = self._events.update(rows.device[ev_rows], rows.ts[ev_rows], ev_values)
+        judged = []
+        profiles = self._profiles(rows.device)
+        for k, ep in enumerate(self._event_profiles):
+            cols = np.maximum(ep.columns, 0)
+            present = rows.present[:, cols] & (ep.columns >= 0) & (profiles == k)[:, None]
+            ev_rows = np.flatnonzero(present.any(axis=1))
+            if not len(ev_rows) and k:
+                continue
+            ev_values = np.where(present[ev_rows], rows.values[ev_rows][:, cols], np.nan)
+            events = ep.bank.update(ep.rows(rows.device[ev_rows]), rows.ts[ev_rows], ev_values)
+            judged.append((EVENT, ev_rows, events.active, events.result))
         cs = self.settings.inconsistency
         orp, cl = self._columns.get(cs.orp, -1), self._columns.get(cs.chlorine, -1)
         cs_rows = np.zeros(0, dtype=np.int64)
@@ -385,7 +424,7 @@ class DetectorRule:
             engine,
             rows,
             [
-                (EVENT, ev_rows, events.active, events.result),
+                *judged,
                 (INCONSISTENT, cs_rows, consistency.active, consistency.result),
                 (TAMPERING, every, replays.active, replays.result),
             ],
@@ -417,6 +456,19 @@ class DetectorRule:
             for kind, active, result in todo[r]:
                 if active or (device_id, kind, None) in self._raised:
                     self._decide(engine, site_id, device_id, None, ts, None, result())
+
+    def _profiles(self, devices: np.ndarray) -> np.ndarray:
+        """The event profile of each device row, looked up once per device."""
+        known = len(self._device_profile)
+        if known < len(self._devices.ids):
+            new = [self._profile_of(d) for d in self._devices.ids[known:]]
+            self._device_profile = np.concatenate((self._device_profile, new)).astype(np.int64)
+        return self._device_profile[devices]
+
+    def _profile_of(self, device_id: str) -> int:
+        site = self.registry.sites.get(self.registry.devices[device_id].site_id)
+        kind = site_kinds().get(site.kind) if site is not None else None
+        return self._profile_index.get(kind.event_profile, 0) if kind is not None else 0
 
     def _sent(self, engine: AlertEngine, b: _Batch) -> None:
         """Gaps, per device (in the order the batch first names it) over its distinct sensor

@@ -24,6 +24,7 @@ from api import (
     routes_readings,
     routes_reports,
     routes_sites,
+    routes_tanks,
     routes_waste,
 )
 from api.auth import bearer_valid
@@ -66,6 +67,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         *routers,
         routes_compliance,
         routes_waste,
+        routes_tanks,
         routes_deliveries,
         routes_accounts,
         routes_public,

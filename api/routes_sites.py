@@ -96,8 +96,8 @@ def put_site(ctx: Ctx, who: Caller, site_id: str, body: SiteIn) -> SiteOut:
     _check_overrides(ctx.engine.profiles[body.profile], body.overrides)
     try:
         site = site_from_dict(body.model_dump() | {"id": site_id})
-    except ValueError as exc:  # the time zone (the schema cannot list the tz database)
-        raise HTTPException(400, f"timezone: {exc}") from None
+    except ValueError as exc:  # the time zone or subtype (the schema cannot list them)
+        raise HTTPException(400, str(exc)) from None
     ctx.store.save_state(SITES_NS, {site_id: json.dumps(site_to_dict(site), ensure_ascii=False)})
     ctx.registry.add_site(site)
     ctx.engine.forget_limits(site_id)

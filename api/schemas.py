@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from domain.alert_json import alert_to_dict
+from domain.kinds import site_kinds
 from domain.model import Alert, DeadLetter, Device, Reading
 from domain.timeutil import ms_to_iso
 from store.base import Bucket
@@ -20,6 +21,8 @@ def _not_bool(value: object) -> object:
 
 
 Number = Annotated[float, BeforeValidator(_not_bool)]
+# The kinds of the kinds table, as an enum in the OpenAPI schema: a kind added there is listed.
+KindName = Literal[tuple(site_kinds())]  # type: ignore[valid-type]
 
 
 class ReadingOut(BaseModel):
@@ -63,7 +66,8 @@ class SiteIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    kind: Literal["pool", "medical_institution"]
+    kind: KindName = Field(description="a site kind of domain/data/site_kinds.toml")
+    subtype: str = Field("", max_length=64, description="one of the kind's subtypes, or none")
     jurisdiction: str = Field(pattern=r"^[0-9]{6}$", description="6-digit district code")
     address: str = Field("", max_length=500)
     profile: str = "gb37488-2019-pool"
@@ -85,6 +89,7 @@ class SiteOut(BaseModel):
     latitude: float | None
     longitude: float | None
     overrides: dict
+    subtype: str = ""
     current: SiteStatusOut
 
 

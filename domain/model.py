@@ -25,8 +25,12 @@ DATA_FLAGS: dict[str, str] = {
 
 
 class SiteKind(StrEnum):
+    """Kinds the code itself handles (simulators, custody); every kind a site may have is in the
+    kinds table (domain/data/site_kinds.toml, domain.kinds)."""
+
     POOL = "pool"
     MEDICAL = "medical_institution"
+    DRINKING_WATER = "drinking_water"
 
 
 class AlertFamily(StrEnum):
@@ -77,7 +81,7 @@ class DeadLetter:
 class Site:
     id: str
     name: str
-    kind: SiteKind
+    kind: str  # a kind of domain/data/site_kinds.toml
     jurisdiction: str
     address: str = ""
     profile: str = "gb37488-2019-pool"
@@ -86,6 +90,7 @@ class Site:
     longitude: float | None = None
     # per-parameter partial limits replacing the profile's (e.g. {"free_chlorine": {"min": 0.4}})
     limit_overrides: dict[str, dict] = field(default_factory=dict)
+    subtype: str = ""  # one of the kind's subtypes in the kinds table, or none
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from domain.model import Device, Site, SiteKind
+from domain.kinds import check_kind, site_kinds
+from domain.model import Device, Site
 from domain.timeutil import check_timezone
 
 
@@ -42,17 +43,19 @@ class Registry:
 
 
 def site_from_dict(s: dict) -> Site:
+    kind = check_kind(s["kind"], s.get("subtype", ""))
     return Site(
         id=s["id"],
         name=s["name"],
-        kind=SiteKind(s["kind"]),
+        kind=kind,
         jurisdiction=s["jurisdiction"],
         address=s.get("address", ""),
-        profile=s.get("profile", "gb37488-2019-pool"),
+        profile=s.get("profile") or site_kinds()[kind].default_profile,
         timezone=check_timezone(s.get("timezone", "Asia/Shanghai")),
         latitude=s.get("latitude"),
         longitude=s.get("longitude"),
         limit_overrides=s.get("overrides", {}),
+        subtype=s.get("subtype", ""),
     )
 
 
@@ -68,6 +71,7 @@ def site_to_dict(s: Site) -> dict:
         "latitude": s.latitude,
         "longitude": s.longitude,
         "overrides": s.limit_overrides,
+        "subtype": s.subtype,
     }
 
 

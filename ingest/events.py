@@ -86,25 +86,32 @@ def decode_event_record(
     )
 
 
+def event_records(payload: bytes, limits: DecodeLimits) -> tuple[list, bool, str | None]:
+    """The records of an events message (an object, or an array of them), whether it was an
+    array, or why it is refused."""
+    doc, why = parse_json(payload, limits)
+    if why:
+        return [], False, why
+    if isinstance(doc, list):
+        if not doc:
+            return [], True, "empty array"
+        if len(doc) > limits.max_batch:
+            return [], True, f"array of {len(doc)} records over the {limits.max_batch} limit"
+        return doc, True, None
+    if isinstance(doc, dict):
+        return [doc], False, None
+    return [], False, f"payload is a JSON {type(doc).__name__}, not an object or array"
+
+
 def decode_events(
     payload: bytes, device: Device, site_id: str, recv_ms: int, limits: DecodeLimits
 ) -> tuple[list[WasteEvent], list[str]]:
     """Bag events of one message, or every reason it is refused (then no events)."""
     if device.kind != WASTE_SCANNER:
         return [], [f"device {device.id} is a {device.kind}, not a {WASTE_SCANNER}: no events"]
-    doc, why = parse_json(payload, limits)
+    items, many, why = event_records(payload, limits)
     if why:
         return [], [why]
-    if isinstance(doc, list):
-        if not doc:
-            return [], ["empty array"]
-        if len(doc) > limits.max_batch:
-            return [], [f"array of {len(doc)} records over the {limits.max_batch} limit"]
-        items, many = doc, True
-    elif isinstance(doc, dict):
-        items, many = [doc], False
-    else:
-        return [], [f"payload is a JSON {type(doc).__name__}, not an object or array"]
     events: list[WasteEvent] = []
     reasons: list[str] = []
     for i, item in enumerate(items):

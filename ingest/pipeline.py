@@ -16,14 +16,17 @@ from typing import TypeVar
 from domain.model import DeadLetter, Reading
 from domain.params import Catalogue
 from domain.registry import Registry
+from domain.tanks import TANK_LOG, TankEvent
 from domain.timeutil import now_ms
 from domain.waste import WasteEvent
 from ingest.dead_letter_log import DeadLetterLog
 from ingest.decode import DecodeLimits, decode_document, decode_status, decode_telemetry
 from ingest.events import decode_events
 from ingest.metrics import IngestMetrics
+from ingest.tank_events import decode_tank_events
 from store.base import DeviceStatus, Store, StoreUnavailable
 from store.ledger import WasteLedger
+from store.tank_log import TankLog
 
 log = logging.getLogger("landun.ingest")
 
@@ -45,12 +48,12 @@ class Committed:
     """A batch in the store, waiting to be handed on to the alert stage."""
 
     readings: list[Reading]
-    events: list[WasteEvent]  # only those the ledger did not have yet
+    events: list[WasteEvent | TankEvent]  # only those the ledger or tank log did not have yet
     dead: list[DeadLetter]
 
 
 ReadingsHook = Callable[[list[Reading]], None]
-EventsHook = Callable[[list[WasteEvent]], None]
+EventsHook = Callable[[list[WasteEvent | TankEvent]], None]
 T = TypeVar("T")
 
 
@@ -68,6 +71,7 @@ class IngestPipeline:
         ledger: WasteLedger | None = None,
         on_events: EventsHook | None = None,
         on_dead: Callable[[list[DeadLetter]], None] | None = None,
+        tanks: TankLog | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -75,6 +79,7 @@ class IngestPipeline:
         self.limits = limits or DecodeLimits()
         self.on_stored = on_stored
         self.ledger = ledger  # None: `.../events` messages are refused
+        self.tanks = tanks  # None: tank records are refused
         self.on_events = on_events
         self.on_dead = on_dead
         self.metrics = metrics or IngestMetrics()
@@ -129,8 +134,9 @@ class IngestPipeline:
         dead: list[DeadLetter] = []
         statuses: list[DeviceStatus] = []
         events: list[WasteEvent] = []
+        tank_events: list[TankEvent] = []
         for m in msgs:
-            self._decode_one(m, readings, dead, statuses, events)
+            self._decode_one(m, readings, dead, statuses, events, tank_events)
         if not self._commit(readings, dead, statuses):
             return None
         # Recorded after the batch (the ledger has its own transaction) and before the acks; a
@@ -138,13 +144,16 @@ class IngestPipeline:
         fresh = self._retrying(lambda: self.ledger.record(events)) if events else []
         if fresh is None:
             return None
+        fresh_tanks = self._retrying(lambda: self.tanks.record(tank_events)) if tank_events else []
+        if fresh_tanks is None:
+            return None
         self.metrics.received += len(msgs)
         self.metrics.observe_batch(len(msgs))
         if msgs:
             self.metrics.commit_delay_ms_last = now_ms() - min(m.recv_ms for m in msgs)
         if readings:
             self.metrics.lag_ms_last = msgs[-1].recv_ms - readings[-1].ts_ms
-        return Committed(readings, fresh, dead)
+        return Committed(readings, [*fresh, *fresh_tanks], dead)
 
     def _run_hook(self, hook: Callable[[list], None], items: list) -> None:
         """Hand committed readings (or newly recorded events) to the alert stage. Its failure
@@ -163,6 +172,7 @@ class IngestPipeline:
         dead: list[DeadLetter],
         statuses: list[DeviceStatus],
         events: list[WasteEvent],
+        tank_events: list[TankEvent],
     ) -> None:
         match = TOPIC_RE.match(m.topic)
         if match is None:
@@ -196,6 +206,14 @@ class IngestPipeline:
                 statuses.append(
                     DeviceStatus(device_id, m.recv_ms, detail.pop("ts_ms"), detail["state"], detail)
                 )
+        elif kind == "events" and device.kind == TANK_LOG and self.tanks is not None:
+            decoded_tanks, reasons = decode_tank_events(
+                m.payload, device, device.site_id, m.recv_ms, self.limits
+            )
+            if reasons:
+                dead.append(self._dead(m, device_id, "; ".join(reasons)))
+            else:
+                tank_events.extend(decoded_tanks)
         elif kind == "events" and self.ledger is not None:
             decoded_events, reasons = decode_events(
                 m.payload, device, device.site_id, m.recv_ms, self.limits

@@ -1,4 +1,5 @@
-"""The built-in demo for `landun run`: the demo registry's pools, one with a failing dosing pump.
+"""The built-in demo for `landun run`: the demo registry's pools, one with a failing dosing pump,
+its hospital, and its drinking-water supplies, one with a failed chlorine doser.
 
 The demo's past is fixed by an anchor, the time of its first start, kept in the data directory.
 The simulated devices are deterministic from the anchor, so a restart replays the same past
@@ -18,6 +19,7 @@ from simulators.faults import Fault, FaultKind
 from simulators.hospital_model import HospitalModel
 from simulators.pool_model import PoolModel
 from simulators.runner import RunnerSettings, SimDevice
+from simulators.water_model import SECONDARY, WaterModel
 from store.base import Store
 
 HOUR_MS = 3_600_000
@@ -25,6 +27,9 @@ HOUR_MS = 3_600_000
 # so charts have data and the failing pool's alert is already open within the first minute.
 BACKFILL_MS = 6 * HOUR_MS
 FAILING_SITE = "pool-xh-03"
+# The small drinking-water supply whose chlorine doser failed when the pool's pump did: its
+# chlorine has decayed below the GB 5749 tap minimum long before the backfill starts.
+FAILING_WATER_SITE = "water-cn-01"
 # The failing pool's dosing pump broke the day before the anchor. Chlorine falls fast only while
 # bathers are in the water; 26 h always hold a full opening day, so the whole backfill is below
 # the 0.3 mg/L limit whatever the hour the demo first starts (tests/test_demo.py checks every
@@ -67,7 +72,8 @@ def demo_devices(registry: Registry, anchor: int, seed: int = 7) -> list[SimDevi
     fails."""
     start = model_start(anchor)
     devices = [d for d in _pools(registry, start, seed) if registry.devices[d.device_id].mn is None]
-    for i, site in enumerate(s for s in registry.sites.values() if s.kind is SiteKind.MEDICAL):
+    devices += _water(registry, start, seed)
+    for i, site in enumerate(s for s in registry.sites.values() if s.kind == SiteKind.MEDICAL):
         by_kind = {d.kind: d for d in registry.devices_of(site.id)}
         scanner, sensor = by_kind.get(WASTE_SCANNER), by_kind.get(WASTE_STORE_SENSOR)
         if scanner is None or sensor is None:
@@ -90,7 +96,7 @@ def _pools(registry: Registry, start: int, seed: int) -> list[SimDevice]:
     devices = []
     for i, dev in enumerate(sorted(registry.devices.values(), key=lambda d: d.id)):
         site = registry.sites[dev.site_id]
-        if site.kind is not SiteKind.POOL:
+        if site.kind != SiteKind.POOL:
             continue
         faults = []
         if site.id == FAILING_SITE:
@@ -99,6 +105,27 @@ def _pools(registry: Registry, start: int, seed: int) -> list[SimDevice]:
             dev.id,
             seed + i,
             indoor="outdoor" not in site.name.lower(),
+            interval_s=dev.interval_s,
+            faults=faults,
+            start_ms=start,
+        )
+        devices.append(SimDevice(site.id, dev.id, model))
+    return devices
+
+
+def _water(registry: Registry, start: int, seed: int) -> list[SimDevice]:
+    devices = []
+    for i, dev in enumerate(sorted(registry.devices.values(), key=lambda d: d.id)):
+        site = registry.sites[dev.site_id]
+        if site.kind != SiteKind.DRINKING_WATER:
+            continue
+        faults = []
+        if site.id == FAILING_WATER_SITE:
+            faults.append(Fault(FaultKind.DOSING_PUMP_FAILURE, start + WARMUP_MS, NEVER_MS))
+        model = WaterModel(
+            dev.id,
+            seed + i,
+            subtype=site.subtype or SECONDARY,
             interval_s=dev.interval_s,
             faults=faults,
             start_ms=start,

@@ -27,6 +27,7 @@ from alerts.notify_mqtt import MqttAlertPublisher
 from alerts.notify_webhook import WebhookNotifier, WebhookTarget
 from alerts.offline import OfflineRule
 from alerts.standards import builtin_profiles, limits_for_site
+from alerts.tanks import TankRule, TankSettings
 from api.app import create_app
 from api.context import AppContext
 from api.reports.mail import MailSettings, start_report_mailer
@@ -35,7 +36,9 @@ from domain.credentials import hash_secret
 from domain.mqtt_connection import BrokerAddress
 from domain.params import Catalogue, default_catalogue
 from domain.registry import Registry, load_registry
+from domain.tanks import TankEvent
 from domain.timeutil import now_ms
+from domain.waste import WasteEvent
 from ingest.hj212.gateway import Hj212Gateway
 from ingest.hj212.sink import PipelineSink, RegistryLookup
 from ingest.mqtt import MqttSubscriber, SubscriberSettings, default_client_id
@@ -55,6 +58,7 @@ from simulators.runner import SimulatorRunner
 from store.base import Store
 from store.factory import describe, open_ledger, open_store
 from store.ledger import WasteLedger
+from store.tank_log import TankLog
 
 log = logging.getLogger("landun")
 
@@ -166,11 +170,15 @@ class Core:
         ledger = ledger or open_ledger(db_path, database_url)
         custody = CustodyRule(registry, ledger)
         skew = ClockSkewRule(registry, detectors.clock_skew)
+        tank_log = TankLog(store)
+        tanks = TankRule(registry, tank_log, TankSettings.load())
         engine.rules += [offline, DetectorRule(registry, catalogue, detectors), custody, skew]
+        engine.rules.append(tanks)
 
         def on_events(events: list) -> None:
             offline.observe(events)  # a bag scanner's events are its sign of life
-            custody.on_events(events, engine)
+            custody.on_events([e for e in events if isinstance(e, WasteEvent)], engine)
+            tanks.on_events([e for e in events if isinstance(e, TankEvent)], engine)
 
         pipeline = IngestPipeline(
             store,
@@ -180,6 +188,7 @@ class Core:
             ledger=ledger,
             on_events=on_events,
             on_dead=lambda dead: (offline.dead_letters(dead), skew.dead_letters(dead, engine)),
+            tanks=tank_log,
         )
         return cls(
             registry_path, registry, catalogue, db_path, store, engine, pipeline, ledger,

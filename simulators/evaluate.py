@@ -1,5 +1,9 @@
-"""`landun eval-scenarios`: replay simulated pools through the real ingest pipeline and alert
-engine, then score the alerts against the scenario's ground truth.
+"""`landun eval-scenarios`: replay simulated pools (or drinking-water supplies, for scenarios of
+domain drinking_water) through the real ingest pipeline and alert engine, then score the alerts
+against the scenario's ground truth.
+
+Drinking-water scenarios run N supplies (small, secondary and school in turn; profile
+gb5749-2022) on the same clock, delivery and scoring as the pools.
 
 For each scenario: an in-memory registry of N pools (pools 1, 5, 9, ... outdoor, the others
 heated indoor pools; profile gb37488-2019-pool; 60 s interval), a fresh SQLite store in a temporary
@@ -60,6 +64,8 @@ from simulators.ground_truth import ground_truth
 from simulators.pool_model import LOCAL_OFFSET_MS, MS_PER_DAY, MS_PER_H, PoolModel
 from simulators.runner import telemetry_record
 from simulators.scenarios import Scenario, list_scenarios, load_scenario
+from simulators.water_model import PARAMETERS as WATER_MODEL_PARAMETERS
+from simulators.water_model import WaterModel, subtype_of
 from store.base import AlertQuery
 
 INTERVAL_S = 60
@@ -69,6 +75,7 @@ OUTDOOR_EVERY = 4  # pools 1, 5, 9, ... are outdoor: sun and a daily temperature
 JITTER_MS = 2000  # when in the minute a logger samples, as simulators.runner draws it
 DELIVERY_MS = (100, 1500)  # sample to broker to ingest, a fraction of a second
 PROFILE = "gb37488-2019-pool"
+WATER_PROFILE = "gb5749-2022"
 CLOCK_SKEW_REASON = "in the future"
 ALERT_QUERY_LIMIT = 1_000_000
 
@@ -131,23 +138,63 @@ def build_registry(pools: int) -> Registry:
     return registry
 
 
+def build_water_registry(supplies: int) -> Registry:
+    """Drinking-water supplies: small, secondary and school in turn (water_model.subtype_of)."""
+    registry = Registry()
+    for i in range(supplies):
+        site, subtype = f"water-{i:03d}", subtype_of(i)
+        registry.add_site(
+            Site(
+                site,
+                f"Simulated {subtype} {i}",
+                SiteKind.DRINKING_WATER,
+                "sim",
+                profile=WATER_PROFILE,
+                subtype=subtype,
+            )
+        )
+        parameters = WATER_MODEL_PARAMETERS[subtype]
+        registry.add_device(
+            Device(f"{site}-wq", site, "water_analyzer", parameters, interval_s=INTERVAL_S)
+        )
+    return registry
+
+
+def build_models(
+    scenario: Scenario, settings: RunSettings, start_ms: int
+) -> tuple[Registry, list[PoolModel]]:
+    """The scenario's registry and one model per device, in device-id order."""
+    water = scenario.domain == "drinking_water"
+    registry = (build_water_registry if water else build_registry)(settings.pools)
+    devices = sorted(registry.devices.values(), key=lambda d: d.id)
+    models: list[PoolModel] = []
+    for i, d in enumerate(devices):
+        faults = scenario.faults_for(i, start_ms)
+        if water:
+            subtype = registry.sites[d.site_id].subtype
+            models.append(
+                WaterModel(d.id, settings.seed, subtype=subtype, faults=faults, start_ms=start_ms)
+            )
+        else:
+            models.append(
+                PoolModel(
+                    d.id,
+                    settings.seed,
+                    indoor=not is_outdoor(i),
+                    interval_s=INTERVAL_S,
+                    faults=faults,
+                    start_ms=start_ms,
+                )
+            )
+    return registry, models
+
+
 def run_scenario(scenario: Scenario, settings: RunSettings) -> ScenarioRun:
     started = time.perf_counter()
     end_ms = settings.end_ms if settings.end_ms is not None else aligned_end_ms(now_ms())
     start_ms = end_ms - int(settings.days * MS_PER_DAY)
-    registry = build_registry(settings.pools)
+    registry, models = build_models(scenario, settings, start_ms)
     devices = sorted(registry.devices.values(), key=lambda d: d.id)
-    models = [
-        PoolModel(
-            d.id,
-            settings.seed,
-            indoor=not is_outdoor(i),
-            interval_s=INTERVAL_S,
-            faults=scenario.faults_for(i, start_ms),
-            start_ms=start_ms,
-        )
-        for i, d in enumerate(devices)
-    ]
     rng = np.random.default_rng(settings.seed)
     clock = SimClock(start_ms)
     seq = [0] * len(devices)
@@ -412,7 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list_scenarios(),
         help="scenario to run (repeatable; default: all)",
     )
-    p.add_argument("--pools", type=int, default=20, help="simulated pools per scenario")
+    p.add_argument(
+        "--pools", type=int, default=20, help="simulated pools (or water supplies) per scenario"
+    )
     p.add_argument("--days", type=float, default=7.0, help="simulated days per scenario")
     p.add_argument("--seed", type=int, default=1, help="simulation seed")
     p.add_argument("--json-out", type=Path, help="also write the JSON figures to this file")

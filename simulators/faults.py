@@ -46,6 +46,15 @@ POOL_PARAMETERS: tuple[str, ...] = (
     "temperature",
 )
 
+# What drinking-water analyzers report beyond those (simulators/water_model.py).
+WATER_PARAMETERS: tuple[str, ...] = (
+    "chlorine_dioxide",
+    "conductivity",
+    "tds",
+    "pressure",
+    "tank_level",
+)
+
 
 class FaultKind(StrEnum):
     DOSING_PUMP_FAILURE = "dosing_pump_failure"
@@ -118,8 +127,8 @@ def resolve_params(kind: FaultKind, params: Mapping[str, Any]) -> dict[str, Any]
         raise ValueError(f"fault {kind}: unknown parameter(s) {sorted(unknown)}")
     merged = {**defaults, **params}
     parameter = merged.get("parameter")
-    if parameter is not None and parameter not in POOL_PARAMETERS:
-        raise ValueError(f"fault {kind}: unknown pool parameter {parameter!r}")
+    if parameter is not None and parameter not in POOL_PARAMETERS + WATER_PARAMETERS:
+        raise ValueError(f"fault {kind}: unknown parameter {parameter!r}")
     if kind is FaultKind.PH_CONTROLLER_RUNAWAY and merged["direction"] not in ("up", "down"):
         raise ValueError(f"fault {kind}: direction must be 'up' or 'down'")
     fraction_keys = ("remaining_fraction", "loss_fraction")

@@ -3,8 +3,9 @@
 A scenario file holds:
 
     id = "dosing_pump_failure"          # must match the file name
-    domain = "pool"                     # "hospital" scenarios (medical-waste custody) will be
-                                        # added by their own author, with their own loader fields
+    domain = "pool"                     # or "drinking_water" (simulators/water_model.py); the
+                                        # device index then counts small, secondary and school
+                                        # supplies in turn
     description = "..."
     device_index = 0                    # which pool: 0 = the first pool; "all" = every pool
 
@@ -34,11 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulators.faults import POOL_PARAMETERS, Fault, FaultKind, resolve_params
+from simulators.faults import (
+    POOL_PARAMETERS,
+    WATER_PARAMETERS,
+    Fault,
+    FaultKind,
+    resolve_params,
+)
 from simulators.pool_model import LOCAL_OFFSET_MS, MS_PER_DAY
 
 SCENARIO_DIR = Path(__file__).parent / "data" / "scenarios"
-DOMAINS = ("pool",)
+DOMAINS = ("pool", "drinking_water")
 FAMILIES = ("compliance", "integrity")
 INTEGRITY_KINDS = ("stuck", "drift", "offline", "flagged", "tampering", "clock_skew", "gaps")
 MS_PER_MIN = 60_000
@@ -161,7 +168,7 @@ def _parse_expected(doc: Mapping[str, Any]) -> ExpectedAlert:
     family, kind, parameter = doc["family"], doc["kind"], doc.get("parameter")
     if family not in FAMILIES:
         raise ValueError(f"expected alert family {family!r} is not one of {FAMILIES}")
-    if parameter is not None and parameter not in POOL_PARAMETERS:
+    if parameter is not None and parameter not in POOL_PARAMETERS + WATER_PARAMETERS:
         raise ValueError(f"expected alert parameter {parameter!r} is unknown")
     if family == "compliance" and kind != f"range:{parameter}":
         raise ValueError(f"compliance kind must be 'range:<parameter>', not {kind!r}")

@@ -152,3 +152,51 @@ def test_inspector_sees_pool_go_over_limit_acknowledges_and_charts_render(
     finally:
         page.close()
         running.stop()
+
+
+def test_water_site_page_shows_its_parameters_with_gb5749_limits_and_its_tanks(
+    broker, tmp_path: Path, browser
+):
+    running = start_system(demo_config(broker.url, tmp_path / "var", "landun-ingest-water"))
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text))
+    device = Publisher(broker.url, "browser-test-water")
+    try:
+        start = now_ms() - HOUR
+        for i in range(30):
+            values = {"free_chlorine": 0.03, "ph": 7.3, "turbidity": 0.2, "conductivity": 410}
+            values |= {"temperature": 19.0, "pressure": 0.33, "tank_level": 2.0 + 0.01 * i}
+            device.publish("water-xh-01-wq", {"ts": start + i * 60_000, "values": values})
+        record = {"ts": start, "tank_id": "T1", "operator": "王师傅", "contractor": "清源公司"}
+        for event in ("tank_cleaned", "tank_disinfected"):
+            device.publish("water-xh-01-tank", record | {"event": event}, "events")
+        wait_for(
+            lambda: running.http.get("/api/v1/sites/water-xh-01/tanks").json(),
+            what="the tank record",
+        )
+        page.goto(running.base_url + "/")
+        page.fill("#username", "admin")
+        page.fill("#password", ADMIN_PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#sites tbody tr")
+        page.goto(running.base_url + "/#/site/water-xh-01/h24")
+        chlorine = ".chart[data-parameter='free_chlorine']"
+        page.wait_for_selector(f"{chlorine} canvas")
+        assert page.locator(".chart").count() == 7
+        heading = page.locator(f"{chlorine} h3").inner_text()
+        assert "游离性余氯" in heading and "0.05–2 mg/L" in heading
+        assert "≤1 NTU" in page.locator(".chart[data-parameter='turbidity'] h3").inner_text()
+        assert "二次供水" in page.locator("p.muted").first.inner_text()
+        page.wait_for_selector("#tanks tr[data-tank='T1']")
+        assert "清源公司" in page.locator("#tanks").inner_text()
+
+        page.click("#lang")
+        page.wait_for_selector(f"{chlorine} canvas")
+        page.locator(f"{chlorine} h3", has_text="Free chlorine").wait_for()
+        assert "Secondary supply" in page.locator("p.muted").first.inner_text()
+        assert not [m for m in console if "Content Security Policy" in m], console
+    finally:
+        device.close()
+        page.close()
+        running.stop()

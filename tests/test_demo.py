@@ -17,6 +17,7 @@ from domain.registry import load_registry
 from domain.timeutil import now_ms
 from landun.demo import (
     FAILING_SITE,
+    FAILING_WATER_SITE,
     demo_anchor,
     demo_devices,
     demo_loggers,
@@ -25,6 +26,7 @@ from landun.demo import (
 )
 from landun.system import RunConfig
 from simulators.pool_model import PoolModel
+from simulators.water_model import WaterModel
 from tests.conftest import demo_config, start_system, wait_for
 
 SHANGHAI = timedelta(hours=8)
@@ -43,7 +45,7 @@ def backfilled_chlorine(anchor: int) -> dict[str, list[float]]:
     settings = demo_settings(anchor, anchor, None)
     out: dict[str, list[float]] = {}
     for d in devices:
-        if not isinstance(d.model, PoolModel):
+        if type(d.model) is not PoolModel:  # a WaterModel is a PoolModel too
             continue
         values = out.setdefault(d.site_id, [])
         t = settings.start_ms or 0
@@ -62,7 +64,7 @@ def test_failing_pool_is_over_its_limit_and_the_others_within_theirs_at_any_hour
     registry = load_registry(demo_registry_path())
     profiles = builtin_profiles()
     chlorine = backfilled_chlorine(anchor)
-    assert chlorine.keys() == {s.id for s in registry.sites.values() if s.kind is SiteKind.POOL}
+    assert chlorine.keys() == {s.id for s in registry.sites.values() if s.kind == SiteKind.POOL}
     for site_id, values in chlorine.items():
         limit = limits_for_site(registry.sites[site_id], profiles)["free_chlorine"]
         assert len(values) >= 359
@@ -71,6 +73,46 @@ def test_failing_pool_is_over_its_limit_and_the_others_within_theirs_at_any_hour
             assert max(values) < limit.min, site_id
         else:
             assert limit.min <= min(values) and max(values) <= limit.max, site_id
+
+
+def backfilled_water(anchor: int) -> dict[tuple[str, str], list[float]]:
+    """(site, parameter) -> the values each demo water supply publishes in the backfill of a
+    first start at `anchor`, for the parameters its profile limits."""
+    registry = load_registry(demo_registry_path())
+    profiles = builtin_profiles()
+    settings = demo_settings(anchor, anchor, None)
+    out: dict[tuple[str, str], list[float]] = {}
+    for d in demo_devices(registry, anchor):
+        if not isinstance(d.model, WaterModel):
+            continue
+        limits = limits_for_site(registry.sites[d.site_id], profiles)
+        t = settings.start_ms or 0
+        while t < anchor:
+            sample = d.model.sample(t)
+            if sample is not None and t >= (settings.publish_from_ms or 0):
+                for parameter, value in sample.values.items():
+                    if parameter in limits:
+                        out.setdefault((d.site_id, parameter), []).append(value)
+            t += settings.interval_s * 1000
+    return out
+
+
+@pytest.mark.parametrize(
+    "anchor", ANCHORS, ids=lambda a: datetime.fromtimestamp(a / 1000, UTC).isoformat()
+)
+def test_failing_water_supply_is_below_the_tap_minimum_and_the_other_within_gb5749(anchor: int):
+    registry = load_registry(demo_registry_path())
+    profiles = builtin_profiles()
+    values = backfilled_water(anchor)
+    water = {s.id for s in registry.sites.values() if s.kind == SiteKind.DRINKING_WATER}
+    assert {site for site, _ in values} == water and FAILING_WATER_SITE in water
+    for (site_id, parameter), series in values.items():
+        limit = limits_for_site(registry.sites[site_id], profiles)[parameter]
+        assert len(series) >= 359
+        if (site_id, parameter) == (FAILING_WATER_SITE, "free_chlorine"):
+            assert max(series) < limit.min, site_id  # the alert opens on the first batch
+        else:
+            assert not any(limit.violated(v) for v in series), (site_id, parameter)
 
 
 def test_demo_anchor_is_kept_and_renewed_when_too_old(tmp_path: Path):
@@ -118,6 +160,18 @@ def test_demo_opens_the_failing_pools_alert_at_once_and_a_restart_continues_its_
             what="the failing pool's alert",
         )[0]
         assert alert["severity"] == "critical"
+        water = wait_for(
+            lambda: [
+                a
+                for a in running.http.get(
+                    "/api/v1/alerts", params={"site": FAILING_WATER_SITE}
+                ).json()
+                if a["rule_id"] == "range:free_chlorine" and a["status"] == "open"
+            ],
+            timeout=60,
+            what="the failing water supply's alert",
+        )[0]
+        assert water["limit"]["min"] == 0.05 and water["limit"]["standard"] == "GB 5749-2022"
         first = wait_for(
             lambda: len(r := _readings(running, "pool-xh-01-wq")) >= 360 and r,
             what="the six-hour backfill",

@@ -666,7 +666,8 @@ def test_rule_raises_and_clears_as_the_per_device_rule(seed: int) -> None:
         devices={
             f"dev-{d}": SimpleNamespace(site_id=f"site-{d}", interval_s=iv)
             for d, iv in enumerate(intervals)
-        }
+        },
+        sites={},
     )
     batches = delivered(rng, [pool_messages(rng, d) for d in range(len(intervals))])
     ref_engine, new_engine = RecordingEngine(), RecordingEngine()
@@ -685,7 +686,9 @@ def test_rule_raises_and_clears_as_the_per_device_rule(seed: int) -> None:
 def test_rule_clears_alerts_it_adopted_after_a_restart() -> None:
     rng = np.random.default_rng(11)
     settings = small_settings()
-    registry = SimpleNamespace(devices={"dev-0": SimpleNamespace(site_id="site-0", interval_s=60)})
+    registry = SimpleNamespace(
+        devices={"dev-0": SimpleNamespace(site_id="site-0", interval_s=60)}, sites={}
+    )
     open_alerts = [
         SimpleNamespace(device_id="dev-0", rule_id=f"integrity:{kind}")
         for kind in ("tampering", "gaps", "inconsistent")

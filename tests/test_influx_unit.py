@@ -342,6 +342,10 @@ def stand_in() -> Iterator[Callable[[Callable[[str], tuple[int, str, bytes]]], S
         s.server_close()
 
 
+# Every parameter family of the catalogue: what a query naming no parameter reads.
+ALL_FAMILIES = sorted({p.family for p in default_catalogue().parameters.values()})
+
+
 def _store(url: str, tmp_path: Path) -> InfluxStore:
     return InfluxStore(url, "tok", "landun", "readings", SqliteStore(tmp_path / "rel.db"),
                        _registry(), timeout_s=3)  # fmt: skip
@@ -444,7 +448,8 @@ def test_query_readings_parses_pivoted_rows(stand_in, tmp_path: Path) -> None:
     ]
     [(_, path, body)] = server.requests
     assert path.startswith("/api/v2/query?")
-    assert flux_readings("readings", q, ["pool_water", "waste_store"]).encode() in body.replace(
+    # A query without parameters reads every family's measurement.
+    assert flux_readings("readings", q, ALL_FAMILIES).encode() in body.replace(
         b"\\n", b"\n"
     ).replace(b'\\"', b'"')
     store.close()
@@ -504,7 +509,7 @@ def test_latest_readings_parses_pivoted_rows(stand_in, tmp_path: Path) -> None:
     store = _store(server.url, tmp_path)
     assert [r.flag for r in store.latest_readings("dev-1")] == ["N", "C"]
     [(_, _, body)] = server.requests
-    assert _sent_flux(body) == flux_latest("readings", ["pool_water", "waste_store"], "dev-1")
+    assert _sent_flux(body) == flux_latest("readings", ALL_FAMILIES, "dev-1")
     store.close()
 
 

@@ -219,6 +219,11 @@ def test_scenarios_cover_the_required_set() -> None:
         "replayed_perfect_data",
         "intermittent_connectivity",
         "clock_skew",
+        "water_clean",
+        "water_dosing_failure",
+        "water_turbidity_event",
+        "water_sensor_stuck",
+        "water_analyzer_off",
     }
 
 

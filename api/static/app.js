@@ -298,20 +298,21 @@ async function sitePage(siteId, period) {
   view().innerHTML = `
     <p><a href="#/">← ${esc(t("back"))}</a></p>
     <h1>${esc(site.name)} <span class="badge ${esc(site.current.status)}">${esc(t(site.current.status))}</span></h1>
-    <p class="muted">${esc(site.id)} · ${esc(site.address)} · ${esc(t("jurisdiction"))} ${esc(site.jurisdiction)} · ${esc(site.profile)}</p>
+    <p class="muted">${esc(site.id)} · ${esc(t(site.kind))}${site.subtype ? ` · ${esc(t(site.subtype))}` : ""} · ${esc(site.address)} · ${esc(t("jurisdiction"))} ${esc(site.jurisdiction)} · ${esc(site.profile)}</p>
     <div class="filters">${Object.keys(PERIODS).map((p) => `
       <a class="btn ${p === period ? "" : "secondary"}" href="#/site/${esc(siteId)}/${p}" role="button">${esc(t(p))}</a>`).join("")}
     </div>
     <p class="muted">${esc(t("limitBand"))} · ${esc(t("episodes"))} · ${esc(t("gaps"))} · ${esc(t("tz"))}</p>
     ${state.me.role === "admin" ? `<p><button id="public-qr" class="btn secondary" type="button">${esc(t("publicQr"))}</button></p><div id="public-link"></div>` : ""}
     <div class="charts" id="charts"></div>
-    <div id="waste"></div>
+    <div id="kind-panel"></div>
     <h2>${esc(t("alerts"))}</h2>
     ${alertTable(alerts, { [site.id]: site.name })}`;
   bindAlertActions();
   const qr = document.getElementById("public-qr");
   if (qr) qr.addEventListener("click", () => publicLink(siteId));
-  if (site.kind === "medical_institution") await wastePanel(siteId);
+  const panel = KIND_PANELS[site.kind];
+  if (panel) await panel(siteId);
   const charts = document.getElementById("charts");
   for (const device of devices) {
     if (!device.parameters.length) continue;
@@ -347,7 +348,7 @@ async function wastePanel(siteId) {
     api(`/api/v1/sites/${encodeURIComponent(siteId)}/waste/bags?limit=100`),
   ]);
   const kg = (v) => (v === null || v === undefined ? "—" : `${fmtValue(v)} kg`);
-  document.getElementById("waste").innerHTML = `
+  document.getElementById("kind-panel").innerHTML = `
     <h2>${esc(t("wasteDaily"))}</h2>
     <table id="waste-daily"><thead><tr><th>${esc(t("day"))}</th><th>${esc(t("bags"))}</th>
       <th>${esc(t("weight"))}</th><th class="hide-sm">${esc(t("byCategory"))}</th></tr></thead>
@@ -362,6 +363,27 @@ async function wastePanel(siteId) {
       <td>${fmtTime(b.collected)}<br>${kg(b.collected_kg)}</td><td>${fmtTime(b.handed_over)}<br>${kg(b.handed_kg)}</td>
       <td class="${b.weight_loss_kg > 0.2 ? "open" : ""}">${kg(b.weight_loss_kg)}</td></tr>`).join("")}</tbody></table>`;
 }
+
+// A drinking-water site's tanks: newest cleaning and disinfection, when next due, the records.
+async function tankPanel(siteId) {
+  const tanks = await api(`/api/v1/sites/${encodeURIComponent(siteId)}/tanks`);
+  const now = Date.now();
+  document.getElementById("kind-panel").innerHTML = `
+    <h2>${esc(t("tanks"))}</h2>
+    <table id="tanks"><thead><tr><th>${esc(t("tank"))}</th><th>${esc(t("cleaned"))}</th>
+      <th>${esc(t("disinfected"))}</th><th>${esc(t("due"))}</th>
+      <th class="hide-sm">${esc(t("operator"))}</th></tr></thead>
+    <tbody>${tanks.map((k) => {
+      const last = k.records[k.records.length - 1];
+      const late = k.due === null || Date.parse(k.due) < now;
+      return `<tr data-tank="${esc(k.tank_id)}"><td>${esc(k.tank_id)}</td><td>${fmtTime(k.cleaned)}</td>
+        <td>${fmtTime(k.disinfected)}</td><td class="${late ? "open" : ""}">${fmtTime(k.due)}${late ? ` (${esc(t("overdue"))})` : ""}</td>
+        <td class="hide-sm">${last ? `${esc(last.operator)}${last.contractor ? ` · ${esc(last.contractor)}` : ""}` : "—"}</td></tr>`;
+    }).join("")}</tbody></table>`;
+}
+
+// The panel each kind of site adds under its charts (a kind without one shows charts only).
+const KIND_PANELS = { medical_institution: wastePanel, drinking_water: tankPanel };
 
 function drawChart(box, buckets, limit, episodes, start, end, step) {
   // A regular time axis with null where no data arrived, so gaps show as breaks.
