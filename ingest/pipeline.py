@@ -16,6 +16,7 @@ from typing import TypeVar
 from domain.model import DeadLetter, Reading
 from domain.params import Catalogue
 from domain.registry import Registry
+from domain.tableware import LineEvent
 from domain.timeutil import now_ms
 from domain.waste import WasteEvent
 from ingest.dead_letter_log import DeadLetterLog
@@ -24,6 +25,7 @@ from ingest.events import decode_events
 from ingest.metrics import IngestMetrics
 from store.base import DeviceStatus, Store, StoreUnavailable
 from store.ledger import WasteLedger
+from store.lines import EventLedgers
 
 log = logging.getLogger("landun.ingest")
 
@@ -45,12 +47,12 @@ class Committed:
     """A batch in the store, waiting to be handed on to the alert stage."""
 
     readings: list[Reading]
-    events: list[WasteEvent]  # only those the ledger did not have yet
+    events: list[WasteEvent | LineEvent]  # only those the ledgers did not have yet
     dead: list[DeadLetter]
 
 
 ReadingsHook = Callable[[list[Reading]], None]
-EventsHook = Callable[[list[WasteEvent]], None]
+EventsHook = Callable[[list[WasteEvent | LineEvent]], None]
 T = TypeVar("T")
 
 
@@ -65,7 +67,7 @@ class IngestPipeline:
         metrics: IngestMetrics | None = None,
         retry_initial_s: float = 0.05,
         retry_max_s: float = 5.0,
-        ledger: WasteLedger | None = None,
+        ledger: WasteLedger | EventLedgers | None = None,
         on_events: EventsHook | None = None,
         on_dead: Callable[[list[DeadLetter]], None] | None = None,
     ) -> None:
@@ -128,7 +130,7 @@ class IngestPipeline:
         readings: list[Reading] = []
         dead: list[DeadLetter] = []
         statuses: list[DeviceStatus] = []
-        events: list[WasteEvent] = []
+        events: list[WasteEvent | LineEvent] = []
         for m in msgs:
             self._decode_one(m, readings, dead, statuses, events)
         if not self._commit(readings, dead, statuses):
@@ -162,7 +164,7 @@ class IngestPipeline:
         readings: list[Reading],
         dead: list[DeadLetter],
         statuses: list[DeviceStatus],
-        events: list[WasteEvent],
+        events: list[WasteEvent | LineEvent],
     ) -> None:
         match = TOPIC_RE.match(m.topic)
         if match is None:

@@ -18,6 +18,7 @@ import uvicorn
 
 from alerts.clock_skew import ClockSkewRule
 from alerts.custody import CustodyRule
+from alerts.cycles import CycleRule
 from alerts.detector_rule import DetectorRule
 from alerts.detectors.settings import load_detector_settings
 from alerts.engine import AlertEngine
@@ -33,6 +34,7 @@ from domain.credentials import hash_secret
 from domain.mqtt_connection import BrokerAddress
 from domain.params import Catalogue, default_catalogue
 from domain.registry import Registry, load_registry
+from domain.tableware import LineEvent
 from domain.timeutil import now_ms
 from ingest.hj212.gateway import Hj212Gateway
 from ingest.hj212.sink import PipelineSink, RegistryLookup
@@ -51,8 +53,9 @@ from simulators.hj212_logger import Hj212LoggerRunner
 from simulators.runner import SimulatorRunner
 from store.base import Store
 from store.dead_letter_retention import DeadLetterRetention
-from store.factory import describe, open_ledger, open_store
+from store.factory import describe, open_ledger, open_line_ledger, open_store
 from store.ledger import WasteLedger
+from store.lines import EventLedgers, LineLedger
 
 log = logging.getLogger("landun")
 
@@ -107,6 +110,7 @@ class Core:
     pipeline: IngestPipeline
     ledger: WasteLedger
     database_url: str | None = None
+    lines: LineLedger | None = None  # disinfection lines' cycles and batches
 
     @classmethod
     def open(cls, cfg: RunConfig) -> Core:
@@ -158,27 +162,35 @@ class Core:
         ledger = open_ledger(db_path, database_url)
         custody = CustodyRule(registry, ledger)
         skew = ClockSkewRule(registry, detectors.clock_skew)
+        lines = open_line_ledger(db_path, database_url)
+        cycles = CycleRule(registry, lines)
         engine.rules += [offline, DetectorRule(registry, catalogue, detectors), custody, skew]
+        engine.rules.append(cycles)
 
         def on_events(events: list) -> None:
             offline.observe(events)  # a bag scanner's events are its sign of life
-            custody.on_events(events, engine)
+            line_events = [e for e in events if isinstance(e, LineEvent)]
+            custody.on_events([e for e in events if not isinstance(e, LineEvent)], engine)
+            if line_events:
+                cycles.on_events(line_events, engine)
 
         pipeline = IngestPipeline(
             store,
             registry,
             catalogue,
             on_stored=engine.on_readings,
-            ledger=ledger,
+            ledger=EventLedgers(ledger, lines),
             on_events=on_events,
             on_dead=lambda dead: skew.dead_letters(dead, engine),
         )
         return cls(
             registry_path, registry, catalogue, db_path, store, engine, pipeline, ledger,
-            database_url,
+            database_url, lines,
         )  # fmt: skip
 
     def close(self) -> None:
+        if self.lines is not None:
+            self.lines.close()
         self.ledger.close()
         self.store.close()
 
@@ -317,6 +329,7 @@ class System:
                 metrics=core.pipeline.metrics,
                 broker_connected=lambda: subscriber.connected,
                 ledger=core.ledger,
+                lines=core.lines,
                 hj212=gateway,
                 public_url=cfg.public_url or os.environ.get("LANDUN_PUBLIC_URL"),
             )

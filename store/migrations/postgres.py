@@ -212,9 +212,28 @@ CREATE TABLE dead_letter_tallies (
 );
 """
 
+DISINFECTION_LINES = """
+CREATE TABLE line_events (
+    device_id text NOT NULL,
+    site_id text NOT NULL,
+    line_id text NOT NULL,
+    event text NOT NULL,              -- cycle_start, cycle_end, batch_packed
+    ref_id text NOT NULL,             -- the cycle id or the batch id
+    ts_ms bigint NOT NULL,            -- controller time, UTC epoch ms
+    recv_ms bigint NOT NULL,
+    method text,
+    sets integer,
+    production_date text,
+    UNIQUE (device_id, event, ref_id, ts_ms)
+);
+CREATE INDEX line_events_by_time ON line_events (device_id, ts_ms);
+CREATE INDEX line_events_by_ref ON line_events (device_id, ref_id);
+"""
+
 MIGRATIONS = (
     Migration(1, "readings, alerts, accounts and engine state", INITIAL),
     Migration(2, "the medical-waste ledger", WASTE_LEDGER),
     Migration(3, "retention: hourly aggregates, kept evidence", RETENTION),
     Migration(4, "disabled users, dead-letter tallies", ACCOUNTS_AND_DEAD_LETTERS),
+    Migration(5, "disinfection-line cycle and batch events", DISINFECTION_LINES),
 )
