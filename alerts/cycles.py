@@ -101,6 +101,7 @@ class CycleSettings:
     min_coverage: float
     lookback_min: float
     silent_after_s: float
+    clear_after_compliant: int
     sources: dict[str, Source]
 
     def limit(self, name: str, **values: object) -> dict:
@@ -135,7 +136,7 @@ def parse_cycle_settings(doc: dict) -> CycleSettings:
     missing = set(Method) - set(methods)
     if missing:
         raise ValueError(f"methods: no limits for {sorted(missing)}")
-    sp, b, si = doc["sampling"], doc["batch"], doc["silent"]
+    sp, b, si, cl = doc["sampling"], doc["batch"], doc["silent"], doc["clear"]
     if not 0 < sp["min_coverage"] <= 1:
         raise ValueError("sampling.min_coverage must be in (0, 1]")
     return CycleSettings(
@@ -144,7 +145,8 @@ def parse_cycle_settings(doc: dict) -> CycleSettings:
         min_coverage=float(sp["min_coverage"]),
         lookback_min=float(b["lookback_minutes"]),
         silent_after_s=float(si["silent_after_s"]),
-        sources={k: _source(doc[k]) for k in ("sampling", "batch", "silent")},
+        clear_after_compliant=int(cl["compliant_cycles"]),
+        sources={k: _source(doc[k]) for k in ("sampling", "batch", "silent", "clear")},
     )
 
 
@@ -350,6 +352,7 @@ class CycleRule:
         self._lock = threading.Lock()
         self._last_sensor: dict[str, int] = {}
         self._verdicts: dict[tuple[str, str], bool] = {}
+        self._streak: dict[str, int] = {}  # compliant cycles in a row, per line
 
     def _spec(self, device_id: str) -> LineSpec | None:
         dev = self.registry.devices.get(device_id)
@@ -376,9 +379,10 @@ class CycleRule:
                             self._last_sensor[device_id] = r.ts_ms
                             clears.append((r.site_id, device_id))
                     elif r.parameter == CONVEYOR and r.value > 0 and r.flag == VALID_FLAG:
-                        last = self._last_sensor.setdefault(
-                            device_id, self._latest(engine, device_id, param) or r.ts_ms
-                        )
+                        if device_id not in self._last_sensor:
+                            known = self._latest(engine, device_id, param)
+                            self._last_sensor[device_id] = known or r.ts_ms
+                        last = self._last_sensor[device_id]
                         if r.ts_ms - last > silent_ms:
                             raises.append(self._silent_alert(r, spec, param, last))
         for site_id, device_id in clears:
@@ -450,7 +454,14 @@ class CycleRule:
 
     def _judge_and_report(self, cycle: Cycle, spec: LineSpec, engine: AlertEngine) -> None:
         v = self._verdict(cycle, spec, engine)
+        with self._lock:
+            streak = self._streak[cycle.device_id] = (
+                self._streak.get(cycle.device_id, 0) + 1 if v.compliant else 0
+            )
         if v.compliant:
+            if streak >= self.settings.clear_after_compliant:
+                why = "cycles compliant again"
+                engine.clear_alert(cycle.site_id, cycle.device_id, RULE_CYCLE, why)
             return
         assert cycle.end_ms is not None
         rule = RULE_SILENT if v.silent else RULE_CYCLE

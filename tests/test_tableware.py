@@ -14,16 +14,18 @@ import pytest
 from alerts import cycles
 from alerts.cycles import batch_cover, default_cycle_settings, judge_cycle
 from domain.model import Alert, Device, Reading, Site, SiteKind
-from domain.registry import Registry
-from domain.tableware import Cycle, LineEvent, LineEventKind, Method, derive_cycles
+from domain.registry import Registry, load_registry
+from domain.tableware import Cycle, LineEvent, LineEventKind, Method, derive_cycles, line_spec
 from domain.timeutil import ms_to_iso, now_ms
 from ingest.decode import DecodeLimits
 from ingest.events import decode_events
 from ingest.mqtt import BrokerAddress, MqttSubscriber, SubscriberSettings
+from landun.demo import FAILING_LINE, demo_lines, demo_registry_path, demo_settings
 from landun.system import Core
 from store.base import AlertQuery
 from tests.conftest import Publisher, wait_for
 from tests.postgres import fresh_database
+from tests.test_demo import ANCHORS
 
 SEC = 1000
 MIN = 60 * SEC
@@ -311,3 +313,41 @@ def test_end_to_end_cycles_batches_and_hostile_events(line: Core, broker) -> Non
     )
     # Redelivered events are recorded once and raise nothing new.
     assert len(line.lines.events(LINE_DEV, t, now)) == 10
+
+
+# -- the demo: the failing steam cabinet's cycle alert at any hour ------------------------------
+
+
+@pytest.mark.parametrize("anchor", ANCHORS[::3], ids=lambda a: ms_to_iso(a))
+def test_the_demo_backfill_holds_failed_cycles_on_line1_only_at_any_hour(anchor: int) -> None:
+    registry = load_registry(demo_registry_path())
+    settings = demo_settings(anchor, anchor, None)
+    lines = {d.device_id: d.model for d in demo_lines(registry, settings.publish_from_ms)}
+    assert set(lines) == {FAILING_LINE, "tw-xh-01-line2"}
+    verdicts: dict[str, list[bool]] = {}
+    for device_id, model in lines.items():
+        spec = line_spec(registry.devices[device_id])
+        limit = default_cycle_settings().methods[spec.method]
+        readings, events = [], []
+        t = settings.start_ms
+        while t < anchor:
+            sample = model.sample(t)
+            published = t >= settings.publish_from_ms
+            if published and limit.parameter in sample.values:
+                value = sample.values[limit.parameter]
+                readings.append(Reading(device_id, "tw-xh-01", limit.parameter, t, value))
+            events += [e for e in model.events_until(t) if published]
+            t += settings.interval_s * 1000
+        decoded, reasons = decode_events(
+            json.dumps(events).encode(), registry.devices[device_id], "tw-xh-01", anchor, LIMITS
+        )
+        assert reasons == []
+        s = default_cycle_settings()
+        verdicts[device_id] = [
+            judge_cycle(c, readings, limit, s.max_gap_s, s.min_coverage).compliant
+            for c in derive_cycles(decoded)
+            if c.start_ms is not None and c.end_ms is not None
+        ]
+    # Six hours of cycles every 30 min: the alert opens on the first batch the demo sends.
+    assert len(verdicts[FAILING_LINE]) >= 10 and not any(verdicts[FAILING_LINE])
+    assert len(verdicts["tw-xh-01-line2"]) >= 10 and all(verdicts["tw-xh-01-line2"])
