@@ -351,3 +351,55 @@ def test_the_demo_backfill_holds_failed_cycles_on_line1_only_at_any_hour(anchor:
     # Six hours of cycles every 30 min: the alert opens on the first batch the demo sends.
     assert len(verdicts[FAILING_LINE]) >= 10 and not any(verdicts[FAILING_LINE])
     assert len(verdicts["tw-xh-01-line2"]) >= 10 and all(verdicts["tw-xh-01-line2"])
+
+
+# -- the API over a running system ---------------------------------------------------------------
+
+
+def test_the_running_system_serves_a_lines_cycles_and_batches(system, publisher) -> None:
+    """The demo unit's line L2 through `landun run`'s wiring: MQTT telemetry and events, the
+    line ledger, the cycle rule and the lines routes, with bounded and checked queries."""
+    device = "tw-xh-01-line2"  # infrared: 120 °C for 10 min
+    t = now_ms() - 2 * HOUR
+    line2 = {"line_id": "L2", "method": "infrared"}
+    publisher.publish(device, telemetry(t, [80, 118, *[123.0] * 13]))
+    publisher.publish(
+        device,
+        [
+            start("I1", t) | line2,
+            end("I1", t + 14 * MIN, line_id="L2"),
+            batch("IB1", t + 20 * MIN, sets=280, line_id="L2"),
+        ],
+        "events",
+    )
+    url = "/api/v1/sites/tw-xh-01/lines"
+    lines = system.http.get(url).json()
+    assert [(x["line_id"], x["method"], x["limit_min"], x["unit"]) for x in lines] == [
+        ("L1", "steam", 100.0, "°C"),
+        ("L2", "infrared", 120.0, "°C"),
+    ]
+    window = {"start": ms_to_iso(t - HOUR), "end": ms_to_iso(t + HOUR)}
+    got = wait_for(
+        lambda: (r := system.http.get(f"{url}/L2/cycles", params=window).json())["batches"] and r,
+        what="the line's cycle and batch",
+    )
+    (c,) = got["cycles"]
+    assert c["cycle_id"] == "I1" and c["compliant"] is True and c["held_s"] == 12 * 60
+    assert c["curve"][0] == [t, 80.0] and len(c["curve"]) == 15
+    assert got["batches"] == [
+        {
+            "batch_id": "IB1",
+            "packed": ms_to_iso(t + 20 * MIN),
+            "sets": 280,
+            "production_date": ms_to_iso(t + 20 * MIN)[:10],
+            "received": got["batches"][0]["received"],
+        }
+    ]
+    too_long = {"start": ms_to_iso(t - 72 * HOUR), "end": ms_to_iso(t)}
+    assert system.http.get(f"{url}/L2/cycles", params=too_long).status_code == 400
+    assert system.http.get(f"{url}/L9/cycles").status_code == 404
+    assert system.http.get(f"{url}/{'L' * 65}/cycles").status_code == 422
+    naive = {"start": "2026-12-01T00:00:00"}
+    assert system.http.get(f"{url}/L2/cycles", params=naive).status_code == 400
+    assert system.anon.get(f"{url}/L2/cycles").status_code == 401
+    assert system.http.get("/api/v1/sites/nope/lines").status_code == 404
