@@ -403,3 +403,15 @@ def test_the_running_system_serves_a_lines_cycles_and_batches(system, publisher)
     assert system.http.get(f"{url}/L2/cycles", params=naive).status_code == 400
     assert system.anon.get(f"{url}/L2/cycles").status_code == 401
     assert system.http.get("/api/v1/sites/nope/lines").status_code == 404
+    # A line controller is registered with its line data, or refused with the reason.
+    body = {"site": "tw-xh-01", "kind": "disinfection_line", "parameters": ["conveyor_speed"]}
+    refused = system.http.put("/api/v1/devices/tw-xh-01-line3", json=body)
+    assert refused.status_code == 409 and "needs attributes line_id, method" in refused.text
+    attrs = {"line_id": "L3", "method": "chemical", "capacity_sets": 200}
+    made = system.http.put("/api/v1/devices/tw-xh-01-line3", json=body | {"attributes": attrs})
+    assert made.status_code == 200 and made.json()["attributes"] == attrs
+    lines = system.http.get(url).json()
+    assert lines[-1]["parameter"] == "available_chlorine" and lines[-1]["limit_min"] == 250.0
+    too_many = {f"k{i}": i for i in range(17)}
+    bad = system.http.put("/api/v1/devices/tw-xh-01-line3", json=body | {"attributes": too_many})
+    assert bad.status_code == 422
