@@ -58,6 +58,8 @@ MINUTE_MS = 60_000
 MAX_EVIDENCE_ITEMS = 20
 MAX_CURVE_POINTS = 240
 MAX_CYCLE_READINGS = 5_000
+# Verdicts kept in memory: a day of cycles of ~2,000 lines; older ones are read again if needed.
+MAX_VERDICTS = 100_000
 
 
 # -- settings -----------------------------------------------------------------------------------
@@ -450,6 +452,9 @@ class CycleRule:
         v = judge_cycle(cycle, readings, limit, self.settings.max_gap_s, self.settings.min_coverage)
         with self._lock:
             self._verdicts[(cycle.device_id, cycle.cycle_id)] = v.compliant
+            if len(self._verdicts) > MAX_VERDICTS:
+                # The oldest first: a verdict no longer held is judged again from the store.
+                del self._verdicts[next(iter(self._verdicts))]
         return v
 
     def _judge_and_report(self, cycle: Cycle, spec: LineSpec, engine: AlertEngine) -> None:

@@ -415,3 +415,20 @@ def test_the_running_system_serves_a_lines_cycles_and_batches(system, publisher)
     too_many = {f"k{i}": i for i in range(17)}
     bad = system.http.put("/api/v1/devices/tw-xh-01-line3", json=body | {"attributes": too_many})
     assert bad.status_code == 422
+    # The failing steam cabinet's cycle alert carries its evidence record, JSON and printable.
+    t1 = now_ms() - HOUR
+    sag = [70, 99, 100.5, 100.5, 100.2, 99.1, 97.8, 97.5, 98.4, 99.6, 100.3, 100.6, 100.4]
+    publisher.publish("tw-xh-01-line1", telemetry(t1, sag))
+    publisher.publish("tw-xh-01-line1", [start("S1", t1), end("S1", t1 + 12 * MIN)], "events")
+    (alert,) = wait_for(
+        lambda: system.http.get(
+            "/api/v1/alerts", params={"site": "tw-xh-01", "rule": cycles.RULE_CYCLE}
+        ).json(),
+        what="the cycle alert",
+    )
+    record = system.http.get(f"/api/v1/alerts/{alert['id']}/evidence").json()
+    assert record["alert"]["evidence"]["cycles"]["S1"]["lowest"] == 97.5
+    assert record["rule"]["name_zh"] == "消毒周期温度或时间不达标"
+    assert len(record["readings"]) >= 13  # the cycle's raw readings, with an hour around it
+    page = system.http.get(f"/api/v1/alerts/{alert['id']}/evidence", params={"format": "html"})
+    assert page.status_code == 200 and "消毒周期温度或时间不达标" in page.text
