@@ -13,8 +13,9 @@ against the limit and the batch ids behind it.
 - on telemetry (`observe`): the conveyor running while the disinfection sensor has been silent.
 
 Cycles are judged on the readings the store holds when the cycle's end arrives: a controller
-publishes a cycle's readings before its end, as the simulator does. All alerts belong to the
-line's controller device."""
+publishes a cycle's readings before its end, as the simulator does. Likewise a batch is judged
+on the cycles recorded when it arrives, so a controller sends a cycle's end before the batch
+packed from it. All alerts belong to the line's controller device."""
 
 from __future__ import annotations
 

@@ -16,12 +16,14 @@ from alerts.cycles import batch_cover, default_cycle_settings, judge_cycle
 from domain.model import Alert, Device, Reading, Site, SiteKind
 from domain.registry import Registry, load_registry
 from domain.tableware import Cycle, LineEvent, LineEventKind, Method, derive_cycles, line_spec
-from domain.timeutil import ms_to_iso, now_ms
+from domain.timeutil import iso_to_ms, ms_to_iso, now_ms
 from ingest.decode import DecodeLimits
 from ingest.events import decode_events
 from ingest.mqtt import BrokerAddress, MqttSubscriber, SubscriberSettings
 from landun.demo import FAILING_LINE, demo_lines, demo_registry_path, demo_settings
 from landun.system import Core
+from simulators.evaluate import RunSettings, aligned_end_ms, score
+from simulators.tableware_eval import load_line_scenario, run_line_scenario
 from store.base import AlertQuery
 from tests.conftest import Publisher, wait_for
 from tests.postgres import fresh_database
@@ -432,3 +434,34 @@ def test_the_running_system_serves_a_lines_cycles_and_batches(system, publisher)
     assert len(record["readings"]) >= 13  # the cycle's raw readings, with an hour around it
     page = system.http.get(f"/api/v1/alerts/{alert['id']}/evidence", params={"format": "html"})
     assert page.status_code == 200 and "消毒周期温度或时间不达标" in page.text
+
+
+# -- scenarios through the real pipeline (small runs; `landun eval-scenarios --domain tableware`
+# gives the full figures) ------------------------------------------------------------------------
+
+END_MS = aligned_end_ms(iso_to_ms("2026-12-07T08:00:00+08:00"))
+
+
+@pytest.mark.parametrize(
+    ("scenario", "kind", "max_ttd"),
+    [
+        ("failing_steam_cabinet", "noncompliant", 30),
+        ("short_cycle", "noncompliant", 30),
+        ("batch_without_cycle", "uncovered_batch", 60),
+        ("silent_sensors", "sensors_silent", 15),
+    ],
+)
+def test_each_line_fault_is_found_in_time_and_nothing_else_raised(
+    scenario: str, kind: str, max_ttd: float
+) -> None:
+    run = run_line_scenario(load_line_scenario(scenario), RunSettings(1, 2, 1, END_MS))
+    figures = score(run)
+    assert figures["kinds"][kind]["recall"] == 1.0
+    assert figures["kinds"][kind]["median_ttd_min"] <= max_ttd
+    assert figures["false_positives"] == 0
+
+
+def test_clean_lines_raise_no_alert() -> None:
+    run = run_line_scenario(load_line_scenario("tableware_clean"), RunSettings(3, 2, 2, END_MS))
+    assert run.alerts == [] and run.dead_letters == []
+    assert run.messages > 3 * 2 * 1440  # every minute's telemetry, and the events
