@@ -304,10 +304,10 @@ def test_hashes_match_mosquitto_passwd(tmp_path: Path) -> None:
 def test_export_needs_a_password_for_every_mqtt_device(tmp_path: Path) -> None:
     registry = load_registry(demo_registry_path())
     secrets_file = tmp_path / "secrets.toml"
-    with pytest.raises(ValueError, match="no password for 7 device"):
+    with pytest.raises(ValueError, match="no password for 9 device"):
         export_mosquitto(registry, tmp_path / "out", {}, secrets_file)
     first = export_mosquitto(registry, tmp_path / "out", {"ingest": "pw"}, secrets_file, True)
-    assert len(first.generated) == 7  # the HJ 212 logger gets no broker account
+    assert len(first.generated) == 9  # the HJ 212 logger gets no broker account
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(first.passwd.stat().st_mode) == 0o600
     kept = load_device_secrets(secrets_file)
