@@ -41,6 +41,9 @@ from store.influx import (
 )
 from store.sqlite import SqliteStore
 
+# One measurement per parameter family of the catalogue (every kind of site adds its own).
+MEASUREMENTS = sorted({p.family for p in default_catalogue().parameters.values()})
+
 TS = 1_795_334_400_123  # 2026-11-22T08:00:00.123Z
 
 
@@ -444,7 +447,7 @@ def test_query_readings_parses_pivoted_rows(stand_in, tmp_path: Path) -> None:
     ]
     [(_, path, body)] = server.requests
     assert path.startswith("/api/v2/query?")
-    assert flux_readings("readings", q, ["pool_water", "waste_store"]).encode() in body.replace(
+    assert flux_readings("readings", q, MEASUREMENTS).encode() in body.replace(
         b"\\n", b"\n"
     ).replace(b'\\"', b'"')
     store.close()
@@ -504,7 +507,7 @@ def test_latest_readings_parses_pivoted_rows(stand_in, tmp_path: Path) -> None:
     store = _store(server.url, tmp_path)
     assert [r.flag for r in store.latest_readings("dev-1")] == ["N", "C"]
     [(_, _, body)] = server.requests
-    assert _sent_flux(body) == flux_latest("readings", ["pool_water", "waste_store"], "dev-1")
+    assert _sent_flux(body) == flux_latest("readings", MEASUREMENTS, "dev-1")
     store.close()
 
 

@@ -366,7 +366,7 @@ def test_export_without_generate_refuses_in_one_line_without_a_traceback(tmp_pat
     )  # fmt: skip
     assert out.returncode == 2 and out.stdout == ""
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    assert "no password for 7 device(s)" in out.stderr and "--generate" in out.stderr
+    assert "no password for 9 device(s)" in out.stderr and "--generate" in out.stderr
     assert not (tmp_path / "out").exists()
 
 
