@@ -12,6 +12,7 @@ from domain.registry import Registry
 from ingest.metrics import IngestMetrics
 from store.base import Store
 from store.ledger import WasteLedger
+from store.lines import LineLedger
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class AppContext:
     session_hours: float = 12.0
     api_metrics: object = None  # api.routes_ops.ApiMetrics, set by create_app
     ledger: WasteLedger | None = None  # medical-waste bag ledger (api.routes_waste)
+    lines: LineLedger | None = None  # disinfection lines' events (api.routes_lines)
     readings_before: int = 0  # readings stored by earlier runs (api.routes_ops)
     limits: ApiLimits = field(default_factory=ApiLimits)
     # The HJ 212 gateway, when this process runs one: its counters go to /metrics.

@@ -101,6 +101,13 @@ class DeviceIn(BaseModel):
     parameters: list[str] = []
     interval_s: Annotated[int, Field(ge=1, le=86_400), BeforeValidator(_not_bool)] = 60
     mn: str | None = Field(None, min_length=1, max_length=64)
+    attributes: Annotated[
+        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=64)] | int],
+        Field(
+            max_length=16,
+            description="kind-specific: a disinfection line's line_id, method and capacity_sets",
+        ),
+    ] = {}
 
 
 class DeviceOut(BaseModel):
@@ -111,6 +118,7 @@ class DeviceOut(BaseModel):
     interval_s: int
     mn: str | None
     has_credential: bool
+    attributes: dict = {}
 
     @classmethod
     def of(cls, d: Device) -> DeviceOut:
@@ -122,6 +130,7 @@ class DeviceOut(BaseModel):
             interval_s=d.interval_s,
             mn=d.mn,
             has_credential=bool(d.credential_hash),
+            attributes=d.attributes,
         )
 
 

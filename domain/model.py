@@ -31,6 +31,7 @@ class SiteKind(StrEnum):
     POOL = "pool"
     MEDICAL = "medical_institution"
     DRINKING_WATER = "drinking_water"
+    TABLEWARE = "tableware_disinfection"
 
 
 class AlertFamily(StrEnum):
@@ -102,6 +103,9 @@ class Device:
     interval_s: int = 60
     credential_hash: str = ""
     mn: str | None = None  # HJ 212 MN (equipment id) when the device speaks HJ 212
+    # Kind-specific registry data the kind's own modules check (a disinfection line's id and
+    # capacity: domain.tableware.line_spec).
+    attributes: dict = field(default_factory=dict)
 
 
 @dataclass(slots=True)

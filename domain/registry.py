@@ -8,6 +8,7 @@ from pathlib import Path
 
 from domain.kinds import check_kind, site_kinds
 from domain.model import Device, Site
+from domain.tableware import check_line_attributes
 from domain.timeutil import check_timezone
 
 
@@ -30,6 +31,7 @@ class Registry:
     def add_device(self, device: Device) -> None:
         if device.site_id not in self.sites:
             raise ValueError(f"device {device.id}: unknown site {device.site_id}")
+        check_line_attributes(device)
         if device.mn is not None:
             other = self.by_mn.get(device.mn)
             if other is not None and other != device.id:
@@ -84,6 +86,7 @@ def device_from_dict(d: dict) -> Device:
         interval_s=int(d.get("interval_s", 60)),
         credential_hash=d.get("credential_hash", ""),
         mn=d.get("mn"),
+        attributes=dict(d.get("attributes", {})),
     )
 
 
@@ -96,6 +99,7 @@ def device_to_dict(d: Device) -> dict:
         "interval_s": d.interval_s,
         "credential_hash": d.credential_hash,
         "mn": d.mn,
+        "attributes": d.attributes,
     }
 
 

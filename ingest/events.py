@@ -1,5 +1,6 @@
-"""Medical-waste event decoding: raw payload bytes on `.../events` -> validated bag events, or
-precise reasons. Same rules as telemetry (ingest.decode): an object or an array of them, JSON
+"""Event decoding: raw payload bytes on `.../events` -> validated bag events (or, from a
+disinfection line's controller, its cycle and batch events: ingest.line_events), or precise
+reasons. Same rules as telemetry (ingest.decode): an object or an array of them, JSON
 and time checks shared, and a message with any bad part refused whole."""
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from domain.model import Device
+from domain.tableware import LINE_CONTROLLER, LineEvent
 from domain.waste import WASTE_SCANNER, WasteCategory, WasteEvent, WasteEventKind
 from ingest.decode import DecodeLimits, _pydantic_reasons, parse_json, parse_ts
+from ingest.line_events import decode_line_record, validate_line_event
 
 # A full medical-waste bag or sharps box weighs a few kilograms; 100 kg is no single bag, so a
 # larger value is a scale or keying error, refused like a physically impossible reading.
@@ -103,25 +106,58 @@ def event_records(payload: bytes, limits: DecodeLimits) -> tuple[list, bool, str
     return [], False, f"payload is a JSON {type(doc).__name__}, not an object or array"
 
 
+def _decode_waste_item(
+    item: object,
+    device: Device,
+    site_id: str,
+    recv_ms: int,
+    limits: DecodeLimits,
+    reasons: list[str],
+    prefix: str,
+) -> WasteEvent | None:
+    try:
+        rec = _event_one.validate_python(item)
+    except ValidationError as exc:
+        reasons.extend(_pydantic_reasons(exc, prefix))
+        return None
+    return decode_event_record(rec, device, site_id, recv_ms, limits, reasons, prefix)
+
+
+def _decode_line_item(
+    item: object,
+    device: Device,
+    site_id: str,
+    recv_ms: int,
+    limits: DecodeLimits,
+    reasons: list[str],
+    prefix: str,
+) -> LineEvent | None:
+    rec = validate_line_event(item, prefix, reasons)
+    if rec is None:
+        return None
+    return decode_line_record(rec, device, site_id, recv_ms, limits, reasons, prefix)
+
+
+# The device kinds that send events, and how one record of each is decoded.
+DECODERS = {WASTE_SCANNER: _decode_waste_item, LINE_CONTROLLER: _decode_line_item}
+
+
 def decode_events(
     payload: bytes, device: Device, site_id: str, recv_ms: int, limits: DecodeLimits
-) -> tuple[list[WasteEvent], list[str]]:
-    """Bag events of one message, or every reason it is refused (then no events)."""
-    if device.kind != WASTE_SCANNER:
+) -> tuple[list[WasteEvent | LineEvent], list[str]]:
+    """The events of one message (bag scans, or a line's cycles and batches, by the device's
+    kind), or every reason it is refused (then no events)."""
+    decode_item = DECODERS.get(device.kind)
+    if decode_item is None:
         return [], [f"device {device.id} is a {device.kind}, not a {WASTE_SCANNER}: no events"]
     items, many, why = event_records(payload, limits)
     if why:
         return [], [why]
-    events: list[WasteEvent] = []
+    events: list[WasteEvent | LineEvent] = []
     reasons: list[str] = []
     for i, item in enumerate(items):
         prefix = f"[{i}] " if many else ""
-        try:
-            rec = _event_one.validate_python(item)
-        except ValidationError as exc:
-            reasons.extend(_pydantic_reasons(exc, prefix))
-            continue
-        event = decode_event_record(rec, device, site_id, recv_ms, limits, reasons, prefix)
+        event = decode_item(item, device, site_id, recv_ms, limits, reasons, prefix)
         if event is not None:
             events.append(event)
     return ([], reasons) if reasons else (events, [])

@@ -16,6 +16,7 @@ from typing import TypeVar
 from domain.model import DeadLetter, Reading
 from domain.params import Catalogue
 from domain.registry import Registry
+from domain.tableware import LineEvent
 from domain.tanks import TANK_LOG, TankEvent
 from domain.timeutil import now_ms
 from domain.waste import WasteEvent
@@ -26,6 +27,7 @@ from ingest.metrics import IngestMetrics
 from ingest.tank_events import decode_tank_events
 from store.base import DeviceStatus, Store, StoreUnavailable
 from store.ledger import WasteLedger
+from store.lines import EventLedgers
 from store.tank_log import TankLog
 
 log = logging.getLogger("landun.ingest")
@@ -48,12 +50,12 @@ class Committed:
     """A batch in the store, waiting to be handed on to the alert stage."""
 
     readings: list[Reading]
-    events: list[WasteEvent | TankEvent]  # only those the ledger or tank log did not have yet
+    events: list[WasteEvent | LineEvent | TankEvent]  # only those not recorded yet
     dead: list[DeadLetter]
 
 
 ReadingsHook = Callable[[list[Reading]], None]
-EventsHook = Callable[[list[WasteEvent | TankEvent]], None]
+EventsHook = Callable[[list[WasteEvent | LineEvent | TankEvent]], None]
 T = TypeVar("T")
 
 
@@ -68,7 +70,7 @@ class IngestPipeline:
         metrics: IngestMetrics | None = None,
         retry_initial_s: float = 0.05,
         retry_max_s: float = 5.0,
-        ledger: WasteLedger | None = None,
+        ledger: WasteLedger | EventLedgers | None = None,
         on_events: EventsHook | None = None,
         on_dead: Callable[[list[DeadLetter]], None] | None = None,
         tanks: TankLog | None = None,
@@ -133,7 +135,7 @@ class IngestPipeline:
         readings: list[Reading] = []
         dead: list[DeadLetter] = []
         statuses: list[DeviceStatus] = []
-        events: list[WasteEvent] = []
+        events: list[WasteEvent | LineEvent] = []
         tank_events: list[TankEvent] = []
         for m in msgs:
             self._decode_one(m, readings, dead, statuses, events, tank_events)
@@ -171,7 +173,7 @@ class IngestPipeline:
         readings: list[Reading],
         dead: list[DeadLetter],
         statuses: list[DeviceStatus],
-        events: list[WasteEvent],
+        events: list[WasteEvent | LineEvent],
         tank_events: list[TankEvent],
     ) -> None:
         match = TOPIC_RE.match(m.topic)

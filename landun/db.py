@@ -45,11 +45,13 @@ def _upgrade(args: argparse.Namespace) -> int:
             print(f"{where}: schema already at version {after}")
         return 0
     from store.ledger import SqliteLedger
+    from store.lines import SqliteLineLedger
     from store.sqlite import SqliteStore
 
     # The SQLite files bring their schema up to date when they open.
     SqliteStore(db_path).close()
     SqliteLedger(db_path).close()
+    SqliteLineLedger(db_path).close()
     print(f"{where}: schema up to date")
     return 0
 

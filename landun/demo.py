@@ -1,5 +1,6 @@
 """The built-in demo for `landun run`: the demo registry's pools, one with a failing dosing pump,
-its hospital, and its drinking-water supplies, one with a failed chlorine doser.
+its hospital, its drinking-water supplies, one with a failed chlorine doser, and its tableware
+disinfection unit, one line with a failing steam cabinet.
 
 The demo's past is fixed by an anchor, the time of its first start, kept in the data directory.
 The simulated devices are deterministic from the anchor, so a restart replays the same past
@@ -14,11 +15,13 @@ from pathlib import Path
 
 from domain.model import SiteKind
 from domain.registry import Registry
+from domain.tableware import line_spec
 from domain.waste import WASTE_SCANNER, WASTE_STORE_SENSOR
 from simulators.faults import Fault, FaultKind
 from simulators.hospital_model import HospitalModel
 from simulators.pool_model import PoolModel
 from simulators.runner import RunnerSettings, SimDevice
+from simulators.tableware_model import LineFault, LineFaultKind, TablewareModel
 from simulators.water_model import SECONDARY, WaterModel
 from store.base import Store
 
@@ -30,6 +33,7 @@ FAILING_SITE = "pool-xh-03"
 # The small drinking-water supply whose chlorine doser failed when the pool's pump did: its
 # chlorine has decayed below the GB 5749 tap minimum long before the backfill starts.
 FAILING_WATER_SITE = "water-cn-01"
+FAILING_LINE = "tw-xh-01-line1"  # its steam cabinet sags below 100 °C in every cycle
 # The failing pool's dosing pump broke the day before the anchor. Chlorine falls fast only while
 # bathers are in the water; 26 h always hold a full opening day, so the whole backfill is below
 # the 0.3 mg/L limit whatever the hour the demo first starts (tests/test_demo.py checks every
@@ -83,6 +87,34 @@ def demo_devices(registry: Registry, anchor: int, seed: int = 7) -> list[SimDevi
         )
         devices.append(SimDevice(site.id, sensor.id, hospital))
         devices.append(SimDevice(site.id, scanner.id, hospital, topic="events"))
+    return devices + demo_lines(registry, anchor - BACKFILL_MS, seed)
+
+
+def demo_lines(registry: Registry, start: int, seed: int = 7) -> list[SimDevice]:
+    """The demo's disinfection lines, around the clock, their first cycle at `start` (the start
+    of the backfill: no cycle is cut in half by it); the failing line's steam supply sags
+    mid-hold in every cycle. Telemetry comes before events, so a cycle's readings are stored
+    when its end is judged."""
+    devices = []
+    for i, dev in enumerate(sorted(registry.devices.values(), key=lambda d: d.id)):
+        spec = line_spec(dev)
+        if spec is None:
+            continue
+        faults = []
+        if dev.id == FAILING_LINE:
+            faults.append(LineFault(LineFaultKind.FAILING_STEAM_CABINET, start, NEVER_MS))
+        model = TablewareModel(
+            dev.id,
+            spec.line_id,
+            spec.method,
+            spec.capacity_sets,
+            seed + 200 + i,
+            start,
+            faults=faults,
+            hours=(0.0, 24.0),
+        )
+        devices.append(SimDevice(dev.site_id, dev.id, model))
+        devices.append(SimDevice(dev.site_id, dev.id, model, topic="events"))
     return devices
 
 

@@ -41,7 +41,7 @@ from landun.housekeeping import Housekeeper
 from landun.system import Core, StartupError, _ApiServer, bind_api_socket, ensure_admin
 from store.base import StoreUnavailable
 from store.bell import Bell
-from store.factory import describe, open_ledger, open_store
+from store.factory import describe, open_ledger, open_line_ledger, open_store
 from store.feed import load_feed_settings
 
 log = logging.getLogger("landun.roles")
@@ -204,9 +204,12 @@ async def run_alerts(cfg: RoleConfig) -> None:
         stack.callback(ledger.close)
         registry_path = cfg.registry_path or demo_registry_path()
 
+        lines = open_line_ledger(db_path, cfg.database_url)  # one for all partitions
+        stack.callback(lines.close)
+
         def build(registry: Registry, part_store, part_ledger) -> PartitionRules:
             core = Core.build(
-                registry, db_path, registry_path, store=part_store, ledger=part_ledger
+                registry, db_path, registry_path, store=part_store, ledger=part_ledger, lines=lines
             )
             p = core.pipeline
             return PartitionRules(core.engine, core.engine.on_readings, p.on_events, p.on_dead)

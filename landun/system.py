@@ -20,6 +20,7 @@ from alerts.channels.outbox import OutboxService
 from alerts.channels.settings import ChannelSettings, build_outbox, load_channel_settings
 from alerts.clock_skew import ClockSkewRule
 from alerts.custody import CustodyRule
+from alerts.cycles import CycleRule
 from alerts.detector_rule import DetectorRule
 from alerts.detectors.settings import load_detector_settings
 from alerts.engine import AlertEngine
@@ -36,6 +37,7 @@ from domain.credentials import hash_secret
 from domain.mqtt_connection import BrokerAddress
 from domain.params import Catalogue, default_catalogue
 from domain.registry import Registry, load_registry
+from domain.tableware import LineEvent
 from domain.tanks import TankEvent
 from domain.timeutil import now_ms
 from domain.waste import WasteEvent
@@ -56,8 +58,9 @@ from landun.housekeeping import Housekeeper
 from simulators.hj212_logger import Hj212LoggerRunner
 from simulators.runner import SimulatorRunner
 from store.base import Store
-from store.factory import describe, open_ledger, open_store
+from store.factory import describe, open_ledger, open_line_ledger, open_store
 from store.ledger import WasteLedger
+from store.lines import EventLedgers, LineLedger
 from store.tank_log import TankLog
 
 log = logging.getLogger("landun")
@@ -115,6 +118,7 @@ class Core:
     pipeline: IngestPipeline
     ledger: WasteLedger
     database_url: str | None = None
+    lines: LineLedger | None = None  # disinfection lines' cycles and batches
 
     @classmethod
     def open(cls, cfg: RunConfig) -> Core:
@@ -137,6 +141,7 @@ class Core:
         database_url: str | None = None,
         store: Store | None = None,
         ledger: WasteLedger | None = None,
+        lines: LineLedger | None = None,
     ) -> Core:
         """Wire store, engine, rules and pipeline; `clock` lets a replay run on simulated time
         (simulators/evaluate.py) through exactly the production wiring. An alert worker passes
@@ -172,30 +177,37 @@ class Core:
         skew = ClockSkewRule(registry, detectors.clock_skew)
         tank_log = TankLog(store)
         tanks = TankRule(registry, tank_log, TankSettings.load())
+        lines = lines or open_line_ledger(db_path, database_url)
+        cycles = CycleRule(registry, lines)
         engine.rules += [offline, DetectorRule(registry, catalogue, detectors), custody, skew]
-        engine.rules.append(tanks)
+        engine.rules += [tanks, cycles]
 
         def on_events(events: list) -> None:
             offline.observe(events)  # a bag scanner's events are its sign of life
             custody.on_events([e for e in events if isinstance(e, WasteEvent)], engine)
             tanks.on_events([e for e in events if isinstance(e, TankEvent)], engine)
+            line_events = [e for e in events if isinstance(e, LineEvent)]
+            if line_events:
+                cycles.on_events(line_events, engine)
 
         pipeline = IngestPipeline(
             store,
             registry,
             catalogue,
             on_stored=engine.on_readings,
-            ledger=ledger,
+            ledger=EventLedgers(ledger, lines),
             on_events=on_events,
             on_dead=lambda dead: (offline.dead_letters(dead), skew.dead_letters(dead, engine)),
             tanks=tank_log,
         )
         return cls(
             registry_path, registry, catalogue, db_path, store, engine, pipeline, ledger,
-            database_url,
+            database_url, lines,
         )  # fmt: skip
 
     def close(self) -> None:
+        if self.lines is not None:
+            self.lines.close()
         self.ledger.close()
         self.store.close()
 
@@ -338,6 +350,7 @@ class System:
                 metrics=core.pipeline.metrics,
                 broker_connected=lambda: subscriber.connected,
                 ledger=core.ledger,
+                lines=core.lines,
                 hj212=gateway,
                 public_url=cfg.public_url or os.environ.get("LANDUN_PUBLIC_URL"),
             )

@@ -388,7 +388,7 @@ def score(run: ScenarioRun) -> dict[str, Any]:
     }
 
 
-def overall(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def overall(results: Sequence[dict[str, Any]], clean: str = "clean") -> dict[str, Any]:
     """Sums over scenarios; the median time to detect is the median of the scenarios' medians."""
     total: dict[str, dict[str, Any]] = {}
     for result in results:
@@ -416,7 +416,7 @@ def overall(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "secondary": sum(r["secondary"] for r in results),
         "advisory": sum(r["advisory"] for r in results),
         "clean_false_positives": sum(
-            r["false_positives"] for r in results if r["scenario"] == "clean"
+            r["false_positives"] for r in results if r["scenario"] == clean
         ),
     }
 
@@ -453,12 +453,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="landun eval-scenarios",
         description="Replay simulated pool scenarios through ingest and alerts; score the alerts",
     )
+    from simulators.tableware_eval import list_line_scenarios
+
     p.add_argument(
         "--scenario",
         action="append",
-        choices=list_scenarios(),
-        help="scenario to run (repeatable; default: all)",
+        choices=list_scenarios() + list_line_scenarios(),
+        help="scenario to run (repeatable; default: all of the domain)",
     )
+    p.add_argument(
+        "--domain",
+        choices=("pool", "tableware"),
+        default="pool",
+        help="pools, or tableware disinfection lines (simulators/tableware_eval.py)",
+    )
+    p.add_argument("--lines", type=int, default=6, help="simulated lines (--domain tableware)")
     p.add_argument(
         "--pools", type=int, default=20, help="simulated pools (or water supplies) per scenario"
     )
@@ -489,8 +498,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # One dead letter per skewed reading would flood the report; they are counted in the figures.
     logging.getLogger("landun.ingest").setLevel(logging.WARNING)
-    settings = RunSettings(pools=args.pools, days=args.days, seed=args.seed)
-    figures = evaluate(args.scenario or list_scenarios(), settings)
+    if args.domain == "tableware":
+        from simulators.tableware_eval import evaluate_line_domain
+
+        lines = RunSettings(pools=args.lines, days=args.days, seed=args.seed)
+        figures = evaluate_line_domain(args.scenario, lines)
+    else:
+        settings = RunSettings(pools=args.pools, days=args.days, seed=args.seed)
+        figures = evaluate(args.scenario or list_scenarios(), settings)
     line = json.dumps(figures, separators=(",", ":"))
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")

@@ -101,7 +101,6 @@ class SimulatorRunner:
         self._rng = np.random.default_rng(self.settings.seed)
         self._seq = dict.fromkeys((d.device_id for d in self.devices), 0)
         self._inflight: list[mqtt.MQTTMessageInfo] = []
-        self._topics = {d.device_id: d.topic for d in self.devices}
         # With credentials each device connects as itself (user name = device id), as real
         # sensors do under the production ACL; otherwise one client speaks for all of them.
         if credentials:
@@ -145,20 +144,24 @@ class SimulatorRunner:
 
     def run(self) -> None:
         s = self.settings
-        pending: dict[str, list[dict]] = {d.device_id: [] for d in self.devices}
+        # By device and topic: a line controller publishes telemetry and events as one device.
+        pending: dict[tuple[str, str], list[dict]] = {
+            (d.device_id, d.topic): [] for d in self.devices
+        }
         backfill_until = s.backfill_until_ms or 0
         publish_from = s.publish_from_ms or 0
         for t in paced_times(s, self.clock, self._stop):
             for d in self.devices:
                 if d.topic == "events":
-                    pending[d.device_id].extend(d.model.events_until(t))
+                    pending[(d.device_id, d.topic)].extend(d.model.events_until(t))
                     continue
                 jitter = int(self._rng.uniform(0, s.jitter_s * 1000))
                 sample = d.model.sample(t + jitter)
                 if sample is None:
                     continue
                 self._seq[d.device_id] += 1
-                pending[d.device_id].append(telemetry_record(sample, self._seq[d.device_id]))
+                record = telemetry_record(sample, self._seq[d.device_id])
+                pending[(d.device_id, d.topic)].append(record)
             if t < publish_from:
                 for records in pending.values():
                     records.clear()
@@ -168,13 +171,13 @@ class SimulatorRunner:
                 self._flush(pending)
         self._flush(pending)
 
-    def _flush(self, pending: dict[str, list[dict]]) -> None:
-        for device_id, records in pending.items():
+    def _flush(self, pending: dict[tuple[str, str], list[dict]]) -> None:
+        for (device_id, topic), records in pending.items():
             if not records:
                 continue
             payload = records[0] if len(records) == 1 else records
             info = self.clients[device_id].publish(
-                f"landun/v1/devices/{device_id}/{self._topics[device_id]}",
+                f"landun/v1/devices/{device_id}/{topic}",
                 json.dumps(payload, separators=(",", ":")),
                 qos=1,
             )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from store.base import Store
 from store.ledger import WasteLedger
+from store.lines import LineLedger
 
 DATABASE_URL_ENV = "LANDUN_DATABASE_URL"
 
@@ -33,6 +34,16 @@ def open_ledger(db_path: Path, database_url: str | None) -> WasteLedger:
     from store.ledger import SqliteLedger
 
     return SqliteLedger(db_path)
+
+
+def open_line_ledger(db_path: Path, database_url: str | None) -> LineLedger:
+    if database_url:
+        from store.lines import PostgresLineLedger
+
+        return PostgresLineLedger(database_url)
+    from store.lines import SqliteLineLedger
+
+    return SqliteLineLedger(db_path)
 
 
 def describe(db_path: Path, database_url: str | None) -> str:

@@ -44,7 +44,7 @@ PASSWORD = "correct horse battery staple"
 
 XH1, XH2, XH3 = "pool-xh-01-wq", "pool-xh-02-wq", "pool-xh-03-wq"
 CN1, CN2 = "pool-cn-01-wq", "pool-cn-02-wq"
-XH_SITES = {"pool-xh-01", "pool-xh-02", "pool-xh-03", "hosp-xh-01", "water-xh-01"}
+XH_SITES = {"pool-xh-01", "pool-xh-02", "pool-xh-03", "hosp-xh-01", "water-xh-01", "tw-xh-01"}
 CN_SITES = {"pool-cn-01", "pool-cn-02", "pool-cn-03", "water-cn-01"}
 
 # pool-xh-01's free chlorine in the hour from H: 15 readings below the 0.3 mg/L minimum, then 45
@@ -331,7 +331,15 @@ def test_devices_are_listed_in_scope_and_bad_edits_are_refused(world):
     assert {XH1, XH2, XH3, CN1, CN2, "pool-cn-03-hj"} <= admin_ids
     mine = world.insp_xh.get("/api/v1/devices").json()
     water = {"water-xh-01-wq", "water-xh-01-tank"}
-    assert {d["id"] for d in mine} == {XH1, XH2, XH3, "hosp-xh-01-scan", "hosp-xh-01-env", *water}
+    lines = {"tw-xh-01-line1", "tw-xh-01-line2"}
+    assert {d["id"] for d in mine} == {
+        XH1,
+        XH2,
+        XH3,
+        "hosp-xh-01-scan",
+        "hosp-xh-01-env",
+        *water,
+    } | lines
     one = world.insp_xh.get(f"/api/v1/devices/{XH1}").json()
     assert one["site"] == "pool-xh-01" and one["interval_s"] == 60 and not one["has_credential"]
     assert "free_chlorine" in one["parameters"]

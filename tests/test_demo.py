@@ -16,6 +16,7 @@ from domain.model import SiteKind
 from domain.registry import load_registry
 from domain.timeutil import now_ms
 from landun.demo import (
+    FAILING_LINE,
     FAILING_SITE,
     FAILING_WATER_SITE,
     demo_anchor,
@@ -172,6 +173,17 @@ def test_demo_opens_the_failing_pools_alert_at_once_and_a_restart_continues_its_
             what="the failing water supply's alert",
         )[0]
         assert water["limit"]["min"] == 0.05 and water["limit"]["standard"] == "GB 5749-2022"
+        # The disinfection unit's failing steam cabinet: a cycle alert well within 90 s.
+        cycle = wait_for(
+            lambda: [
+                a
+                for a in running.http.get("/api/v1/alerts", params={"site": "tw-xh-01"}).json()
+                if a["rule_id"] == "cycle:noncompliant" and a["device_id"] == FAILING_LINE
+            ],
+            timeout=60,
+            what="the failing steam cabinet's cycle alert",
+        )[0]
+        assert cycle["evidence"]["cycles"] and cycle["limit"]["min"] == 100.0
         first = wait_for(
             lambda: len(r := _readings(running, "pool-xh-01-wq")) >= 360 and r,
             what="the six-hour backfill",

@@ -41,6 +41,9 @@ from store.influx import (
 )
 from store.sqlite import SqliteStore
 
+# One measurement per parameter family of the catalogue (every kind of site adds its own).
+MEASUREMENTS = sorted({p.family for p in default_catalogue().parameters.values()})
+
 TS = 1_795_334_400_123  # 2026-11-22T08:00:00.123Z
 
 
@@ -342,10 +345,6 @@ def stand_in() -> Iterator[Callable[[Callable[[str], tuple[int, str, bytes]]], S
         s.server_close()
 
 
-# Every parameter family of the catalogue: what a query naming no parameter reads.
-ALL_FAMILIES = sorted({p.family for p in default_catalogue().parameters.values()})
-
-
 def _store(url: str, tmp_path: Path) -> InfluxStore:
     return InfluxStore(url, "tok", "landun", "readings", SqliteStore(tmp_path / "rel.db"),
                        _registry(), timeout_s=3)  # fmt: skip
@@ -449,7 +448,7 @@ def test_query_readings_parses_pivoted_rows(stand_in, tmp_path: Path) -> None:
     [(_, path, body)] = server.requests
     assert path.startswith("/api/v2/query?")
     # A query without parameters reads every family's measurement.
-    assert flux_readings("readings", q, ALL_FAMILIES).encode() in body.replace(
+    assert flux_readings("readings", q, MEASUREMENTS).encode() in body.replace(
         b"\\n", b"\n"
     ).replace(b'\\"', b'"')
     store.close()
@@ -509,7 +508,7 @@ def test_latest_readings_parses_pivoted_rows(stand_in, tmp_path: Path) -> None:
     store = _store(server.url, tmp_path)
     assert [r.flag for r in store.latest_readings("dev-1")] == ["N", "C"]
     [(_, _, body)] = server.requests
-    assert _sent_flux(body) == flux_latest("readings", ALL_FAMILIES, "dev-1")
+    assert _sent_flux(body) == flux_latest("readings", MEASUREMENTS, "dev-1")
     store.close()
 
 

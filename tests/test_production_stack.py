@@ -305,10 +305,10 @@ def test_hashes_match_mosquitto_passwd(tmp_path: Path) -> None:
 def test_export_needs_a_password_for_every_mqtt_device(tmp_path: Path) -> None:
     registry = load_registry(demo_registry_path())
     secrets_file = tmp_path / "secrets.toml"
-    with pytest.raises(ValueError, match="no password for 10 device"):
+    with pytest.raises(ValueError, match="no password for 12 device"):
         export_mosquitto(registry, tmp_path / "out", {}, secrets_file)
     first = export_mosquitto(registry, tmp_path / "out", {"ingest": "pw"}, secrets_file, True)
-    assert len(first.generated) == 10  # the HJ 212 logger gets no broker account
+    assert len(first.generated) == 12  # the HJ 212 logger gets no broker account
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(first.passwd.stat().st_mode) == 0o600
     kept = load_device_secrets(secrets_file)
@@ -367,7 +367,7 @@ def test_export_without_generate_refuses_in_one_line_without_a_traceback(tmp_pat
     )  # fmt: skip
     assert out.returncode == 2 and out.stdout == ""
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    assert "no password for 10 device(s)" in out.stderr and "--generate" in out.stderr
+    assert "no password for 12 device(s)" in out.stderr and "--generate" in out.stderr
     assert not (tmp_path / "out").exists()
 
 

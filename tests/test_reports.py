@@ -117,8 +117,8 @@ def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_weekly_report_figures(ctx):
     r = build_report(ctx, "310104", "week", date(2026, 11, 29), load_report_settings())
     assert (r.first, r.last) == (date(2026, 11, 23), date(2026, 11, 29))
-    # pool-xh-02, the hospital and the water supply: nothing
-    assert r.sites_total == 5 and r.sites_reporting == 2
+    # pool-xh-02, the hospital, the water supply and the disinfection unit: nothing
+    assert r.sites_total == 6 and r.sites_reporting == 2
     fc = next(p for p in r.parameters if p.parameter == "free_chlorine")
     assert fc.name_zh == "游离性余氯"
     assert fc.compliance == pytest.approx(1 - (144 + 360) / (1440 + 720))
@@ -131,7 +131,7 @@ def test_weekly_report_figures(ctx):
     assert families["integrity"].ack_median_min == 30.0
     assert families["integrity"].resolved == 0 and families["integrity"].resolve_median_min is None
     # Worst first: no data at all, then the least time within limits.
-    worst = ["hosp-xh-01", "pool-xh-02", "water-xh-01", "pool-xh-03", "pool-xh-01"]
+    worst = ["hosp-xh-01", "pool-xh-02", "tw-xh-01", "water-xh-01", "pool-xh-03", "pool-xh-01"]
     assert [s.site_id for s in r.worst] == worst
     xh1 = next(s for s in r.sites if s.site_id == "pool-xh-01")
     assert xh1.compliance == pytest.approx(0.9) and xh1.alerts == 1
@@ -167,13 +167,8 @@ def test_monthly_report_pdf_renders_chinese_and_xlsx_holds_numbers(ctx, tmp_path
     book = load_workbook(io.BytesIO(render_xlsx(r)))
     assert book.sheetnames == ["概况", "各指标合规", "告警及处置", "场所"]
     rows = list(book["场所"].iter_rows(min_row=2, values_only=True))
-    assert [row[0] for row in rows] == [
-        "hosp-xh-01",
-        "pool-xh-02",
-        "water-xh-01",
-        "pool-xh-03",
-        "pool-xh-01",
-    ]
+    sites = ["hosp-xh-01", "pool-xh-02", "tw-xh-01", "water-xh-01", "pool-xh-03", "pool-xh-01"]
+    assert [row[0] for row in rows] == sites
     alerts = {row[0]: row for row in book["告警及处置"].iter_rows(min_row=2, values_only=True)}
     assert alerts["超标"][1:4] == (1, 1, 10.0)
 

@@ -383,7 +383,92 @@ async function tankPanel(siteId) {
 }
 
 // The panel each kind of site adds under its charts (a kind without one shows charts only).
-const KIND_PANELS = { medical_institution: wastePanel, drinking_water: tankPanel };
+const KIND_PANELS = {
+  medical_institution: wastePanel,
+  drinking_water: tankPanel,
+  tableware_disinfection: linesPanel,
+};
+
+// A disinfection unit's lines: per line, the cycle timeline of the last 12 h (one bar per cycle,
+// green held / red not / grey incomplete), every cycle's curve against the method's limit, the
+// cycles with their verdicts and the packed batches.
+async function linesPanel(siteId) {
+  // Taken before the first await: a page rendered again meanwhile has its own box.
+  const box = document.getElementById("kind-panel");
+  const base = `/api/v1/sites/${encodeURIComponent(siteId)}/lines`;
+  const lines = await api(base);
+  const all = await Promise.all(lines.map((line) => api(`${base}/${encodeURIComponent(line.line_id)}/cycles`)));
+  box.innerHTML = `<h2>${esc(t("cycleTimeline"))}</h2>`;
+  for (const [i, line] of lines.entries()) {
+    const got = all[i];
+    const card = document.createElement("div");
+    card.className = "card line";
+    card.dataset.line = line.line_id;
+    const verdict = (c) => (c.compliant === null ? "incomplete" : c.compliant ? "held" : "failed");
+    card.innerHTML = `
+      <h3>${esc(t("line"))} ${esc(line.line_id)} · ${esc(t(`method_${line.method}`))}
+        <span class="muted">${esc(line.device_id)} · ${esc(t("limit"))} ≥ ${fmtValue(line.limit_min)} ${esc(line.unit)}
+        · ≥ ${fmtValue(line.min_dwell_s)} s · ${esc(t("capacity"))} ${line.capacity_sets}</span></h3>
+      ${cycleStrip(got)}
+      <div class="cycle-chart"></div>
+      <table class="cycles"><thead><tr><th>${esc(t("cycle"))}</th><th>${esc(t("first"))}</th>
+        <th>${esc(t("duration"))}</th><th>${esc(t("held"))}</th><th>${esc(t("worst"))}</th><th>${esc(t("status"))}</th></tr></thead>
+      <tbody>${got.cycles.slice().reverse().map((c) => `<tr data-cycle="${esc(c.cycle_id)}" class="${verdict(c)}">
+        <td>${esc(c.cycle_id)}</td><td>${fmtTime(c.start)}</td>
+        <td>${c.duration_s === null ? "—" : `${fmtValue(c.duration_s / 60)} ${esc(t("minutes"))}`}</td>
+        <td>${c.held_s === null ? "—" : `${fmtValue(c.held_s / 60)} ${esc(t("minutes"))}`}</td>
+        <td>${c.lowest === null ? "—" : `${fmtValue(c.lowest)} ${esc(line.unit)}`}</td>
+        <td title="${esc(c.reason)}">${esc(t(verdict(c)))}</td></tr>`).join("")}</tbody></table>
+      <table class="batches"><thead><tr><th>${esc(t("batch"))}</th><th>${esc(t("packed"))}</th>
+        <th>${esc(t("sets"))}</th><th>${esc(t("productionDate"))}</th></tr></thead>
+      <tbody>${got.batches.slice().reverse().map((b) => `<tr data-batch="${esc(b.batch_id)}"><td>${esc(b.batch_id)}</td>
+        <td>${fmtTime(b.packed)}</td><td>${b.sets}</td><td>${esc(b.production_date || "—")}</td></tr>`).join("")}</tbody></table>`;
+    box.appendChild(card);
+    drawCycles(card.querySelector(".cycle-chart"), got, line);
+  }
+}
+
+function cycleStrip(got) {
+  const t0 = Date.parse(got.start);
+  const span = Date.parse(got.end) - t0;
+  const fill = { held: "#1b7f3b", failed: "#c0262d", incomplete: "#9aa5b1" };
+  const bars = got.cycles.filter((c) => c.start || c.end).map((c) => {
+    const a = Date.parse(c.start || c.end);
+    const b = Date.parse(c.end || c.start);
+    const x = Math.max(0, ((a - t0) / span) * 1000);
+    const w = Math.max(3, ((b - a) / span) * 1000);
+    const v = c.compliant === null ? "incomplete" : c.compliant ? "held" : "failed";
+    return `<rect x="${x.toFixed(1)}" y="2" width="${w.toFixed(1)}" height="16" fill="${fill[v]}"><title>${esc(c.cycle_id)}: ${esc(c.reason)}</title></rect>`;
+  }).join("");
+  return `<svg class="cycle-strip" viewBox="0 0 1000 20" preserveAspectRatio="none" role="img"
+    aria-label="${esc(t("cycleTimeline"))}">${bars}</svg>`;
+}
+
+function drawCycles(box, got, line) {
+  // One axis over the window: each cycle's curve, broken between cycles, and the limit.
+  const points = [];
+  for (const c of got.cycles) {
+    for (const [ms, v] of c.curve) points.push([ms / 1000, v]);
+    if (c.curve.length) points.push([c.curve[c.curve.length - 1][0] / 1000 + 1, null]);
+  }
+  points.sort((a, b) => a[0] - b[0]);
+  const xs = [Date.parse(got.start) / 1000, ...points.map((p) => p[0]), Date.parse(got.end) / 1000];
+  const ys = [null, ...points.map((p) => p[1]), null];
+  const limit = xs.map(() => line.limit_min);
+  const values = ys.filter((v) => v !== null);
+  const lo = Math.min(...values, line.limit_min);
+  const hi = Math.max(...values, line.limit_min);
+  const margin = (hi - lo) * 0.1 || 1;
+  box.plot = new uPlot({
+    width: Math.max(280, box.clientWidth - 10), height: 200,
+    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), TZ),
+    scales: { y: { range: () => [lo - margin, hi + margin] } },
+    axes: [{ values: (u, splits, axisIdx, space, incr) => fmtAxisTimes(splits, incr) }, {}],
+    series: [{}, { label: pname(line.parameter), stroke: "#0d3b66", width: 1.5, spanGaps: false },
+      { label: t("limit"), stroke: "#c0262d", width: 1, dash: [6, 4] }],
+    legend: { show: false },
+  }, [xs, ys, limit], box);
+}
 
 function drawChart(box, buckets, limit, episodes, start, end, step) {
   // A regular time axis with null where no data arrived, so gaps show as breaks.

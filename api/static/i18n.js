@@ -85,3 +85,30 @@ window.I18N = {
     overdue: "overdue",
   },
 };
+
+// Tableware disinfection units (餐饮具集中消毒服务单位).
+Object.assign(window.I18N.zh, {
+  tableware_disinfection: "餐饮具集中消毒单位", cycleTimeline: "消毒周期时间线", line: "生产线",
+  method_steam: "蒸汽消毒", method_infrared: "红外线消毒", method_hot_water: "热水消毒",
+  method_chemical: "化学消毒",
+  capacity: "每周期容量（套）", cycle: "周期", held: "达标保持", packed: "包装时间", sets: "套数",
+  productionDate: "生产日期", incomplete: "记录不完整", failed: "不达标",
+});
+Object.assign(window.I18N.zh.params, {
+  wash_temperature: "主洗水温", rinse_temperature: "漂洗水温", disinfection_temperature: "消毒温度",
+  available_chlorine: "消毒液有效氯", detergent_dosing: "洗涤剂投加量",
+  disinfectant_dosing: "消毒剂投加量", conveyor_speed: "输送带速度",
+});
+Object.assign(window.I18N.en, {
+  tableware_disinfection: "Tableware disinfection unit", cycleTimeline: "Disinfection cycles",
+  line: "Line", method_steam: "Steam", method_infrared: "Infrared", method_hot_water: "Hot water",
+  method_chemical: "Chemical",
+  capacity: "sets per cycle", cycle: "Cycle", held: "Held", packed: "Packed", sets: "Sets",
+  productionDate: "Production date", incomplete: "Incomplete record", failed: "Failed",
+});
+Object.assign(window.I18N.en.params, {
+  wash_temperature: "Wash water temperature", rinse_temperature: "Rinse water temperature",
+  disinfection_temperature: "Disinfection temperature", available_chlorine: "Available chlorine",
+  detergent_dosing: "Detergent dosing", disinfectant_dosing: "Disinfectant dosing",
+  conveyor_speed: "Conveyor speed",
+});

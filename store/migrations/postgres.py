@@ -321,6 +321,24 @@ CREATE TABLE alert_actions (
 CREATE INDEX alert_actions_pending ON alert_actions (part, id) WHERE done_ms IS NULL;
 """
 
+DISINFECTION_LINES = """
+CREATE TABLE line_events (
+    device_id text NOT NULL,
+    site_id text NOT NULL,
+    line_id text NOT NULL,
+    event text NOT NULL,              -- cycle_start, cycle_end, batch_packed
+    ref_id text NOT NULL,             -- the cycle id or the batch id
+    ts_ms bigint NOT NULL,            -- controller time, UTC epoch ms
+    recv_ms bigint NOT NULL,
+    method text,
+    sets integer,
+    production_date text,
+    UNIQUE (device_id, event, ref_id, ts_ms)
+);
+CREATE INDEX line_events_by_time ON line_events (device_id, ts_ms);
+CREATE INDEX line_events_by_ref ON line_events (device_id, ref_id);
+"""
+
 MIGRATIONS = (
     Migration(1, "readings, alerts, accounts and engine state", INITIAL),
     Migration(2, "the medical-waste ledger", WASTE_LEDGER),
@@ -330,4 +348,5 @@ MIGRATIONS = (
     Migration(6, "notifications: deliveries by channel, claimed notice keys", NOTIFICATIONS),
     Migration(7, "the alert feed: entries in commit order, cursors", ALERT_FEED),
     Migration(8, "inspector actions for the alert workers", ALERT_ACTIONS),
+    Migration(9, "disinfection-line cycle and batch events", DISINFECTION_LINES),
 )
