@@ -7,6 +7,7 @@ from pathlib import Path
 from alerts.custody import default_custody_settings
 from alerts.detectors.settings import load_detector_settings
 from alerts.engine import EngineSettings
+from alerts.escalation.policy import EscalationSettings
 from alerts.settings_files import use_config_dir
 from alerts.standards import builtin_profiles
 
@@ -21,3 +22,4 @@ def load_settings(config_dir: str | Path | None) -> None:
     EngineSettings.load()
     default_custody_settings()
     builtin_profiles()
+    EscalationSettings.load()

@@ -19,6 +19,7 @@ from api import (
     routes_compliance,
     routes_deliveries,
     routes_limits,
+    routes_notify,
     routes_ops,
     routes_public,
     routes_readings,
@@ -70,6 +71,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         routes_accounts,
         routes_public,
         routes_reports,
+        routes_notify,
     ):
         app.include_router(module.router)
     dashboard.mount(app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from store import notify_sql
 from store.migrations import Migration
 
 INITIAL = """
@@ -217,4 +218,5 @@ MIGRATIONS = (
     Migration(2, "the medical-waste ledger", WASTE_LEDGER),
     Migration(3, "retention: hourly aggregates, kept evidence", RETENTION),
     Migration(4, "disabled users, dead-letter tallies", ACCOUNTS_AND_DEAD_LETTERS),
+    Migration(5, notify_sql.MIGRATION_NAME, notify_sql.POSTGRES_SCHEMA),
 )
