@@ -74,6 +74,9 @@ async def _contacts(ctx, owner: str) -> ContactsOut:
 
 
 async def _replace(ctx, who: Principal, owner: str, body: ContactList | None) -> None:
+    problem = None if body is None else body.problem()
+    if problem:
+        raise HTTPException(400, problem)
     doc = None if body is None else body.model_dump_json()
     await asyncio.to_thread(ctx.store.save_notify_settings, owner, doc, who.name, now_ms())
 
@@ -86,7 +89,9 @@ async def get_site_contacts(ctx: Ctx, who: Caller, site_id: SiteId) -> ContactsO
     return await _contacts(ctx, site_owner(site_id))
 
 
-@router.put("/sites/{site_id}/contacts", response_model=ContactsOut, responses=error_responses(404))
+@router.put(
+    "/sites/{site_id}/contacts", response_model=ContactsOut, responses=error_responses(400, 404)
+)
 async def put_site_contacts(
     ctx: Ctx, who: Caller, site_id: SiteId, body: ContactList
 ) -> ContactsOut:
@@ -117,7 +122,9 @@ async def get_jurisdiction_contacts(ctx: Ctx, who: Caller, code: Code) -> Contac
 
 
 @router.put(
-    "/jurisdictions/{code}/contacts", response_model=ContactsOut, responses=error_responses(404)
+    "/jurisdictions/{code}/contacts",
+    response_model=ContactsOut,
+    responses=error_responses(400, 404),
 )
 async def put_jurisdiction_contacts(
     ctx: Ctx, who: Caller, code: Code, body: ContactList
@@ -195,7 +202,7 @@ async def get_user_notifications(ctx: Ctx, who: Caller, name: UserName) -> UserN
 
 
 @router.put(
-    "/users/{name}/notifications", response_model=UserNotify, responses=error_responses(404)
+    "/users/{name}/notifications", response_model=UserNotify, responses=error_responses(400, 404)
 )
 async def put_user_notifications(
     ctx: Ctx, who: Caller, name: UserName, body: UserNotify

@@ -7,55 +7,32 @@ store keeps (as JSON), so all three are judged by one set of rules."""
 
 from __future__ import annotations
 
-import re
 from datetime import date, time
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from domain.model import AlertFamily, Severity
 
 ChannelName = Literal["wecom", "dingtalk", "email", "sms", "webhook"]
-
-# What an address looks like per channel. Robots (企业微信, 钉钉) are named here and configured
-# with their webhook keys and secrets in the channel settings, never in a contact.
-_ADDRESS = {
-    "wecom": re.compile(r"[A-Za-z0-9_.-]{1,64}"),
-    "dingtalk": re.compile(r"[A-Za-z0-9_.-]{1,64}"),
-    "email": re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63}){1,8}"),
-    # Mainland mobile numbers (11 digits, 1[3-9]...), optionally with +86.
-    "sms": re.compile(r"(\+86)?1[3-9][0-9]{9}"),
-    "webhook": re.compile(r"https?://[!-~]{1,500}"),
-}
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
-def _printable(text: str) -> str:
-    if _CONTROL.search(text):
-        raise ValueError("control characters are not allowed")
-    return text
-
-
-def _duty_day(text: str) -> str:
-    if text in _WEEKDAYS:
-        return text
-    try:
-        date.fromisoformat(text)
-    except ValueError:
-        days = ", ".join(_WEEKDAYS)
-        raise ValueError(f"{text!r} is neither a weekday ({days}) nor YYYY-MM-DD") from None
-    if len(text) != 10:
-        raise ValueError(f"{text!r}: write dates as YYYY-MM-DD")
-    return text
-
-
-Name = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_printable)]
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Role = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$", description="e.g. manager")]
-DutyDay = Annotated[str, Field(max_length=10), AfterValidator(_duty_day)]
+DutyDay = Annotated[
+    str,
+    Field(
+        pattern=r"^(mon|tue|wed|thu|fri|sat|sun|20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01]))$",
+        description="a weekday (mon...sun) or a date (YYYY-MM-DD)",
+    ),
+]
 ClockTime = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+# Robots (企业微信, 钉钉) are named here and configured with their webhook keys and secrets in the
+# channel settings, never in a contact.
+RobotName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
 def weekday_name(day: date) -> str:
@@ -67,14 +44,29 @@ def parse_clock(text: str) -> time:
     return time(int(hours), int(minutes))
 
 
-def _addresses(value: dict[str, str]) -> dict[str, str]:
-    for channel, address in value.items():
-        if len(address) > 512 or not _ADDRESS[channel].fullmatch(address):
-            raise ValueError(f"{channel}: {address[:80]!r} is not a valid {channel} address")
-    return value
+class Addresses(BaseModel):
+    """Where a person is reached, at most one address per channel."""
 
+    model_config = STRICT
 
-Addresses = Annotated[dict[ChannelName, str], AfterValidator(_addresses)]
+    wecom: RobotName | None = None
+    dingtalk: RobotName | None = None
+    email: (
+        Annotated[
+            str,
+            Field(
+                max_length=254,
+                pattern=r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63}){1,8}$",
+            ),
+        ]
+        | None
+    ) = None
+    # Mainland mobile numbers (11 digits, 1[3-9]...), optionally with +86.
+    sms: Annotated[str, Field(pattern=r"^(\+86)?1[3-9][0-9]{9}$")] | None = None
+    webhook: Annotated[str, Field(max_length=500, pattern=r"^https?://[!-~]+$")] | None = None
+
+    def items(self) -> list[tuple[ChannelName, str]]:
+        return [(k, v) for k, v in self.model_dump().items() if v is not None]
 
 
 class QuietHours(BaseModel):
@@ -85,7 +77,7 @@ class QuietHours(BaseModel):
 
     start: ClockTime
     end: ClockTime
-    include_critical: bool = False
+    include_critical: StrictBool = False
 
     def covers(self, local: time) -> bool:
         start, end = parse_clock(self.start), parse_clock(self.end)
@@ -124,7 +116,7 @@ class Contact(BaseModel):
 
     name: Name
     role: Role
-    addresses: Addresses = Field(min_length=1)
+    addresses: Addresses = Field(default_factory=Addresses)
     # Days this contact is on call outside working hours: weekdays (mon...sun) or dates. A duty
     # day runs from the end of its working hours to the start of the next day's.
     on_call: list[DutyDay] = Field(default_factory=list, max_length=400)
@@ -136,13 +128,24 @@ class ContactList(BaseModel):
 
     contacts: list[Contact] = Field(max_length=100)
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> ContactList:
+    def problem(self) -> str | None:
+        """What the schema cannot say: names must differ, duty dates must exist."""
         names = [c.name for c in self.contacts]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"contact names must be unique: {', '.join(twice)} twice")
-        return self
+        for i, c in enumerate(self.contacts):
+            if names.count(c.name) > 1:
+                return f"contacts.{i}.name: {c.name!r} is given to more than one contact"
+            for j, day in enumerate(c.on_call):
+                if day not in _WEEKDAYS and not _is_date(day):
+                    return f"contacts.{i}.on_call.{j}: {day!r} is not a date"
+        return None
+
+
+def _is_date(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 class UserNotify(BaseModel):
@@ -150,7 +153,7 @@ class UserNotify(BaseModel):
 
     model_config = STRICT
 
-    addresses: Addresses = Field(default_factory=dict)
+    addresses: Addresses = Field(default_factory=Addresses)
     preferences: Preferences = Field(default_factory=Preferences)
 
 

@@ -25,7 +25,7 @@ def test_an_empty_file_gets_every_step_recorded(tmp_path: Path) -> None:
     path = tmp_path / "landun.db"
     SqliteStore(path).close()
     SqliteLedger(path).close()
-    assert _versions(path) == {("store", 1), ("ledger", 1)}
+    assert _versions(path) == {("store", 1), ("store", 2), ("ledger", 1)}
     assert _versions(readings_path(path)) == {("readings", 1), ("readings", 2)}
     SqliteStore(path).close()  # nothing left to apply
     assert _versions(readings_path(path)) == {("readings", 1), ("readings", 2)}

@@ -64,7 +64,7 @@ def people_for(
 
 
 def _person(c: Contact) -> Person:
-    return Person(c.name, dict(c.addresses), c.preferences)
+    return Person(c.name, dict(c.addresses.items()), c.preferences)
 
 
 def _inspectors(store: Store, jurisdiction: str) -> list[Person]:
@@ -78,5 +78,5 @@ def _inspectors(store: Store, jurisdiction: str) -> list[Person]:
     for name in users:
         doc = docs.get(user_owner(name))
         settings = UserNotify() if doc is None else UserNotify.model_validate_json(doc)
-        out.append(Person(name, dict(settings.addresses), settings.preferences))
+        out.append(Person(name, dict(settings.addresses.items()), settings.preferences))
     return out

@@ -188,6 +188,12 @@ class EscalationSettings:
             calendars[name] = checked(Calendar, cal_doc, cal_where)
         contacts_where, contacts_doc = read_toml("contacts.toml")
         contacts = checked(ContactsFile, contacts_doc, contacts_where)
+        for kind, table in (("sites", contacts.sites), ("jurisdictions", contacts.jurisdictions)):
+            for owner, contact_list in table.items():
+                problem = contact_list.problem()
+                if problem:
+                    key, _, reason = problem.partition(": ")
+                    raise SettingsError(contacts_where, f"{kind}.{owner}.{key}", reason)
         if registry is not None:
             unknown = sorted(set(contacts.sites) - set(registry.sites))
             if unknown:
