@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from pathlib import Path
 
 import httpx
@@ -24,7 +25,9 @@ from alerts.channels.base import Notice, Recipient
 from alerts.engine import AlertEngine
 from alerts.escalation.escalator import Escalator
 from alerts.escalation.policy import EscalationSettings
+from alerts.settings_files import SettingsError, use_config_dir
 from alerts.standards import builtin_profiles
+from alerts.startup_settings import load_settings
 from domain.model import Alert, AlertFamily, Device, Severity, Site, SiteKind
 from domain.notify import ContactList, UserNotify, jurisdiction_owner, site_owner, user_owner
 from domain.params import default_catalogue
@@ -35,6 +38,7 @@ from store.postgres.store import PostgresStore
 from store.sqlite import SqliteStore
 from tests.postgres import fresh_database
 
+DATA = resources.files("alerts").joinpath("data")
 MIN = 60_000
 SITE, DEVICE, CODE = "pool-a", "pool-a-wq", "310104"
 MONDAY_10 = iso_to_ms("2026-12-07T10:00:00+08:00")  # a working Monday morning
@@ -424,3 +428,103 @@ def test_packaged_policy_loads_with_its_calendar() -> None:
     assert policy.levels[1].after_min_critical == 10
     cal = settings.calendars["cn-2026"]
     assert len(cal.holidays) == 33 and len(cal.workdays) == 6
+
+
+# -- hostile or wrong settings files fail at start with file, key and reason ----------------------
+
+ESCALATION = DATA.joinpath("escalation.toml").read_text("utf-8")
+
+
+@pytest.fixture
+def packaged_after() -> Iterator[None]:
+    yield
+    load_settings(None)
+
+
+def _etc(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = tmp_path / "etc" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, "utf-8")
+    return tmp_path / "etc"
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "key", "reason"),
+    [
+        ("escalation.toml", ("after_min = 120", "after_min = 120\nafter_hours = 2"),
+         "policies.district.levels.2.after_hours", "unknown key"),
+        ("escalation.toml", ('notify = ["jurisdiction:director"]', 'notify = ["everyone"]'),
+         "policies.district.levels.2.notify.0", "String should match pattern"),
+        ("escalation.toml", ("after_min = 120", "after_min = 20"),
+         "policies.district", "levels must come in order of their delays (warning alerts)"),
+        ("escalation.toml", ("after_min = 0", "after_min = -5"),
+         "policies.district.levels.0.after_min", "greater than or equal to 0"),
+        ("escalation.toml", ('calendars = ["cn-2026"]', 'calendars = ["../../etc/passwd"]'),
+         "policies.district.calendars.0", "String should match pattern"),
+        ("escalation.toml", ('calendars = ["cn-2026"]', 'calendars = ["cn-2099"]'),
+         "calendars", "no calendar holidays/cn-2099.toml"),
+        ("escalation.toml", ('default_policy = "district"', 'default_policy = "city"'),
+         "", "default_policy 'city' is not among the policies"),
+        ("escalation.toml", ('timezone = "Asia/Shanghai"', 'timezone = "../../etc/passwd"'),
+         "", "is not a time zone"),
+        ("escalation.toml", ('start = "08:30"', 'start = "18:30"'),
+         "policies.district.working_hours", "start 18:30 is not before end 17:30"),
+        ("escalation.toml", ("[jurisdictions]", '[jurisdictions]\n"310104" = "nope"'),
+         "", "jurisdiction 310104: no policy 'nope'"),
+        ("escalation.toml", ("[jurisdictions]", "[jurisdictions"), "", "not valid TOML"),
+        ("holidays/cn-2026.toml", ("2026-01-04,  #", "2027-01-04,  #"),
+         "", "2027-01-04 is not in 2026"),
+        ("holidays/cn-2026.toml", ("2026-01-04,  #", "2026-01-01,  #"),
+         "", "2026-01-01 is both a holiday and a working day"),
+    ],
+)  # fmt: skip
+def test_a_wrong_policy_or_calendar_fails_with_file_key_and_reason(
+    tmp_path, packaged_after, name, change, key, reason
+):
+    text = DATA.joinpath(name).read_text("utf-8")
+    assert change[0] in text
+    etc = _etc(tmp_path, {name: text.replace(change[0], change[1], 1)})
+    with pytest.raises(SettingsError) as info:
+        load_settings(etc)
+    err = info.value
+    assert err.file == str(etc / name)
+    assert err.key == key
+    assert reason in err.reason
+
+
+CONTACTS_OK = """
+[sites."pool-a"]
+contacts = [{ name = "王经理", role = "manager", addresses = { sms = "13800000001" } }]
+[jurisdictions."310104"]
+contacts = [{ name = "赵值班", role = "duty_officer", on_call = ["sun"] }]
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "reason"),
+    [
+        (("13800000001", "12345"), "sites.pool-a.contacts.0.addresses.sms", "should match"),
+        (('sms = "1', 'fax = "1'), "sites.pool-a.contacts.0.addresses.fax", "unknown key"),
+        (('"sun"', '"someday"'), "jurisdictions.310104.contacts.0.on_call.0", "should match"),
+        (('"sun"', '"2026-02-30"'), "jurisdictions.310104.contacts.0.on_call.0",
+         "'2026-02-30' is not a date"),
+        (('role = "duty_officer"', 'role = "manager"'), "", ""),  # a valid change
+        (('[jurisdictions."310104"]', '[jurisdictions."31"]'), "jurisdictions.31.[key]", "pattern"),
+        (('name = "赵值班"', 'name = "bad\\u0007name"'),
+         "jurisdictions.310104.contacts.0.name", "should match"),
+        (('"pool-a"', '"pool-z"'), "sites.pool-z", "no such site"),
+    ],
+)  # fmt: skip
+def test_a_wrong_contacts_file_fails_with_file_key_and_reason(
+    tmp_path, packaged_after, change, key, reason
+):
+    etc = _etc(tmp_path, {"contacts.toml": CONTACTS_OK.replace(change[0], change[1], 1)})
+    use_config_dir(etc)
+    if not key:
+        assert EscalationSettings.load(_registry()).contacts.sites["pool-a"]
+        return
+    with pytest.raises(SettingsError) as info:
+        EscalationSettings.load(_registry())
+    assert (info.value.file, info.value.key) == (str(etc / "contacts.toml"), key)
+    assert reason in info.value.reason
