@@ -132,7 +132,7 @@ class ContactList(BaseModel):
         """What the schema cannot say: names must differ, duty dates must exist."""
         names = [c.name for c in self.contacts]
         for i, c in enumerate(self.contacts):
-            if names.count(c.name) > 1:
+            if c.name in names[:i]:
                 return f"contacts.{i}.name: {c.name!r} is given to more than one contact"
             for j, day in enumerate(c.on_call):
                 if day not in _WEEKDAYS and not _is_date(day):
