@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, time
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from alerts.channels.base import Notice, Recipient
 from alerts.escalation.people import Person, people_for
-from alerts.escalation.policy import EscalationSettings, Level
+from alerts.escalation.policy import EscalationSettings, Level, Policy
 from domain.model import Alert, AlertStatus, Reading, Severity, Site
 from domain.registry import Registry
 from domain.rule_names import rule_name
@@ -109,15 +109,14 @@ class Escalator:
                 continue
             if now < alert.opened_ms + level.delay_ms(alert.severity):
                 return
-            notices, audit = self._level(alert, site, index, level, now)
+            notices, audit = self._level(alert, site, policy, index, level, now)
             if self.store.claim_escalation(alert.id, index, now, audit):
                 self._submit(notices, now)
 
     def _level(
-        self, alert: Alert, site: Site, index: int, level: Level, now: int
+        self, alert: Alert, site: Site, policy: Policy, index: int, level: Level, now: int
     ) -> tuple[list[Notice], list[AuditEntry]]:
         """The level's notices and the audit entries its claim writes."""
-        policy = self.settings.policy_for(site.jurisdiction)
         schedule = self.settings.schedule(policy)
         working = schedule.is_working(now)
         targets = level.targets(working)
@@ -202,7 +201,7 @@ class Escalator:
         )
 
 
-def _refusal(person: Person, alert: Alert, local) -> str | None:
+def _refusal(person: Person, alert: Alert, local: time) -> str | None:
     if not person.addresses:
         return "no address on file"
     return person.preferences.refusal(str(alert.family), str(alert.severity), local)
