@@ -150,10 +150,11 @@ def test_escalation_entries_show_in_the_alert_and_its_evidence(system: RunningSy
             last_ms=now,
         )
     )
+    later = now_ms()  # the engine stamps the opening with its own (wall) clock
     receiver = Receiver()
     try:
-        esc = Escalator(core.store, core.registry, RecordingOutbox(receiver), clock=lambda: now)
-        esc.tick(now)
+        esc = Escalator(core.store, core.registry, RecordingOutbox(receiver), clock=lambda: later)
+        esc.tick(later)
         assert [m["to"] for m in receiver.received] == ["sms:13800000001"]
     finally:
         receiver.close()
