@@ -82,7 +82,8 @@ def checked(cls: type[T], data: Any, file: str, key: str = "") -> T:
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in (*([key] if key else []), *err["loc"]))
-        reason = "unknown key" if err["type"] == "unexpected_keyword_argument" else err["msg"]
+        unknown = err["type"] in ("unexpected_keyword_argument", "extra_forbidden")
+        reason = "unknown key" if unknown else err["msg"]
         raise SettingsError(file, where, reason) from None
 
 

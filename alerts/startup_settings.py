@@ -8,6 +8,7 @@ from alerts.channels.settings import load_channel_settings
 from alerts.custody import default_custody_settings
 from alerts.detectors.settings import load_detector_settings
 from alerts.engine import EngineSettings
+from alerts.escalation.policy import EscalationSettings
 from alerts.settings_files import use_config_dir
 from alerts.standards import builtin_profiles
 
@@ -23,3 +24,4 @@ def load_settings(config_dir: str | Path | None) -> None:
     default_custody_settings()
     builtin_profiles()
     load_channel_settings()
+    EscalationSettings.load()

@@ -20,6 +20,7 @@ from api import (
     routes_deliveries,
     routes_limits,
     routes_lines,
+    routes_notify,
     routes_ops,
     routes_public,
     routes_readings,
@@ -74,6 +75,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         routes_accounts,
         routes_public,
         routes_reports,
+        routes_notify,
     ):
         app.include_router(module.router)
     dashboard.mount(app)

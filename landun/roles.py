@@ -20,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
+from alerts.channels.settings import build_outbox, load_channel_settings
 from alerts.feed import AlertWorker, PartitionRules
 from alerts.notify_mqtt import MqttAlertPublisher
 from alerts.notify_webhook import WebhookNotifier, WebhookTarget
@@ -38,7 +39,15 @@ from ingest.mqtt import MqttSubscriber, SubscriberSettings, default_client_id
 from ingest.pipeline import IngestPipeline
 from landun.demo import demo_registry_path
 from landun.housekeeping import Housekeeper
-from landun.system import Core, StartupError, _ApiServer, bind_api_socket, ensure_admin
+from landun.system import (
+    Core,
+    StartupError,
+    _ApiServer,
+    attach_escalation,
+    bind_api_socket,
+    dashboard_url,
+    ensure_admin,
+)
 from store.base import StoreUnavailable
 from store.bell import Bell
 from store.factory import describe, open_ledger, open_line_ledger, open_store
@@ -206,11 +215,17 @@ async def run_alerts(cfg: RoleConfig) -> None:
 
         lines = open_line_ledger(db_path, cfg.database_url)  # one for all partitions
         stack.callback(lines.close)
+        outbox = build_outbox(load_channel_settings(), store)
+        outbox.start()
+        stack.push_async_callback(asyncio.to_thread, outbox.stop)
+        url = dashboard_url(None)
 
         def build(registry: Registry, part_store, part_ledger) -> PartitionRules:
             core = Core.build(
                 registry, db_path, registry_path, store=part_store, ledger=part_ledger, lines=lines
             )
+            # Each level is claimed in the store, so partitions and workers never send one twice.
+            attach_escalation(core.engine, outbox, url)
             p = core.pipeline
             return PartitionRules(core.engine, core.engine.on_readings, p.on_events, p.on_dead)
 

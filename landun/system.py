@@ -24,6 +24,7 @@ from alerts.cycles import CycleRule
 from alerts.detector_rule import DetectorRule
 from alerts.detectors.settings import load_detector_settings
 from alerts.engine import AlertEngine
+from alerts.escalation.escalator import Escalator
 from alerts.notify_mqtt import MqttAlertPublisher
 from alerts.notify_webhook import WebhookNotifier, WebhookTarget
 from alerts.offline import OfflineRule
@@ -212,6 +213,21 @@ class Core:
         self.store.close()
 
 
+def dashboard_url(configured: str | None) -> str:
+    """Where people's notices link to: the configured public address, else LANDUN_PUBLIC_URL."""
+    return configured or os.environ.get("LANDUN_PUBLIC_URL", "")
+
+
+def attach_escalation(engine: AlertEngine, outbox: OutboxService, url: str) -> Escalator:
+    """Escalation on the engine's clock; the outbox's final word on each notice goes into the
+    alert's audit trail."""
+    escalator = Escalator.attach(engine, outbox, url)
+    outbox.on_outcome = lambda notice, ok, _attempts, error: escalator.delivery_result(
+        notice, ok, error
+    )
+    return escalator
+
+
 def ensure_admin(store: Store, data_dir: Path, password: str | None) -> str:
     """Make sure an admin exists; on first start with no password given, generate one, keep it
     in `<data-dir>/admin-password.txt` (mode 0600) and say so."""
@@ -327,6 +343,7 @@ class System:
             outbox = self.outbox = build_outbox(cfg.channels or load_channel_settings(), core.store)
             outbox.start()
             stack.push_async_callback(asyncio.to_thread, outbox.stop)
+            attach_escalation(core.engine, outbox, dashboard_url(cfg.public_url))
             subscriber = MqttSubscriber(
                 core.pipeline, broker, SubscriberSettings(client_id, cfg.shared_group)
             )

@@ -287,6 +287,31 @@ class Store(Protocol):
 
     def load_state(self, namespace: str) -> dict[str, str]: ...
 
+    def notify_settings(self, owners: Sequence[str]) -> dict[str, str]:
+        """Stored notification settings (JSON) of these owners (`site:<id>`, `jurisdiction:<code>`,
+        `user:<name>`); owners never edited are absent."""
+        ...
+
+    def save_notify_settings(self, owner: str, doc: str | None, actor: str, at_ms: int) -> None:
+        """Replace an owner's notification settings; None deletes them."""
+        ...
+
+    def claim_escalation(
+        self, alert_id: int, level: int, at_ms: int, audit: Sequence[AuditEntry]
+    ) -> bool:
+        """Record that the alert reached this escalation level, with its audit entries, in one
+        transaction; False (and nothing written) when the level was claimed already or the
+        alert is no longer open (acknowledged or resolved)."""
+        ...
+
+    def escalation_steps(self, alert_ids: Sequence[int]) -> dict[int, dict[int, int]]:
+        """Alert id -> {level: when it was reached} for the alerts that reached any."""
+        ...
+
+    def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Add entries to alerts' audit trails (notifications sent or failed)."""
+        ...
+
     def save_state(self, namespace: str, items: dict[str, str | None]) -> None:
         """Upsert engine state; a None value deletes the key."""
         ...

@@ -587,6 +587,11 @@ DELEGATED = frozenset(
         "revoke_token",
         "load_state",
         "save_state",
+        "notify_settings",
+        "save_notify_settings",
+        "claim_escalation",
+        "escalation_steps",
+        "append_audit",
     }
 )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from domain import strict_json
 from domain.model import Alert, AlertFamily, AlertStatus, DeadLetter, Reading, Severity
 from domain.timeutil import now_ms
+from store import notify_sql
 from store.base import (
     TOKEN_ID_CHARS,
     AlertChange,
@@ -346,6 +347,7 @@ CREATE TABLE IF NOT EXISTS notice_claims (
 MIGRATIONS = (
     Migration(1, "inboxes, alerts, accounts, engine state (as of 2026-12)", SCHEMA),
     Migration(2, "notifications: deliveries by channel, claimed notice keys", NOTIFICATIONS),
+    Migration(3, notify_sql.MIGRATION_NAME, notify_sql.SQLITE_SCHEMA),
 )
 
 _ALERT_COLS = (
@@ -1204,3 +1206,39 @@ class SqliteStore(SqliteDatabase):
             "DELETE FROM engine_state WHERE namespace = ? AND key = ?",
             [(namespace, k) for k, v in items.items() if v is None],
         )
+
+    # -- notification: contacts, preferences, escalation steps -------------------------------
+
+    def notify_settings(self, owners: Sequence[str]) -> dict[str, str]:
+        if not owners:
+            return {}
+        rows = self._reader().execute(notify_sql.settings_query(owners), tuple(owners))
+        return dict(rows.fetchall())
+
+    def save_notify_settings(self, owner: str, doc: str | None, actor: str, at_ms: int) -> None:
+        with self._tx() as conn:
+            if doc is None:
+                conn.execute(notify_sql.DELETE_SETTINGS, (owner,))
+            else:
+                conn.execute(notify_sql.UPSERT_SETTINGS, (owner, doc, at_ms, actor))
+
+    def claim_escalation(
+        self, alert_id: int, level: int, at_ms: int, audit: Sequence[AuditEntry]
+    ) -> bool:
+        with self._tx() as conn:
+            claimed = conn.execute(
+                notify_sql.CLAIM, notify_sql.claim_args(alert_id, level, at_ms)
+            ).rowcount
+            if claimed:
+                conn.executemany(notify_sql.INSERT_AUDIT, notify_sql.audit_rows(audit))
+        return bool(claimed)
+
+    def escalation_steps(self, alert_ids: Sequence[int]) -> dict[int, dict[int, int]]:
+        if not alert_ids:
+            return {}
+        rows = self._reader().execute(notify_sql.steps_query(alert_ids), tuple(alert_ids))
+        return notify_sql.steps_by_alert(rows.fetchall())
+
+    def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        with self._tx() as conn:
+            conn.executemany(notify_sql.INSERT_AUDIT, notify_sql.audit_rows(entries))

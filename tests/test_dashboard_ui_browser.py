@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from domain.timeutil import now_ms
+from store.base import AuditEntry
 from tests.conftest import (
     ADMIN_PASSWORD,
     Publisher,
@@ -113,7 +114,11 @@ def test_english_switch_charts_and_printed_evidence(seeded, browser):  # noqa: F
         two_pm = page.evaluate("fmtAxisTimes([Date.UTC(2026, 0, 5, 6) / 1000], 3600)")
         assert two_pm == ["14:00"]
 
-        # The evidence page in Chinese: rule name, unit, worst value, and its hash.
+        # The evidence page in Chinese: rule name, unit, worst value, and its hash; the
+        # escalation's entries in a section of their own.
+        notice = AuditEntry(alert["id"], now_ms(), "escalation", "notification_queued",
+                            "王经理 via sms 138****0001")  # fmt: skip
+        running.system.core.store.append_audit([notice])
         page.goto(running.base_url + f"/#/alert/{alert['id']}")
         page.wait_for_selector("dl.facts")
         facts = page.locator("dl.facts").inner_text()
@@ -121,6 +126,8 @@ def test_english_switch_charts_and_printed_evidence(seeded, browser):  # noqa: F
         record = running.http.get(f"/api/v1/alerts/{alert['id']}/evidence").json()
         assert record["sha256"] in facts
         assert page.locator("#readings th").first.inner_text() == "时间"
+        notices = page.locator("#notifications").inner_text()
+        assert "通知待发 王经理 via sms 138****0001" in notices
 
         # Print evidence prints the record's own page (in a frame), not the dashboard.
         page.click("#do-print")
@@ -135,6 +142,7 @@ def test_english_switch_charts_and_printed_evidence(seeded, browser):  # noqa: F
         data += [record["limit"]["clause"], record["limit"]["standard"]]
         data += [x["name"].split(" (")[0] for x in sites]
         data.append("中文")  # the switch back names its language in that language
+        data.append("王经理")
 
         def chinese_left() -> list[str]:
             text = page.locator("body").inner_text()
@@ -146,6 +154,7 @@ def test_english_switch_charts_and_printed_evidence(seeded, browser):  # noqa: F
         page.wait_for_selector("dl.facts")
         assert page.locator("#readings th").first.inner_text() == "Time"
         assert "Free chlorine outside its limit" in page.locator("dl.facts").inner_text()
+        assert "Notice queued 王经理" in page.locator("#notifications").inner_text()
         assert chinese_left() == []
         page.goto(running.base_url + "/#/")
         page.wait_for_selector("#sites tbody tr")

@@ -162,12 +162,20 @@ function handleEvent(block) {
   if (!data) return;
   state.lastEventId = id;
   const ev = JSON.parse(data);
+  if (ev.actor === ESCALATION) return; // notices show on the alert's page, not as new events
   state.feed.push(ev);
   if (state.feed.length > 200) state.feed.shift();
   document.getElementById("feed-list").prepend(feedItem(ev));
   // The page behind the feed may now be out of date: refresh it, at most every 2 s.
   clearTimeout(state.refreshTimer);
   state.refreshTimer = setTimeout(() => route(true), 2000);
+}
+
+// The escalation stage's audit entries (levels reached, notices queued, sent or failed).
+const ESCALATION = "escalation";
+
+function auditItems(entries, zone) {
+  return entries.map((e) => `<li>${fmtTime(e.at, zone)} ${esc(e.actor === "system" ? t("system") : e.actor)}: ${esc(t(e.action))} ${esc((state.lang === "zh" && e.comment_zh) || e.comment)}</li>`).join("");
 }
 
 function feedItem(ev) {
@@ -557,7 +565,9 @@ async function alertPage(alertId) {
       <button class="btn secondary" id="do-print">${esc(t("printEvidence"))}</button>
     </div>
     <h2>${esc(t("audit"))}</h2>
-    <ul>${record.audit.map((e) => `<li>${fmtTime(e.at, zone)} ${esc(e.actor === "system" ? t("system") : e.actor)}: ${esc(t(e.action))} ${esc((state.lang === "zh" && e.comment_zh) || e.comment)}</li>`).join("")}</ul>
+    <ul>${auditItems(record.audit.filter((e) => e.actor !== ESCALATION), zone)}</ul>
+    <h2>${esc(t("notifications"))}</h2>
+    <ul id="notifications">${auditItems(record.audit.filter((e) => e.actor === ESCALATION), zone) || `<li class="muted">${esc(t("noNotifications"))}</li>`}</ul>
     <h2>${esc(t("readings"))} (${record.readings.length})</h2>
     <table id="readings"><thead><tr><th>${esc(t("time"))}</th><th>${esc(t("parameter"))}</th><th>${esc(t("value"))}</th><th>${esc(t("flag"))}</th></tr></thead>
     <tbody>${record.readings.map((r) => `<tr class="${r.in_episode ? "in-episode" : ""}">

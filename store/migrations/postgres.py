@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from store import notify_sql
 from store.migrations import Migration
 
 INITIAL = """
@@ -349,4 +350,5 @@ MIGRATIONS = (
     Migration(7, "the alert feed: entries in commit order, cursors", ALERT_FEED),
     Migration(8, "inspector actions for the alert workers", ALERT_ACTIONS),
     Migration(9, "disinfection-line cycle and batch events", DISINFECTION_LINES),
+    Migration(10, notify_sql.MIGRATION_NAME, notify_sql.POSTGRES_SCHEMA),
 )

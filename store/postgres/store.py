@@ -12,6 +12,7 @@ import psycopg
 
 from domain.model import Alert, DeadLetter, Reading
 from domain.timeutil import now_ms
+from store import notify_sql
 from store.base import (
     TOKEN_ID_CHARS,
     AlertChange,
@@ -717,6 +718,42 @@ class PostgresStore:
         with self.db.tx() as conn:
             _write_state(conn, namespace, items)
 
+    # -- notification: contacts, preferences, escalation steps -------------------------------
+
+    def notify_settings(self, owners: Sequence[str]) -> dict[str, str]:
+        if not owners:
+            return {}
+        return dict(self.db.rows(_pg(notify_sql.settings_query(owners)), tuple(owners)))
+
+    def save_notify_settings(self, owner: str, doc: str | None, actor: str, at_ms: int) -> None:
+        with self.db.tx() as conn:
+            if doc is None:
+                conn.execute(_pg(notify_sql.DELETE_SETTINGS), (owner,))
+            else:
+                conn.execute(_pg(notify_sql.UPSERT_SETTINGS), (owner, doc, at_ms, actor))
+
+    def claim_escalation(
+        self, alert_id: int, level: int, at_ms: int, audit: Sequence[AuditEntry]
+    ) -> bool:
+        with self.db.tx() as conn:
+            claimed = conn.execute(
+                _pg(notify_sql.CLAIM), notify_sql.claim_args(alert_id, level, at_ms)
+            ).rowcount
+            if claimed:
+                with conn.cursor() as cur:
+                    cur.executemany(_pg(notify_sql.INSERT_AUDIT), notify_sql.audit_rows(audit))
+        return bool(claimed)
+
+    def escalation_steps(self, alert_ids: Sequence[int]) -> dict[int, dict[int, int]]:
+        if not alert_ids:
+            return {}
+        rows = self.db.rows(_pg(notify_sql.steps_query(alert_ids)), tuple(alert_ids))
+        return notify_sql.steps_by_alert(rows)
+
+    def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        with self.db.tx() as conn, conn.cursor() as cur:
+            cur.executemany(_pg(notify_sql.INSERT_AUDIT), notify_sql.audit_rows(entries))
+
     def close(self) -> None:
         self.db.close()
 
@@ -731,6 +768,11 @@ def _only_new(readings: Sequence[Reading], inserted: list[tuple]) -> list[Readin
             keys.discard(key)
             new.append(r)
     return new
+
+
+def _pg(sql: str) -> str:
+    """The shared queries' `?` placeholders as psycopg's (none of them has a literal `?`)."""
+    return sql.replace("?", "%s")
 
 
 def _end_sessions(conn: psycopg.Connection, name: str) -> None:
