@@ -35,7 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from fresh_pg import fresh_database  # noqa: E402
-from ingest_throughput import machine  # noqa: E402
+from ingest_throughput import bare_drain, machine  # noqa: E402
 
 from landun.broker import free_port  # noqa: E402
 from store.feed import load_feed_settings  # noqa: E402
@@ -150,32 +150,6 @@ def _session(port: int, client_id: str, topic: str) -> None:
     done.wait(10)
     c.disconnect()
     c.loop_stop()
-
-
-def bare_drain(port: int, expected: int) -> float:
-    got = 0
-    first = last = 0.0
-    done = threading.Event()
-
-    def on_message(c, u, m) -> None:
-        nonlocal got, first, last
-        got += 1
-        if got == 1:
-            first = time.perf_counter()
-        if got == expected:
-            last = time.perf_counter()
-            done.set()
-
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", clean_session=False)
-    c.on_message = on_message
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    ok = done.wait(600)
-    c.disconnect()
-    c.loop_stop()
-    if not ok:
-        raise RuntimeError(f"bare subscriber drained {got} of {expected}")
-    return (expected - 1) / (last - first)
 
 
 def throughput(work: Path, server: str, broker: MosquittoBroker, args, n_ingest: int) -> dict:
