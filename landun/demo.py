@@ -33,6 +33,10 @@ FAILING_SITE = "pool-xh-03"
 # The small drinking-water supply whose chlorine doser failed when the pool's pump did: its
 # chlorine has decayed below the GB 5749 tap minimum long before the backfill starts.
 FAILING_WATER_SITE = "water-cn-01"
+WATER = SiteKind.DRINKING_WATER
+# The water models' seeds start here: where they stood when the supplies joined the demo, so
+# tests/test_demo.py's figures for them hold.
+WATER_SEED_BASE = 8
 FAILING_LINE = "tw-xh-01-line1"  # its steam cabinet sags below 100 °C in every cycle
 # The failing pool's dosing pump broke the day before the anchor. Chlorine falls fast only while
 # bathers are in the water; 26 h always hold a full opening day, so the whole backfill is below
@@ -147,16 +151,16 @@ def _pools(registry: Registry, start: int, seed: int) -> list[SimDevice]:
 
 def _water(registry: Registry, start: int, seed: int) -> list[SimDevice]:
     devices = []
-    for i, dev in enumerate(sorted(registry.devices.values(), key=lambda d: d.id)):
+    # Seeded by place among the water devices, so other kinds added to the demo change nothing.
+    water = [d for d in registry.devices.values() if registry.sites[d.site_id].kind == WATER]
+    for i, dev in enumerate(sorted(water, key=lambda d: d.id)):
         site = registry.sites[dev.site_id]
-        if site.kind != SiteKind.DRINKING_WATER:
-            continue
         faults = []
         if site.id == FAILING_WATER_SITE:
             faults.append(Fault(FaultKind.DOSING_PUMP_FAILURE, start + WARMUP_MS, NEVER_MS))
         model = WaterModel(
             dev.id,
-            seed + i,
+            seed + WATER_SEED_BASE + i,
             subtype=site.subtype or SECONDARY,
             interval_s=dev.interval_s,
             faults=faults,

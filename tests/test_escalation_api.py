@@ -136,27 +136,28 @@ def test_escalation_entries_show_in_the_alert_and_its_evidence(system: RunningSy
     admin = system.http
     admin.put("/api/v1/sites/pool-xh-01/contacts", json={"contacts": [MANAGER]})
     core = system.system.core
-    now = now_ms()
-    alert = core.engine.raise_alert(
-        Alert(
-            site_id="pool-xh-01",
-            device_id=None,
-            rule_id="integrity:test",
-            family=AlertFamily.INTEGRITY,
-            severity=Severity.WARNING,
-            parameter=None,
-            message="test alert",
-            first_ms=now,
-            last_ms=now,
-        )
-    )
-    later = now_ms()  # the engine stamps the opening with its own (wall) clock
+    # The running system's own escalator (landun run attaches one), sending to a test receiver.
+    [esc] = [r for r in core.engine.rules if isinstance(r, Escalator)]
     receiver = Receiver()
+    real_outbox, esc.outbox = esc.outbox, RecordingOutbox(receiver)
     try:
-        esc = Escalator(core.store, core.registry, RecordingOutbox(receiver), clock=lambda: later)
-        esc.tick(later)
+        now = now_ms()
+        alert = core.engine.raise_alert(
+            Alert(
+                site_id="pool-xh-01",
+                device_id=None,
+                rule_id="integrity:test",
+                family=AlertFamily.INTEGRITY,
+                severity=Severity.WARNING,
+                parameter=None,
+                message="test alert",
+                first_ms=now,
+                last_ms=now,
+            )
+        )
         assert [m["to"] for m in receiver.received] == ["sms:13800000001"]
     finally:
+        esc.outbox = real_outbox
         receiver.close()
     detail = admin.get(f"/api/v1/alerts/{alert.id}").json()
     mine = [(e["actor"], e["action"]) for e in detail["audit"] if e["actor"] == "escalation"]
