@@ -4,7 +4,7 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY . .
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . && cp requirements.lock /wheels/
 
 FROM python:3.11-slim
 # Optional extras, e.g. `--build-arg LANDUN_EXTRAS=[influx]` for the InfluxDB readings backend.
@@ -22,7 +22,8 @@ RUN apt-get update \
 COPY --from=build /wheels /wheels
 # A fixed numeric uid, so volume ownership is the same on every host; the data directory is
 # created here so that a fresh named volume mounted on it inherits that ownership.
-RUN pip install --no-cache-dir "$(ls /wheels/landun-*.whl)${LANDUN_EXTRAS}" \
+# The same pinned versions as the tests ran with (requirements.lock).
+RUN pip install --no-cache-dir -c /wheels/requirements.lock "$(ls /wheels/landun-*.whl)${LANDUN_EXTRAS}" \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/landun --create-home landun
 USER 10001:10001
