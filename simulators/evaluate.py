@@ -480,17 +480,31 @@ def build_parser() -> argparse.ArgumentParser:
 def evaluate(
     names: Sequence[str], settings: RunSettings, report: Callable[[str], None] = print
 ) -> dict[str, Any]:
+    return scored_runs(
+        names, lambda name: run_scenario(load_scenario(name), settings), settings, report
+    )
+
+
+def scored_runs(
+    names: Sequence[str],
+    run: Callable[[str], dict[str, Any]],
+    settings: RunSettings,
+    report: Callable[[str], None],
+    unit: str = "pools",
+    clean: str = "clean",
+) -> dict[str, Any]:
+    """Each named scenario run, scored and reported, and the figures summed over them."""
     results = []
     for name in names:
-        result = score(run_scenario(load_scenario(name), settings))
+        result = score(run(name))
         report(format_result(result))
         results.append(result)
     return {
-        "pools": settings.pools,
+        unit: settings.pools,
         "days": settings.days,
         "seed": settings.seed,
         "scenarios": {r["scenario"]: r for r in results},
-        "overall": overall(results),
+        "overall": overall(results, clean=clean),
     }
 
 

@@ -51,9 +51,7 @@ from simulators.evaluate import (
     ScenarioRun,
     SimClock,
     aligned_end_ms,
-    format_result,
-    overall,
-    score,
+    scored_runs,
 )
 from simulators.pool_model import LOCAL_OFFSET_MS, MS_PER_DAY
 from simulators.runner import telemetry_record
@@ -258,15 +256,11 @@ def evaluate_line_domain(
     unknown = set(chosen) - set(list_line_scenarios())
     if unknown:
         raise SystemExit(f"not tableware scenarios: {sorted(unknown)}")
-    results = []
-    for name in chosen:
-        result = score(run_line_scenario(load_line_scenario(name), settings))
-        report(format_result(result))
-        results.append(result)
-    return {
-        "lines": settings.pools,
-        "days": settings.days,
-        "seed": settings.seed,
-        "scenarios": {r["scenario"]: r for r in results},
-        "overall": overall(results, clean="tableware_clean"),
-    }
+    return scored_runs(
+        chosen,
+        lambda name: run_line_scenario(load_line_scenario(name), settings),
+        settings,
+        report,
+        unit="lines",
+        clean="tableware_clean",
+    )
