@@ -27,6 +27,7 @@ from api.schemas import (
 from domain import strict_json
 from domain.alert_json import alert_to_dict
 from domain.model import AlertFamily, AlertStatus, Severity
+from domain.notify import ESCALATION_ACTOR
 from domain.timeutil import ms_to_iso
 from store.base import AlertQuery, Principal
 
@@ -141,6 +142,9 @@ async def _events(request: Request, ctx, sites, after: int) -> AsyncIterator[str
     while not ctx.stopping.is_set() and not await request.is_disconnected():
         events = await asyncio.to_thread(ctx.store.audit_events, after, sites, 200)
         for ev in events:
+            after = ev.event_id
+            if ev.actor == ESCALATION_ACTOR:
+                continue  # a notification, not a change of the alert: on the alert's page
             data = {
                 "action": ev.action,
                 "actor": ev.actor,
@@ -150,7 +154,6 @@ async def _events(request: Request, ctx, sites, after: int) -> AsyncIterator[str
             }
             payload = strict_json.dumps(data)
             yield f"id: {ev.event_id}\nevent: alert\ndata: {payload}\n\n"
-            after = ev.event_id
         if events:
             idle = 0.0
             continue

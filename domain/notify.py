@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from domain.model import AlertFamily, Severity
 
+# The audit trail's actor for the escalation stage's entries (levels reached, notices sent).
+# They record notifications, not changes of the alert, so the live stream leaves them out.
+ESCALATION_ACTOR = "escalation"
+
 ChannelName = Literal["wecom", "dingtalk", "email", "sms", "webhook"]
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

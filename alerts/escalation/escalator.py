@@ -21,6 +21,7 @@ from alerts.channels.base import Notice, Recipient
 from alerts.escalation.people import Person, people_for
 from alerts.escalation.policy import EscalationSettings, Level, Policy
 from domain.model import Alert, AlertStatus, Reading, Severity, Site
+from domain.notify import ESCALATION_ACTOR
 from domain.registry import Registry
 from domain.rule_names import rule_name
 from domain.timeutil import now_ms
@@ -28,7 +29,7 @@ from store.base import AuditEntry, Store, StoreUnavailable
 
 log = logging.getLogger("landun.escalation")
 
-ACTOR = "escalation"
+ACTOR = ESCALATION_ACTOR
 # Audit actions (the dashboard names them in api/static/i18n.js).
 LEVEL_REACHED = "notification_level"
 QUEUED = "notification_queued"

@@ -162,7 +162,6 @@ function handleEvent(block) {
   if (!data) return;
   state.lastEventId = id;
   const ev = JSON.parse(data);
-  if (ev.actor === ESCALATION) return; // notices show on the alert's page, not as new events
   state.feed.push(ev);
   if (state.feed.length > 200) state.feed.shift();
   document.getElementById("feed-list").prepend(feedItem(ev));
