@@ -319,7 +319,7 @@ async function sitePage(siteId, period) {
   const qr = document.getElementById("public-qr");
   if (qr) qr.addEventListener("click", () => publicLink(siteId));
   const panel = KIND_PANELS[site.kind];
-  if (panel) await panel(siteId);
+  if (panel) await panel(siteId, start, end);
   const charts = document.getElementById("charts");
   for (const device of devices) {
     if (!device.parameters.length) continue;
@@ -396,15 +396,17 @@ const KIND_PANELS = {
   tableware_disinfection: linesPanel,
 };
 
-// A disinfection unit's lines: per line, the cycle timeline of the last 12 h (one bar per cycle,
-// green held / red not / grey incomplete), every cycle's curve against the method's limit, the
-// cycles with their verdicts and the packed batches.
-async function linesPanel(siteId) {
+// A disinfection unit's lines: per line, the cycle timeline over the page's period (at most its
+// last 48 h, the API's bound): one bar per cycle (green held / red not / grey incomplete), every
+// cycle's curve against the method's limit, the cycles with their verdicts and the packed batches.
+const LINE_SPAN_MAX = 48 * 3600e3;
+async function linesPanel(siteId, start, end) {
   // Taken before the first await: a page rendered again meanwhile has its own box.
   const box = document.getElementById("kind-panel");
   const base = `/api/v1/sites/${encodeURIComponent(siteId)}/lines`;
   const lines = await api(base);
-  const all = await Promise.all(lines.map((line) => api(`${base}/${encodeURIComponent(line.line_id)}/cycles`)));
+  const span = `start=${new Date(Math.max(start, end - LINE_SPAN_MAX)).toISOString()}&end=${new Date(end).toISOString()}`;
+  const all = await Promise.all(lines.map((line) => api(`${base}/${encodeURIComponent(line.line_id)}/cycles?${span}`)));
   box.innerHTML = `<h2>${esc(t("cycleTimeline"))}</h2>`;
   for (const [i, line] of lines.entries()) {
     const got = all[i];
