@@ -103,6 +103,8 @@ class _Devices(Stacked):
         ("bank_rows", -1),
         ("drift_since", NEVER),
         ("drift_run", 0),
+        ("range_since", NEVER),
+        ("drift_latched", False),
     )
 
     def __init__(self, columns: int, capacity: int = 64) -> None:
@@ -118,6 +120,11 @@ class _Devices(Stacked):
         # the device's other series quiet.
         self.drift_since = np.full((capacity, columns), NEVER, dtype=np.int64)
         self.drift_run = np.zeros((capacity, columns), dtype=np.int64)
+        # Per device and series: its readings since the device last had a parameter outside its
+        # limits (a compliance range alert open), and whether its drift has been explained by
+        # that since it became active.
+        self.range_since = np.full((capacity, columns), NEVER, dtype=np.int64)
+        self.drift_latched = np.zeros((capacity, columns), dtype=bool)
 
     def rows(self, ids: list[str]) -> np.ndarray:
         """The row of each device id, registering those not seen before."""
@@ -192,7 +199,7 @@ class DetectorRule:
             return
         batch = self._batch(readings)
         moved = self._moved(batch)
-        judged = self._judge(batch, moved)
+        judged = self._judge(batch, moved, self._out_of_range(engine))
         plugged = self._plugged(batch, moved)
         flagged = set(self._maybe_flagged(batch).tolist())
         for i in sorted(flagged.union(judged, plugged)):
@@ -250,7 +257,19 @@ class DetectorRule:
         last[key[newest]] = np.maximum(last[key[newest]], ts[newest])
         return moved
 
-    def _judge(self, b: _Batch, moved: np.ndarray) -> dict[int, tuple[BankResult, int]]:
+    def _out_of_range(self, engine: AlertEngine) -> np.ndarray:
+        """Per device row: a parameter of the device is outside its limits (a compliance range
+        alert open, as the engine knew it before this batch)."""
+        out = np.zeros(self._devices.capacity, dtype=bool)
+        for a in engine.open_alerts(("range:",)):
+            d = self._devices.index.get(a.device_id or "")
+            if d is not None and a.family is AlertFamily.COMPLIANCE:
+                out[d] = True
+        return out
+
+    def _judge(
+        self, b: _Batch, moved: np.ndarray, out_of_range: np.ndarray
+    ) -> dict[int, tuple[BankResult, int]]:
         """The single-series results of the moved readings that need a decision, judged per
         parameter in one vectorised bank call: by position in the batch, the bank's result and
         the reading's index in it."""
@@ -266,7 +285,8 @@ class DetectorRule:
                 series = self.settings.for_parameter(parameter)
                 bank = self._banks[j] = SeriesBank(parameter, series, self._devices.capacity)
             out = bank.update(self._bank_rows(bank, j, b.device[idx]), b.ts[idx], b.value[idx])
-            self._drift_seen(j, b.device[idx], out.kinds["drift"].score, bank.settings.shift)
+            shift = bank.settings.shift
+            self._drift_seen(j, b.device[idx], out.kinds["drift"].score, shift, out_of_range)
             outs.append((j, idx, out))
         for j, idx, out in outs:
             self._partnered(j, b.device[idx], out.kinds["drift"].active)
@@ -278,15 +298,22 @@ class DetectorRule:
         return judged
 
     def _drift_seen(
-        self, column: int, devices: np.ndarray, score: np.ndarray, shift: ShiftSettings
+        self,
+        column: int,
+        devices: np.ndarray,
+        score: np.ndarray,
+        shift: ShiftSettings,
+        out_of_range: np.ndarray,
     ) -> None:
         """Count, per device, the readings since series `column` last drifted at least
-        `partner_share` of its threshold."""
+        `partner_share` of its threshold, and since the device was last out of its limits."""
         high = score >= shift.partner_share * shift.threshold  # False for NaN (not judged)
         since = self._devices.drift_since[:, column]
+        range_since = self._devices.range_since[:, column]
         for idx in rounds(devices):  # a device's readings in order, one per round
             d = devices[idx]
             since[d] = np.where(high[idx] & (shift.partner_share > 0), 0, since[d] + 1)
+            range_since[d] = np.where(out_of_range[d], 0, range_since[d] + 1)
 
     def _partnered(self, column: int, devices: np.ndarray, active: np.ndarray) -> None:
         """Keep a drift decision of series `column` active only once it has been active for
@@ -294,17 +321,25 @@ class DetectorRule:
         `partner_share` of its threshold in the last `partner_memory` readings (as of the end
         of the batch): parameters moving together are the water (and its recovery, while the
         lagged drift reference still holds it), not one drifting sensor; and a partner may
-        cross a little later than the first."""
+        cross a little later than the first.
+
+        A drift that becomes active while, or within `partner_memory` readings after, a
+        parameter of the device was outside its limits is the water's for as long as it stays
+        active: ORP follows pH back for many hours after a pH runaway, and against a reference
+        that still holds the runaway that return looked like an ORP drift."""
         shift = self.settings.for_parameter(self._series[column]).shift
         if not shift.partner_share:
             return
         since = self._devices.drift_since[devices].copy()
         since[:, column] = NEVER
-        alone = active & (since.min(axis=1) >= shift.partner_memory)
+        quiet = since.min(axis=1) >= shift.partner_memory
+        in_episode = self._devices.range_since[devices, column] < shift.partner_memory
         run = self._devices.drift_run[:, column]
+        latched = self._devices.drift_latched[:, column]
         for idx in rounds(devices):  # a device's readings in order, one per round
             d = devices[idx]
-            run[d] = np.where(alone[idx], run[d] + 1, 0)
+            latched[d] = active[idx] & (latched[d] | in_episode[idx])
+            run[d] = np.where(active[idx] & quiet[idx] & ~latched[d], run[d] + 1, 0)
             active[idx] = run[d] >= shift.partner_rows
 
     def _plugged(self, b: _Batch, moved: np.ndarray) -> dict[int, list[DetectorResult]]:
