@@ -184,15 +184,12 @@ def alone(kind: str) -> SeriesSettings:
 
 
 @pytest.mark.parametrize("kind", sorted(discovered()))
-def test_every_registered_detector_bank_equals_its_streaming_reference(kind: str) -> None:
+@pytest.mark.parametrize("seed", range(4))
+def test_every_registered_detector_bank_equals_its_streaming_reference(
+    kind: str, seed: int
+) -> None:
     """One generic check for every detector module, built-in or new (alerts/detectors/plugins):
-    its vectorised form (or the per-row streaming fallback) against its streaming reference,
-    and it fires somewhere on the faults series_values injects."""
-    settings = alone(kind)
-    for seed in range(4):
-        check_interleaved(settings, seed, n_series=5, max_len=160)
-    bank = SeriesBank(settings.parameter, settings)
-    rng = np.random.default_rng(0)
-    x = np.concatenate([series_values(rng, 200, settings) for _ in range(30)])
-    result = bank.update(np.zeros(len(x), dtype=np.int64), series_times(rng, len(x)), x)
-    assert result.kinds[kind].active.any(), kind
+    its vectorised form (or the per-row streaming fallback) against its streaming reference.
+    That it fires at all on faults it looks for is each detector's own test (the built-ins:
+    test_bank_fires_every_detector_somewhere; zero_run fires here on the hard zeros)."""
+    check_interleaved(alone(kind), seed, n_series=5, max_len=160)
