@@ -24,10 +24,12 @@ from alerts.detectors.event import KIND as EVENT
 from alerts.detectors.event import NEVER
 from alerts.detectors.event_bank import EventBank
 from alerts.detectors.gaps import GapBank
-from alerts.detectors.registry import Plugin, PluginSettings, SeriesDetector, discovered
+from alerts.detectors.plugins.shift import KIND as DRIFT
+from alerts.detectors.plugins.shift import ShiftSettings
+from alerts.detectors.registry import discovered
 from alerts.detectors.replay import KIND as TAMPERING
 from alerts.detectors.replay import ReplayBank, row_hashes
-from alerts.detectors.settings import DetectorSettings, EventSettings, ShiftSettings
+from alerts.detectors.settings import DetectorSettings, EventSettings
 from alerts.detectors.stacked import Stacked
 from domain.kinds import DEFAULT_EVENT_PROFILE, site_kinds
 from domain.model import VALID_FLAG, Alert, AlertFamily, Reading, Severity
@@ -40,7 +42,8 @@ if TYPE_CHECKING:
 
 
 def rule_id(kind: str, parameter: str | None, family: AlertFamily | None = None) -> str:
-    """The alert's rule id; `family` for a plug-in detector, else known from the kind."""
+    """The alert's rule id; `family` for a registered single-series detector, else known from
+    the kind."""
     quality = family is AlertFamily.QUALITY if family else kind == "water_quality_event"
     prefix = "quality" if quality else "integrity"
     return f"{prefix}:{kind}" + (f":{parameter}" if parameter else "")
@@ -103,6 +106,8 @@ class _Devices(Stacked):
         ("bank_rows", -1),
         ("drift_since", NEVER),
         ("drift_run", 0),
+        ("range_since", NEVER),
+        ("drift_latched", False),
     )
 
     def __init__(self, columns: int, capacity: int = 64) -> None:
@@ -118,6 +123,11 @@ class _Devices(Stacked):
         # the device's other series quiet.
         self.drift_since = np.full((capacity, columns), NEVER, dtype=np.int64)
         self.drift_run = np.zeros((capacity, columns), dtype=np.int64)
+        # Per device and series: its readings since the device last had a parameter outside its
+        # limits (a compliance range alert open), and whether its drift has been explained by
+        # that since it became active.
+        self.range_since = np.full((capacity, columns), NEVER, dtype=np.int64)
+        self.drift_latched = np.zeros((capacity, columns), dtype=bool)
 
     def rows(self, ids: list[str]) -> np.ndarray:
         """The row of each device id, registering those not seen before."""
@@ -172,14 +182,8 @@ class DetectorRule:
         self._consistency = InconsistencyBank(settings.inconsistency, rows)
         self._replay = ReplayBank(settings.replay, rows)
         self._gaps = GapBank(settings.gaps, rows)
-        # Plug-in detectors (alerts/detectors/registry.py) that judge at least one parameter,
-        # with one streaming state per (device, kind, parameter).
-        self._plugins: dict[str, tuple[Plugin, PluginSettings]] = {
-            kind: (plugin, settings.plugins[kind])
-            for kind, plugin in discovered().items()
-            if kind in settings.plugins and settings.plugins[kind].parameters
-        }
-        self._plugged_states: dict[tuple[str, str, str], SeriesDetector] = {}
+        # The family of each registered single-series detector (alerts/detectors/registry.py).
+        self._families = {kind: d.family for kind, d in discovered().items()}
         # (device, kind, parameter) of the alerts this rule has raised and not yet cleared: an
         # inactive decision needs the engine only for these (most readings need nothing).
         self._raised: set[tuple[str, str, str | None]] = set()
@@ -192,10 +196,9 @@ class DetectorRule:
             return
         batch = self._batch(readings)
         moved = self._moved(batch)
-        judged = self._judge(batch, moved)
-        plugged = self._plugged(batch, moved)
+        judged = self._judge(batch, moved, self._out_of_range(engine))
         flagged = set(self._maybe_flagged(batch).tolist())
-        for i in sorted(flagged.union(judged, plugged)):
+        for i in sorted(flagged.union(judged)):
             r = readings[batch.order[i]]
             if i in flagged:
                 self._flagged(engine, r)
@@ -203,8 +206,6 @@ class DetectorRule:
                 out, j = judged[i]
                 for res in out.detector_results(j):
                     self._decide(engine, r.site_id, r.device_id, r.parameter, r.ts_ms, r.value, res)
-            for res in plugged.get(i, ()):
-                self._decide(engine, r.site_id, r.device_id, r.parameter, r.ts_ms, r.value, res)
         if moved.any():
             self._rows(engine, self._gather_rows(batch, moved))
         self._sent(engine, batch)
@@ -250,7 +251,19 @@ class DetectorRule:
         last[key[newest]] = np.maximum(last[key[newest]], ts[newest])
         return moved
 
-    def _judge(self, b: _Batch, moved: np.ndarray) -> dict[int, tuple[BankResult, int]]:
+    def _out_of_range(self, engine: AlertEngine) -> np.ndarray:
+        """Per device row: a parameter of the device is outside its limits (a compliance range
+        alert open, as the engine knew it before this batch)."""
+        out = np.zeros(self._devices.capacity, dtype=bool)
+        for a in engine.open_alerts(("range:",)):
+            d = self._devices.index.get(a.device_id or "")
+            if d is not None and a.family is AlertFamily.COMPLIANCE:
+                out[d] = True
+        return out
+
+    def _judge(
+        self, b: _Batch, moved: np.ndarray, out_of_range: np.ndarray
+    ) -> dict[int, tuple[BankResult, int]]:
         """The single-series results of the moved readings that need a decision, judged per
         parameter in one vectorised bank call: by position in the batch, the bank's result and
         the reading's index in it."""
@@ -266,10 +279,14 @@ class DetectorRule:
                 series = self.settings.for_parameter(parameter)
                 bank = self._banks[j] = SeriesBank(parameter, series, self._devices.capacity)
             out = bank.update(self._bank_rows(bank, j, b.device[idx]), b.ts[idx], b.value[idx])
-            self._drift_seen(j, b.device[idx], out.kinds["drift"].score, bank.settings.shift)
+            drift = out.kinds.get(DRIFT)
+            if drift is not None:
+                shift = bank.settings.detectors["shift"]
+                self._drift_seen(j, b.device[idx], drift.score, shift, out_of_range)
             outs.append((j, idx, out))
         for j, idx, out in outs:
-            self._partnered(j, b.device[idx], out.kinds["drift"].active)
+            if DRIFT in out.kinds:
+                self._partnered(j, b.device[idx], out.kinds[DRIFT].active)
             # Only readings with an active detector, or whose series has an alert open, need a
             # decision; the rest are judged and done.
             active = np.logical_or.reduce([k.active for k in out.kinds.values()])
@@ -278,15 +295,22 @@ class DetectorRule:
         return judged
 
     def _drift_seen(
-        self, column: int, devices: np.ndarray, score: np.ndarray, shift: ShiftSettings
+        self,
+        column: int,
+        devices: np.ndarray,
+        score: np.ndarray,
+        shift: ShiftSettings,
+        out_of_range: np.ndarray,
     ) -> None:
         """Count, per device, the readings since series `column` last drifted at least
-        `partner_share` of its threshold."""
+        `partner_share` of its threshold, and since the device was last out of its limits."""
         high = score >= shift.partner_share * shift.threshold  # False for NaN (not judged)
         since = self._devices.drift_since[:, column]
+        range_since = self._devices.range_since[:, column]
         for idx in rounds(devices):  # a device's readings in order, one per round
             d = devices[idx]
             since[d] = np.where(high[idx] & (shift.partner_share > 0), 0, since[d] + 1)
+            range_since[d] = np.where(out_of_range[d], 0, range_since[d] + 1)
 
     def _partnered(self, column: int, devices: np.ndarray, active: np.ndarray) -> None:
         """Keep a drift decision of series `column` active only once it has been active for
@@ -294,39 +318,26 @@ class DetectorRule:
         `partner_share` of its threshold in the last `partner_memory` readings (as of the end
         of the batch): parameters moving together are the water (and its recovery, while the
         lagged drift reference still holds it), not one drifting sensor; and a partner may
-        cross a little later than the first."""
-        shift = self.settings.for_parameter(self._series[column]).shift
+        cross a little later than the first.
+
+        A drift that becomes active while, or within `partner_memory` readings after, a
+        parameter of the device was outside its limits is the water's for as long as it stays
+        active: ORP follows pH back for many hours after a pH runaway, and against a reference
+        that still holds the runaway that return looked like an ORP drift."""
+        shift = self.settings.for_parameter(self._series[column]).detectors["shift"]
         if not shift.partner_share:
             return
         since = self._devices.drift_since[devices].copy()
         since[:, column] = NEVER
-        alone = active & (since.min(axis=1) >= shift.partner_memory)
+        quiet = since.min(axis=1) >= shift.partner_memory
+        in_episode = self._devices.range_since[devices, column] < shift.partner_memory
         run = self._devices.drift_run[:, column]
+        latched = self._devices.drift_latched[:, column]
         for idx in rounds(devices):  # a device's readings in order, one per round
             d = devices[idx]
-            run[d] = np.where(alone[idx], run[d] + 1, 0)
+            latched[d] = active[idx] & (latched[d] | in_episode[idx])
+            run[d] = np.where(active[idx] & quiet[idx] & ~latched[d], run[d] + 1, 0)
             active[idx] = run[d] >= shift.partner_rows
-
-    def _plugged(self, b: _Batch, moved: np.ndarray) -> dict[int, list[DetectorResult]]:
-        """The plug-in detectors on the moved readings of their parameters, in time order: by
-        position in the batch, the results that need a decision (active, or alert open)."""
-        out: dict[int, list[DetectorResult]] = {}
-        if not self._plugins:
-            return out
-        for i in np.flatnonzero(moved).tolist():
-            parameter = self._series[b.column[i]]
-            device_id = self._devices.ids[b.device[i]]
-            for kind, (plugin, settings) in self._plugins.items():
-                if parameter not in settings.parameters:
-                    continue
-                key = (device_id, kind, parameter)
-                detector = self._plugged_states.get(key)
-                if detector is None:
-                    detector = self._plugged_states[key] = plugin.streaming(settings)
-                res = detector.update(int(b.ts[i]), float(b.value[i]))
-                if res.active or key in self._raised:
-                    out.setdefault(i, []).append(res)
-        return out
 
     def _series_mask(self, pairs: list[tuple[str, str | None]]) -> np.ndarray:
         """(device id, parameter) pairs as a devices x columns mask; pairs of a device not seen
@@ -508,8 +519,7 @@ class DetectorRule:
         res: DetectorResult,
     ) -> None:
         key = (device_id, res.kind, parameter)
-        plugin = self._plugins.get(res.kind)
-        family = plugin[0].family if plugin else None
+        family = self._families.get(res.kind)
         if not res.active:
             if key in self._raised:
                 self._raised.discard(key)

@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/detectors_throughput.py [READINGS]
 
-Single-series: the four detectors of SeriesDetectors on free chlorine. Event: the pool profile
-over four parameters (a "reading" there is one parameter value, so rows x 4). Bank: SeriesBank
+Single-series: the registered detectors of SeriesDetectors on free chlorine (its `update_many` is
+`update` reading by reading). Event: the pool profile over four parameters (a "reading" there is
+one parameter value, so rows x 4). Bank: SeriesBank (the detectors' vectorised forms)
 over five pool parameters in the backlog shape (BANK_SERIES series, one reading each per batch,
 every series past its day-long drift buffer), against SeriesDetectors.update on the same state;
 and one series with many readings in one batch. Last line is JSON.
@@ -55,7 +56,7 @@ def _primed(parameter: str, settings: DetectorSettings, history: np.ndarray) -> 
         bank.row(key)
     ts = T0 + np.arange(len(history), dtype=np.int64) * MINUTE
     bank.update(np.zeros(len(history), dtype=np.int64), ts, history)
-    for state in vars(bank).values():
+    for state in (s for _, detector in bank.detectors for s in vars(detector).values()):
         lanes = not isinstance(state, np.ndarray) and hasattr(state, "end")
         for array in (state.data, state.end) if lanes else (state,):
             if isinstance(array, np.ndarray) and len(array) == BANK_SERIES:

@@ -1,4 +1,5 @@
-"""SeriesBank: many series judged together equal each series judged alone by SeriesDetectors."""
+"""SeriesBank: many series judged together equal each series judged alone by SeriesDetectors,
+for the detectors of a pool parameter together and for every registered detector alone."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from alerts.detectors import SeriesDetectors, load_detector_settings
 from alerts.detectors import bank as bank_module
 from alerts.detectors.bank import SeriesBank, robust_rows
 from alerts.detectors.base import robust_stats
+from alerts.detectors.registry import discovered
 from alerts.detectors.settings import SeriesSettings
 
 MINUTE = 60_000
@@ -23,8 +25,7 @@ def small(parameter: str = "free_chlorine") -> SeriesSettings:
     """Short windows, so warm-up, full windows and buffer wrap-around all happen in a few hundred
     readings; min_history below lag and thresholds low enough that every detector fires."""
     s = SETTINGS.for_parameter(parameter)
-    return dataclasses.replace(
-        s,
+    return s.replaced(
         stuck=dataclasses.replace(s.stuck, min_readings=5, min_minutes=3.0),
         spike=dataclasses.replace(s.spike, window=15, min_history=5, threshold=4.0),
         shift=dataclasses.replace(s.shift, window=20, lag=6, min_history=4, threshold=6.0),
@@ -39,7 +40,7 @@ def series_values(rng: np.random.Generator, n: int, settings: SeriesSettings) ->
     for _ in range(rng.integers(0, 4)):
         a = int(rng.integers(0, max(n, 1)))
         b = a + int(rng.integers(1, 40))
-        match rng.integers(0, 5):
+        match rng.integers(0, 6):
             case 0:
                 x[a:b] = x[a]  # stuck
             case 1:
@@ -48,6 +49,8 @@ def series_values(rng: np.random.Generator, n: int, settings: SeriesSettings) ->
                 x[a:] += 5 * spread  # level shift
             case 3:
                 x[a:b] = np.nan  # missing
+            case 4:
+                x[a:b] = 0.0  # a dry cell reading a hard zero
             case _:
                 x[a] = band.high + (band.high - band.low) * rng.random()  # out of band
     return x
@@ -94,7 +97,7 @@ def check_interleaved(
     bank = SeriesBank(settings.parameter, settings, capacity=capacity)
     keys = [("device", i) for i in range(n_series)]
     refs = [SeriesDetectors(settings.parameter, settings) for _ in range(n_series)]
-    disabled = {"spike": not bank.spike_on, "drift": not bank.drift_on}
+    disabled = {d.kind: not vec.enabled for d, vec in bank.detectors}
     cuts = np.unique(rng.integers(0, len(order) + 1, size=max(len(order) // 5, 1)))
     for batch in np.split(order, cuts):
         rows, ts, vs = [], [], []
@@ -121,7 +124,7 @@ def test_bank_equals_series_detectors_small_windows(seed: int) -> None:
 def test_bank_equals_series_detectors_with_drift_refresh(seed: int) -> None:
     """A drift baseline recomputed every 3 readings, held in between."""
     s = small()
-    settings = dataclasses.replace(s, shift=dataclasses.replace(s.shift, refresh_rows=3))
+    settings = s.replaced(shift=dataclasses.replace(s.shift, refresh_rows=3))
     check_interleaved(settings, seed, n_series=5, max_len=160)
 
 
@@ -158,7 +161,8 @@ def test_disabled_drift_keeps_no_buffer() -> None:
     settings = SETTINGS.for_parameter("turbidity")
     assert math.isinf(settings.shift.threshold)
     bank = SeriesBank("turbidity", settings, capacity=4)
-    assert bank.shift_values.data.size <= 4 * 8
+    (drift,) = [vec for d, vec in bank.detectors if d.kind == "drift"]
+    assert not drift.enabled and drift.values.data.size <= 4 * 8
 
 
 def test_robust_rows_matches_robust_stats_on_partial_windows() -> None:
@@ -168,3 +172,24 @@ def test_robust_rows_matches_robust_stats_on_partial_windows() -> None:
     med, scale = robust_rows(windows.copy(), lengths, 0.01)
     for i, n in enumerate(lengths):
         assert (med[i], scale[i]) == robust_stats(windows[i, 31 - n :], 0.01)
+
+
+def alone(kind: str) -> SeriesSettings:
+    """The small pool settings' plausible band and detector `kind` alone: its small settings,
+    else its defaults."""
+    base = small()
+    table = discovered()[kind].table
+    settings = base.detectors.get(table) or discovered()[kind].settings()
+    return SeriesSettings(base.parameter, {"implausible": base.implausible, table: settings})
+
+
+@pytest.mark.parametrize("kind", sorted(discovered()))
+@pytest.mark.parametrize("seed", range(4))
+def test_every_registered_detector_bank_equals_its_streaming_reference(
+    kind: str, seed: int
+) -> None:
+    """One generic check for every detector module, built-in or new (alerts/detectors/plugins):
+    its vectorised form (or the per-row streaming fallback) against its streaming reference.
+    That it fires at all on faults it looks for is each detector's own test (the built-ins:
+    test_bank_fires_every_detector_somewhere; zero_run fires here on the hard zeros)."""
+    check_interleaved(alone(kind), seed, n_series=5, max_len=160)

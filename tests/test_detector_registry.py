@@ -1,4 +1,5 @@
-"""Plug-in detectors: discovered, their settings checked, and alerts through the real engine."""
+"""Registered single-series detectors: discovered, their settings checked, and alerts through the
+real engine. (Bank against streaming reference for every one: tests/test_detector_bank.py.)"""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from alerts.detectors import load_detector_settings
-from alerts.detectors.plugins.zero_run import ZeroRunDetector, ZeroRunSettings
+from alerts.detectors.plugins.zero_run import ZeroRunSettings
 from alerts.detectors.registry import discovered
 from alerts.settings_files import SettingsError
 from alerts.startup_settings import load_settings
@@ -39,46 +39,40 @@ def _detectors_toml(tmp_path: Path, extra: str) -> Path:
     return etc
 
 
-def test_the_example_plugin_is_discovered_idle_with_its_defaults() -> None:
-    assert "zero_run" in discovered()
-    settings = load_detector_settings().plugins["zero_run"]
-    assert settings == ZeroRunSettings()
-    assert settings.parameters == ()  # registered, judges nothing until configured
+def test_every_single_series_detector_is_discovered_and_zero_run_idle() -> None:
+    registered = discovered()
+    assert {"implausible", "stuck", "spike", "drift", "zero_run"} <= set(registered)
+    settings = load_detector_settings()
+    # Registered, judges nothing until a parameter is given a zero_run table.
+    assert all("zero_run" not in s.detectors for s in settings.series.values())
+    assert ZeroRunSettings() == ZeroRunSettings(min_readings=10, epsilon=1e-9)
+    assert all(s.detectors.keys() >= {"implausible", "stuck"} for s in settings.series.values())
 
 
 @pytest.mark.parametrize(
     ("table", "key"),
     [
-        ("[plugins.zero_run]\nmin_reading = 3\n", "plugins.zero_run.min_reading"),
-        ('[plugins.zero_run]\nmin_readings = "three"\n', "plugins.zero_run.min_readings"),
-        ("[plugins.no_such_detector]\nparameters = []\n", "plugins.no_such_detector"),
+        (
+            "[series.combined_chlorine.zero_run]\nmin_reading = 3\n",
+            "series.combined_chlorine.zero_run.min_reading",
+        ),
+        (
+            '[series.combined_chlorine.zero_run]\nmin_readings = "three"\n',
+            "series.combined_chlorine.zero_run.min_readings",
+        ),
+        ("[series_defaults.no_such_detector]\nx = 1\n", "series_defaults.no_such_detector"),
+        ("[series.ph.no_such_detector]\nx = 1\n", "series.ph.no_such_detector"),
     ],
 )
-def test_plugin_settings_are_checked_at_start(tmp_path: Path, table: str, key: str) -> None:
+def test_detector_settings_are_checked_at_start(tmp_path: Path, table: str, key: str) -> None:
     with pytest.raises(SettingsError) as info:
         load_settings(_detectors_toml(tmp_path, table))
     assert info.value.key == key
     assert info.value.file.endswith("detectors.toml")
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_zero_run_vectorised_equals_streaming(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    values = np.where(rng.random(500) < 0.7, 0.0, rng.random(500))
-    settings = ZeroRunSettings(min_readings=4)
-    streaming = ZeroRunDetector(settings)
-    expected = [streaming.update(T0 + k * MINUTE, v) for k, v in enumerate(values.tolist())]
-    batched = ZeroRunDetector(settings)
-    cuts = sorted(rng.choice(np.arange(1, 500), size=20, replace=False).tolist())
-    got = np.concatenate(
-        [batched.update_many(np.zeros(len(part)), part) for part in np.split(values, cuts)]
-    )
-    assert got["active"].tolist() == [r.active for r in expected]
-    assert got["score"].tolist() == [r.score for r in expected]
-
-
 def test_configured_plugin_raises_and_clears_through_the_engine(tmp_path: Path) -> None:
-    table = '[plugins.zero_run]\nparameters = ["combined_chlorine"]\nmin_readings = 5\n'
+    table = "[series.combined_chlorine.zero_run]\nmin_readings = 5\n"
     load_settings(_detectors_toml(tmp_path, table))
     now = [T0]
     core = Core.build(

@@ -206,7 +206,7 @@ def test_drift_baseline_refreshed_every_k_readings() -> None:
     """Streaming and batches agree, and the baseline moves only every `refresh_rows` readings."""
     s = SETTINGS.for_parameter("orp")
     shift = dataclasses.replace(s.shift, window=200, lag=30, min_history=30, refresh_rows=7)
-    settings = dataclasses.replace(s, shift=shift)
+    settings = s.replaced(shift=shift)
     x = _with_faults_and_gaps("orp", seed=4)
     ts = minutes(DAY)
     one = SeriesDetectors("orp", settings)

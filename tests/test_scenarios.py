@@ -79,3 +79,11 @@ def test_slow_orp_electrode_drift_is_found_within_its_allowance() -> None:
     figures = score(run("sensor_drift", pools=1, days=2, seed=2))
     drift = figures["kinds"]["drift"]
     assert drift["recall"] == 1.0 and drift["median_ttd_min"] <= 720
+
+
+def test_orp_following_ph_back_after_a_runaway_raises_no_drift() -> None:
+    # The runaway starts before the drift reference is warm, so the reference holds it; ORP
+    # returning with pH, hours after pH is back inside its limits, is the water, not a drift.
+    figures = score(run("ph_runaway", pools=1, days=2))
+    assert figures["kinds"]["range:ph"]["recall"] == 1.0
+    assert "drift" not in figures["kinds"]

@@ -3,9 +3,11 @@
 from alerts.detectors.base import BATCH_DTYPE, DetectorResult
 from alerts.detectors.consistency import InconsistencyDetector
 from alerts.detectors.event import EventDetector
-from alerts.detectors.flatline import StuckDetector
 from alerts.detectors.offline import OfflineMonitor, overdue_mask
-from alerts.detectors.plausibility import ImplausibleDetector
+from alerts.detectors.plugins.flatline import StuckDetector
+from alerts.detectors.plugins.plausibility import ImplausibleDetector
+from alerts.detectors.plugins.shift import ShiftDetector
+from alerts.detectors.plugins.spike import SpikeDetector
 from alerts.detectors.series import SeriesDetectors
 from alerts.detectors.settings import (
     DetectorSettings,
@@ -13,8 +15,6 @@ from alerts.detectors.settings import (
     SeriesSettings,
     load_detector_settings,
 )
-from alerts.detectors.shift import ShiftDetector
-from alerts.detectors.spike import SpikeDetector
 
 __all__ = [
     "BATCH_DTYPE",

@@ -2,23 +2,26 @@
 
 `SeriesDetectors` keeps one state per series and judges one reading at a time; a backlog drain
 delivers one reading for each of thousands of series per batch, so per-series batching does not
-help and the per-reading Python and copy overhead dominates. `SeriesBank` holds the same state for
-many series in 2-D arrays (one row per series) and judges a whole batch with array operations.
+help and the per-reading Python and copy overhead dominates. `SeriesBank` holds, for each
+registered detector (alerts/detectors/registry.py) that judges the parameter, its vectorised
+form: the same state for many series in arrays (one row per series), judging a whole round with
+array operations. A detector without a vectorised form runs its streaming reference per series.
 
 Contract: for any interleaving of series and readings, every series gets, reading by reading, the
 scores and active flags `SeriesDetectors(parameter, settings).update` would give it. A batch may
 hold several readings of one series: occurrence k of every series is judged in round k, so each
 series sees its readings in order.
 
-How the window statistics stay identical to `robust_stats`: each window is sorted once (numpy's
-row sort is SIMD and much faster than `np.median`'s partition on many short rows); the median is
-read off the sorted row, and the MAD's order statistics are found by a binary search over the two
-runs of deviations below and above the median, which are already sorted. Medians are functions of
-the multiset of values, so the results are bit-identical to the streaming detectors.
+Shared here for the vectorised forms: per-row buffers (`Lanes`) and robust window statistics
+identical to `robust_stats`. Each window is sorted once (numpy's row sort is SIMD and much faster
+than `np.median`'s partition on many short rows); the median is read off the sorted row, and the
+MAD's order statistics are found by a binary search over the two runs of deviations below and
+above the median, which are already sorted. Medians are functions of the multiset of values, so
+the results are bit-identical to the streaming detectors.
 
-One deliberate difference: a detector whose threshold is infinite (drift is switched off that way
-for several parameters) is never active, so the bank skips it entirely: score NaN, no evidence,
-no buffer. `SeriesDetectors` still computes a finite score there that nothing acts on.
+One deliberate difference: a detector switched off (`enabled` False: drift with an infinite
+threshold) is never active, so the bank skips it entirely: score NaN, no evidence, no buffer.
+`SeriesDetectors` still computes a finite score there that nothing acts on.
 """
 
 from __future__ import annotations
@@ -26,16 +29,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from alerts.detectors.base import MAD_TO_SD, DetectorResult, robust_stats
-from alerts.detectors.flatline import MS_PER_MIN
-from alerts.detectors.plausibility import MIN_RATE_DT_MS
-from alerts.detectors.settings import SeriesSettings
-from alerts.detectors.shift import CUSUM_CAP, baseline_anchor
+from alerts.detectors.registry import Detector, VectorisedDetector, discovered
 from alerts.detectors.stacked import grown
+
+if TYPE_CHECKING:
+    from alerts.detectors.settings import SeriesSettings
 
 # Up to this many windows, np.median row by row beats the fixed cost of the vectorised search
 # (a series flushing its offline buffer is judged one reading per round).
@@ -51,11 +55,26 @@ Evidence = dict[str, np.ndarray | float]
 @dataclass(slots=True)
 class KindBatch:
     """One detector's decisions on a batch, one entry per reading; the evidence arrays are
-    filled where the detector judged the reading (always where it is active)."""
+    filled where the detector judged the reading (always where it is active). A detector run
+    through its streaming reference keeps each reading's whole result in `records` instead."""
 
     score: np.ndarray
     active: np.ndarray
     evidence: Evidence
+    records: list[DetectorResult | None] | None = None
+
+
+def kind_batch(n: int, evidence: Evidence) -> KindBatch:
+    """A batch of `n` readings not judged yet (score NaN, inactive)."""
+    return KindBatch(np.full(n, np.nan), np.zeros(n, bool), evidence)
+
+
+def floats(n: int) -> np.ndarray:
+    return np.full(n, np.nan)
+
+
+def ints(n: int) -> np.ndarray:
+    return np.zeros(n, dtype=np.int64)
 
 
 @dataclass(slots=True)
@@ -63,13 +82,18 @@ class BankResult:
     kinds: dict[str, KindBatch]
 
     def detector_results(self, i: int) -> list[DetectorResult]:
-        """Reading i as `SeriesDetectors.update` reports it: implausible, stuck, spike, drift.
+        """Reading i as `SeriesDetectors.update` reports it, detector by detector in order.
 
         Evidence only for active decisions, the only ones an alert carries: building it for every
         reading would cost more than judging it.
         """
         out = []
         for kind, b in self.kinds.items():
+            record = b.records[i] if b.records is not None else None
+            if record is not None:
+                evidence = record.evidence if record.active else {}
+                out.append(DetectorResult(kind, record.score, record.active, evidence))
+                continue
             evidence: dict[str, float | int | str] = {}
             if b.active[i]:
                 evidence = {
@@ -80,7 +104,7 @@ class BankResult:
         return out
 
 
-class _Lanes:
+class Lanes:
     """Per-row buffers of the newest `keep` values, each row's values contiguous so the windows of
     many rows are gathered in one fancy index over a strided view.
 
@@ -186,8 +210,8 @@ def robust_in_chunks(
     return med, scale
 
 
-def _lane_stats(
-    lanes: _Lanes, rows: np.ndarray, back: int, lengths: np.ndarray, scale_floor: float
+def lane_stats(
+    lanes: Lanes, rows: np.ndarray, back: int, lengths: np.ndarray, scale_floor: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Robust stats of each row's window of `lengths` values ending `back` before its newest."""
     return robust_in_chunks(
@@ -215,37 +239,66 @@ def rounds(rows: np.ndarray) -> list[np.ndarray]:
     return np.split(by_round, np.cumsum(counts)[:-1])
 
 
-def _enabled(threshold: float) -> bool:
+def enabled(threshold: float) -> bool:
+    """A threshold of +inf switches a detector off."""
     return not (math.isinf(threshold) and threshold > 0)
 
 
+class StreamingBank:
+    """The vectorised shape over a detector that has only its streaming reference: one reference
+    per row, judged reading by reading (for detectors where vectorising is not worth it)."""
+
+    enabled = True
+
+    def __init__(self, detector: Detector, settings: Any) -> None:
+        self.detector = detector
+        self.settings = settings
+        self.states: dict[int, Any] = {}
+
+    def grow(self, capacity: int) -> None:
+        """Nothing to grow: a row's reference is made when it is first judged."""
+
+    def empty(self, ts: np.ndarray, values: np.ndarray) -> KindBatch:
+        out = kind_batch(len(values), {})
+        out.records = [None] * len(values)
+        return out
+
+    def judge(
+        self, idx: np.ndarray, rows: np.ndarray, ts: np.ndarray, values: np.ndarray, out: KindBatch
+    ) -> None:
+        assert out.records is not None
+        judged = zip(idx.tolist(), rows.tolist(), ts.tolist(), values.tolist(), strict=True)
+        for i, r, t, v in judged:
+            state = self.states.get(r)
+            if state is None:
+                state = self.states[r] = self.detector.streaming(self.settings)
+            res = state.update(t, v)
+            out.score[i], out.active[i], out.records[i] = res.score, res.active, res
+
+
+def vectorised(detector: Detector, settings: Any, capacity: int) -> VectorisedDetector:
+    """The detector's vectorised form, or its streaming reference per row."""
+    if detector.vectorised is None:
+        return StreamingBank(detector, settings)
+    return detector.vectorised(settings, capacity)
+
+
 class SeriesBank:
-    """Implausible, stuck, spike and drift detectors of many series of one parameter."""
+    """Every registered detector judging one parameter, over many series of it."""
 
     def __init__(self, parameter: str, settings: SeriesSettings, capacity: int = 64) -> None:
         self.parameter = parameter
         self.settings = settings
         self.keys: dict[Hashable, int] = {}
         self.capacity = capacity
-        self.spike_on = _enabled(settings.spike.threshold)
-        self.drift_on = _enabled(settings.shift.threshold)
-        self.imp_ts = np.full(capacity, -1, dtype=np.int64)  # last in-band reading; -1: none
-        self.imp_value = np.full(capacity, np.nan)
-        self.stuck_value = np.full(capacity, np.nan)
-        self.stuck_start = np.zeros(capacity, dtype=np.int64)
-        self.stuck_count = np.zeros(capacity, dtype=np.int64)
-        self.pushed = np.zeros(capacity, dtype=np.int64)  # valid readings seen per row
-        # A switched-off detector keeps no buffer (it would be the largest state of all).
-        spike, shift = settings.spike.window, settings.shift.window + settings.shift.lag
-        self.spike_values = _Lanes(spike if self.spike_on else 0, capacity, np.float64)
-        self.spike_times = _Lanes(spike if self.spike_on else 0, capacity, np.int64)
-        self.shift_values = _Lanes(shift if self.drift_on else 0, capacity, np.float64)
-        self.s_pos = np.zeros(capacity)
-        self.s_neg = np.zeros(capacity)
-        # The drift baseline last computed per row (ShiftDetector.baseline).
-        self.drift_anchor = np.full(capacity, -1, dtype=np.int64)
-        self.drift_med = np.full(capacity, np.nan)
-        self.drift_scale = np.full(capacity, np.nan)
+        self.detectors = [
+            (d, vectorised(d, settings.detectors[d.table], capacity))
+            for d in discovered().values()
+            if d.table in settings.detectors
+        ]
+
+    def enabled(self, kind: str) -> bool:
+        return any(d.kind == kind and v.enabled for d, v in self.detectors)
 
     def row(self, key: Hashable) -> int:
         """The row of series `key`, registering it on first sight."""
@@ -253,92 +306,20 @@ class SeriesBank:
         if r is None:
             r = self.keys[key] = len(self.keys)
             if r == self.capacity:
-                self._grow(2 * self.capacity)
+                self.capacity *= 2
+                for _, v in self.detectors:
+                    v.grow(self.capacity)
         return r
-
-    def _grow(self, capacity: int) -> None:
-        self.imp_ts = grown(self.imp_ts, capacity, -1)
-        self.imp_value = grown(self.imp_value, capacity, np.nan)
-        self.stuck_value = grown(self.stuck_value, capacity, np.nan)
-        self.stuck_start = grown(self.stuck_start, capacity, 0)
-        self.stuck_count = grown(self.stuck_count, capacity, 0)
-        self.pushed = grown(self.pushed, capacity, 0)
-        self.s_pos = grown(self.s_pos, capacity, 0.0)
-        self.s_neg = grown(self.s_neg, capacity, 0.0)
-        self.drift_anchor = grown(self.drift_anchor, capacity, -1)
-        self.drift_med = grown(self.drift_med, capacity, np.nan)
-        self.drift_scale = grown(self.drift_scale, capacity, np.nan)
-        for lanes in (self.spike_values, self.spike_times, self.shift_values):
-            lanes.grow(capacity)
-        self.capacity = capacity
 
     def update(self, rows: np.ndarray, ts_ms: np.ndarray, values: np.ndarray) -> BankResult:
         """Judge a batch; rows may repeat (each series' readings in input order)."""
         rows = np.asarray(rows, dtype=np.int64)
         ts = np.asarray(ts_ms, dtype=np.int64)
         v = np.asarray(values, dtype=np.float64)
-        out = self._empty(ts, v)
+        out = {d.kind: vec.empty(ts, v) for d, vec in self.detectors}
         for idx in rounds(rows):
             self._round(idx, rows[idx], ts[idx], v[idx], out)
         return BankResult(out)
-
-    def _empty(self, ts: np.ndarray, v: np.ndarray) -> dict[str, KindBatch]:
-        s = self.settings
-        n = len(v)
-
-        def batch(evidence: Evidence) -> KindBatch:
-            return KindBatch(np.full(n, np.nan), np.zeros(n, bool), evidence)
-
-        def floats() -> np.ndarray:
-            return np.full(n, np.nan)
-
-        def ints() -> np.ndarray:
-            return np.zeros(n, dtype=np.int64)
-
-        return {
-            "implausible": batch(
-                {
-                    "value": v,
-                    "low": s.implausible.low,
-                    "high": s.implausible.high,
-                    "rate_per_min": floats(),
-                    "max_rate_per_min": s.implausible.max_rate_per_min,
-                    "previous_ms": ints(),
-                }
-            ),
-            "stuck": batch(
-                {
-                    "value": v,
-                    "run_readings": ints(),
-                    "run_start_ms": ints(),
-                    "window_end_ms": ts,
-                    "epsilon": s.stuck.epsilon,
-                }
-            ),
-            "spike": batch(
-                {
-                    "value": v,
-                    "median": floats(),
-                    "scale": floats(),
-                    "z": floats(),
-                    "threshold": s.spike.threshold,
-                    "window_start_ms": ints(),
-                    "window_end_ms": ints(),
-                }
-            ),
-            "drift": batch(
-                {
-                    "value": v,
-                    "median": floats(),
-                    "scale": floats(),
-                    "z": floats(),
-                    "cusum_up": floats(),
-                    "cusum_down": floats(),
-                    "threshold": s.shift.threshold,
-                    "window_end_ms": ts,
-                }
-            ),
-        }
 
     def _round(
         self,
@@ -348,107 +329,15 @@ class SeriesBank:
         v: np.ndarray,
         out: dict[str, KindBatch],
     ) -> None:
-        """Readings `idx` (of the batch), at most one per row."""
-        band = self.settings.implausible
-        self._implausible(idx, rows, ts, v, out["implausible"])
-        # Out-of-band values are withheld from the statistical detectors, as NaN would be.
-        ok = (v >= band.low) & (v <= band.high)
-        idx, rows, ts, v = idx[ok], rows[ok], ts[ok], v[ok]
-        if not len(idx):
-            return
-        self._stuck(idx, rows, ts, v, out["stuck"])
-        if self.spike_on:
-            self._spike(idx, rows, v, out["spike"])
-        if self.drift_on:
-            self._drift(idx, rows, v, out["drift"])
-        self.pushed[rows] += 1
-        if self.spike_on:
-            self.spike_values.push(rows, v)
-            self.spike_times.push(rows, ts)
-        if self.drift_on:
-            self.shift_values.push(rows, v)
-
-    def _implausible(
-        self, idx: np.ndarray, rows: np.ndarray, ts: np.ndarray, v: np.ndarray, b: KindBatch
-    ) -> None:
-        s = self.settings.implausible
-        valid = ~np.isnan(v)
-        idx, rows, ts, v = idx[valid], rows[valid], ts[valid], v[valid]
-        width = s.high - s.low
-        inband = (v >= s.low) & (v <= s.high)
-        last_ts = self.imp_ts[rows]
-        dt_min = np.maximum(ts - last_ts, MIN_RATE_DT_MS) / MS_PER_MIN
-        rate = np.abs(v - self.imp_value[rows]) / dt_min
-        rate_score = np.where(last_ts < 0, 0.0, rate / s.max_rate_per_min)
-        band_score = np.where(v < s.low, 1.0 + (s.low - v) / width, 1.0 + (v - s.high) / width)
-        score = np.where(inband, rate_score, band_score)
-        b.score[idx] = score
-        b.active[idx] = score > 1.0
-        b.evidence["rate_per_min"][idx] = np.where(inband & (last_ts >= 0), rate, np.nan)
-        b.evidence["previous_ms"][idx] = last_ts
-        self.imp_ts[rows[inband]] = ts[inband]
-        self.imp_value[rows[inband]] = v[inband]
-
-    def _stuck(
-        self, idx: np.ndarray, rows: np.ndarray, ts: np.ndarray, v: np.ndarray, b: KindBatch
-    ) -> None:
-        s = self.settings.stuck
-        last = self.stuck_value[rows]
-        changed = np.isnan(last) | (np.abs(v - last) > s.epsilon)
-        start = np.where(changed, ts, self.stuck_start[rows])
-        count = np.where(changed, 0, self.stuck_count[rows]) + 1
-        self.stuck_value[rows] = v
-        self.stuck_start[rows] = start
-        self.stuck_count[rows] = count
-        score = np.minimum(count / s.min_readings, (ts - start) / MS_PER_MIN / s.min_minutes)
-        b.score[idx] = score
-        b.active[idx] = score >= 1.0
-        b.evidence["run_readings"][idx] = count
-        b.evidence["run_start_ms"][idx] = start
-
-    def _spike(self, idx: np.ndarray, rows: np.ndarray, v: np.ndarray, b: KindBatch) -> None:
-        s = self.settings.spike
-        lengths = np.minimum(self.pushed[rows], s.window)
-        ready = lengths >= s.min_history
-        if not ready.any():
-            return
-        idx, rows, v, lengths = idx[ready], rows[ready], v[ready], lengths[ready]
-        med, scale = _lane_stats(self.spike_values, rows, 0, lengths, s.scale_floor)
-        z = (v - med) / scale
-        b.score[idx] = np.abs(z)
-        b.active[idx] = np.abs(z) > s.threshold
-        e = b.evidence
-        e["median"][idx], e["scale"][idx], e["z"][idx] = med, scale, z
-        e["window_start_ms"][idx] = self.spike_times.at(rows, lengths - 1)
-        e["window_end_ms"][idx] = self.spike_times.at(rows, 0)
-
-    def _drift(self, idx: np.ndarray, rows: np.ndarray, v: np.ndarray, b: KindBatch) -> None:
-        s = self.settings.shift
-        # The baseline: up to `window` values ending `lag` values before the reading.
-        lengths = np.minimum(self.pushed[rows] - s.lag, s.window)
-        ready = lengths >= s.min_history
-        if not ready.any():
-            return
-        idx, rows, v, lengths = idx[ready], rows[ready], v[ready], lengths[ready]
-        anchor = baseline_anchor(self.pushed[rows], s)
-        stale = anchor != self.drift_anchor[rows]
-        if stale.any():  # a stale row's anchor is its own count: its window ends `lag` back
-            r = rows[stale]
-            self.drift_med[r], self.drift_scale[r] = _lane_stats(
-                self.shift_values, r, s.lag, lengths[stale], s.scale_floor
-            )
-            self.drift_anchor[r] = anchor[stale]
-        med, scale = self.drift_med[rows], self.drift_scale[rows]
-        z = (v - med) / scale
-        # The same arithmetic, in the same order, as ShiftDetector._step.
-        cap = CUSUM_CAP * s.threshold
-        zc = np.minimum(np.maximum(z, -s.clip), s.clip)
-        s_pos = np.minimum(np.maximum(0.0, self.s_pos[rows] + zc - s.slack), cap)
-        s_neg = np.minimum(np.maximum(0.0, self.s_neg[rows] - zc - s.slack), cap)
-        self.s_pos[rows], self.s_neg[rows] = s_pos, s_neg
-        score = np.maximum(s_pos, s_neg)
-        b.score[idx] = score
-        b.active[idx] = score > s.threshold
-        e = b.evidence
-        e["median"][idx], e["scale"][idx], e["z"][idx] = med, scale, z
-        e["cusum_up"][idx], e["cusum_down"][idx] = s_pos, s_neg
+        """Readings `idx` (of the batch), at most one per row, through the detectors in order;
+        values a detector does not pass (out of the plausible band) are withheld from the
+        detectors after it, as missing values are from all."""
+        keep: np.ndarray | None = ~np.isnan(v)
+        for d, vec in self.detectors:
+            if keep is not None and not keep.all():
+                idx, rows, ts, v = idx[keep], rows[keep], ts[keep], v[keep]
+            if not len(idx):
+                return
+            if vec.enabled:
+                vec.judge(idx, rows, ts, v, out[d.kind])
+            keep = None if d.passes is None else d.passes(self.settings.detectors[d.table], v)

@@ -1,9 +1,9 @@
 """Shared pieces of the streaming detectors: the result record, ring buffers and robust stats.
 
-Every detector has two drivers over the same state: `update` (one reading) and `update_many`
-(a batch, vectorised where the maths allows). Both must give identical results, so the window
-statistics use only medians (order independent, hence bit-identical whether computed on a ring
-buffer or on a sliding-window view) and recursions share one scalar step function.
+A detector's streaming form (`update`, one reading) and its batch forms (`update_many`, or a bank
+over many series) must give identical results, so the window statistics use only medians (order
+independent, hence bit-identical whether computed on a ring buffer or on a sliding-window view)
+and recursions share one scalar step function.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 # Scale of the median absolute deviation to a standard deviation for Gaussian noise.
 MAD_TO_SD = 1.4826
@@ -100,62 +99,6 @@ def robust_stats(window: np.ndarray, scale_floor: float) -> tuple[float, float]:
     deviations = np.abs(window - med)
     deviations.sort()
     return med, max(_sorted_median(deviations) * MAD_TO_SD, scale_floor)
-
-
-def rolling_robust_stats(
-    series: np.ndarray, window: int, scale_floor: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Median and scale of every length-`window` slice of `series` (row i = series[i:i+window]).
-
-    Computed in chunks so memory stays bounded on long replays.
-    """
-    n = len(series) - window + 1
-    med = np.empty(max(n, 0))
-    scale = np.empty(max(n, 0))
-    chunk = max(1, 2_000_000 // window)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        views = sliding_window_view(series[start : stop + window - 1], window)
-        m = np.median(views, axis=1)
-        med[start:stop] = m
-        mad = np.median(np.abs(views - m[:, None]), axis=1) * MAD_TO_SD
-        scale[start:stop] = np.maximum(mad, scale_floor)
-    return med, scale
-
-
-def lagged_window_stats(
-    history: np.ndarray,
-    new: np.ndarray,
-    window: int,
-    lag: int,
-    min_history: int,
-    scale_floor: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Baseline median and scale for each value of `new`, as the streaming detectors see them.
-
-    `history` is what a ring buffer of capacity window + lag held before the batch. The baseline
-    of a value is the up-to-`window` values ending `lag` values before it (never itself). Values
-    whose baseline has fewer than `min_history` points get NaN.
-    """
-    ext = np.concatenate((history, new))
-    h = len(history)
-    n = len(new)
-    med = np.full(n, np.nan)
-    scale = np.full(n, np.nan)
-    positions = np.arange(h, h + n)
-    available = np.minimum(positions - lag, window)
-    full = np.flatnonzero(positions - lag >= window)
-    # Warm-up (partial windows) happens at most `window` times per series: loop over it.
-    for j in np.flatnonzero((available >= min_history) & (positions - lag < window)):
-        end = positions[j] - lag
-        med[j], scale[j] = robust_stats(ext[:end], scale_floor)
-    if len(full):
-        first = positions[full[0]] - lag - window
-        last = positions[full[-1]] - lag
-        m, s = rolling_robust_stats(ext[first:last], window, scale_floor)
-        med[full] = m
-        scale[full] = s
-    return med, scale
 
 
 def window_of(buffer: RingBuffer, lag: int) -> np.ndarray:

@@ -6,19 +6,16 @@ import math
 
 import numpy as np
 
-from alerts.detectors.base import DetectorResult
-from alerts.detectors.flatline import StuckDetector
-from alerts.detectors.plausibility import ImplausibleDetector
+from alerts.detectors.base import DetectorResult, batch_result
+from alerts.detectors.registry import discovered
 from alerts.detectors.settings import DetectorSettings, SeriesSettings
-from alerts.detectors.shift import ShiftDetector
-from alerts.detectors.spike import SpikeDetector
 
 
 class SeriesDetectors:
-    """Implausible, stuck, spike and drift detectors over one series.
+    """The streaming reference of every registered detector judging one series, in order.
 
-    A value outside the plausible band is reported as implausible and then withheld from the
-    statistical detectors (as NaN), so a broken-probe reading cannot poison their baselines.
+    A value a detector does not pass (outside the plausible band) is withheld from the detectors
+    after it (as NaN), so a broken-probe reading cannot poison their baselines.
     """
 
     def __init__(self, parameter: str, settings: DetectorSettings | SeriesSettings) -> None:
@@ -29,33 +26,31 @@ class SeriesDetectors:
         )
         self.parameter = parameter
         self.settings = series
-        self.implausible = ImplausibleDetector(series.implausible)
-        self.stuck = StuckDetector(series.stuck)
-        self.spike = SpikeDetector(series.spike)
-        self.shift = ShiftDetector(series.shift)
-
-    def _in_band(self, value: float) -> bool:
-        return self.settings.implausible.low <= value <= self.settings.implausible.high
-
-    def update(self, ts_ms: int, value: float) -> list[DetectorResult]:
-        """One result per detector: implausible, stuck, spike, drift (in that order)."""
-        first = self.implausible.update(ts_ms, value)
-        judged = value if self._in_band(value) else math.nan
-        return [
-            first,
-            self.stuck.update(ts_ms, judged),
-            self.spike.update(ts_ms, judged),
-            self.shift.update(ts_ms, judged),
+        self.detectors = [
+            (d, series.detectors[d.table], d.streaming(series.detectors[d.table]))
+            for d in discovered().values()
+            if d.table in series.detectors
         ]
 
+    def update(self, ts_ms: int, value: float) -> list[DetectorResult]:
+        """One result per detector, in the registry's order."""
+        out = []
+        for d, settings, detector in self.detectors:
+            out.append(detector.update(ts_ms, value))
+            if d.passes is not None and not d.passes(settings, value):
+                value = math.nan
+        return out
+
     def update_many(self, ts_ms: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]:
-        """Per detector kind, a BATCH_DTYPE array (score, active) equal to repeated `update`."""
-        v = np.asarray(values, dtype=np.float64)
-        band = self.settings.implausible
-        judged = np.where((v >= band.low) & (v <= band.high), v, np.nan)
+        """Per detector kind, a BATCH_DTYPE array (score, active): `update` reading by reading."""
+        results = [
+            self.update(t, v)
+            for t, v in zip(np.asarray(ts_ms).tolist(), np.asarray(values).tolist(), strict=True)
+        ]
         return {
-            "implausible": self.implausible.update_many(ts_ms, v),
-            "stuck": self.stuck.update_many(ts_ms, judged),
-            "spike": self.spike.update_many(ts_ms, judged),
-            "drift": self.shift.update_many(ts_ms, judged),
+            d.kind: batch_result(
+                np.array([r[k].score for r in results], dtype=np.float64),
+                np.array([r[k].active for r in results], dtype=bool),
+            )
+            for k, (d, _, _) in enumerate(self.detectors)
         }

@@ -7,11 +7,11 @@ from a standard. Per-parameter tables override the `series_defaults` tables key 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alerts.detectors.registry import PluginSettings, discovered
+from alerts.detectors.registry import discovered
 from alerts.settings_files import (
     STRICT,
     SettingsError,
@@ -23,66 +23,22 @@ from alerts.settings_files import (
 
 
 @dataclass(frozen=True, slots=True)
-class ImplausibleSettings:
-    __pydantic_config__ = STRICT
-
-    low: float
-    high: float
-    max_rate_per_min: float
-
-
-@dataclass(frozen=True, slots=True)
-class StuckSettings:
-    __pydantic_config__ = STRICT
-
-    epsilon: float
-    min_readings: int
-    min_minutes: float
-
-
-@dataclass(frozen=True, slots=True)
-class SpikeSettings:
-    __pydantic_config__ = STRICT
-
-    window: int
-    min_history: int
-    threshold: float
-    scale_floor: float
-
-
-@dataclass(frozen=True, slots=True)
-class ShiftSettings:
-    __pydantic_config__ = STRICT
-
-    window: int
-    lag: int
-    min_history: int
-    scale_floor: float
-    slack: float
-    threshold: float
-    clip: float
-    # Readings between recomputations of the baseline (1: every reading); see shift.py.
-    refresh_rows: int = 1
-    # A drift is one sensor's only while no other drift-judged parameter of the device has a
-    # drift score above partner_share x its own threshold: parameters moving together are the
-    # water (dosing stopped or restored), which the range rules and the event detector report.
-    # It is raised once it has been so for partner_rows readings in a row; a partner that was
-    # that high within the last partner_memory readings still explains it (the recovery). 0
-    # share: off.
-    partner_share: float = 0.0
-    partner_rows: int = 1
-    partner_memory: int = 1
-
-
-@dataclass(frozen=True, slots=True)
 class SeriesSettings:
-    __pydantic_config__ = STRICT
+    """The settings of every registered detector judging one parameter, by its table name
+    (`series.shift` reads like a field)."""
 
     parameter: str
-    implausible: ImplausibleSettings
-    stuck: StuckSettings
-    spike: SpikeSettings
-    shift: ShiftSettings
+    detectors: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return object.__getattribute__(self, "detectors")[name]
+        except (KeyError, AttributeError):
+            raise AttributeError(name) from None
+
+    def replaced(self, **tables: Any) -> SeriesSettings:
+        """A copy with these detectors' settings replaced."""
+        return SeriesSettings(self.parameter, {**self.detectors, **tables})
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +154,6 @@ class DetectorSettings:
     replay: ReplaySettings
     gaps: GapSettings
     clock_skew: ClockSkewSettings
-    # Every registered plug-in detector's settings (alerts/detectors/registry.py), by kind.
-    plugins: dict[str, PluginSettings] = field(default_factory=dict)
 
     def for_parameter(self, parameter: str) -> SeriesSettings:
         try:
@@ -214,36 +168,46 @@ class DetectorSettings:
             raise KeyError(f"no event profile {name!r} in detector settings") from None
 
 
+def _table(value: Any, file: str, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SettingsError(file, key, "expected a table")
+    return value
+
+
 def _merged(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return {**defaults, **override}
 
 
 _TOP = {"source", "confidence", "series_defaults", "series", "offline", "inconsistency"}
-_TOP |= {"event_profiles", "replay", "gaps", "clock_skew", "plugins"}
-_SERIES = {"implausible", "stuck", "spike", "shift"}
+_TOP |= {"event_profiles", "replay", "gaps", "clock_skew"}
 
 
 def parse_detector_settings(doc: dict[str, Any], file: str = "detectors.toml") -> DetectorSettings:
     """The settings of `doc`, or SettingsError naming the file, the key and the reason."""
     check_keys(doc, _TOP, file)
-    defaults = doc.get("series_defaults", {})
-    check_keys(defaults, _SERIES - {"implausible"}, file, "series_defaults")
+    # The single-series detectors: every registered one, by its table (registry.py).
+    tables = {d.table: d for d in discovered().values()}
+    defaults = _table(doc.get("series_defaults", {}), file, "series_defaults")
+    check_keys(defaults, set(tables), file, "series_defaults")
     series: dict[str, SeriesSettings] = {}
-    for name, spec in doc.get("series", {}).items():
+    for name, spec in _table(doc.get("series", {}), file, "series").items():
         key = f"series.{name}"
-        check_keys(spec, _SERIES, file, key)
-        parts = {
-            part: _merged(defaults.get(part, {}), spec.get(part, {}))
-            for part in ("stuck", "spike", "shift")
-        }
+        check_keys(_table(spec, file, key), set(tables), file, key)
         series[name] = SeriesSettings(
             parameter=name,
-            implausible=checked(
-                ImplausibleSettings, spec.get("implausible"), file, f"{key}.implausible"
-            ),
-            stuck=checked(StuckSettings, parts["stuck"], file, f"{key}.stuck"),
-            spike=checked(SpikeSettings, parts["spike"], file, f"{key}.spike"),
-            shift=checked(ShiftSettings, parts["shift"], file, f"{key}.shift"),
+            detectors={
+                table: checked(
+                    d.settings,
+                    _merged(
+                        _table(defaults.get(table, {}), file, f"series_defaults.{table}"),
+                        _table(spec.get(table, {}), file, f"{key}.{table}"),
+                    ),
+                    file,
+                    f"{key}.{table}",
+                )
+                for table, d in tables.items()
+                if table in defaults or table in spec
+            },
         )
     profiles = {
         name: checked(EventSettings, spec, file, f"event_profiles.{name}")
@@ -260,9 +224,6 @@ def parse_detector_settings(doc: dict[str, Any], file: str = "detectors.toml") -
             raise SettingsError(
                 file, f"event_profiles.{name}.context_explains", f"not judged: {sorted(strange)}"
             )
-    tables = doc.get("plugins", {})
-    plugins = discovered()
-    check_keys(tables, set(plugins), file, "plugins")
     return DetectorSettings(
         source=checked(str, doc.get("source"), file, "source"),
         confidence=checked(str, doc.get("confidence"), file, "confidence"),
@@ -275,10 +236,6 @@ def parse_detector_settings(doc: dict[str, Any], file: str = "detectors.toml") -
         replay=checked(ReplaySettings, doc.get("replay"), file, "replay"),
         gaps=checked(GapSettings, doc.get("gaps"), file, "gaps"),
         clock_skew=checked(ClockSkewSettings, doc.get("clock_skew"), file, "clock_skew"),
-        plugins={
-            kind: checked(p.settings, tables.get(kind, {}), file, f"plugins.{kind}")
-            for kind, p in plugins.items()
-        },
     )
 
 

@@ -2,16 +2,18 @@
 
 A dry measuring cell or a disconnected electrode often reads a hard 0 rather than a plausible
 value; free chlorine can be near zero, but rarely exactly zero for many readings while the
-analyser's noise is otherwise there. Idle until `[plugins.zero_run] parameters = [...]` names
-the parameters it judges (detectors.toml).
+analyser's noise is otherwise there. Judges the parameters given a `zero_run` table in
+detectors.toml (none in the packaged file).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from alerts.detectors.base import DetectorResult, batch_result
-from alerts.detectors.registry import Plugin, PluginSettings, register
+from alerts.detectors.bank import KindBatch, ints, kind_batch
+from alerts.detectors.base import DetectorResult
+from alerts.detectors.registry import Detector, PluginSettings, register
+from alerts.detectors.stacked import grown
 from domain.model import AlertFamily
 
 KIND = "zero_run"
@@ -30,29 +32,47 @@ class ZeroRunDetector:
         self.run = 0  # zero readings in a row, up to now
 
     def update(self, ts_ms: int, value: float) -> DetectorResult:
+        if np.isnan(value):
+            return DetectorResult(KIND, float("nan"), False)
         self.run = self.run + 1 if abs(value) <= self.settings.epsilon else 0
         active = self.run >= self.settings.min_readings
         return DetectorResult(KIND, float(self.run), active, {"zero_readings": self.run})
 
-    def update_many(self, ts_ms: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """The same decisions for a batch of this series' readings, vectorised."""
-        zero = np.abs(np.asarray(values, dtype=np.float64)) <= self.settings.epsilon
-        # Run length at each reading: readings since the last non-zero one (or the start,
-        # continuing the run carried in from earlier batches).
-        index = np.arange(1, len(zero) + 1)
-        last_nonzero = np.maximum.accumulate(np.where(zero, 0, index))
-        run = index - last_nonzero + np.where(last_nonzero == 0, self.run, 0)
-        if len(run):
-            self.run = int(run[-1])
-        return batch_result(run.astype(np.float64), run >= self.settings.min_readings)
+
+class ZeroRunBank:
+    """ZeroRunDetector over many series (`VectorisedDetector`)."""
+
+    enabled = True
+
+    def __init__(self, settings: ZeroRunSettings, capacity: int) -> None:
+        self.settings = settings
+        self.run = np.zeros(capacity, dtype=np.int64)
+
+    def grow(self, capacity: int) -> None:
+        self.run = grown(self.run, capacity, 0)
+
+    def empty(self, ts: np.ndarray, values: np.ndarray) -> KindBatch:
+        return kind_batch(len(values), {"zero_readings": ints(len(values))})
+
+    def judge(
+        self, idx: np.ndarray, rows: np.ndarray, ts: np.ndarray, v: np.ndarray, b: KindBatch
+    ) -> None:
+        run = np.where(np.abs(v) <= self.settings.epsilon, self.run[rows] + 1, 0)
+        self.run[rows] = run
+        b.score[idx] = run
+        b.active[idx] = run >= self.settings.min_readings
+        b.evidence["zero_readings"][idx] = run
 
 
-PLUGIN = register(
-    Plugin(
+DETECTOR = register(
+    Detector(
         kind=KIND,
         family=AlertFamily.INTEGRITY,
         settings=ZeroRunSettings,
         streaming=ZeroRunDetector,
-        vectorised=ZeroRunDetector,
+        vectorised=ZeroRunBank,
+        # Before the plausibility check: a hard 0 is often outside the plausible band too, and
+        # the zero run says why.
+        order=5,
     )
 )
