@@ -327,6 +327,21 @@ def _alert_values(a: Alert) -> tuple:
     )  # fmt: skip
 
 
+# The newest reading of each of a device's parameters by key lookups: the parameters one after
+# the other (a skip scan), then each one's newest time. A GROUP BY would read all its readings.
+_LATEST = """
+WITH RECURSIVE p (parameter) AS (
+    SELECT min(parameter) FROM readings WHERE device_id = ?1
+    UNION ALL
+    SELECT (SELECT min(parameter) FROM readings WHERE device_id = ?1 AND parameter > p.parameter)
+    FROM p WHERE p.parameter IS NOT NULL
+)
+SELECT r.device_id, r.site_id, r.parameter, r.ts_ms, r.value, r.flag, r.recv_ms, r.seq
+FROM p JOIN readings r ON r.device_id = ?1 AND r.parameter = p.parameter
+    AND r.ts_ms = (SELECT max(ts_ms) FROM readings WHERE device_id = ?1 AND parameter = p.parameter)
+"""
+
+
 class SqliteStore(SqliteDatabase):
     def __init__(self, path: Path | str, busy_timeout_ms: int = 5000) -> None:
         super().__init__(path, "store", MIGRATIONS, busy_timeout_ms)
@@ -649,12 +664,7 @@ class SqliteStore(SqliteDatabase):
         return [_alert_from_row(r) for r in self._reader().execute(sql, args)]
 
     def latest_readings(self, device_id: str) -> list[Reading]:
-        # SQLite takes the bare columns from the row holding max(ts_ms).
-        rows = self._reader().execute(
-            "SELECT device_id, site_id, parameter, max(ts_ms), value, flag, recv_ms, seq"
-            " FROM readings WHERE device_id = ? GROUP BY parameter",
-            (device_id,),
-        )
+        rows = self._reader().execute(_LATEST, (device_id,))
         return [Reading(*r) for r in rows]
 
     def reading_stats(
