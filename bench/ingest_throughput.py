@@ -8,7 +8,7 @@
    --no-simulators`): decode, validate, commit to SQLite, manual acks, alert evaluation with the
    detectors.
 5. Steady load at a stated rate; after a warm-up at that rate (Landun finishes the backlog's
-   alert evaluation and compaction meanwhile), some devices cross their pending time at known
+   alert evaluation meanwhile), some devices cross their pending time at known
    moments, and the time from publishing that message to receiving the alert's announcement
    (Landun publishes it on MQTT once the alert is committed) is the alert latency.
 Prints the figures; the last line is a JSON object. `--quick` is a small run for the tests.

@@ -74,8 +74,6 @@ def run(args: argparse.Namespace, database: str | None) -> dict:
     try:
         for minute in range(args.prefill):
             store.write_batch(batch(devices, parameters, minute))
-        if isinstance(store, SqliteStore):
-            store.compact()  # settled, as after a while of steady ingest
         timed = [batch(devices, parameters, args.prefill + m) for m in range(args.batches)]
         commits = []
         server0, cpu0, wall0 = server_cpu_s(store), time.process_time(), time.monotonic()

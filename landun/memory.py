@@ -5,8 +5,8 @@ package is imported: before numpy loads and before any thread starts, or they wo
   are such arrays, zero-filled and written a row at a time, so huge pages make them resident long
   before their rows fill.
 - glibc gives threads that allocate at the same time arenas of their own (up to 8 per core), and
-  memory freed in one is not reused by another. Ingest's network, worker, deliverer and compaction
-  threads allocate all the time, so the arenas grow apart and the process's peak memory with them.
+  memory freed in one is not reused by another. Ingest's network, worker and deliverer threads
+  allocate all the time, so the arenas grow apart and the process's peak memory with them.
 The measured effect of both settings is in the README (Benchmarks, "Memory settings").
 An explicit NUMPY_MADVISE_HUGEPAGE or MALLOC_ARENA_MAX in the environment wins."""
 

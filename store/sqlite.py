@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
-import sys
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
 from pathlib import Path
 
 from domain import strict_json
@@ -47,8 +43,6 @@ from store.sqlite_db import SqliteDatabase, attach_readonly, readonly_uri
 
 log = logging.getLogger("landun.store")
 
-COMPACTION_NICE = 10  # added to the compaction thread's nice value (lower CPU priority)
-
 _READING_COLS = "device_id, parameter, ts_ms, value, flag, recv_ms, seq, site_id"
 _READING_COLUMNS = """
     device_id TEXT NOT NULL,
@@ -59,10 +53,19 @@ _READING_COLUMNS = """
     recv_ms INTEGER NOT NULL,        -- receive time, UTC epoch ms
     seq INTEGER,
     site_id TEXT NOT NULL,"""
-_SAME_KEY = "device_id = {0}.device_id AND parameter = {0}.parameter AND ts_ms = {0}.ts_ms"
+SERIES_KEY = "device_id, parameter, ts_ms"
+# Where releases before 2026-12 put a reading first (moved on by compaction), in this file.
 INBOXES = ("readings_inbox0", "readings_inbox1")
-LEGACY_TABLES = ("readings_inbox", "readings_recent", "readings")  # in the main file until 2026-11
-LEGACY_COLD_TABLES = ("readings_recent",)  # in the readings file until 2026-11
+LEGACY_INBOXES = ("readings_inbox", "readings_recent")  # in this file until 2026-11
+# The readings file of releases before 2026-12, beside this one: its tables and their keys,
+# moved into this file on open (`_absorb_readings_file`).
+OLD_FILE_TABLES = {
+    "readings_hourly": ("readings_hourly", "device_id, parameter, hour_ms", HOURLY_COLS),
+    "readings": ("readings", SERIES_KEY, _READING_COLS),
+    "readings_runs": ("readings", f"run, {SERIES_KEY}", _READING_COLS),
+    "readings_recent": ("readings", SERIES_KEY, _READING_COLS),
+}
+ABSORB_BATCH_ROWS = 50_000  # a transaction's rows when moving that file: a bounded WAL
 
 
 def _table(key: str) -> str:
@@ -70,123 +73,15 @@ def _table(key: str) -> str:
 
 
 def readings_path(path: Path) -> Path:
-    """The file beside the main database that holds the series-keyed readings."""
+    """The file beside the main database in which releases before 2026-12 kept readings."""
     return path.with_name(f"{path.stem}-readings{path.suffix}")
 
 
-# Readings are clustered by series (device, parameter, time): a week of one series is a short
-# range scan. A batch holds one reading of each of thousands of series, and inserting it into a
-# tree keyed by series dirties one page per reading: with 200,000 rows in such a tree, a commit
-# of 10,000 readings wrote ~14 MB of WAL, and the checkpoints stalled the commits. So readings
-# pass through three trees, newest first:
-# - an inbox in the main file, keyed by time: a commit of the newest readings fills a few pages.
-#   There are two: ingest appends to the active one while the other is being moved on.
-# - `readings_runs`, keyed by run, then series: an inbox moves in, sorted, as one new run once it
-#   holds `inbox_max_rows`. A run's key range is new: a move appends pages, whatever the size of
-#   the tree. Queries look up a series in each live run (listed in `runs`, with their row counts).
-# - `readings`: compaction moves the runs' rows over a few devices at a time, each series
-#   bringing the rows of every run to its page at once.
-# The last two live in their own file (`readings_path`). SQLite has one writer per file: moves
-# and compaction hold that file's write lock for up to a few hundred milliseconds, and ingest
-# commits and alert writes, in the main file, no longer wait behind them. A move copies an inbox
-# in one transaction of the readings file, then empties it in a short one of the main file; in
-# between its rows are in both, and `readings_all` shows them once.
-READINGS_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS readings {_table("device_id, parameter, ts_ms")};
-CREATE TABLE IF NOT EXISTS readings_runs (
-    run INTEGER NOT NULL,            -- the inbox generation it was moved at
-    {_READING_COLUMNS}
-    PRIMARY KEY (run, device_id, parameter, ts_ms)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS runs (
-    run INTEGER PRIMARY KEY,
-    rows INTEGER NOT NULL,           -- rows of the run still in `readings_runs`
-    min_ts_ms INTEGER NOT NULL,      -- the sensor times of the rows it ever held
-    max_ts_ms INTEGER NOT NULL
-);
-"""
-READINGS_HOURLY = """
--- Hourly aggregates of the raw readings retention removed, kept for good (store.retention).
-CREATE TABLE IF NOT EXISTS readings_hourly (
-    device_id TEXT NOT NULL,
-    parameter TEXT NOT NULL,
-    hour_ms INTEGER NOT NULL,        -- start of the UTC hour
-    n INTEGER NOT NULL,
-    total REAL NOT NULL,
-    lo REAL NOT NULL,
-    hi REAL NOT NULL,
-    valid_n INTEGER NOT NULL,        -- the readings flagged N
-    valid_total REAL NOT NULL,
-    valid_lo REAL,
-    valid_hi REAL,
-    PRIMARY KEY (device_id, parameter, hour_ms)
-) WITHOUT ROWID;
-"""
-READINGS_MIGRATIONS = (
-    Migration(1, "readings, runs (as of 2026-12)", READINGS_SCHEMA),
-    Migration(2, "retention: hourly aggregates", READINGS_HOURLY),
-)
-# A series' rows in the runs: one index lookup per live run.
-_IN_RUNS = "run IN (SELECT run FROM {0}runs)"
-# What queries read, on every reader connection (a view in the main file cannot name an
-# attached one; the readings file is attached as `cold`). Readers and ingest take the main
-# file's snapshot first, then the readings file's (SQLite begins a statement's transactions in
-# schema order, attached files last): a row an inbox no longer holds is in the readings file.
-# A row can be in two trees for a while: copied but not yet emptied from its inbox, or copied
-# again after another process's compaction moved it on (until compaction meets it again).
-_IN_COLD_RUNS = _IN_RUNS.format("cold.")
-_IN_OWN_RUNS = _IN_RUNS.format("")  # in the readings file's own connection
-_READINGS_ALL = (
-    f"CREATE TEMP VIEW readings_all AS SELECT {_READING_COLS} FROM cold.readings"
-    f" UNION ALL SELECT {_READING_COLS} FROM cold.readings_runs AS r WHERE {_IN_COLD_RUNS}"
-    f" AND NOT EXISTS (SELECT 1 FROM cold.readings WHERE {_SAME_KEY.format('r')})"
-    + "".join(
-        f" UNION ALL SELECT {_READING_COLS} FROM main.{inbox} AS i"
-        f" WHERE NOT EXISTS (SELECT 1 FROM cold.readings_runs"
-        f" WHERE {_IN_COLD_RUNS} AND {_SAME_KEY.format('i')})"
-        f" AND NOT EXISTS (SELECT 1 FROM cold.readings WHERE {_SAME_KEY.format('i')})"
-        for inbox in INBOXES
-    )
-)
-
-# Ingest's insert into each inbox (?1-?8: the reading, ?9: `moved_ts_ms`). A reading in the other
-# inbox, or already moved on, is a duplicate too; only one not newer than `moved_ts_ms` can be
-# in the readings file.
-_KEY_IS_READING = "device_id = ?1 AND parameter = ?2 AND ts_ms = ?3"
-_INSERT_INTO_INBOX = tuple(
-    f"INSERT OR IGNORE INTO {inbox} ({_READING_COLS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8"
-    f" WHERE NOT EXISTS (SELECT 1 FROM {other} WHERE {_KEY_IS_READING}) AND (?3 > ?9 OR"
-    " NOT EXISTS (SELECT 1 FROM cold.readings_runs WHERE run IN (SELECT run FROM cold.runs"
-    f" WHERE ?3 BETWEEN min_ts_ms AND max_ts_ms) AND {_KEY_IS_READING})"
-    f" AND NOT EXISTS (SELECT 1 FROM cold.readings WHERE {_KEY_IS_READING}))"
-    for inbox, other in (INBOXES, INBOXES[::-1])
-)
-
-
-def _tables_among(conn: sqlite3.Connection, names: Sequence[str]) -> list[str]:
-    """Which of `names` are tables of the connection's main file."""
-    rows = conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")
-    return [t for (t,) in rows if t in names]
-
-
-def _first_device_in_runs(conn: sqlite3.Connection, at_or_after: str) -> str | None:
-    return conn.execute(
-        "SELECT min((SELECT device_id FROM readings_runs WHERE run = runs.run AND device_id >= ?"
-        " ORDER BY device_id LIMIT 1)) FROM runs",
-        (at_or_after,),
-    ).fetchone()[0]
-
-
-def _add_readings_view(conn: sqlite3.Connection, path: Path) -> None:
-    attach_readonly(conn, readings_path(path), "cold")
-    conn.execute(_READINGS_ALL)
-
-
 def connect_readonly(path: Path) -> sqlite3.Connection:
-    """A read-only connection to the store at `path` on which `readings_all` holds every
-    reading, for tools and tests that open the files themselves."""
+    """A read-only connection to the store at `path` on which `readings_all` names the readings,
+    as on PostgreSQL: tools and tests run the same SQL on either."""
     conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=10)
-    _add_readings_view(conn, path)
+    conn.execute("CREATE TEMP VIEW readings_all AS SELECT * FROM main.readings")
     return conn
 
 
@@ -344,10 +239,46 @@ CREATE TABLE IF NOT EXISTS notice_claims (
 ) WITHOUT ROWID;
 """
 
+READINGS_HOURLY = """
+-- Hourly aggregates of the raw readings retention removed, kept for good (store.retention).
+CREATE TABLE IF NOT EXISTS readings_hourly (
+    device_id TEXT NOT NULL,
+    parameter TEXT NOT NULL,
+    hour_ms INTEGER NOT NULL,        -- start of the UTC hour
+    n INTEGER NOT NULL,
+    total REAL NOT NULL,
+    lo REAL NOT NULL,
+    hi REAL NOT NULL,
+    valid_n INTEGER NOT NULL,        -- the readings flagged N
+    valid_total REAL NOT NULL,
+    valid_lo REAL,
+    valid_hi REAL,
+    PRIMARY KEY (device_id, parameter, hour_ms)
+) WITHOUT ROWID;
+"""
+# Readings in one table keyed by series: a week of one series is a short range scan, and the key
+# refuses a second (device, parameter, sensor time). A city's load is far below what it takes
+# (README, Benchmarks); larger loads go to PostgreSQL. The inboxes of earlier releases move in
+# and go; a `readings` table of a release before 2026-11 already is this table. Each source
+# gets an empty twin first: every statement then runs on a file of any earlier release, and
+# again when another process applied the step meanwhile.
+ONE_READINGS_TABLE = (
+    f"CREATE TABLE IF NOT EXISTS readings {_table(SERIES_KEY)};\n{READINGS_HOURLY}"
+    "DROP VIEW IF EXISTS readings_all;\n"
+    + "".join(
+        f"CREATE TABLE IF NOT EXISTS {t} {_table(SERIES_KEY)};\n"
+        f"INSERT OR IGNORE INTO readings ({_READING_COLS}) SELECT {_READING_COLS} FROM {t};\n"
+        f"DROP TABLE {t};\n"
+        for t in (*INBOXES, *LEGACY_INBOXES)
+    )
+    + "DROP TABLE IF EXISTS inbox_state;\n"
+)
+
 MIGRATIONS = (
     Migration(1, "inboxes, alerts, accounts, engine state (as of 2026-12)", SCHEMA),
     Migration(2, "notifications: deliveries by channel, claimed notice keys", NOTIFICATIONS),
     Migration(3, notify_sql.MIGRATION_NAME, notify_sql.SQLITE_SCHEMA),
+    Migration(4, "readings: one table keyed by series; the inboxes go", ONE_READINGS_TABLE),
 )
 
 _ALERT_COLS = (
@@ -396,87 +327,74 @@ def _alert_values(a: Alert) -> tuple:
     )  # fmt: skip
 
 
+# The newest reading of each of a device's parameters by key lookups: the parameters one after
+# the other (a skip scan), then each one's newest time. A GROUP BY would read all its readings.
+_LATEST = """
+WITH RECURSIVE p (parameter) AS (
+    SELECT min(parameter) FROM readings WHERE device_id = ?1
+    UNION ALL
+    SELECT (SELECT min(parameter) FROM readings WHERE device_id = ?1 AND parameter > p.parameter)
+    FROM p WHERE p.parameter IS NOT NULL
+)
+SELECT r.device_id, r.site_id, r.parameter, r.ts_ms, r.value, r.flag, r.recv_ms, r.seq
+FROM p JOIN readings r ON r.device_id = ?1 AND r.parameter = p.parameter
+    AND r.ts_ms = (SELECT max(ts_ms) FROM readings WHERE device_id = ?1 AND parameter = p.parameter)
+"""
+
+
 class SqliteStore(SqliteDatabase):
-    """`inbox_max_rows` bounds an inbox (every query scans the inboxes; each move is one more
-    run). `recent_max_rows` bounds the rows in runs (the more rows a series gathers there, the
-    fewer pages compaction rewrites per reading; a query looks in every run); `compact_rows` is
-    about how many rows one compaction step moves."""
-
-    def __init__(
-        self,
-        path: Path | str,
-        busy_timeout_ms: int = 5000,
-        recent_max_rows: int = 1_000_000,
-        compact_rows: int = 50_000,
-        inbox_max_rows: int = 25_000,
-    ) -> None:
-        self._cold = SqliteDatabase(
-            readings_path(Path(path)), "readings", READINGS_MIGRATIONS, busy_timeout_ms
-        )
+    def __init__(self, path: Path | str, busy_timeout_ms: int = 5000) -> None:
         super().__init__(path, "store", MIGRATIONS, busy_timeout_ms)
-        attach_readonly(self._writer, self._cold.path, "cold")  # for the duplicate checks
-        self._move_legacy_readings()
-        if self._writer.execute("SELECT moved_ts_ms IS NULL FROM inbox_state").fetchone()[0]:
-            # A new main file beside a readings file that has readings (one scan, if any).
-            with self._tx() as conn:
-                self._note_moved(conn, ["cold.readings", "cold.readings_runs"])
-        self.inbox_max_rows = inbox_max_rows
-        self.recent_max_rows = recent_max_rows
-        self.compact_rows = compact_rows
-        self._inbox_rows = sum(self._count(self._writer, t) for t in INBOXES)
-        self._compact_from = ""  # compaction sweeps the devices in key order, then wraps
-        # Compaction runs on its own thread: sqlite3 releases the GIL while a statement runs, so
-        # moving rows overlaps with decoding the next batch instead of delaying its acks.
-        self._compact_wanted = threading.Event()
-        self._compactor: threading.Thread | None = None
-        self._compacting = threading.RLock()  # one compaction at a time in this process
         self._closing = False
+        self._absorb_readings_file()
 
-    def _setup_reader(self, conn: sqlite3.Connection) -> None:
-        _add_readings_view(conn, self.path)
-
-    def _move_legacy_readings(self) -> None:
-        """Databases from earlier releases hold readings in tables this one no longer has, in
-        the main file or the readings file: they move into `readings` once, on open (copied,
-        then dropped: a crash in between only copies again)."""
-        legacy = _tables_among(self._writer, LEGACY_TABLES)
-        legacy_cold = _tables_among(self._cold._writer, LEGACY_COLD_TABLES)
-        if not legacy and not legacy_cold:
+    def _absorb_readings_file(self) -> None:
+        """Releases before 2026-12 kept most readings in a second file (`readings_path`): copy
+        its tables into this file, `ABSORB_BATCH_ROWS` rows a transaction, then delete it. A
+        copy cut short is started again on the next open; what it already copied is ignored."""
+        old = readings_path(self.path)
+        if not old.exists():
             return
-        log.warning("moving the readings of %s into %s (once)", self.path, self._cold.path)
-        with self._attached_main() as cold:
-            for table in [f"hot.{t}" for t in legacy] + legacy_cold:
-                cold.execute(
-                    f"INSERT OR IGNORE INTO readings ({_READING_COLS})"
-                    f" SELECT {_READING_COLS} FROM {table}"
-                )
-            for table in legacy_cold:
-                cold.execute(f"DROP TABLE {table}")
-        if legacy:
-            with self._tx() as conn:
-                self._note_moved(conn, legacy)
-                conn.execute("DROP VIEW IF EXISTS readings_all")
-                for table in legacy:
-                    conn.execute(f"DROP TABLE {table}")
-
-    @contextmanager
-    def _attached_main(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction of the readings file that can read the main file (as `hot`).
-        Attached only meanwhile: every transaction of the readings writer would otherwise hold
-        a snapshot of the main file, and the main file's checkpoints would wait for it."""
-        conn = self._cold._writer
-        with self._cold._lock:
-            try:
-                attach_readonly(conn, self.path, "hot")
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"sqlite: cannot attach {self.path}: {exc}") from exc
+        log.warning("moving the readings of %s into %s (once)", old, self.path)
+        with self._lock:
+            attach_readonly(self._writer, old, "old")
         try:
-            with self._cold._tx() as cold:
-                yield cold
+            rows = self._writer.execute("SELECT name FROM old.sqlite_master WHERE type = 'table'")
+            tables = {name for (name,) in rows}
+            for source, (target, key, cols) in OLD_FILE_TABLES.items():
+                if source in tables:
+                    self._copy_in_batches(source, target, key, cols, ABSORB_BATCH_ROWS)
         finally:
-            with self._cold._lock, suppress(sqlite3.Error):
-                # If this fails, the next ATTACH fails too and says why.
-                conn.execute("DETACH DATABASE hot")
+            with self._lock:
+                self._writer.execute("DETACH DATABASE old")
+        # On disk for good before the only other copy goes (synchronous=NORMAL syncs at
+        # checkpoints).
+        self._writer.execute("PRAGMA wal_checkpoint(FULL)")
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{old}{suffix}").unlink(missing_ok=True)
+
+    def _copy_in_batches(
+        self, source: str, target: str, key: str, cols: str, batch_rows: int
+    ) -> None:
+        """Copy `old.source` into `target` in order of `key`, `batch_rows` rows a transaction."""
+        marks = ",".join("?" * len(key.split(",")))
+        after: tuple = ()
+        while True:
+            past = f"({key}) > ({marks})" if after else "true"
+            with self._tx() as conn:
+                end = conn.execute(
+                    f"SELECT {key} FROM old.{source} WHERE {past} ORDER BY {key} LIMIT 1 OFFSET ?",
+                    (*after, batch_rows - 1),
+                ).fetchone()
+                upto = "" if end is None else f" AND ({key}) <= ({marks})"
+                conn.execute(
+                    f"INSERT OR IGNORE INTO {target} ({cols}) SELECT {cols} FROM old.{source}"
+                    f" WHERE {past}{upto}",
+                    (*after, *(end or ())),
+                )
+            if end is None:
+                return
+            after = tuple(end)
 
     # -- ingest -------------------------------------------------------------------------------
 
@@ -495,14 +413,12 @@ class SqliteStore(SqliteDatabase):
         try:
             with self._tx() as conn:
                 before = conn.total_changes
-                active, moved_ts = conn.execute(
-                    "SELECT active, moved_ts_ms FROM inbox_state"
-                ).fetchone()
                 conn.executemany(
-                    _INSERT_INTO_INBOX[active],
+                    f"INSERT OR IGNORE INTO readings ({_READING_COLS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (r.device_id, r.parameter, r.ts_ms, r.value, r.flag, r.recv_ms, r.seq,
-                         r.site_id, moved_ts)
+                         r.site_id)
                         for r in readings
                     ],
                 )  # fmt: skip
@@ -536,197 +452,17 @@ class SqliteStore(SqliteDatabase):
         except sqlite3.OperationalError as exc:
             # Locked past the busy timeout, disk full, I/O error: the batch is not committed.
             raise StoreUnavailable(f"sqlite: {exc}") from exc
-        self._inbox_rows += stored
-        if self._inbox_rows > self.inbox_max_rows:
-            self._wake_compactor()
         return stored
 
     def close(self) -> None:
-        self._closing = True  # a step in progress finishes; no new one starts
-        if self._compactor is not None:
-            self._compact_wanted.set()
-            self._compactor.join()
+        self._closing = True  # retention stops between batches
         super().close()
-        self._cold.close()
-
-    def _wake_compactor(self) -> None:
-        with self._lock:
-            if self._compactor is None:
-                self._compactor = threading.Thread(
-                    target=self._compact_loop, name="landun-compact", daemon=True
-                )
-                self._compactor.start()
-        self._compact_wanted.set()
-
-    def _compact_loop(self) -> None:
-        if sys.platform == "linux":  # there, a thread's id names the thread alone
-            # Compaction is background work; ingest and alert evaluation come first. It holds
-            # only the readings file's write lock for long, which nothing on the hot path takes.
-            with suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COMPACTION_NICE)
-        while True:
-            self._compact_wanted.wait()
-            self._compact_wanted.clear()
-            if self._closing:
-                return
-            try:
-                self.compact()
-            except StoreUnavailable as exc:
-                # Nothing is lost: the rows wait in their inbox or in a run.
-                log.warning("compaction postponed: %s", exc)
-            except Exception:
-                # Nor here; the thread must live on, or the inboxes would grow without bound.
-                log.exception("compaction failed; trying again at the next wake-up")
-
-    def compact(self, max_rows: int | None = None) -> int:
-        """Move the inboxes into runs, then compaction steps until the runs hold at most
-        `max_rows` (default `recent_max_rows`; 0 moves everything); returns the rows moved into
-        `readings`."""
-        limit = self.recent_max_rows if max_rows is None else max_rows
-        moved = 0
-        with self._compacting:
-            self.flush_inbox()
-            while not self._closing:
-                step = self.compact_step(limit)
-                if not step:
-                    break
-                moved += step
-        return moved
-
-    @staticmethod
-    def _note_moved(conn: sqlite3.Connection, tables: Sequence[str]) -> None:
-        """Raise `moved_ts_ms` to the newest sensor time in `tables`, in the transaction that
-        removes their readings from the main file."""
-        newest = " UNION ALL ".join(f"SELECT max(ts_ms) AS ts FROM {t}" for t in tables)
-        conn.execute(
-            "UPDATE inbox_state SET moved_ts_ms = max(ifnull(moved_ts_ms, ts), ts)"
-            f" FROM (SELECT max(ts) AS ts FROM ({newest})) WHERE ts IS NOT NULL"
-        )
-
-    @staticmethod
-    def _count(conn: sqlite3.Connection, table: str) -> int:
-        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-
-    def flush_inbox(self) -> int:
-        """Move every inbox row into runs; returns the rows."""
-        moved = 0
-        with self._compacting:
-            for _ in INBOXES:  # the other inbox first if a move was cut short, then the active one
-                inbox, switched, generation = self._switch_inbox()
-                self._copy_inbox(inbox, generation)
-                moved += self._empty_inbox(inbox, generation)
-                if switched:
-                    break
-        return moved
-
-    def _switch_inbox(self) -> tuple[int, bool, int]:
-        """Have ingest append to the other inbox if that one is empty; returns the inbox to move,
-        whether ingest switched away from it, and the generation from which it gets no rows."""
-        with self._tx() as conn:
-            active, generation = conn.execute(
-                "SELECT active, generation FROM inbox_state"
-            ).fetchone()
-            if conn.execute(f"SELECT 1 FROM {INBOXES[1 - active]} LIMIT 1").fetchone():
-                return 1 - active, False, generation
-            conn.execute(
-                "UPDATE inbox_state SET active = ?, generation = generation + 1", (1 - active,)
-            )
-        return active, True, generation + 1
-
-    def _copy_inbox(self, inbox: int, generation: int) -> None:
-        """Copy an inbox ingest no longer appends to into run `generation`, unless ingest was
-        switched back to it since (another compactor moved it on; its new rows are for a later
-        run). A second copy of the same rows (after a crash, or by another process) adds only
-        what compaction has moved on since, shown once by `readings_all`."""
-        with self._attached_main() as cold:
-            # In series order: the run's pages are filled one after the other.
-            copied = cold.execute(
-                f"INSERT OR IGNORE INTO readings_runs (run, {_READING_COLS})"
-                f" SELECT ?1, {_READING_COLS} FROM hot.{INBOXES[inbox]}"
-                " WHERE (SELECT generation FROM hot.inbox_state) = ?1"
-                " ORDER BY device_id, parameter, ts_ms",
-                (generation,),
-            ).rowcount
-            if copied > 0:
-                cold.execute(
-                    "INSERT INTO runs (run, rows, min_ts_ms, max_ts_ms)"
-                    f" SELECT ?, ?, min(ts_ms), max(ts_ms) FROM hot.{INBOXES[inbox]} WHERE true"
-                    " ON CONFLICT (run) DO UPDATE SET rows = rows + excluded.rows,"
-                    " min_ts_ms = min(min_ts_ms, excluded.min_ts_ms),"
-                    " max_ts_ms = max(max_ts_ms, excluded.max_ts_ms)",
-                    (generation, copied),
-                )
-
-    def _empty_inbox(self, inbox: int, generation: int) -> int:
-        """Empty an inbox once copied, unless it was switched to since `generation` (another
-        compactor emptied it then, and it may hold new rows now)."""
-        with self._tx() as conn:
-            if conn.execute("SELECT generation FROM inbox_state").fetchone()[0] != generation:
-                return 0
-            self._note_moved(conn, [INBOXES[inbox]])
-            moved = conn.execute(f"DELETE FROM {INBOXES[inbox]}").rowcount
-        self._inbox_rows = max(0, self._inbox_rows - moved)
-        return moved
-
-    def compact_step(self, max_rows: int) -> int:
-        """If the runs hold more than `max_rows`, move the rows of the next devices in key order
-        (about `compact_rows` rows, whole devices) from every run into `readings`, in one
-        transaction of the readings file; returns the rows moved."""
-        with self._compacting, self._cold._tx() as conn:
-            (total,) = conn.execute("SELECT ifnull(sum(rows), 0) FROM runs").fetchone()
-            if total <= max_rows:
-                return 0
-            where, args = self._next_devices(conn, total)
-            moved_by_run = conn.execute(
-                f"SELECT run, count(*) FROM readings_runs WHERE {_IN_OWN_RUNS}"
-                f" AND {where} GROUP BY run",
-                args,
-            ).fetchall()
-            conn.execute(
-                f"INSERT OR IGNORE INTO readings ({_READING_COLS})"
-                f" SELECT {_READING_COLS} FROM readings_runs WHERE {_IN_OWN_RUNS}"
-                f" AND {where} ORDER BY device_id, parameter, ts_ms",
-                args,
-            )
-            conn.execute(f"DELETE FROM readings_runs WHERE {_IN_OWN_RUNS} AND {where}", args)
-            conn.executemany(
-                "UPDATE runs SET rows = rows - ? WHERE run = ?", [(n, r) for r, n in moved_by_run]
-            )
-            # Emptiness, not the count, decides: a run listed is a run queries look in.
-            conn.execute(
-                "DELETE FROM runs WHERE NOT EXISTS"
-                " (SELECT 1 FROM readings_runs WHERE run = runs.run)"
-            )
-        return sum(n for _, n in moved_by_run)
-
-    def _next_devices(self, conn: sqlite3.Connection, total: int) -> tuple[str, tuple[str, ...]]:
-        """The condition on `device_id` of the next compaction step. Devices are taken in key
-        order, then the sweep wraps; the step's end is found in the biggest run, scaled to hold
-        about `compact_rows` of all the runs' rows."""
-        first = _first_device_in_runs(conn, self._compact_from)
-        if first is None:  # the sweep is past the last device: start again
-            first = _first_device_in_runs(conn, "") or ""
-        run, rows = conn.execute("SELECT run, rows FROM runs ORDER BY rows DESC LIMIT 1").fetchone()
-        row = conn.execute(
-            "SELECT device_id FROM readings_runs WHERE run = ? AND device_id >= ?"
-            " ORDER BY device_id, parameter, ts_ms LIMIT 1 OFFSET ?",
-            (run, first, max(1, self.compact_rows * rows // total)),
-        ).fetchone()
-        if row is None:  # the rest of the sweep: up to the last device, then wrap
-            self._compact_from = ""
-            return "device_id >= ?", (first,)
-        if row[0] == first:  # one device holds more than a step: move it alone
-            self._compact_from = first + "\0"
-            return "device_id = ?", (first,)
-        self._compact_from = row[0]
-        return "device_id >= ? AND device_id < ?", (first, row[0])
 
     def apply_retention(
         self, now_ms: int, settings: RetentionSettings, batch_rows: int = 10_000
     ) -> RetentionReport:
-        """Roll up and delete the compacted readings older than the cutoff, series by series, at
-        most `batch_rows` a transaction, keeping those that are an alert's evidence. Older
-        readings still in runs go once compaction has moved them on."""
+        """Roll up and delete the readings older than the cutoff, series by series, at most
+        `batch_rows` a transaction, keeping those that are an alert's evidence."""
         cutoff = settings.cutoff_ms(now_ms)
         removed = kept = hours = 0
         series: tuple[str, str] | None = ("", "")
@@ -741,7 +477,7 @@ class SqliteStore(SqliteDatabase):
         row = (
             self._reader()
             .execute(
-                "SELECT device_id, parameter FROM cold.readings"
+                "SELECT device_id, parameter FROM readings"
                 " WHERE (device_id, parameter) > (?, ?)"
                 " ORDER BY device_id, parameter LIMIT 1",
                 after,
@@ -755,8 +491,8 @@ class SqliteStore(SqliteDatabase):
     ) -> tuple[int, tuple[int, int, int]]:
         """One batch: the series' readings from `start` on, before the cutoff, at most
         `batch_rows`; returns where the next batch starts, and (removed, kept, hours)."""
-        with self._compacting, self._attached_main() as cold:
-            row = cold.execute(
+        with self._tx() as conn:
+            row = conn.execute(
                 "SELECT ts_ms FROM readings WHERE device_id = ? AND parameter = ? AND ts_ms >= ?"
                 " AND ts_ms < ? ORDER BY ts_ms LIMIT 1 OFFSET ?",
                 (*series, start, cutoff, batch_rows),
@@ -764,20 +500,18 @@ class SqliteStore(SqliteDatabase):
             end = cutoff if row is None else row[0]
             args = (*series, start, end)
             batch = "device_id = ? AND parameter = ? AND ts_ms >= ? AND ts_ms < ?"
-            hours = cold.execute(
+            hours = conn.execute(
                 f"INSERT INTO readings_hourly ({HOURLY_COLS}) {HOURLY_SELECT} FROM readings r"
-                f" WHERE {batch} AND NOT {is_evidence('hot.alerts', 'r')} GROUP BY 1, 2, 3"
+                f" WHERE {batch} AND NOT {is_evidence('alerts', 'r')} GROUP BY 1, 2, 3"
                 + HOURLY_MERGE.format(least="min", greatest="max"),
                 args,
             ).rowcount
-            kept = cold.execute(
-                f"SELECT count(*) FROM readings r WHERE {batch}"
-                f" AND {is_evidence('hot.alerts', 'r')}",
+            kept = conn.execute(
+                f"SELECT count(*) FROM readings r WHERE {batch} AND {is_evidence('alerts', 'r')}",
                 args,
             ).fetchone()[0]
-            removed = cold.execute(
-                f"DELETE FROM readings WHERE {batch}"
-                f" AND NOT {is_evidence('hot.alerts', 'readings')}",
+            removed = conn.execute(
+                f"DELETE FROM readings WHERE {batch} AND NOT {is_evidence('alerts', 'readings')}",
                 args,
             ).rowcount
         return end, (removed, kept, hours)
@@ -802,10 +536,7 @@ class SqliteStore(SqliteDatabase):
         if q.end_ms is not None:
             where.append("ts_ms < ?")
             args.append(q.end_ms)
-        sql = (
-            "SELECT device_id, site_id, parameter, ts_ms, value, flag, recv_ms, seq"
-            " FROM readings_all"
-        )
+        sql = "SELECT device_id, site_id, parameter, ts_ms, value, flag, recv_ms, seq FROM readings"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY ts_ms DESC" if q.descending else " ORDER BY ts_ms"
@@ -933,12 +664,7 @@ class SqliteStore(SqliteDatabase):
         return [_alert_from_row(r) for r in self._reader().execute(sql, args)]
 
     def latest_readings(self, device_id: str) -> list[Reading]:
-        # SQLite takes the bare columns from the row holding max(ts_ms).
-        rows = self._reader().execute(
-            "SELECT device_id, site_id, parameter, max(ts_ms), value, flag, recv_ms, seq"
-            " FROM readings_all WHERE device_id = ? GROUP BY parameter",
-            (device_id,),
-        )
+        rows = self._reader().execute(_LATEST, (device_id,))
         return [Reading(*r) for r in rows]
 
     def reading_stats(
@@ -957,7 +683,7 @@ class SqliteStore(SqliteDatabase):
             .execute(
                 "SELECT count(*), ifnull(sum(flag = 'N'), 0),"
                 " ifnull(sum(flag = 'N' AND (value < ? OR value > ?)), 0)"
-                " FROM readings_all WHERE device_id = ? AND parameter = ? AND ts_ms >= ?"
+                " FROM readings WHERE device_id = ? AND parameter = ? AND ts_ms >= ?"
                 " AND ts_ms < ?",
                 (lo, hi, device_id, parameter, start_ms, end_ms),
             )
@@ -1004,12 +730,12 @@ class SqliteStore(SqliteDatabase):
         marks = ",".join("?" * len(parameters))
         if every_ms % HOUR_MS == 0:  # whole hours: the aggregates of removed readings count too
             args = (every_ms, every_ms, device_id, *parameters, start_ms, end_ms)
-            sql = downsample_sql("readings_all", "cold.readings_hourly", marks, valid_only, "?")
+            sql = downsample_sql("readings", "readings_hourly", marks, valid_only, "?")
             return [Bucket(*r) for r in self._reader().execute(sql, args + args)]
         flag = " AND flag = 'N'" if valid_only else ""
         rows = self._reader().execute(
             f"SELECT (ts_ms / ?) * ? AS b, parameter, avg(value), min(value), max(value), count(*)"
-            f" FROM readings_all WHERE device_id = ? AND parameter IN ({marks})"
+            f" FROM readings WHERE device_id = ? AND parameter IN ({marks})"
             f" AND ts_ms >= ? AND ts_ms < ?{flag} GROUP BY b, parameter ORDER BY b, parameter",
             (every_ms, every_ms, device_id, *parameters, start_ms, end_ms),
         )

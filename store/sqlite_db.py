@@ -51,7 +51,7 @@ def connect(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     # Checkpoint the WAL every ~40 MB instead of every 4 MB: fewer stalls on the ingest path.
     conn.execute("PRAGMA wal_autocheckpoint=10000")
-    # A big transaction (a compaction step) grows the WAL past that; cut it back once reset.
+    # A big transaction (a migration) grows the WAL past that; cut it back once reset.
     conn.execute("PRAGMA journal_size_limit=67108864")
     return conn
 
@@ -111,14 +111,10 @@ class SqliteDatabase:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
 
-    def _setup_reader(self, conn: sqlite3.Connection) -> None:
-        """A new reader connection's attachments and temporary views; none here."""
-
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = connect(self.path)
-            self._setup_reader(conn)
             self._local.conn = conn
             with self._lock:
                 self._readers.append(conn)

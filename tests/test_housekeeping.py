@@ -52,12 +52,6 @@ def _readings(device: str, start_ms: int, n: int) -> list[Reading]:
     ]
 
 
-def _write(store: Store, readings: list[Reading]) -> None:
-    store.write_batch(readings)
-    if isinstance(store, SqliteStore):
-        store.compact(0)  # retention deletes compacted readings; compaction runs on its own
-
-
 def _ph(store: Store, device: str) -> list[Reading]:
     return store.query_readings(ReadingQuery(device_id=device, limit=10_000))
 
@@ -71,7 +65,7 @@ def test_retention_runs_when_due_on_a_fixed_clock(store: Store) -> None:
     settings = load_retention_settings()
     old_start = NOW - (settings.raw_days + 100) * DAY_MS
     old, recent = _readings("d1", old_start, 60), _readings("d1", NOW - DAY_MS, 10)
-    _write(store, old + recent)
+    store.write_batch(old + recent)
     # An alert whose window holds ten old readings: they are its evidence.
     alert = Alert("s1", "d1", "range:ph", AlertFamily.COMPLIANCE, Severity.WARNING, "ph",
                   "pH high", old_start + 20 * MINUTE, old_start + 29 * MINUTE)  # fmt: skip
@@ -89,7 +83,7 @@ def test_retention_runs_when_due_on_a_fixed_clock(store: Store) -> None:
 
     # More old readings arrive (a device's offline buffer): not due again within every_hours.
     late = _readings("d2", old_start, 5)
-    _write(store, late)
+    store.write_batch(late)
     clock[0] = NOW + load_every_hours() * HOUR_MS - 1
     housekeeper.run_due()
     assert _ph(store, "d2") == late
@@ -148,7 +142,7 @@ def test_landun_run_applies_the_retention(backend: str, broker, tmp_path: Path) 
     with fresh_database() if backend == "postgres" else nullcontext() as url:
         seeded = PostgresStore(url) if url else SqliteStore(data_dir / "landun.db")
         try:
-            _write(seeded, old)
+            seeded.write_batch(old)
         finally:
             seeded.close()
         cfg = demo_config(broker.url, data_dir, f"landun-{tmp_path.name}", database_url=url,

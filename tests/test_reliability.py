@@ -99,7 +99,7 @@ def _query(db: Path | str, sql: str) -> list[tuple]:
 
 
 def count_rows(db: Path | str) -> int:
-    if isinstance(db, Path) and not db.exists():  # created after the readings file
+    if isinstance(db, Path) and not db.exists():  # not created yet
         return 0
     counted = _query(db, "SELECT count(*) FROM readings_all")
     return counted[0][0] if counted else 0

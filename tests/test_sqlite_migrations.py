@@ -11,7 +11,7 @@ import pytest
 from domain.model import Reading
 from store.base import ReadingQuery
 from store.ledger import SqliteLedger
-from store.sqlite import MIGRATIONS, SqliteStore, readings_path
+from store.sqlite import MIGRATIONS, SqliteStore
 
 T0 = 1_795_334_400_000
 
@@ -26,9 +26,8 @@ def test_an_empty_file_gets_every_step_recorded(tmp_path: Path) -> None:
     SqliteStore(path).close()
     SqliteLedger(path).close()
     assert _versions(path) == {("store", m.version) for m in MIGRATIONS} | {("ledger", 1)}
-    assert _versions(readings_path(path)) == {("readings", 1), ("readings", 2)}
     SqliteStore(path).close()  # nothing left to apply
-    assert _versions(readings_path(path)) == {("readings", 1), ("readings", 2)}
+    assert _versions(path) == {("store", m.version) for m in MIGRATIONS} | {("ledger", 1)}
 
 
 def test_a_file_from_before_versions_is_brought_up_to_date(tmp_path: Path) -> None:
@@ -36,14 +35,12 @@ def test_a_file_from_before_versions_is_brought_up_to_date(tmp_path: Path) -> No
     store = SqliteStore(path)
     reading = Reading("d1", "s1", "ph", T0, 7.2, recv_ms=T0)
     store.write_batch([reading])
-    store.compact(0)
     store.close()
-    with sqlite3.connect(readings_path(path)) as conn:  # as the previous release left it
-        conn.execute("DROP TABLE readings_hourly")
+    with sqlite3.connect(path) as conn:
         conn.execute("DROP TABLE schema_migrations")
     store = SqliteStore(path)
     try:
-        assert _versions(readings_path(path)) == {("readings", 1), ("readings", 2)}
+        assert _versions(path) == {("store", m.version) for m in MIGRATIONS}
         assert store.query_readings(ReadingQuery(device_id="d1")) == [reading]
         assert store.downsample("d1", ["ph"], T0, T0 + 3_600_000, 3_600_000)[0].count == 1
     finally:

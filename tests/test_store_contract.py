@@ -423,8 +423,6 @@ def test_retention_rolls_old_readings_into_hours_and_keeps_alert_evidence(
     alert = Alert(backend.site, backend.dev_a, "range:ph", AlertFamily.COMPLIANCE,
                   Severity.WARNING, "ph", "pH high", T0 + 30 * MIN, T0 + 40 * MIN)  # fmt: skip
     store.save_alerts([AlertChange(alert, "opened")])
-    if isinstance(store, SqliteStore):
-        store.compact(0)  # retention deletes compacted readings
     hourly = {
         valid: store.downsample(backend.dev_a, ["ph"], T0, T0 + 3 * 60 * MIN, 60 * MIN, valid)
         for valid in (True, False)
