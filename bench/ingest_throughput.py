@@ -14,9 +14,11 @@
 Prints the figures; the last line is a JSON object. `--quick` is a small run for the tests.
 
 Each drain also reports CPU time per message (from /proc, so other jobs on the machine do not
-skew it as they skew wall-clock rates): the subscriber's and Mosquitto's. Their sum says how many
-cores a drain rate needs, whatever else runs: `cores_for_80pct` is what Landun and its broker
-would need to drain at 80 % of the bare subscriber's rate.
+skew it as they skew wall-clock rates): the subscriber's and Mosquitto's, and on PostgreSQL the
+server processes of Landun's sessions. Their sum says how many cores a drain rate needs,
+whatever else runs: `cores_for_80pct` is what Landun and its broker would need to drain at 80 %
+of the bare subscriber's rate, `cores_for_target` what Landun, its broker and PostgreSQL need at
+10,000 msgs/s. The load average over each drain is printed with it (`load_avg_1min`).
 
 `--workers N` drains the backlog with N Landun processes on one shared subscription and one
 SQLite file instead (step 4 only): each worker judges alerts on its share of every device's
