@@ -364,17 +364,20 @@ class CycleRule:
     # -- telemetry: a running line with a silent sensor -----------------------------------------
 
     def observe(self, readings: Sequence[Reading], engine: AlertEngine) -> None:
+        devices = {r.device_id for r in readings}
+        specs = {d: spec for d in devices if (spec := self._spec(d)) is not None}
+        if not specs:
+            return  # no line controller in the batch (a deployment without lines: every batch)
         by_device: dict[str, list[Reading]] = defaultdict(list)
         for r in readings:
-            by_device[r.device_id].append(r)
+            if r.device_id in specs:
+                by_device[r.device_id].append(r)
         raises: list[Alert] = []
         clears: list[tuple[str, str]] = []
         silent_ms = int(self.settings.silent_after_s * 1000)
         with self._lock:
             for device_id, rs in by_device.items():
-                spec = self._spec(device_id)
-                if spec is None:
-                    continue
+                spec = specs[device_id]
                 param = self.settings.methods[spec.method].parameter
                 for r in sorted(rs, key=lambda r: r.ts_ms):
                     if r.parameter == param:

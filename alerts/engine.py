@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from typing import Protocol
 
 from alerts.settings_files import STRICT, checked, read_toml
@@ -119,15 +120,23 @@ class AlertEngine:
                     rule.observe(readings, self)
             finally:
                 self._batch = None
+            states = self._states
+            site_limits = self._limits.get
+            normal = Phase.NORMAL
             for r in sorted(readings, key=_sensor_time):
-                limit = self.site_limits(r.site_id).get(r.parameter)
+                limit = (site_limits(r.site_id) or self.site_limits(r.site_id)).get(r.parameter)
                 if limit is None:
                     continue
                 key = f"{r.device_id}|{r.parameter}"
-                st = self._states.get(key)
+                st = states.get(key)
                 if st is None:
-                    st = self._states[key] = ThresholdState()
+                    st = states[key] = ThresholdState()
                 before = st.phase
+                if before is normal and (r.flag != VALID_FLAG or not limit.violated(r.value)):
+                    # What step() does here, without the call: nearly every reading is this one.
+                    if r.ts_ms > st.last_ts:
+                        st.last_ts = r.ts_ms
+                    continue
                 action = step(st, r.ts_ms, r.value, r.flag == VALID_FLAG, limit, max_gap_ms)
                 if action is not Action.NONE:
                     change = self._apply(action, r, st, limit)
@@ -352,8 +361,7 @@ class AlertEngine:
                     log.exception("alert sink %r failed", sink)
 
 
-def _sensor_time(r: Reading) -> int:
-    return r.ts_ms
+_sensor_time = attrgetter("ts_ms")
 
 
 def _update_from_state(alert: Alert, st: ThresholdState) -> None:

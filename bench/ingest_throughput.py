@@ -14,9 +14,11 @@
 Prints the figures; the last line is a JSON object. `--quick` is a small run for the tests.
 
 Each drain also reports CPU time per message (from /proc, so other jobs on the machine do not
-skew it as they skew wall-clock rates): the subscriber's and Mosquitto's. Their sum says how many
-cores a drain rate needs, whatever else runs: `cores_for_80pct` is what Landun and its broker
-would need to drain at 80 % of the bare subscriber's rate.
+skew it as they skew wall-clock rates): the subscriber's and Mosquitto's, and on PostgreSQL the
+server processes of Landun's sessions. Their sum says how many cores a drain rate needs,
+whatever else runs: `cores_for_80pct` is what Landun and its broker would need to drain at 80 %
+of the bare subscriber's rate, `cores_for_target` what Landun, its broker and PostgreSQL need at
+10,000 msgs/s. The load average over each drain is printed with it (`load_avg_1min`).
 
 `--workers N` drains the backlog with N Landun processes on one shared subscription and one
 SQLite file instead (step 4 only): each worker judges alerts on its share of every device's
@@ -29,6 +31,7 @@ creates a fresh database on that server and drops it at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -59,6 +62,8 @@ from store.sqlite import connect_readonly
 
 TOPIC = "landun/v1/devices/+/telemetry"
 MINUTE = 60_000
+TARGET_MSGS_PER_S = 10_000  # issue 25: a 200,000-message backlog on PostgreSQL, this machine
+BARE = ("bare_paho", "broker_to_bare")  # CPU figures of the bare subscriber's drain
 
 
 def machine() -> str:
@@ -259,15 +264,39 @@ def start_landun(
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
+def server_cpu(database: str | None) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL server process serving the database's sessions (the
+    server runs on this machine): what the store costs beside Landun. Empty on SQLite, which
+    works inside Landun's process."""
+    if database is None:
+        return {}
+    with psycopg.connect(database) as conn:
+        pids = conn.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    out = {}
+    for (pid,) in pids:
+        with contextlib.suppress(OSError):  # the session ended meanwhile
+            out[pid] = cpu_s(pid)
+    return out
+
+
 def landun_drain(
-    api_ports: list[int], expected_readings: int, launched: float, pids: list[int], broker: int
+    api_ports: list[int],
+    expected_readings: int,
+    launched: float,
+    pids: list[int],
+    broker: int,
+    database: str | None = None,
 ) -> tuple[float, dict[str, float]]:
     """Readings per second from the first stored batch to the last, and the CPU a message of
-    the workers and the broker over the same span. Polled every 0.2 s: the API shares the
-    ingest's process, and a tighter poll would take its CPU. A backlog drained before the first
-    poll (a --quick run) is timed from the launch of the process instead, start-up included."""
+    the workers, the broker and PostgreSQL over the same span. Polled every 0.2 s: the API
+    shares the ingest's process, and a tighter poll would take its CPU. A backlog drained before
+    the first poll (a --quick run) is timed from the launch of the process instead, start-up
+    included."""
     deadline = time.monotonic() + 3600
-    launch_cpu = 0.0, cpu_s(broker)  # the workers have only just started
+    launch_cpu = 0.0, cpu_s(broker), {}  # the workers have only just started
     while True:
         try:
             n = readings_stored(api_ports)
@@ -279,8 +308,8 @@ def landun_drain(
             raise RuntimeError("Landun stored nothing")
         time.sleep(0.01)
 
-    def cpu_now() -> tuple[float, float]:
-        return sum(cpu_s(p) for p in pids), cpu_s(broker)
+    def cpu_now() -> tuple[float, float, dict[int, float]]:
+        return sum(cpu_s(p) for p in pids), cpu_s(broker), server_cpu(database)
 
     if n >= expected_readings:
         first_n, first_t, first_cpu = 0, launched, launch_cpu
@@ -297,6 +326,9 @@ def landun_drain(
         "landun": (last_cpu[0] - first_cpu[0]) / msgs * 1e6,
         "broker_to_landun": (last_cpu[1] - first_cpu[1]) / msgs * 1e6,
     }
+    if database is not None:
+        server = sum(t - first_cpu[2].get(pid, 0.0) for pid, t in last_cpu[2].items())
+        cpu["postgres_for_landun"] = server / msgs * 1e6
     return (n - first_n) / (time.perf_counter() - first_t), cpu
 
 
@@ -564,8 +596,10 @@ def run(args: argparse.Namespace, database: str | None) -> int:
             f"backlog: {len(backlog)} messages from {len(devices)} devices, queued in {pub_s:.1f} s"
         )
 
+        load = {"bare_paho": [os.getloadavg()[0]]}
         cpu_before = own_cpu_s(), cpu_s(broker.pid)
         bare = bare_drain(port, len(backlog))
+        load["bare_paho"].append(os.getloadavg()[0])
         cpu = {
             "bare_paho": (own_cpu_s() - cpu_before[0]) / len(backlog) * 1e6,
             "broker_to_bare": (cpu_s(broker.pid) - cpu_before[1]) / len(backlog) * 1e6,
@@ -586,28 +620,40 @@ def run(args: argparse.Namespace, database: str | None) -> int:
                 )
             )
         pids = [w.pid for w in workers]
+        load["landun"] = [os.getloadavg()[0]]
         readings_per_s, landun_cpu = landun_drain(
-            api_ports, len(backlog) * 5, launched, pids, broker.pid
+            api_ports, len(backlog) * 5, launched, pids, broker.pid, database
         )
+        load["landun"].append(os.getloadavg()[0])
         msgs_per_s = readings_per_s / 5
         cpu.update(landun_cpu)
         cores = 0.8 * bare * (cpu["landun"] + cpu["broker_to_landun"]) / 1e6
+        # The whole drain's CPU at the 10,000 msgs/s target (issue 25): Landun, its broker and,
+        # on PostgreSQL, the server's sessions.
+        at_target = TARGET_MSGS_PER_S * sum(v for k, v in cpu.items() if k not in BARE) / 1e6
         print(
             f"CPU a message: Landun {cpu['landun']:.1f} µs (all workers), Mosquitto"
-            f" {cpu['broker_to_landun']:.1f} µs: draining at 80 % of bare paho needs"
-            f" {cores:.2f} cores for the two (this machine has {os.cpu_count()})"
+            f" {cpu['broker_to_landun']:.1f} µs"
+            + (f", PostgreSQL {cpu['postgres_for_landun']:.1f} µs" if database else "")
+            + f": draining at 80 % of bare paho needs {cores:.2f} cores for Landun and Mosquitto;"
+            f" {TARGET_MSGS_PER_S:,} msgs/s needs {at_target:.2f} cores in all"
+            f" (this machine has {os.cpu_count()})"
         )
         summary.update(
             cpu_us_per_msg={k: round(v, 1) for k, v in cpu.items()},
             cores_for_80pct=round(cores, 2),
+            cores_for_target=round(at_target, 2),
         )
         rss_drain = [peak_rss_mb(w.pid) for w in workers]
         print(
             f"landun ingest, {args.workers} worker(s): {msgs_per_s:,.0f} msgs/s,"
             f" {readings_per_s:,.0f} readings/s ({msgs_per_s / bare:.0%} of bare paho);"
-            f" peak RSS {' + '.join(f'{r:.0f}' for r in rss_drain)} MB"
+            f" peak RSS {' + '.join(f'{r:.0f}' for r in rss_drain)} MB; load average (1 min)"
+            f" {load['landun'][0]:.1f} -> {load['landun'][1]:.1f} over the drain"
+            f" ({load['bare_paho'][0]:.1f} -> {load['bare_paho'][1]:.1f} over bare paho's)"
         )
         summary.update(
+            load_avg_1min={k: [round(x, 2) for x in v] for k, v in load.items()},
             msgs_per_s=round(msgs_per_s),
             readings_per_s=round(readings_per_s),
             ratio=round(msgs_per_s / bare, 3),

@@ -66,7 +66,9 @@ _FLAGS = frozenset(get_args(Flag))
 _NO_ENTRIES: dict[str, str] = {}
 # The deepest plain document: an array (1) of objects (2) of dicts (3) of numbers or strings (4).
 _PLAIN_DEPTH = 4
-_SPACE_COLON = (b" :", b"\t:", b"\n:", b"\r:")
+_SPACE_COLON = re.compile(rb"[ \t\n\r]:")
+# A Reading made as a plain tuple: the named tuple's own constructor is a Python function.
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,9 +289,8 @@ def decode_record(
             continue
         if ts_ms is not None:
             flag = flags.get(wire_name, VALID_FLAG) if flags else VALID_FLAG
-            readings.append(
-                Reading(device_id, site_id, param.name, ts_ms, value, flag, recv_ms, seq)
-            )
+            row = (device_id, site_id, param.name, ts_ms, value, flag, recv_ms, seq)
+            readings.append(_new_tuple(Reading, row))
     for wire_name in flags:
         if wire_name not in values:
             reasons.append(f"{prefix}flag for {wire_name!r} but no value")
@@ -347,7 +348,7 @@ def decode_plain(
     # is followed by `":` and no other text has it (strings are known names, units and times),
     # so fewer keys than `":` means a duplicate; whitespace before a colon breaks the count and
     # goes the full way too, which refuses duplicates by name.
-    if keys != payload.count(b'":') or any(w in payload for w in _SPACE_COLON):
+    if keys != payload.count(b'":') or _SPACE_COLON.search(payload):
         return None
     return _decode_records(records, many, device, site_id, catalogue, recv_ms, limits, [])
 
