@@ -48,10 +48,11 @@ from landun.system import (
     dashboard_url,
     ensure_admin,
 )
-from store.base import StoreUnavailable
 from store.bell import Bell
 from store.factory import describe, open_ledger, open_line_ledger, open_store
 from store.feed import load_feed_settings
+from store.lines import EventLedgers
+from store.tank_log import PostgresTankLog, TankLog
 
 log = logging.getLogger("landun.roles")
 
@@ -152,11 +153,20 @@ async def run_ingest(cfg: RoleConfig) -> None:
         stack.callback(store.close)
         ledger = open_ledger(cfg.data_dir / "landun.db", cfg.database_url)
         stack.callback(ledger.close)
+        lines = open_line_ledger(cfg.data_dir / "landun.db", cfg.database_url)
+        stack.callback(lines.close)
         registry = _registry(cfg, store)
         store.enable_feed(settings.partitions, {d.id: d.site_id for d in registry.devices.values()})
-        pipeline = IngestPipeline(store, registry, default_catalogue(), ledger=ledger)
-        stopping = threading.Event()
-        pipeline.on_events = lambda events: _until_written(stopping, store.feed_events, events)
+        # Every kind of event enters the feed in the transaction that records it.
+        ledger.enable_feed(settings.partitions)
+        lines.enable_feed(settings.partitions)
+        pipeline = IngestPipeline(
+            store,
+            registry,
+            default_catalogue(),
+            ledger=EventLedgers(ledger, lines),
+            tanks=PostgresTankLog(store, settings.partitions),
+        )
         stack.callback(pipeline.stop)
         subscriber = None
         if cfg.broker is not None:
@@ -180,23 +190,8 @@ async def run_ingest(cfg: RoleConfig) -> None:
             lambda: render_prometheus(pipeline.metrics),
             lambda: subscriber is None or subscriber.connected,
         )
-        await _until_stopped(app, cfg.host, cfg.port, "\n".join(lines), stopping.set)
+        await _until_stopped(app, cfg.host, cfg.port, "\n".join(lines), pipeline.stop)
     print("Landun ingest stopped cleanly.", flush=True)
-
-
-def _until_written(stopping: threading.Event, write: Callable[[list], None], items: list) -> None:
-    """Append to the feed, retried while the store is away (as the batch's own commit is);
-    the batch is acknowledged only after."""
-    delay = 0.05
-    while True:
-        try:
-            write(items)
-            return
-        except StoreUnavailable as exc:
-            log.warning("store unavailable, retrying the feed append in %.2fs: %s", delay, exc)
-            if stopping.wait(delay):
-                raise
-            delay = min(delay * 2, 5.0)
 
 
 # -- landun alerts --------------------------------------------------------------------------------
@@ -215,6 +210,7 @@ async def run_alerts(cfg: RoleConfig) -> None:
 
         lines = open_line_ledger(db_path, cfg.database_url)  # one for all partitions
         stack.callback(lines.close)
+        tank_log = TankLog(store)  # the whole register: a partition's rule judges its own sites
         outbox = build_outbox(load_channel_settings(), store)
         outbox.start()
         stack.push_async_callback(asyncio.to_thread, outbox.stop)
@@ -222,8 +218,9 @@ async def run_alerts(cfg: RoleConfig) -> None:
 
         def build(registry: Registry, part_store, part_ledger) -> PartitionRules:
             core = Core.build(
-                registry, db_path, registry_path, store=part_store, ledger=part_ledger, lines=lines
-            )
+                registry, db_path, registry_path, store=part_store, ledger=part_ledger,
+                lines=lines, tank_log=tank_log,
+            )  # fmt: skip
             # Each level is claimed in the store, so partitions and workers never send one twice.
             attach_escalation(core.engine, outbox, url)
             p = core.pipeline
@@ -271,6 +268,7 @@ def _worker_metrics(worker: AlertWorker) -> str:
         ("takeovers_total", "counter", "Partitions taken.", m.takeovers),
         ("dropped_total", "counter", "Partitions left or lost.", m.dropped),
         ("actions_total", "counter", "Inspector actions applied.", m.actions),
+        ("poison_total", "counter", "Feed entries set aside as dead letters.", m.poison),
         ("partitions_held", "gauge", "Partitions this worker holds.", len(m.partitions)),
         ("lag_seconds", "gauge", "Receive to evaluation, newest entry.", m.lag_ms_last / 1000),
     ):

@@ -205,12 +205,6 @@ class PostgresStore:
         self._feed_parts = partitions
         self._feed_sites = site_of_device
 
-    def feed_events(self, events: Sequence) -> None:
-        """Append waste events the ledger recorded as new (their own transaction, after it)."""
-        if self._feed_parts is not None and events:
-            with self.db.tx() as conn:
-                feed.append(conn, self._feed_parts, (), events, ())
-
     def feed_partitions(self, partitions: int) -> None:
         """Check (and on first use set) the feed's partition count: the alert workers' side."""
         with self.db.connection() as conn:
