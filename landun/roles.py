@@ -39,6 +39,7 @@ from ingest.mqtt import MqttSubscriber, SubscriberSettings, default_client_id
 from ingest.pipeline import IngestPipeline
 from landun.demo import demo_registry_path
 from landun.housekeeping import Housekeeper
+from landun.registry_reload import RegistryReload
 from landun.system import (
     Core,
     StartupError,
@@ -89,6 +90,15 @@ def _registry(cfg: RoleConfig, store) -> Registry:
     registry = load_registry(cfg.registry_path or demo_registry_path())
     apply_stored_edits(store, registry)
     return registry
+
+
+def _watch_registry(
+    stack: contextlib.AsyncExitStack, cfg: RoleConfig, store, use: Callable[[Registry], None]
+) -> None:
+    """Reload the registry whenever any process saves an edit of it (landun.registry_reload)."""
+    watch = store.watch_registry(RegistryReload(lambda: _registry(cfg, store), use))
+    watch.start()
+    stack.callback(watch.stop)
 
 
 async def _until_stopped(
@@ -168,6 +178,15 @@ async def run_ingest(cfg: RoleConfig) -> None:
             tanks=PostgresTankLog(store, settings.partitions),
         )
         stack.callback(pipeline.stop)
+        lookup = RegistryLookup(registry)
+
+        def use(fresh: Registry) -> None:
+            sites = {d.id: d.site_id for d in fresh.devices.values()}
+            store.enable_feed(settings.partitions, sites)
+            pipeline.registry = lookup.registry = fresh
+
+        # A device added through an api is taken from its first message, without a restart.
+        _watch_registry(stack, cfg, store, use)
         subscriber = None
         if cfg.broker is not None:
             client_id = cfg.client_id or default_client_id(cfg.worker)
@@ -182,7 +201,7 @@ async def run_ingest(cfg: RoleConfig) -> None:
             f"  Database:     {describe(Path(), cfg.database_url)}",
         ]
         if cfg.hj212_port is not None:
-            gateway = Hj212Gateway(RegistryLookup(registry), PipelineSink(pipeline))
+            gateway = Hj212Gateway(lookup, PipelineSink(pipeline))
             port = await gateway.start(cfg.hj212_host, cfg.hj212_port)
             stack.push_async_callback(gateway.stop)
             lines.append(f"  HJ 212 (TCP): {cfg.hj212_host}:{port}")
@@ -295,11 +314,12 @@ async def run_api(cfg: RoleConfig) -> None:
         registry = _registry(cfg, store)
         store.feed_partitions(settings.partitions)
         admin = ensure_admin(store, cfg.data_dir, cfg.admin_password)
+        actions = StoredActions(store, registry, builtin_profiles(), settings.partitions)
         ctx = AppContext(
             store=store,
             registry=registry,
             catalogue=default_catalogue(),
-            engine=StoredActions(store, registry, builtin_profiles(), settings.partitions),
+            engine=actions,
             metrics=IngestMetrics(),
             ledger=ledger,
             public_url=os.environ.get("LANDUN_PUBLIC_URL"),
@@ -308,6 +328,13 @@ async def run_api(cfg: RoleConfig) -> None:
         listener = store.listen(ctx.bell)
         listener.start()
         stack.callback(listener.stop)
+
+        def use(fresh: Registry) -> None:
+            ctx.registry = fresh
+            actions.use_registry(fresh)
+
+        # Site and device edits made through any api reach this one's registry.
+        _watch_registry(stack, cfg, store, use)
         announce = f"Landun api is running.\n  Log in:       {admin}"
 
         def stopping() -> None:

@@ -32,7 +32,7 @@ from store.feed import FeedEntry, FeedSettings
 from store.postgres import feed
 from store.postgres.db import SCHEMA_LOCK, PostgresDatabase
 from store.postgres.lease import Leases
-from store.postgres.notify import NOTIFY, Listener
+from store.postgres.notify import NOTIFY, REGISTRY_CHANNEL, REGISTRY_NAMESPACES, Listener
 from store.retention import (
     HOUR_MS,
     HOURLY_COLS,
@@ -213,6 +213,10 @@ class PostgresStore:
     def listen(self, bell: Bell) -> Listener:
         """Ring `bell` whenever any process commits an audited alert change."""
         return Listener(self.db.url, bell)
+
+    def watch_registry(self, bell) -> Listener:
+        """Ring `bell` (anything with `ring()`) whenever any process saves a registry edit."""
+        return Listener(self.db.url, bell, channel=REGISTRY_CHANNEL)
 
     def leases(self, settings: FeedSettings) -> Leases:
         """A worker's partition leases, on a connection of their own."""
@@ -711,6 +715,8 @@ class PostgresStore:
     def save_state(self, namespace: str, items: dict[str, str | None]) -> None:
         with self.db.tx() as conn:
             _write_state(conn, namespace, items)
+            if namespace.startswith(REGISTRY_NAMESPACES):
+                conn.execute(f"NOTIFY {REGISTRY_CHANNEL}")
 
     # -- notification: contacts, preferences, escalation steps -------------------------------
 
