@@ -7,6 +7,7 @@ worker goes on past it."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,9 +111,13 @@ def test_line_tank_and_waste_events_raise_their_alerts_in_a_separate_worker(tmp_
             record = {"ts": now - 25 * DAY, "event": event, "tank_id": "T1", "operator": "王师傅"}
             publisher.publish(TANK_TERMINAL, record, kind="events")
         _custody_fault(publisher, now)
+        published = time.monotonic()
 
         rules = {"cycle:noncompliant", "tank:cleaning_overdue:T1", "custody:weight_loss"}
-        alerts = wait_until(lambda: (a := _alerts(url)).keys() >= rules and a, 60, "alerts")
+        alerts = wait_until(
+            lambda: (a := _alerts(url)).keys() >= rules and a, 60, "alerts", step=0.05
+        )
+        print(f"all three alerts {time.monotonic() - published:.2f} s after the last event")
         assert alerts["cycle:noncompliant"][:2] == (TABLEWARE, LINE)
         assert "short cycle" in alerts["cycle:noncompliant"][2]
         assert alerts["tank:cleaning_overdue:T1"][:2] == (WATER, None)
