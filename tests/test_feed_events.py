@@ -151,22 +151,27 @@ def _tank(tank: str, ts: int = T0) -> TankEvent:
     return TankEvent(TANK_TERMINAL, WATER, TankEventKind.CLEANED, tank, ts, T0, "王师傅")
 
 
+# Per ledger: its events, how many records it holds, and a check that makes its table refuse
+# the record of "C".
+LEDGERS = {
+    "waste": (_waste, "SELECT count(*) FROM waste_events", "waste_events CHECK (bag_id <> 'C')"),
+    "line": (_line, "SELECT count(*) FROM line_events", "line_events CHECK (ref_id <> 'C')"),
+    "tank": (
+        _tank,
+        "SELECT coalesce(sum(json_array_length(value::json)), 0) FROM engine_state"
+        f" WHERE namespace = '{TANKS_NS}'",
+        "engine_state CHECK (key NOT LIKE '%|C')",
+    ),
+}
+
+
 def _writer(kind: str, url: str, store: PostgresStore):
-    """A ledger writing the feed, its events, how many records it holds, and a check its
-    table can be given to refuse the record of "C"."""
-    if kind == "waste":
-        ledger = PostgresLedger(url)
-        ledger.enable_feed(PARTS)
-        count = lambda: query(url, "SELECT count(*) FROM waste_events")[0][0]  # noqa: E731
-        return ledger, _waste, count, "waste_events CHECK (bag_id <> 'C')"
-    if kind == "line":
-        lines = PostgresLineLedger(url)
-        lines.enable_feed(PARTS)
-        count = lambda: query(url, "SELECT count(*) FROM line_events")[0][0]  # noqa: E731
-        return lines, _line, count, "line_events CHECK (ref_id <> 'C')"
-    tanks = PostgresTankLog(store, PARTS)
-    count = lambda: sum(len(r) for _, r in tanks.tanks())  # noqa: E731
-    return tanks, _tank, count, "engine_state CHECK (key NOT LIKE '%|C')"
+    """The ledger of `kind`, writing the feed as in `landun ingest`."""
+    if kind == "tank":
+        return PostgresTankLog(store, PARTS)
+    ledger = PostgresLedger(url) if kind == "waste" else PostgresLineLedger(url)
+    ledger.enable_feed(PARTS)
+    return ledger
 
 
 def _entries(url: str) -> list[tuple[int, int, str]]:
@@ -177,8 +182,13 @@ def _entries(url: str) -> list[tuple[int, int, str]]:
 def test_a_record_and_its_feed_entry_commit_together_or_not_at_all(kind: str, pg_url: str):
     store = PostgresStore(pg_url)
     store.enable_feed(PARTS, {})
-    writer, event, held, check = _writer(kind, pg_url, store)
+    writer = _writer(kind, pg_url, store)
+    event, count, check = LEDGERS[kind]
     table, _, condition = check.partition(" ")
+
+    def held() -> int:
+        return query(pg_url, count)[0][0]
+
     try:
         with psycopg.connect(pg_url, autocommit=True) as admin:
             # The feed append fails (its table is away): the record is rolled back with it.
