@@ -173,6 +173,7 @@ class AlertWorker:
         # partition -> the last entry of a batch whose evaluation failed: up to it, entries are
         # evaluated one at a time, so the one that fails is found and set aside
         self._isolate: dict[int, int] = {}
+        self._failed_once: dict[int, int] = {}  # partition -> the entry retried after a rebuild
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="landun-alert-worker", daemon=True)
 
@@ -296,17 +297,25 @@ class AlertWorker:
     def _evaluation_failed(self, p: Partition, exc: Exception) -> None:
         """The engine's memory may hold part of the failed evaluation, so its writes are
         discarded and the partition rebuilt from the store. A batch is then evaluated again one
-        entry at a time; a single entry that fails is poison: set aside as a dead letter with
-        the cursor moved past it, in one transaction, instead of failing forever."""
+        entry at a time. A single entry is retried once after the rebuild, which reloads the
+        registry too (an entry of a device added since is judged then); failing again, it is
+        poison: set aside as a dead letter with the cursor moved past it, in one transaction,
+        instead of failing forever."""
         batch, p.judging = p.judging, []
         p.store.writes.clear()
         p.heard.held.clear()
-        if len(batch) == 1:
-            self._set_aside(p, batch[0], f"{type(exc).__name__}: {exc}", exc)
+        why = f"{type(exc).__name__}: {exc}"
+        if len(batch) == 1 and self._failed_once.get(p.part) == batch[0].pos:
+            del self._failed_once[p.part]
+            self._set_aside(p, batch[0], why, exc)
+        elif len(batch) == 1:
+            log.warning("partition %d failed on entry %d (%s); retried once rebuilt",
+                        p.part, batch[0].pos, why)  # fmt: skip
+            self._failed_once[p.part] = batch[0].pos
         elif batch:
             log.warning(
-                "partition %d failed on entries %d..%d (%s: %s); evaluating them one at a time",
-                p.part, batch[0].pos, batch[-1].pos, type(exc).__name__, exc,
+                "partition %d failed on entries %d..%d (%s); evaluating them one at a time",
+                p.part, batch[0].pos, batch[-1].pos, why,
             )  # fmt: skip
             self._isolate[p.part] = batch[-1].pos
         else:

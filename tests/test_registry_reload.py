@@ -1,7 +1,8 @@
 """Two `landun api` processes and a `landun ingest` over one PostgreSQL database: a site or device
 edited through one api is served by the other within seconds, without a restart (the store
 notifies every process of a saved registry edit and each reloads its registry), limits included;
-ingest takes a device added through an api from its first message."""
+ingest takes a device added through an api from its first message, and the alert worker judges
+it."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def test_an_edit_through_one_api_is_served_by_another(tmp_path: Path) -> None:
         d = Deployment(tmp_path, url, broker.url, tmp_path / "registry.toml")
         publisher = Publisher(broker.url)
         try:
-            d.ingest(1)
+            ingest = d.ingest(1)
+            d.alerts(1)
             ports = free_port(), free_port()
             d.api(1, ports[0])
             d.api(2, ports[1])
@@ -74,19 +76,27 @@ def test_an_edit_through_one_api_is_served_by_another(tmp_path: Path) -> None:
             # A new site and its device, through the other api this time.
             r = b.put("/api/v1/sites/site-new", json=body | {"name": "New pool"})
             assert r.status_code == 200, r.text
-            r = b.put("/api/v1/devices/dev-new", json={"site": "site-new", "kind": "pool_analyzer"})
+            device = {"site": "site-new", "kind": "pool_analyzer", "parameters": ["free_chlorine"]}
+            r = b.put("/api/v1/devices/dev-new", json=device)
             assert r.status_code == 200, r.text
             _within(
                 lambda: a.get("/api/v1/devices/dev-new").status_code == 200,
                 "the new device through the first api",
             )
             assert a.get("/api/v1/devices/dev-new").json()["site"] == "site-new"
-            publisher.publish("dev-new", {"ts": now_ms() - 60_000, "values": {"ph": 7.2}})
-            stored = "SELECT site_id FROM readings WHERE device_id = 'dev-new'"
-            assert wait_until(lambda: query(url, stored), 30, "dev-new's reading") == [
-                ("site-new",)
-            ]
+            ingest.wait_for("registry reloaded: 3 sites, 3 devices", SOON_S)
+            # A quarter of an hour below the site's minimum: longer than the pending time.
+            start = now_ms() - 20 * 60_000
+            publisher.publish(
+                "dev-new",
+                [{"ts": start + i * 60_000, "values": {"free_chlorine": 0.1}} for i in range(16)],
+            )
+            stored = "SELECT count(*) FROM readings WHERE device_id = 'dev-new'"
+            wait_until(lambda: query(url, stored) == [(16,)], 30, "dev-new's readings")
             assert query(url, "SELECT count(*) FROM dead_letters") == [(0,)]
+            judged = "SELECT rule_id, site_id FROM alerts WHERE device_id = 'dev-new'"
+            alerts = wait_until(lambda: query(url, judged), 30, "dev-new's alert")
+            assert alerts == [("range:free_chlorine", "site-new")]
             assert "Traceback" not in d.logs()
         finally:
             publisher.close()
