@@ -163,18 +163,18 @@ async def run_ingest(cfg: RoleConfig) -> None:
         stack.callback(store.close)
         ledger = open_ledger(cfg.data_dir / "landun.db", cfg.database_url)
         stack.callback(ledger.close)
-        lines = open_line_ledger(cfg.data_dir / "landun.db", cfg.database_url)
-        stack.callback(lines.close)
+        line_ledger = open_line_ledger(cfg.data_dir / "landun.db", cfg.database_url)
+        stack.callback(line_ledger.close)
         registry = _registry(cfg, store)
         store.enable_feed(settings.partitions, {d.id: d.site_id for d in registry.devices.values()})
         # Every kind of event enters the feed in the transaction that records it.
         ledger.enable_feed(settings.partitions)
-        lines.enable_feed(settings.partitions)
+        line_ledger.enable_feed(settings.partitions)
         pipeline = IngestPipeline(
             store,
             registry,
             default_catalogue(),
-            ledger=EventLedgers(ledger, lines),
+            ledger=EventLedgers(ledger, line_ledger),
             tanks=PostgresTankLog(store, settings.partitions),
         )
         stack.callback(pipeline.stop)
