@@ -23,7 +23,7 @@ from domain.registry import Registry
 from domain.timeutil import now_ms
 from domain.waste import WasteEvent
 from store.base import AlertChange, Store, StoreUnavailable
-from store.feed import SITE_EDITED, FeedEntry, FeedSettings, partition_of
+from store.feed import SITE_EDITED, FeedEntry, FeedSettings, partition_of, poison_letter
 from store.ledger import WasteLedger
 
 log = logging.getLogger("landun.alerts.feed")
@@ -121,6 +121,7 @@ class Partition:
     rules: PartitionRules
     store: PartitionStore
     heard: HeldAnnouncements
+    judging: list[FeedEntry] = field(default_factory=list)  # the entries being evaluated
 
 
 @dataclass
@@ -131,6 +132,7 @@ class WorkerMetrics:
     takeovers: int = 0
     dropped: int = 0
     actions: int = 0
+    poison: int = 0  # entries set aside as dead letters
     lag_ms_last: int = 0
     partitions: dict[int, int] = field(default_factory=dict)  # held partition -> its cursor
 
@@ -168,6 +170,10 @@ class AlertWorker:
         self.parts: dict[int, Partition] = {}
         self.leases = store.leases(settings)
         self._rebuild = False  # a partition was left to be rebuilt: check the leases now
+        # partition -> the last entry of a batch whose evaluation failed: up to it, entries are
+        # evaluated one at a time, so the one that fails is found and set aside
+        self._isolate: dict[int, int] = {}
+        self._failed_once: dict[int, int] = {}  # partition -> the entry retried after a rebuild
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="landun-alert-worker", daemon=True)
 
@@ -284,21 +290,69 @@ class AlertWorker:
     ) -> bool:
         try:
             return self._follow(p, entries, judged)
-        except Exception:
-            # The entries stay after the cursor: whoever takes the partition next retries them.
-            log.exception("partition %d failed on entries after %d; dropped", p.part, p.pos)
+        except Exception as exc:
+            self._evaluation_failed(p, exc)
+            return True
+
+    def _evaluation_failed(self, p: Partition, exc: Exception) -> None:
+        """The engine's memory may hold part of the failed evaluation, so its writes are
+        discarded and the partition rebuilt from the store. A batch is then evaluated again one
+        entry at a time. A single entry is retried once after the rebuild, which reloads the
+        registry too (an entry of a device added since is judged then); failing again, it is
+        poison: set aside as a dead letter with the cursor moved past it, in one transaction,
+        instead of failing forever."""
+        batch, p.judging = p.judging, []
+        p.store.writes.clear()
+        p.heard.held.clear()
+        why = f"{type(exc).__name__}: {exc}"
+        if len(batch) == 1 and self._failed_once.get(p.part) == batch[0].pos:
+            del self._failed_once[p.part]
+            self._set_aside(p, batch[0], why, exc)
+        elif len(batch) == 1:
+            log.warning("partition %d failed on entry %d (%s); retried once rebuilt",
+                        p.part, batch[0].pos, why)  # fmt: skip
+            self._failed_once[p.part] = batch[0].pos
+        elif batch:
+            log.warning(
+                "partition %d failed on entries %d..%d (%s); evaluating them one at a time",
+                p.part, batch[0].pos, batch[-1].pos, why,
+            )  # fmt: skip
+            self._isolate[p.part] = batch[-1].pos
+        else:
+            log.exception("partition %d failed after entry %d", p.part, p.pos)
+        if p.part in self.parts:
             self._drop(p.part, "evaluation failed")
             self.leases.release(p.part)
-            return False
+        self._rebuild = True
+
+    def _set_aside(
+        self, p: Partition, entry: FeedEntry, why: str, exc: Exception | None = None
+    ) -> None:
+        """Record a poison entry and move the cursor past it (logged once, counted)."""
+        reason = f"feed entry {p.part}/{entry.pos} set aside: {why}"
+        log.error("%s", reason, exc_info=exc)
+        p.store.writes.append(("poison", poison_letter(entry, reason[:1000], self.clock())))
+        self._commit(p, entry.pos)
+        if p.pos == entry.pos:
+            self.metrics.poison += 1
 
     def _follow(
         self, p: Partition, entries: list[FeedEntry], judged: list[tuple[Partition, int]]
     ) -> bool:
         """Judge the partition's next entries old enough to be in order, as one batch; its
         writes and new cursor go to `judged`, committed with the other partitions'."""
-        ready = _prefix(entries, self.clock() - self.settings.hold_ms)
+        held = ready = _prefix(entries, self.clock() - self.settings.hold_ms)
         if not ready:
             return False
+        if ready[0].poison is not None:
+            self._set_aside(p, ready[0], ready[0].poison)
+            return True
+        ready = _until_poison(ready)
+        if self._isolate.get(p.part, 0) >= ready[0].pos:
+            ready = ready[:1]
+        else:
+            self._isolate.pop(p.part, None)
+        p.judging = ready
         readings = [r for e in ready for r in e.readings]
         events = [x for e in ready for x in e.events]
         dead = [d for e in ready for d in e.dead]
@@ -309,12 +363,14 @@ class AlertWorker:
             rules.on_events(events)
         if dead and rules.on_dead is not None:
             rules.on_dead(dead)
+        p.judging = []
         self.metrics.readings += len(readings)
         self.metrics.entries += len(ready)
         judged.append((p, ready[-1].pos))
         if readings:
             self.metrics.lag_ms_last = self.clock() - max(r.recv_ms for r in readings)
-        return len(ready) == len(entries) and len(entries) == self.settings.batch_entries
+        full = len(ready) == len(entries) and len(entries) == self.settings.batch_entries
+        return full or len(ready) < len(held)  # more to read, or the rest of a batch cut short
 
     def _apply_actions(self) -> bool:
         if not self.parts:
@@ -385,3 +441,11 @@ def _prefix(entries: list[FeedEntry], cutoff: int) -> list[FeedEntry]:
             break
         out.append(e)
     return out
+
+
+def _until_poison(entries: list[FeedEntry]) -> list[FeedEntry]:
+    """The entries before the first that cannot be decoded (set aside on its own)."""
+    for i, e in enumerate(entries):
+        if e.poison is not None:
+            return entries[:i]
+    return entries

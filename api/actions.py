@@ -45,6 +45,12 @@ class StoredActions:
             )
         return limits
 
+    def use_registry(self, registry: Registry) -> None:
+        """A registry reloaded after an edit elsewhere (api.registry_reload): limits are looked
+        up again from it."""
+        self.registry = registry
+        self._limits = {}
+
     def forget_limits(self, site_id: str) -> None:
         """The site was edited: the alert worker holding it rebuilds its partition with the
         stored edits (alerts/feed.py)."""

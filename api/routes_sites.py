@@ -159,6 +159,9 @@ def put_device(ctx: Ctx, who: Caller, device_id: str, body: DeviceIn) -> DeviceO
     except ValueError as exc:
         raise HTTPException(409, str(exc)) from None
     ctx.store.save_state(DEVICES_NS, {device_id: json.dumps(device_to_dict(device))})
+    # With separate alert workers, the partitions of its sites are rebuilt with the device.
+    for site_id in dict.fromkeys([device.site_id, *([old.site_id] if old else [])]):
+        ctx.engine.forget_limits(site_id)
     return DeviceOut.of(device)
 
 

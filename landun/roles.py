@@ -39,6 +39,7 @@ from ingest.mqtt import MqttSubscriber, SubscriberSettings, default_client_id
 from ingest.pipeline import IngestPipeline
 from landun.demo import demo_registry_path
 from landun.housekeeping import Housekeeper
+from landun.registry_reload import RegistryReload
 from landun.system import (
     Core,
     StartupError,
@@ -48,10 +49,11 @@ from landun.system import (
     dashboard_url,
     ensure_admin,
 )
-from store.base import StoreUnavailable
 from store.bell import Bell
 from store.factory import describe, open_ledger, open_line_ledger, open_store
 from store.feed import load_feed_settings
+from store.lines import EventLedgers
+from store.tank_log import PostgresTankLog, TankLog
 
 log = logging.getLogger("landun.roles")
 
@@ -88,6 +90,15 @@ def _registry(cfg: RoleConfig, store) -> Registry:
     registry = load_registry(cfg.registry_path or demo_registry_path())
     apply_stored_edits(store, registry)
     return registry
+
+
+def _watch_registry(
+    stack: contextlib.AsyncExitStack, cfg: RoleConfig, store, use: Callable[[Registry], None]
+) -> None:
+    """Reload the registry whenever any process saves an edit of it (landun.registry_reload)."""
+    watch = store.watch_registry(RegistryReload(lambda: _registry(cfg, store), use))
+    watch.start()
+    stack.callback(watch.stop)
 
 
 async def _until_stopped(
@@ -152,12 +163,30 @@ async def run_ingest(cfg: RoleConfig) -> None:
         stack.callback(store.close)
         ledger = open_ledger(cfg.data_dir / "landun.db", cfg.database_url)
         stack.callback(ledger.close)
+        line_ledger = open_line_ledger(cfg.data_dir / "landun.db", cfg.database_url)
+        stack.callback(line_ledger.close)
         registry = _registry(cfg, store)
         store.enable_feed(settings.partitions, {d.id: d.site_id for d in registry.devices.values()})
-        pipeline = IngestPipeline(store, registry, default_catalogue(), ledger=ledger)
-        stopping = threading.Event()
-        pipeline.on_events = lambda events: _until_written(stopping, store.feed_events, events)
+        # Every kind of event enters the feed in the transaction that records it.
+        ledger.enable_feed(settings.partitions)
+        line_ledger.enable_feed(settings.partitions)
+        pipeline = IngestPipeline(
+            store,
+            registry,
+            default_catalogue(),
+            ledger=EventLedgers(ledger, line_ledger),
+            tanks=PostgresTankLog(store, settings.partitions),
+        )
         stack.callback(pipeline.stop)
+        lookup = RegistryLookup(registry)
+
+        def use(fresh: Registry) -> None:
+            sites = {d.id: d.site_id for d in fresh.devices.values()}
+            store.enable_feed(settings.partitions, sites)
+            pipeline.registry = lookup.registry = fresh
+
+        # A device added through an api is taken from its first message, without a restart.
+        _watch_registry(stack, cfg, store, use)
         subscriber = None
         if cfg.broker is not None:
             client_id = cfg.client_id or default_client_id(cfg.worker)
@@ -172,7 +201,7 @@ async def run_ingest(cfg: RoleConfig) -> None:
             f"  Database:     {describe(Path(), cfg.database_url)}",
         ]
         if cfg.hj212_port is not None:
-            gateway = Hj212Gateway(RegistryLookup(registry), PipelineSink(pipeline))
+            gateway = Hj212Gateway(lookup, PipelineSink(pipeline))
             port = await gateway.start(cfg.hj212_host, cfg.hj212_port)
             stack.push_async_callback(gateway.stop)
             lines.append(f"  HJ 212 (TCP): {cfg.hj212_host}:{port}")
@@ -180,23 +209,8 @@ async def run_ingest(cfg: RoleConfig) -> None:
             lambda: render_prometheus(pipeline.metrics),
             lambda: subscriber is None or subscriber.connected,
         )
-        await _until_stopped(app, cfg.host, cfg.port, "\n".join(lines), stopping.set)
+        await _until_stopped(app, cfg.host, cfg.port, "\n".join(lines), pipeline.stop)
     print("Landun ingest stopped cleanly.", flush=True)
-
-
-def _until_written(stopping: threading.Event, write: Callable[[list], None], items: list) -> None:
-    """Append to the feed, retried while the store is away (as the batch's own commit is);
-    the batch is acknowledged only after."""
-    delay = 0.05
-    while True:
-        try:
-            write(items)
-            return
-        except StoreUnavailable as exc:
-            log.warning("store unavailable, retrying the feed append in %.2fs: %s", delay, exc)
-            if stopping.wait(delay):
-                raise
-            delay = min(delay * 2, 5.0)
 
 
 # -- landun alerts --------------------------------------------------------------------------------
@@ -215,6 +229,7 @@ async def run_alerts(cfg: RoleConfig) -> None:
 
         lines = open_line_ledger(db_path, cfg.database_url)  # one for all partitions
         stack.callback(lines.close)
+        tank_log = TankLog(store)  # the whole register: a partition's rule judges its own sites
         outbox = build_outbox(load_channel_settings(), store)
         outbox.start()
         stack.push_async_callback(asyncio.to_thread, outbox.stop)
@@ -222,8 +237,9 @@ async def run_alerts(cfg: RoleConfig) -> None:
 
         def build(registry: Registry, part_store, part_ledger) -> PartitionRules:
             core = Core.build(
-                registry, db_path, registry_path, store=part_store, ledger=part_ledger, lines=lines
-            )
+                registry, db_path, registry_path, store=part_store, ledger=part_ledger,
+                lines=lines, tank_log=tank_log,
+            )  # fmt: skip
             # Each level is claimed in the store, so partitions and workers never send one twice.
             attach_escalation(core.engine, outbox, url)
             p = core.pipeline
@@ -271,6 +287,7 @@ def _worker_metrics(worker: AlertWorker) -> str:
         ("takeovers_total", "counter", "Partitions taken.", m.takeovers),
         ("dropped_total", "counter", "Partitions left or lost.", m.dropped),
         ("actions_total", "counter", "Inspector actions applied.", m.actions),
+        ("poison_total", "counter", "Feed entries set aside as dead letters.", m.poison),
         ("partitions_held", "gauge", "Partitions this worker holds.", len(m.partitions)),
         ("lag_seconds", "gauge", "Receive to evaluation, newest entry.", m.lag_ms_last / 1000),
     ):
@@ -297,11 +314,12 @@ async def run_api(cfg: RoleConfig) -> None:
         registry = _registry(cfg, store)
         store.feed_partitions(settings.partitions)
         admin = ensure_admin(store, cfg.data_dir, cfg.admin_password)
+        actions = StoredActions(store, registry, builtin_profiles(), settings.partitions)
         ctx = AppContext(
             store=store,
             registry=registry,
             catalogue=default_catalogue(),
-            engine=StoredActions(store, registry, builtin_profiles(), settings.partitions),
+            engine=actions,
             metrics=IngestMetrics(),
             ledger=ledger,
             public_url=os.environ.get("LANDUN_PUBLIC_URL"),
@@ -310,6 +328,13 @@ async def run_api(cfg: RoleConfig) -> None:
         listener = store.listen(ctx.bell)
         listener.start()
         stack.callback(listener.stop)
+
+        def use(fresh: Registry) -> None:
+            ctx.registry = fresh
+            actions.use_registry(fresh)
+
+        # Site and device edits made through any api reach this one's registry.
+        _watch_registry(stack, cfg, store, use)
         announce = f"Landun api is running.\n  Log in:       {admin}"
 
         def stopping() -> None:

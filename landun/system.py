@@ -143,6 +143,7 @@ class Core:
         store: Store | None = None,
         ledger: WasteLedger | None = None,
         lines: LineLedger | None = None,
+        tank_log: TankLog | None = None,
     ) -> Core:
         """Wire store, engine, rules and pipeline; `clock` lets a replay run on simulated time
         (simulators/evaluate.py) through exactly the production wiring. An alert worker passes
@@ -176,7 +177,7 @@ class Core:
         ledger = ledger or open_ledger(db_path, database_url)
         custody = CustodyRule(registry, ledger)
         skew = ClockSkewRule(registry, detectors.clock_skew)
-        tank_log = TankLog(store)
+        tank_log = tank_log or TankLog(store)
         tanks = TankRule(registry, tank_log, TankSettings.load())
         lines = lines or open_line_ledger(db_path, database_url)
         cycles = CycleRule(registry, lines)

@@ -5,7 +5,8 @@ cycle or batch id, controller time).
 
 `SqliteLineLedger` lives in the same database file as the store, in its own table and on its own
 connections, as the waste ledger does; `PostgresLineLedger` keeps the same table on PostgreSQL
-(store.migrations.postgres). Both read with the same SQL."""
+(store.migrations.postgres), with the alert feed's entries of the new events in the recording
+transaction when the feed is enabled. Both read with the same SQL."""
 
 from __future__ import annotations
 
@@ -140,8 +141,15 @@ class PostgresLineLedger(LineReads):
         from store.postgres.db import PostgresDatabase
 
         self.db = PostgresDatabase(url, max_connections)
+        self.feed_partitions: int | None = None  # None: no feed entries (landun run)
+
+    def enable_feed(self, partitions: int) -> None:
+        """Append the new events to the alert feed, in the transaction that records them."""
+        self.feed_partitions = partitions
 
     def record(self, events: Sequence[LineEvent]) -> list[LineEvent]:
+        from store.postgres.feed import append_events
+
         fresh: list[LineEvent] = []
         with self.db.tx() as conn:
             for e in events:
@@ -152,6 +160,7 @@ class PostgresLineLedger(LineReads):
                 )
                 if cur.rowcount:
                     fresh.append(e)
+            append_events(conn, self.feed_partitions, fresh)
         return fresh
 
     def _rows(self, sql: str, args: Sequence = ()) -> list[tuple]:

@@ -89,10 +89,11 @@ class Deployment:
     broker: str
     registry: Path
     roles: list[Role] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)  # given to every role (e.g. --config-dir)
 
     def common(self) -> list[str]:
         return ["--database", self.database, "--broker", self.broker, "--registry",
-                str(self.registry), "--data-dir", str(self.workdir / "data")]  # fmt: skip
+                str(self.registry), "--data-dir", str(self.workdir / "data"), *self.extra]  # fmt: skip
 
     def ingest(self, n: int, metrics_port: int | None = None) -> Role:
         extra = ["--metrics-port", str(metrics_port)] if metrics_port else []

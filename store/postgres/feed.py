@@ -18,7 +18,7 @@ import psycopg
 from domain.model import DeadLetter, Reading
 from domain.timeutil import now_ms
 from domain.waste import WasteEvent
-from store.feed import FeedEntry, decode_entry, encode_entry, partition_of
+from store.feed import Event, FeedEntry, encode_entry, partition_of, read_entry
 
 
 class LeaseLost(RuntimeError):
@@ -40,7 +40,8 @@ class PendingAction:
 
 
 # One write of a worker's transaction, in the order the engine made them:
-# ("alerts", changes, namespace, state) or ("state", namespace, items).
+# ("alerts", changes, namespace, state), ("state", namespace, items), or ("poison", dead letter)
+# for an entry the worker set aside.
 Write = tuple
 
 
@@ -107,6 +108,16 @@ def append(
         cur.execute("UPDATE feed_heads SET pos = pos + 1 WHERE part = ANY(%s)", (parts,))
 
 
+def append_events(
+    conn: psycopg.Connection, partitions: int | None, events: Sequence[Event]
+) -> None:
+    """Inside the transaction of the ledger that recorded `events` as new (call last): their
+    entries, so the alert workers see an event exactly when its record is committed. None: this
+    process does not append to the feed."""
+    if partitions is not None and events:
+        append(conn, partitions, (), events, ())
+
+
 def claim(conn: psycopg.Connection, part: int) -> tuple[int, int]:
     """Take a partition over (its lease already held): (cursor position, new epoch)."""
     row = conn.execute(
@@ -130,7 +141,7 @@ def read_many(
     ).fetchall()
     out: dict[int, list[FeedEntry]] = {}
     for part, pos, at, body in rows:
-        out.setdefault(part, []).append(decode_entry(part, pos, at, orjson.loads(body)))
+        out.setdefault(part, []).append(read_entry(part, pos, at, body))
     return out
 
 
@@ -179,6 +190,17 @@ def write_changes(conn: psycopg.Connection, writes: Sequence[Write], write_alert
                 write_alert(conn, ch, stamp)
             if state:
                 write_state(conn, namespace, state)
+        elif w[0] == "poison":
+            set_aside(conn, w[1])
         else:
             _, namespace, items = w
             write_state(conn, namespace, items)
+
+
+def set_aside(conn: psycopg.Connection, d: DeadLetter) -> None:
+    """A poison entry as a dead letter, in the transaction that moves the cursor past it."""
+    conn.execute(
+        "INSERT INTO dead_letters (recv_ms, source, topic, device_id, reason, raw)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (d.recv_ms, d.source, d.topic, d.device_id, d.reason, d.raw),
+    )

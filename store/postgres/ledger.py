@@ -1,5 +1,6 @@
 """The medical-waste ledger on PostgreSQL: the same tables and queries as store.ledger's SQLite
-ledger (its reads are shared), writes in one transaction per batch."""
+ledger (its reads are shared), writes in one transaction per batch, with the alert feed's entries
+of the new events when the feed is enabled (store.postgres.feed.append_events)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from store.ledger import (
     _event_values,
 )
 from store.postgres.db import PostgresDatabase
+from store.postgres.feed import append_events
 
 # Every column but the key (site_id, bag_id).
 _BAG_UPDATES = ", ".join(
@@ -32,6 +34,11 @@ def _pg(sql: str) -> str:
 class PostgresLedger(LedgerReads):
     def __init__(self, url: str, max_connections: int = 2) -> None:
         self.db = PostgresDatabase(url, max_connections)
+        self.feed_partitions: int | None = None  # None: no feed entries (landun run)
+
+    def enable_feed(self, partitions: int) -> None:
+        """Append the new events to the alert feed, in the transaction that records them."""
+        self.feed_partitions = partitions
 
     def record(self, events: Sequence[WasteEvent]) -> list[WasteEvent]:
         fresh: list[WasteEvent] = []
@@ -53,6 +60,7 @@ class PostgresLedger(LedgerReads):
                     f" ON CONFLICT (site_id, bag_id) DO UPDATE SET {_BAG_UPDATES}",
                     _bag_values(bag),
                 )
+            append_events(conn, self.feed_partitions, fresh)
         return fresh
 
     def _rows(self, sql: str, args: Sequence = ()) -> list[tuple]:

@@ -16,16 +16,21 @@ log = logging.getLogger("landun.store")
 
 CHANNEL = "landun_alerts"
 NOTIFY = f"NOTIFY {CHANNEL}"
+# Saved registry edits (engine state namespaces `registry.*`, api.routes_sites): notified in
+# the transaction that saves one, so every process holding the registry reloads it.
+REGISTRY_CHANNEL = "landun_registry"
+REGISTRY_NAMESPACES = "registry."
 
 
 class Listener:
-    """Rings `bell` at every notification; reconnects (and rings, as changes may have been
-    missed meanwhile) after a lost connection."""
+    """Rings `bell` at every notification on `channel`; reconnects (and rings, as changes may
+    have been missed meanwhile) after a lost connection."""
 
-    def __init__(self, url: str, bell: Bell, retry_s: float = 2.0) -> None:
+    def __init__(self, url: str, bell: Bell, retry_s: float = 2.0, channel: str = CHANNEL) -> None:
         self.url = url
         self.bell = bell
         self.retry_s = retry_s
+        self.channel = channel
         self._stop = threading.Event()
         self._conn: psycopg.Connection | None = None
         self._thread = threading.Thread(target=self._run, name="landun-listen", daemon=True)
@@ -41,7 +46,7 @@ class Listener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {self.channel}")
                     self.bell.ring()
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):

@@ -33,7 +33,7 @@ from store.feed import FeedEntry, FeedSettings
 from store.postgres import feed
 from store.postgres.db import SCHEMA_LOCK, PostgresDatabase
 from store.postgres.lease import Leases
-from store.postgres.notify import NOTIFY, Listener
+from store.postgres.notify import NOTIFY, REGISTRY_CHANNEL, REGISTRY_NAMESPACES, Listener
 from store.retention import (
     HOUR_MS,
     HOURLY_COLS,
@@ -208,12 +208,6 @@ class PostgresStore:
         self._feed_parts = partitions
         self._feed_sites = site_of_device
 
-    def feed_events(self, events: Sequence) -> None:
-        """Append waste events the ledger recorded as new (their own transaction, after it)."""
-        if self._feed_parts is not None and events:
-            with self.db.tx() as conn:
-                feed.append(conn, self._feed_parts, (), events, ())
-
     def feed_partitions(self, partitions: int) -> None:
         """Check (and on first use set) the feed's partition count: the alert workers' side."""
         with self.db.connection() as conn:
@@ -222,6 +216,10 @@ class PostgresStore:
     def listen(self, bell: Bell) -> Listener:
         """Ring `bell` whenever any process commits an audited alert change."""
         return Listener(self.db.url, bell)
+
+    def watch_registry(self, bell) -> Listener:
+        """Ring `bell` (anything with `ring()`) whenever any process saves a registry edit."""
+        return Listener(self.db.url, bell, channel=REGISTRY_CHANNEL)
 
     def leases(self, settings: FeedSettings) -> Leases:
         """A worker's partition leases, on a connection of their own."""
@@ -720,6 +718,8 @@ class PostgresStore:
     def save_state(self, namespace: str, items: dict[str, str | None]) -> None:
         with self.db.tx() as conn:
             _write_state(conn, namespace, items)
+            if namespace.startswith(REGISTRY_NAMESPACES):
+                conn.execute(f"NOTIFY {REGISTRY_CHANNEL}")
 
     # -- notification: contacts, preferences, escalation steps -------------------------------
 
