@@ -169,15 +169,22 @@ class AlertWorker:
         self.leases = store.leases(settings)
         self._rebuild = False  # a partition was left to be rebuilt: check the leases now
         self._stop = threading.Event()
+        # Rung when entries or inspector actions arrive (and at stop): the loop sleeps on it.
+        self._wake = Doorbell()
+        self._held_until: int | None = None  # when the oldest entry held back becomes ready
+        self._listener = store.feed_listen(self._wake)
         self._thread = threading.Thread(target=self._run, name="landun-alert-worker", daemon=True)
 
     def start(self) -> None:
         self.store.feed_partitions(self.settings.partitions)
+        self._listener.start()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.ring()
         self._thread.join(timeout=30)
+        self._listener.stop()
         self.leases.close()
 
     # -- the loop -------------------------------------------------------------------------------
@@ -186,6 +193,8 @@ class AlertWorker:
         next_lease = 0.0
         next_tick = self.clock() + self.tick_s * 1000
         while not self._stop.is_set():
+            self._wake.clear()  # a ring from here on is for entries this round may not see
+            self._held_until = None
             now = self.clock()
             try:
                 if now >= next_lease or self._rebuild:
@@ -220,8 +229,15 @@ class AlertWorker:
                 self._stop.wait(self.settings.lease_check_s)
                 next_lease, busy = 0.0, True
             if not busy:
-                self._stop.wait(self.settings.poll_s)
+                self._wake.wait(self._idle_s())
         self._drop_all()
+
+    def _idle_s(self) -> float:
+        """How long to sleep when idle: until rung, the held entries are ready, or a poll."""
+        idle = self.settings.poll_s
+        if self._held_until is not None:
+            idle = min(idle, max(0.0, (self._held_until - self.clock()) / 1000))
+        return idle
 
     def _balance(self) -> None:
         """Hold a fair share of the partitions: ceil(partitions / live workers)."""
@@ -297,6 +313,9 @@ class AlertWorker:
         """Judge the partition's next entries old enough to be in order, as one batch; its
         writes and new cursor go to `judged`, committed with the other partitions'."""
         ready = _prefix(entries, self.clock() - self.settings.hold_ms)
+        if len(ready) < len(entries):
+            at = entries[len(ready)].committed_ms + self.settings.hold_ms
+            self._held_until = at if self._held_until is None else min(self._held_until, at)
         if not ready:
             return False
         readings = [r for e in ready for r in e.readings]
@@ -375,6 +394,13 @@ class AlertWorker:
                         sink.alert_changed(alert, action)
                     except Exception:
                         log.exception("alert sink %r failed", sink)
+
+
+class Doorbell(threading.Event):
+    """A threading event with the bell's `ring` (store.postgres.notify.Listener rings it)."""
+
+    def ring(self) -> None:
+        self.set()
 
 
 def _prefix(entries: list[FeedEntry], cutoff: int) -> list[FeedEntry]:

@@ -1,11 +1,13 @@
 """The alert feed on PostgreSQL (store/feed.py): appended by ingest in its batch's transaction,
 read by the alert workers, who write alert changes and the cursor advance in one transaction.
 
-Commit order: each partition's next number comes from its row in `feed_heads`, updated as the
-last statement of the committing transaction. The row lock is held until that commit, so the
-next writer of the partition waits and then takes the number after it (READ COMMITTED re-reads
-the row). A reader therefore never sees number n+1 before n is committed: it cannot skip an
-entry, which a sequence (numbers taken at insert, committed in any order) would allow."""
+Commit order: ingest inserts its entries unnumbered, so writers never wait for each other. A
+reader numbers the entries it can see (committed ones: a transaction still running shows
+nothing), per partition after the last number given (`feed_heads`), in insertion order, with
+the head rows locked so that two readers never number at once. An entry committed late is
+numbered when it becomes visible, after those numbered before: a reader following the numbers
+never skips one. Numbers taken at insert (a sequence) would be committed in any order, and a
+reader that moved past a gap would skip the entry that filled it."""
 
 from __future__ import annotations
 
@@ -71,9 +73,10 @@ def append(
     events: Sequence[WasteEvent],
     dead: Sequence[DeadLetter],
     site_of_device: dict[str, str] | None = None,
-) -> None:
-    """Append the batch's entries, one per partition it touches (call last in the batch's
-    transaction: the head rows stay locked until it commits)."""
+) -> bool:
+    """Append the batch's entries, one per partition it touches, in the batch's transaction
+    (unnumbered: readers number them once committed); whether there were any (then send
+    NOTIFY_FEED after the commit)."""
     by_part: dict[int, tuple[list, list, list]] = {}
 
     def slot(site_id: str) -> tuple[list, list, list]:
@@ -88,23 +91,14 @@ def append(
         if site is not None:
             slot(site)[2].append(d)
     if not by_part:
-        return
-    parts = sorted(by_part)
-    # Locked in partition order: two batches touching the same partitions cannot deadlock.
-    heads = dict(
-        conn.execute(
-            "SELECT part, pos FROM feed_heads WHERE part = ANY(%s) ORDER BY part FOR UPDATE",
-            (parts,),
-        ).fetchall()
-    )
+        return False
     stamp = now_ms()
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO feed_entries (part, pos, body, committed_ms) VALUES (%s, %s, %s, %s)",
-            [(p, heads[p] + 1, orjson.dumps(encode_entry(*by_part[p])).decode(), stamp)
-             for p in parts],
-        )  # fmt: skip
-        cur.execute("UPDATE feed_heads SET pos = pos + 1 WHERE part = ANY(%s)", (parts,))
+            "INSERT INTO feed_entries (part, body, committed_ms) VALUES (%s, %s, %s)",
+            [(p, orjson.dumps(encode_entry(*by_part[p])).decode(), stamp) for p in sorted(by_part)],
+        )
+    return True
 
 
 def claim(conn: psycopg.Connection, part: int) -> tuple[int, int]:
@@ -115,11 +109,45 @@ def claim(conn: psycopg.Connection, part: int) -> tuple[int, int]:
     return row[0], row[1]
 
 
+def number(conn: psycopg.Connection, parts: Sequence[int]) -> None:
+    """Number the committed entries of the partitions after their heads, in insertion order.
+    A partition another reader is numbering is skipped: its entries are numbered by that one."""
+    with conn.transaction():
+        mine = [
+            r[0]
+            for r in conn.execute(
+                "SELECT part FROM feed_heads h WHERE part = ANY(%s) AND EXISTS"
+                " (SELECT 1 FROM feed_entries e WHERE e.part = h.part AND e.pos IS NULL)"
+                " ORDER BY part FOR UPDATE SKIP LOCKED",
+                (list(parts),),
+            )
+        ]
+        if not mine:
+            return
+        # A statement of its own: its snapshot is taken with the heads locked, so it sees the
+        # numbers the previous holder of a head row committed.
+        conn.execute(
+            "WITH fresh AS ("
+            "  SELECT e.seq, h.pos + row_number() OVER (PARTITION BY e.part ORDER BY e.seq) AS pos"
+            "  FROM feed_entries e JOIN feed_heads h USING (part)"
+            "  WHERE e.part = ANY(%s) AND e.pos IS NULL),"
+            " numbered AS ("
+            "  UPDATE feed_entries f SET pos = fresh.pos FROM fresh WHERE f.seq = fresh.seq"
+            "  RETURNING f.part, f.pos)"
+            " UPDATE feed_heads h SET pos = n.pos"
+            " FROM (SELECT part, max(pos) AS pos FROM numbered GROUP BY part) n"
+            " WHERE h.part = n.part",
+            (mine,),
+        )
+
+
 def read_many(
     conn: psycopg.Connection, cursors: dict[int, int], limit: int
 ) -> dict[int, list[FeedEntry]]:
-    """The next entries of several partitions, each after its own cursor, in one round trip."""
+    """The next entries of several partitions, each after its own cursor (numbering what has
+    been committed since the last read first)."""
     parts = sorted(cursors)
+    number(conn, parts)
     rows = conn.execute(
         "SELECT e.part, e.pos, e.committed_ms, e.body"
         " FROM unnest(%s::integer[], %s::bigint[]) AS c(part, pos) CROSS JOIN LATERAL"

@@ -1,6 +1,8 @@
 """LISTEN/NOTIFY for the alert bell (store.bell): writers NOTIFY in the transaction that commits
 an audited alert change (delivered at commit, once per transaction), and each API process
-listens on a connection of its own and rings its bell."""
+listens on a connection of its own and rings its bell. The alert feed has a channel of its own:
+ingest notifies after committing entries, the API after recording an inspector action, and the
+alert workers wake on it instead of sleeping."""
 
 from __future__ import annotations
 
@@ -16,15 +18,20 @@ log = logging.getLogger("landun.store")
 
 CHANNEL = "landun_alerts"
 NOTIFY = f"NOTIFY {CHANNEL}"
+FEED_CHANNEL = "landun_feed"
+# Sent after the commit, in a statement of its own: a transaction that notifies holds a
+# cluster-wide lock through its commit, which would queue the ingest writers one behind another.
+NOTIFY_FEED = f"NOTIFY {FEED_CHANNEL}"
 
 
 class Listener:
-    """Rings `bell` at every notification; reconnects (and rings, as changes may have been
-    missed meanwhile) after a lost connection."""
+    """Rings `bell` at every notification on `channel`; reconnects (and rings, as changes may
+    have been missed meanwhile) after a lost connection."""
 
-    def __init__(self, url: str, bell: Bell, retry_s: float = 2.0) -> None:
+    def __init__(self, url: str, bell: Bell, retry_s: float = 2.0, channel: str = CHANNEL) -> None:
         self.url = url
         self.bell = bell
+        self.channel = channel
         self.retry_s = retry_s
         self._stop = threading.Event()
         self._conn: psycopg.Connection | None = None
@@ -41,11 +48,12 @@ class Listener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {self.channel}")
                     self.bell.ring()
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             self.bell.ring()
             except psycopg.OperationalError as exc:
-                log.warning("alert notifications from %s lost, retrying: %s", redact(self.url), exc)
+                where = redact(self.url)
+                log.warning("%s notifications from %s lost, retrying: %s", self.channel, where, exc)
                 self._stop.wait(self.retry_s)

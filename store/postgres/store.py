@@ -3,6 +3,7 @@ table partitioned by month of sensor time."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,7 @@ from store.base import (
     DeviceStatus,
     Principal,
     ReadingQuery,
+    StoreUnavailable,
     TokenInfo,
     UserInfo,
 )
@@ -32,7 +34,7 @@ from store.feed import FeedEntry, FeedSettings
 from store.postgres import feed
 from store.postgres.db import SCHEMA_LOCK, PostgresDatabase
 from store.postgres.lease import Leases
-from store.postgres.notify import NOTIFY, Listener
+from store.postgres.notify import FEED_CHANNEL, NOTIFY, NOTIFY_FEED, Listener
 from store.retention import (
     HOUR_MS,
     HOURLY_COLS,
@@ -151,6 +153,7 @@ class PostgresStore:
                                                   max(r.ts_ms for r in readings)))  # fmt: skip
         new_sites = sorted(sites - self._known_sites)
         stored = 0
+        appended = False
         with self.db.tx() as conn:
             new: Sequence[Reading] = ()
             if readings:
@@ -191,8 +194,12 @@ class PostgresStore:
                         ([s for s, _ in new_sites], [d for _, d in new_sites]),
                     )
             if self._feed_parts is not None:
-                feed.append(conn, self._feed_parts, new, (), dead_letters, self._feed_sites)
+                appended = feed.append(
+                    conn, self._feed_parts, new, (), dead_letters, self._feed_sites
+                )
         self._known_sites.update(new_sites)  # committed: rows of device_sites are never deleted
+        if appended:
+            self._wake_feed()
         return stored
 
     # -- the alert feed (store/feed.py) -------------------------------------------------------
@@ -209,7 +216,14 @@ class PostgresStore:
         """Append waste events the ledger recorded as new (their own transaction, after it)."""
         if self._feed_parts is not None and events:
             with self.db.tx() as conn:
-                feed.append(conn, self._feed_parts, (), events, ())
+                appended = feed.append(conn, self._feed_parts, (), events, ())
+            if appended:
+                self._wake_feed()
+
+    def _wake_feed(self) -> None:
+        """Wake the alert workers (committed already; a lost wake-up costs a poll interval)."""
+        with contextlib.suppress(StoreUnavailable), self.db.connection() as conn:
+            conn.execute(NOTIFY_FEED)
 
     def feed_partitions(self, partitions: int) -> None:
         """Check (and on first use set) the feed's partition count: the alert workers' side."""
@@ -219,6 +233,10 @@ class PostgresStore:
     def listen(self, bell: Bell) -> Listener:
         """Ring `bell` whenever any process commits an audited alert change."""
         return Listener(self.db.url, bell)
+
+    def feed_listen(self, bell) -> Listener:
+        """Ring `bell` (anything with `ring()`) when feed entries or inspector actions arrive."""
+        return Listener(self.db.url, bell, channel=FEED_CHANNEL)
 
     def leases(self, settings: FeedSettings) -> Leases:
         """A worker's partition leases, on a connection of their own."""
@@ -264,6 +282,7 @@ class PostgresStore:
             " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
             (part, alert_id, action, actor, comment, now_ms()),
         )
+        self._wake_feed()
         return row[0]
 
     def action_outcome(self, action_id: int) -> tuple[bool, str | None]:
