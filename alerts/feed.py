@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from alerts.detector_rule import DetectorRule
 from alerts.engine import AlertEngine
 from domain.model import Alert, DeadLetter, Reading
 from domain.registry import Registry
@@ -29,6 +30,7 @@ from store.ledger import WasteLedger
 log = logging.getLogger("landun.alerts.feed")
 
 VERBS = {"acknowledged": "acknowledge", "resolved": "resolve", "commented": "comment"}
+REPLAY_CHUNK = 5_000  # stored readings replayed at a time at a take-over (bounds the memory)
 
 
 @dataclass
@@ -103,6 +105,24 @@ class PartitionLedger:
         """The shared ledger stays open."""
 
 
+class MutedEngine:
+    """The engine as detectors replaying stored readings see it: the open alerts are the
+    engine's, and what they decide on the past is neither written nor announced (the worker
+    that judged those readings did that)."""
+
+    def __init__(self, engine: AlertEngine) -> None:
+        self._engine = engine
+
+    def open_alerts(self, rule_prefixes: tuple[str, ...]) -> list[Alert]:
+        return self._engine.open_alerts(rule_prefixes)
+
+    def raise_alert(self, alert: Alert, value: float | None = None) -> Alert:
+        return alert
+
+    def clear_alert(self, site_id: str, device_id: str | None, rule_id: str, why: str) -> None:
+        """Decided on the past: nothing to do."""
+
+
 class HeldAnnouncements:
     """The engine's sink: announcements wait until their changes are committed."""
 
@@ -131,6 +151,7 @@ class WorkerMetrics:
     takeovers: int = 0
     dropped: int = 0
     actions: int = 0
+    replayed: int = 0  # stored readings replayed into detectors at take-overs
     lag_ms_last: int = 0
     partitions: dict[int, int] = field(default_factory=dict)  # held partition -> its cursor
 
@@ -273,6 +294,7 @@ class AlertWorker:
         store = PartitionStore(self.store, part, set(registry.sites))
         ledger = PartitionLedger(self.ledger, set(registry.sites))
         rules = self.build(registry, store, ledger)
+        self._replay(part, rules, registry)
         heard = HeldAnnouncements()
         rules.engine.sinks = [heard]
         self.parts[part] = Partition(part, epoch, pos, rules, store, heard)
@@ -280,6 +302,24 @@ class AlertWorker:
         self.metrics.partitions[part] = pos
         # Anything the build wrote (a rule's first bookmarks) goes with the first commit.
         log.info("took partition %d at entry %d (epoch %d)", part, pos, epoch)
+
+    def _replay(self, part: int, rules: PartitionRules, registry: Registry) -> None:
+        """Rebuild the detectors' windows from the partition's stored readings already judged,
+        as the worker that judged them held them: the readings after the cursor are then
+        judged as that worker would have judged them. Threshold state and the other rules'
+        bookmarks are in the store already."""
+        detectors = [r for r in rules.engine.rules if isinstance(r, DetectorRule)]
+        if not detectors or not registry.devices:
+            return
+        muted = MutedEngine(rules.engine)
+        since = self.clock() - int(self.settings.replay_h * 3_600_000)
+        replayed = 0
+        for chunk in self.store.feed_history(part, sorted(registry.devices), since, REPLAY_CHUNK):
+            for rule in detectors:
+                rule.observe(chunk, muted)
+            replayed += len(chunk)
+        self.metrics.replayed += replayed
+        log.info("partition %d: %d stored readings replayed into its detectors", part, replayed)
 
     def _drop(self, part: int, why: str) -> None:
         p = self.parts.pop(part, None)

@@ -80,8 +80,16 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_of(d: Deployment) -> dict[str, float]:
-    return {r.name: cpu_s(r.pid) for r in d.roles if r.proc and r.proc.poll() is None}
+def cpu_of(d: Deployment, url: str, broker: MosquittoBroker) -> dict[str, float]:
+    """CPU seconds so far of each role, of the PostgreSQL backends serving the database (as one;
+    a backend gone meanwhile is missed) and of the broker."""
+    out = {r.name: cpu_s(r.pid) for r in d.roles if r.proc and r.proc.poll() is None}
+    sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+    backends = [pid for (pid,) in query(url, sql)]
+    out["postgres"] = sum(cpu_s(pid) for pid in backends if Path(f"/proc/{pid}").exists())
+    if broker.proc is not None:
+        out["mosquitto"] = cpu_s(broker.proc.pid)
+    return out
 
 
 # -- 1. failover ----------------------------------------------------------------------------------
@@ -263,10 +271,11 @@ def latency(work: Path, server: str, broker: MosquittoBroker, args) -> dict:
             parts = load_feed_settings().partitions
             wait_until(lambda: partition_holders(url) == (parts, 2), 60, "two workers sharing")
             publisher = Paced(broker.port, "bench-steady-publisher")
-            cpu_before, load_before = cpu_of(d), os.getloadavg()[0]
+            cpu_before, load_before = cpu_of(d, url, broker), os.getloadavg()[0]
             offered = publisher.run(msgs, args.rate)
             publisher.close()
-            cpu_steady = {k: v - cpu_before[k] for k, v in cpu_of(d).items()}
+            cpu_after = cpu_of(d, url, broker)
+            cpu_steady = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_after.items()}
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and len(watcher.arrived) < len(trigger_index):
                 time.sleep(0.2)
@@ -287,8 +296,8 @@ def latency(work: Path, server: str, broker: MosquittoBroker, args) -> dict:
                 "max_ms": round(lat[-1]) if lat else None,
                 "stages_ms": stages(url, msgs, trigger_index, publisher.sent_at, watcher.arrived),
                 "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-                # CPU the roles used while the load was offered, as cores: below 2 cores, the
-                # roles alone could carry this rate on this machine.
+                # CPU used while the load was offered, as cores: the roles, their PostgreSQL
+                # backends and the broker together below 2 cores could carry this rate here.
                 "cpu_cores_used": {k: round(v / steady_s, 2) for k, v in cpu_steady.items()},
                 "cpu_ms_per_msg": round(sum(cpu_steady.values()) * 1000 / len(msgs), 3),
                 "peak_rss_mb": rss_of(d),

@@ -11,7 +11,7 @@ reader that moved past a gap would skip the entry that filled it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -160,6 +160,37 @@ def read_many(
     for part, pos, at, body in rows:
         out.setdefault(part, []).append(decode_entry(part, pos, at, orjson.loads(body)))
     return out
+
+
+def history(
+    conn: psycopg.Connection, part: int, devices: Sequence[str], since_recv_ms: int, chunk: int
+) -> Iterator[list[Reading]]:
+    """The stored readings of `devices` received since `since_recv_ms` that the partition's
+    worker has judged, in sensor-time order, `chunk` at a time: what a worker taking the
+    partition over replays into its detectors. Readings of entries after the cursor (or not
+    numbered yet) are left out: they come through the feed. One snapshot for both."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        cursor = conn.execute("SELECT pos FROM feed_cursors WHERE part = %s", (part,)).fetchone()
+        rows = conn.execute(
+            "SELECT body FROM feed_entries WHERE part = %s AND (pos IS NULL OR pos > %s)",
+            (part, cursor[0] if cursor else 0),
+        )
+        ahead = {
+            (r.device_id, r.parameter, r.ts_ms)
+            for (body,) in rows
+            for r in decode_entry(part, 0, 0, orjson.loads(body)).readings
+        }
+        with conn.cursor(name="landun_feed_history") as cur:
+            cur.itersize = chunk
+            cur.execute(
+                "SELECT device_id, site_id, parameter, ts_ms, value, flag, recv_ms, seq"
+                " FROM readings WHERE device_id = ANY(%s) AND recv_ms >= %s"
+                " ORDER BY ts_ms, recv_ms",
+                (list(devices), since_recv_ms),
+            )
+            while batch := cur.fetchmany(chunk):
+                yield [Reading(*row) for row in batch if (row[0], row[2], row[3]) not in ahead]
 
 
 def advance(conn: psycopg.Connection, cursors: Sequence[tuple[int, int, int]]) -> None:

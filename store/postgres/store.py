@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 
 import psycopg
@@ -252,6 +252,13 @@ class PostgresStore:
     def feed_read_many(self, cursors: dict[int, int], limit: int) -> dict[int, list[FeedEntry]]:
         with self.db.connection() as conn:
             return feed.read_many(conn, cursors, limit)
+
+    def feed_history(
+        self, part: int, devices: Sequence[str], since_recv_ms: int, chunk: int
+    ) -> Iterator[list[Reading]]:
+        """The readings a worker taking `part` over replays into its detectors (feed.history)."""
+        with self.db.connection() as conn:
+            yield from feed.history(conn, part, devices, since_recv_ms, chunk)
 
     def feed_commit(
         self,
