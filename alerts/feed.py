@@ -141,6 +141,11 @@ class Partition:
     rules: PartitionRules
     store: PartitionStore
     heard: HeldAnnouncements
+    # Entries read and not judged yet (younger than hold_ms): the next read starts after them.
+    waiting: list[FeedEntry] = field(default_factory=list)
+
+    def read_from(self) -> int:
+        return self.waiting[-1].pos if self.waiting else self.pos
 
 
 @dataclass
@@ -224,12 +229,18 @@ class AlertWorker:
                     self._balance()
                 busy = self._apply_actions()
                 if self.parts:
-                    cursors = {part: p.pos for part, p in self.parts.items()}
-                    fetched = self.store.feed_read_many(cursors, self.settings.batch_entries)
+                    limit = self.settings.batch_entries
+                    cursors = {
+                        part: p.read_from()
+                        for part, p in self.parts.items()
+                        if len(p.waiting) < limit
+                    }
+                    fetched = self.store.feed_read_many(cursors, limit) if cursors else {}
                     judged: list[tuple[Partition, int]] = []
-                    for part, entries in fetched.items():
-                        if part in self.parts:
-                            busy |= self._follow_or_drop(self.parts[part], entries, judged)
+                    for part, p in list(self.parts.items()):
+                        entries = p.waiting + fetched.get(part, [])
+                        if entries and part in self.parts:
+                            busy |= self._follow_or_drop(p, entries, judged)
                     self._commit_all([(p, pos, ()) for p, pos in judged])
                 if now >= next_tick:
                     next_tick = now + self.tick_s * 1000
@@ -352,7 +363,9 @@ class AlertWorker:
     ) -> bool:
         """Judge the partition's next entries old enough to be in order, as one batch; its
         writes and new cursor go to `judged`, committed with the other partitions'."""
-        ready = _prefix(entries, self.clock() - self.settings.hold_ms)
+        limit = self.settings.batch_entries
+        ready = _prefix(entries[:limit], self.clock() - self.settings.hold_ms)
+        p.waiting = entries[len(ready) :]
         if len(ready) < len(entries):
             at = entries[len(ready)].committed_ms + self.settings.hold_ms
             self._held_until = at if self._held_until is None else min(self._held_until, at)
@@ -373,7 +386,7 @@ class AlertWorker:
         judged.append((p, ready[-1].pos))
         if readings:
             self.metrics.lag_ms_last = self.clock() - max(r.recv_ms for r in readings)
-        return len(ready) == len(entries) and len(entries) == self.settings.batch_entries
+        return len(ready) == limit
 
     def _apply_actions(self) -> bool:
         if not self.parts:
