@@ -109,55 +109,47 @@ def claim(conn: psycopg.Connection, part: int) -> tuple[int, int]:
     return row[0], row[1]
 
 
-def number(conn: psycopg.Connection, parts: Sequence[int]) -> None:
-    """Number the committed entries of the partitions after their heads, in insertion order.
-    A partition another reader is numbering is skipped: its entries are numbered by that one."""
-    with conn.transaction():
-        mine = [
-            r[0]
-            for r in conn.execute(
-                "SELECT part FROM feed_heads h WHERE part = ANY(%s) AND EXISTS"
-                " (SELECT 1 FROM feed_entries e WHERE e.part = h.part AND e.pos IS NULL)"
-                " ORDER BY part FOR UPDATE SKIP LOCKED",
-                (list(parts),),
-            )
-        ]
-        if not mine:
-            return
-        # A statement of its own: its snapshot is taken with the heads locked, so it sees the
-        # numbers the previous holder of a head row committed.
-        conn.execute(
-            "WITH fresh AS ("
-            "  SELECT e.seq, h.pos + row_number() OVER (PARTITION BY e.part ORDER BY e.seq) AS pos"
-            "  FROM feed_entries e JOIN feed_heads h USING (part)"
-            "  WHERE e.part = ANY(%s) AND e.pos IS NULL),"
-            " numbered AS ("
-            "  UPDATE feed_entries f SET pos = fresh.pos FROM fresh WHERE f.seq = fresh.seq"
-            "  RETURNING f.part, f.pos)"
-            " UPDATE feed_heads h SET pos = n.pos"
-            " FROM (SELECT part, max(pos) AS pos FROM numbered GROUP BY part) n"
-            " WHERE h.part = n.part",
-            (mine,),
-        )
+# Numbers the committed entries of the partitions after their heads, in insertion order, in one
+# statement that never waits: a head row another reader has locked (it is numbering that
+# partition) is skipped, and a head another reader moved since this statement's snapshot fails
+# `h.pos = s.pos` (the row is re-read before it is updated), so this snapshot's view of which
+# entries are unnumbered is never stale for a partition it numbers.
+NUMBER = """
+WITH seen AS (SELECT part, pos FROM feed_heads WHERE part = ANY(%(parts)s)),
+fresh AS (
+    SELECT seq, part, row_number() OVER (PARTITION BY part ORDER BY seq) AS n
+    FROM feed_entries WHERE part = ANY(%(parts)s) AND pos IS NULL),
+counts AS (SELECT part, max(n) AS n FROM fresh GROUP BY part),
+bumped AS (
+    UPDATE feed_heads h SET pos = s.pos + c.n
+    FROM counts c JOIN seen s USING (part)
+    WHERE h.part = c.part AND h.pos = s.pos AND h.part IN (
+        SELECT part FROM feed_heads WHERE part IN (SELECT part FROM counts)
+        FOR UPDATE SKIP LOCKED)
+    RETURNING h.part, s.pos AS base)
+UPDATE feed_entries f SET pos = b.base + fr.n
+FROM fresh fr JOIN bumped b USING (part) WHERE f.seq = fr.seq
+"""
 
 
 def read_many(
     conn: psycopg.Connection, cursors: dict[int, int], limit: int
 ) -> dict[int, list[FeedEntry]]:
-    """The next entries of several partitions, each after its own cursor (numbering what has
-    been committed since the last read first)."""
+    """The next entries of several partitions, each after its own cursor, numbering what has
+    been committed since the last read first (one round trip for both)."""
     parts = sorted(cursors)
-    number(conn, parts)
-    rows = conn.execute(
-        "SELECT e.part, e.pos, e.committed_ms, e.body"
-        " FROM unnest(%s::integer[], %s::bigint[]) AS c(part, pos) CROSS JOIN LATERAL"
-        " (SELECT part, pos, committed_ms, body FROM feed_entries f"
-        "  WHERE f.part = c.part AND f.pos > c.pos ORDER BY f.pos LIMIT %s) AS e"
-        " ORDER BY e.part, e.pos",
-        (parts, [cursors[p] for p in parts], limit),
-    ).fetchall()
+    with conn.pipeline():
+        conn.execute(NUMBER, {"parts": parts})
+        cur = conn.execute(
+            "SELECT e.part, e.pos, e.committed_ms, e.body"
+            " FROM unnest(%s::integer[], %s::bigint[]) AS c(part, pos) CROSS JOIN LATERAL"
+            " (SELECT part, pos, committed_ms, body FROM feed_entries f"
+            "  WHERE f.part = c.part AND f.pos > c.pos ORDER BY f.pos LIMIT %s) AS e"
+            " ORDER BY e.part, e.pos",
+            (parts, [cursors[p] for p in parts], limit),
+        )
     out: dict[int, list[FeedEntry]] = {}
-    for part, pos, at, body in rows:
+    for part, pos, at, body in cur.fetchall():
         out.setdefault(part, []).append(decode_entry(part, pos, at, orjson.loads(body)))
     return out
 
