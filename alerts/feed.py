@@ -195,9 +195,10 @@ class AlertWorker:
         self.leases = store.leases(settings)
         self._rebuild = False  # a partition was left to be rebuilt: check the leases now
         self._stop = threading.Event()
-        # Rung when entries or inspector actions arrive (and at stop): the loop sleeps on it.
+        # Rung when entries or inspector actions arrive (and at stop): an idle loop sleeps on it.
         self._wake = Doorbell()
         self._held_until: int | None = None  # when the oldest entry held back becomes ready
+        self._judged_at = 0  # when entries were last judged
         self._listener = store.feed_listen(self._wake)
         self._thread = threading.Thread(target=self._run, name="landun-alert-worker", daemon=True)
 
@@ -260,16 +261,17 @@ class AlertWorker:
                 self._drop_all()
                 self._stop.wait(self.settings.lease_check_s)
                 next_lease, busy = 0.0, True
-            if not busy:
-                self._wake.wait(self._idle_s())
+            if busy:
+                continue
+            if self._held_until is None:
+                self._wake.wait(self.settings.poll_s)
+            else:
+                # Entries wait out their hold, and rounds are judge_every_ms apart: entries
+                # arriving meanwhile are judged with them, in larger batches (the detectors are
+                # vectorised: a reading costs less in a larger batch).
+                until = max(self._held_until, self._judged_at + self.settings.judge_every_ms)
+                self._stop.wait(max(0.0, (until - self.clock()) / 1000))
         self._drop_all()
-
-    def _idle_s(self) -> float:
-        """How long to sleep when idle: until rung, the held entries are ready, or a poll."""
-        idle = self.settings.poll_s
-        if self._held_until is not None:
-            idle = min(idle, max(0.0, (self._held_until - self.clock()) / 1000))
-        return idle
 
     def _balance(self) -> None:
         """Hold a fair share of the partitions: ceil(partitions / live workers)."""
@@ -384,6 +386,7 @@ class AlertWorker:
         self.metrics.readings += len(readings)
         self.metrics.entries += len(ready)
         judged.append((p, ready[-1].pos))
+        self._judged_at = self.clock()
         if readings:
             self.metrics.lag_ms_last = self.clock() - max(r.recv_ms for r in readings)
         return len(ready) == limit

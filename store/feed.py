@@ -29,6 +29,7 @@ class FeedSettings:
     batch_entries: int
     poll_s: float
     hold_ms: int
+    judge_every_ms: int
     replay_h: float
 
 
