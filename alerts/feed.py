@@ -219,6 +219,7 @@ class AlertWorker:
     def _run(self) -> None:
         next_lease = 0.0
         next_tick = self.clock() + self.tick_s * 1000
+        tick_due: list[int] = []  # partitions whose rules are still to tick this time
         while not self._stop.is_set():
             self._wake.clear()  # a ring from here on is for entries this round may not see
             self._held_until = None
@@ -245,12 +246,17 @@ class AlertWorker:
                     self._commit_all([(p, pos, ()) for p, pos in judged])
                 if now >= next_tick:
                     next_tick = now + self.tick_s * 1000
-                    ticked = list(self.parts.values())
-                    for p in ticked:
+                    tick_due = sorted(self.parts)
+                # One partition's time-driven rules a round, between judging the feed: ticking
+                # them all at once held every partition's entries for as long.
+                while tick_due:
+                    p = self.parts.get(tick_due.pop())
+                    if p is not None:
                         p.rules.engine.tick(now)
-                    self._commit_all(
-                        [(p, p.pos, ()) for p in ticked if p.store.writes or p.heard.held]
-                    )
+                        if p.store.writes or p.heard.held:
+                            self._commit(p, p.pos)
+                        break
+                busy |= bool(tick_due)
             except StoreUnavailable as exc:
                 log.warning("store unavailable, partitions left, retrying: %s", exc)
                 self._drop_all()
