@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from alerts.detector_rule import DetectorRule
 from alerts.engine import AlertEngine
 from domain.model import Alert, DeadLetter, Reading
 from domain.registry import Registry
@@ -29,6 +30,7 @@ from store.ledger import WasteLedger
 log = logging.getLogger("landun.alerts.feed")
 
 VERBS = {"acknowledged": "acknowledge", "resolved": "resolve", "commented": "comment"}
+REPLAY_CHUNK = 5_000  # stored readings replayed at a time at a take-over (bounds the memory)
 
 
 @dataclass
@@ -103,6 +105,24 @@ class PartitionLedger:
         """The shared ledger stays open."""
 
 
+class MutedEngine:
+    """The engine as detectors replaying stored readings see it: the open alerts are the
+    engine's, and what they decide on the past is neither written nor announced (the worker
+    that judged those readings did that)."""
+
+    def __init__(self, engine: AlertEngine) -> None:
+        self._engine = engine
+
+    def open_alerts(self, rule_prefixes: tuple[str, ...]) -> list[Alert]:
+        return self._engine.open_alerts(rule_prefixes)
+
+    def raise_alert(self, alert: Alert, value: float | None = None) -> Alert:
+        return alert
+
+    def clear_alert(self, site_id: str, device_id: str | None, rule_id: str, why: str) -> None:
+        """Decided on the past: nothing to do."""
+
+
 class HeldAnnouncements:
     """The engine's sink: announcements wait until their changes are committed."""
 
@@ -122,6 +142,11 @@ class Partition:
     store: PartitionStore
     heard: HeldAnnouncements
     judging: list[FeedEntry] = field(default_factory=list)  # the entries being evaluated
+    # Entries read and not judged yet (younger than hold_ms): the next read starts after them.
+    waiting: list[FeedEntry] = field(default_factory=list)
+
+    def read_from(self) -> int:
+        return self.waiting[-1].pos if self.waiting else self.pos
 
 
 @dataclass
@@ -133,6 +158,7 @@ class WorkerMetrics:
     dropped: int = 0
     actions: int = 0
     poison: int = 0  # entries set aside as dead letters
+    replayed: int = 0  # stored readings replayed into detectors at take-overs
     lag_ms_last: int = 0
     partitions: dict[int, int] = field(default_factory=dict)  # held partition -> its cursor
 
@@ -175,15 +201,23 @@ class AlertWorker:
         self._isolate: dict[int, int] = {}
         self._failed_once: dict[int, int] = {}  # partition -> the entry retried after a rebuild
         self._stop = threading.Event()
+        # Rung when entries or inspector actions arrive (and at stop): an idle loop sleeps on it.
+        self._wake = Doorbell()
+        self._held_until: int | None = None  # when the oldest entry held back becomes ready
+        self._judged_at = 0  # when entries were last judged
+        self._listener = store.feed_listen(self._wake)
         self._thread = threading.Thread(target=self._run, name="landun-alert-worker", daemon=True)
 
     def start(self) -> None:
         self.store.feed_partitions(self.settings.partitions)
+        self._listener.start()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.ring()
         self._thread.join(timeout=30)
+        self._listener.stop()
         self.leases.close()
 
     # -- the loop -------------------------------------------------------------------------------
@@ -191,7 +225,10 @@ class AlertWorker:
     def _run(self) -> None:
         next_lease = 0.0
         next_tick = self.clock() + self.tick_s * 1000
+        tick_due: list[int] = []  # partitions whose rules are still to tick this time
         while not self._stop.is_set():
+            self._wake.clear()  # a ring from here on is for entries this round may not see
+            self._held_until = None
             now = self.clock()
             try:
                 if now >= next_lease or self._rebuild:
@@ -200,21 +237,32 @@ class AlertWorker:
                     self._balance()
                 busy = self._apply_actions()
                 if self.parts:
-                    cursors = {part: p.pos for part, p in self.parts.items()}
-                    fetched = self.store.feed_read_many(cursors, self.settings.batch_entries)
+                    limit = self.settings.batch_entries
+                    cursors = {
+                        part: p.read_from()
+                        for part, p in self.parts.items()
+                        if len(p.waiting) < limit
+                    }
+                    fetched = self.store.feed_read_many(cursors, limit) if cursors else {}
                     judged: list[tuple[Partition, int]] = []
-                    for part, entries in fetched.items():
-                        if part in self.parts:
-                            busy |= self._follow_or_drop(self.parts[part], entries, judged)
+                    for part, p in list(self.parts.items()):
+                        entries = p.waiting + fetched.get(part, [])
+                        if entries and part in self.parts:
+                            busy |= self._follow_or_drop(p, entries, judged)
                     self._commit_all([(p, pos, ()) for p, pos in judged])
                 if now >= next_tick:
                     next_tick = now + self.tick_s * 1000
-                    ticked = list(self.parts.values())
-                    for p in ticked:
+                    tick_due = sorted(self.parts)
+                # One partition's time-driven rules a round, between judging the feed: ticking
+                # them all at once held every partition's entries for as long.
+                while tick_due:
+                    p = self.parts.get(tick_due.pop())
+                    if p is not None:
                         p.rules.engine.tick(now)
-                    self._commit_all(
-                        [(p, p.pos, ()) for p in ticked if p.store.writes or p.heard.held]
-                    )
+                        if p.store.writes or p.heard.held:
+                            self._commit(p, p.pos)
+                        break
+                busy |= bool(tick_due)
             except StoreUnavailable as exc:
                 log.warning("store unavailable, partitions left, retrying: %s", exc)
                 self._drop_all()
@@ -225,8 +273,16 @@ class AlertWorker:
                 self._drop_all()
                 self._stop.wait(self.settings.lease_check_s)
                 next_lease, busy = 0.0, True
-            if not busy:
-                self._stop.wait(self.settings.poll_s)
+            if busy:
+                continue
+            if self._held_until is None:
+                self._wake.wait(self.settings.poll_s)
+            else:
+                # Entries wait out their hold, and rounds are judge_every_ms apart: entries
+                # arriving meanwhile are judged with them, in larger batches (the detectors are
+                # vectorised: a reading costs less in a larger batch).
+                until = max(self._held_until, self._judged_at + self.settings.judge_every_ms)
+                self._stop.wait(max(0.0, (until - self.clock()) / 1000))
         self._drop_all()
 
     def _balance(self) -> None:
@@ -263,6 +319,7 @@ class AlertWorker:
         store = PartitionStore(self.store, part, set(registry.sites))
         ledger = PartitionLedger(self.ledger, set(registry.sites))
         rules = self.build(registry, store, ledger)
+        self._replay(part, rules, registry)
         heard = HeldAnnouncements()
         rules.engine.sinks = [heard]
         self.parts[part] = Partition(part, epoch, pos, rules, store, heard)
@@ -270,6 +327,24 @@ class AlertWorker:
         self.metrics.partitions[part] = pos
         # Anything the build wrote (a rule's first bookmarks) goes with the first commit.
         log.info("took partition %d at entry %d (epoch %d)", part, pos, epoch)
+
+    def _replay(self, part: int, rules: PartitionRules, registry: Registry) -> None:
+        """Rebuild the detectors' windows from the partition's stored readings already judged,
+        as the worker that judged them held them: the readings after the cursor are then
+        judged as that worker would have judged them. Threshold state and the other rules'
+        bookmarks are in the store already."""
+        detectors = [r for r in rules.engine.rules if isinstance(r, DetectorRule)]
+        if not detectors or not registry.devices:
+            return
+        muted = MutedEngine(rules.engine)
+        since = self.clock() - int(self.settings.replay_h * 3_600_000)
+        replayed = 0
+        for chunk in self.store.feed_history(part, sorted(registry.devices), since, REPLAY_CHUNK):
+            for rule in detectors:
+                rule.observe(chunk, muted)
+            replayed += len(chunk)
+        self.metrics.replayed += replayed
+        log.info("partition %d: %d stored readings replayed into its detectors", part, replayed)
 
     def _drop(self, part: int, why: str) -> None:
         p = self.parts.pop(part, None)
@@ -341,10 +416,16 @@ class AlertWorker:
     ) -> bool:
         """Judge the partition's next entries old enough to be in order, as one batch; its
         writes and new cursor go to `judged`, committed with the other partitions'."""
-        held = ready = _prefix(entries, self.clock() - self.settings.hold_ms)
+        limit = self.settings.batch_entries
+        held = ready = _prefix(entries[:limit], self.clock() - self.settings.hold_ms)
+        if len(held) < len(entries):
+            at = entries[len(held)].committed_ms + self.settings.hold_ms
+            self._held_until = at if self._held_until is None else min(self._held_until, at)
         if not ready:
+            p.waiting = entries
             return False
         if ready[0].poison is not None:
+            p.waiting = entries[1:]
             self._set_aside(p, ready[0], ready[0].poison)
             return True
         ready = _until_poison(ready)
@@ -352,6 +433,7 @@ class AlertWorker:
             ready = ready[:1]
         else:
             self._isolate.pop(p.part, None)
+        p.waiting = entries[len(ready) :]
         p.judging = ready
         readings = [r for e in ready for r in e.readings]
         events = [x for e in ready for x in e.events]
@@ -367,10 +449,10 @@ class AlertWorker:
         self.metrics.readings += len(readings)
         self.metrics.entries += len(ready)
         judged.append((p, ready[-1].pos))
+        self._judged_at = self.clock()
         if readings:
             self.metrics.lag_ms_last = self.clock() - max(r.recv_ms for r in readings)
-        full = len(ready) == len(entries) and len(entries) == self.settings.batch_entries
-        return full or len(ready) < len(held)  # more to read, or the rest of a batch cut short
+        return len(ready) == limit or len(ready) < len(held)  # more to read, or a batch cut short
 
     def _apply_actions(self) -> bool:
         if not self.parts:
@@ -431,6 +513,13 @@ class AlertWorker:
                         sink.alert_changed(alert, action)
                     except Exception:
                         log.exception("alert sink %r failed", sink)
+
+
+class Doorbell(threading.Event):
+    """A threading event with the bell's `ring` (store.postgres.notify.Listener rings it)."""
+
+    def ring(self) -> None:
+        self.set()
 
 
 def _prefix(entries: list[FeedEntry], cutoff: int) -> list[FeedEntry]:

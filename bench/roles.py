@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -51,6 +52,7 @@ from tests.roles_rig import (  # noqa: E402
     feed_behind,
     messages,
     partition_holders,
+    query,
     range_alerts,
     readings_stored,
     wait_until,
@@ -70,6 +72,24 @@ def peak_rss_mb(pid: int) -> float | None:
 
 def rss_of(d: Deployment) -> dict[str, float | None]:
     return {r.name: peak_rss_mb(r.pid) for r in d.roles if r.proc and r.proc.poll() is None}
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU time of a process so far, seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(d: Deployment, url: str, broker: MosquittoBroker) -> dict[str, float]:
+    """CPU seconds so far of each role, of the PostgreSQL backends serving the database (as one;
+    a backend gone meanwhile is missed) and of the broker."""
+    out = {r.name: cpu_s(r.pid) for r in d.roles if r.proc and r.proc.poll() is None}
+    sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+    backends = [pid for (pid,) in query(url, sql)]
+    out["postgres"] = sum(cpu_s(pid) for pid in backends if Path(f"/proc/{pid}").exists())
+    if broker.proc is not None:
+        out["mosquitto"] = cpu_s(broker.proc.pid)
+    return out
 
 
 # -- 1. failover ----------------------------------------------------------------------------------
@@ -251,8 +271,11 @@ def latency(work: Path, server: str, broker: MosquittoBroker, args) -> dict:
             parts = load_feed_settings().partitions
             wait_until(lambda: partition_holders(url) == (parts, 2), 60, "two workers sharing")
             publisher = Paced(broker.port, "bench-steady-publisher")
+            cpu_before, load_before = cpu_of(d, url, broker), os.getloadavg()[0]
             offered = publisher.run(msgs, args.rate)
             publisher.close()
+            cpu_after = cpu_of(d, url, broker)
+            cpu_steady = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_after.items()}
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and len(watcher.arrived) < len(trigger_index):
                 time.sleep(0.2)
@@ -261,6 +284,7 @@ def latency(work: Path, server: str, broker: MosquittoBroker, args) -> dict:
                 for i, dev in trigger_index.items()
                 if dev in watcher.arrived
             )
+            steady_s = len(msgs) / offered
             return {
                 "rate_asked": args.rate,
                 "rate_offered": round(offered),
@@ -270,11 +294,39 @@ def latency(work: Path, server: str, broker: MosquittoBroker, args) -> dict:
                 "p50_ms": _pct(lat, 0.5),
                 "p99_ms": _pct(lat, 0.99),
                 "max_ms": round(lat[-1]) if lat else None,
+                "stages_ms": stages(url, msgs, trigger_index, publisher.sent_at, watcher.arrived),
+                "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                # CPU used while the load was offered, as cores: the roles, their PostgreSQL
+                # backends and the broker together below 2 cores could carry this rate here.
+                "cpu_cores_used": {k: round(v / steady_s, 2) for k, v in cpu_steady.items()},
+                "cpu_ms_per_msg": round(sum(cpu_steady.values()) * 1000 / len(msgs), 3),
                 "peak_rss_mb": rss_of(d),
             }
         finally:
             watcher.close()
             d.stop()
+
+
+def stages(url: str, msgs, trigger_index, sent_at, arrived) -> dict:
+    """p50/p99 of each stage of the timed alerts: publish to ingest (the reading's recv_ms),
+    ingest to the alert opened (its opened_ms: stored, fed, evaluated), opened to announced."""
+    timed = {dev: i for i, dev in trigger_index.items() if dev in arrived}
+    ts = [json.loads(msgs[i][1])["ts"] for i in timed.values()]
+    sql = (
+        "SELECT r.device_id, r.recv_ms FROM readings r JOIN unnest(%s::text[], %s::bigint[])"
+        " t(d, ts) ON r.device_id = t.d AND r.ts_ms = t.ts AND r.parameter = 'free_chlorine'"
+    )
+    recv = dict(query(url, sql, (list(timed), ts)))
+    sql = "SELECT device_id, min(opened_ms) FROM alerts WHERE rule_id = %s GROUP BY device_id"
+    opened = dict(query(url, sql, ("range:free_chlorine",)))
+    spans: dict[str, list[float]] = {"to_ingest": [], "ingest_to_opened": [], "to_announced": []}
+    for dev, i in timed.items():
+        if dev in recv and dev in opened:
+            spans["to_ingest"].append(recv[dev] - sent_at[i] * 1000)
+            spans["ingest_to_opened"].append(opened[dev] - recv[dev])
+            spans["to_announced"].append(arrived[dev] * 1000 - opened[dev])
+    return {k: {"p50": _pct(sorted(v), 0.5), "p99": _pct(sorted(v), 0.99)}
+            for k, v in spans.items()}  # fmt: skip
 
 
 def _pct(values: list[float], q: float) -> float | None:

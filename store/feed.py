@@ -42,6 +42,8 @@ class FeedSettings:
     batch_entries: int
     poll_s: float
     hold_ms: int
+    judge_every_ms: int
+    replay_h: float
 
 
 def load_feed_settings() -> FeedSettings:

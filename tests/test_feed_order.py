@@ -1,6 +1,7 @@
 """The alert feed on PostgreSQL: entries are numbered in commit order per partition, so a reader
 following a cursor never skips one, however many writers commit at once and in whatever order
-their transactions began; a worker whose partition was taken over can no longer write."""
+their transactions began, and however many readers number at once; a writer never waits for
+another's commit; a worker whose partition was taken over can no longer write."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import random
 import threading
 import time
 
+import psycopg
 import pytest
 
 from domain.model import Reading
 from store.feed import partition_of
+from store.postgres import feed
 from store.postgres.feed import LeaseLost
 from store.postgres.store import PostgresStore
 
@@ -59,15 +62,25 @@ def test_no_entry_is_skipped_under_concurrent_writers(pg_url: str) -> None:
             if finished:
                 return
 
+    def number() -> None:
+        # Another reader (a worker that lost its lease and has not noticed) numbers too.
+        while not done.is_set():
+            for p in range(PARTS):
+                assert rival.feed_read(p, 2**62, 1) == []
+
+    rival = PostgresStore(pg_url)
     threads = [threading.Thread(target=write, args=(i,)) for i in range(WRITERS)]
     follower = threading.Thread(target=follow)
+    numberer = threading.Thread(target=number)
     follower.start()
+    numberer.start()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     done.set()
     follower.join(timeout=60)
+    numberer.join(timeout=60)
     try:
         expected: dict[int, set] = {p: set() for p in range(PARTS)}
         for i in range(WRITERS):
@@ -80,7 +93,7 @@ def test_no_entry_is_skipped_under_concurrent_writers(pg_url: str) -> None:
         # Consumed entries are gone.
         assert all(reader.feed_read(p, 0, 10) == [] for p in range(PARTS))
     finally:
-        for s in [*writers, reader]:
+        for s in [*writers, reader, rival]:
             s.close()
 
 
@@ -113,5 +126,47 @@ def test_a_redelivered_batch_adds_nothing_to_the_feed(pg_url: str) -> None:
         part = partition_of("site-1", PARTS)
         entries = store.feed_read(part, 0, 10)
         assert [len(e.readings) for e in entries] == [1]
+    finally:
+        store.close()
+
+
+def test_an_entry_committed_late_comes_after_and_blocks_no_writer(pg_url: str) -> None:
+    """A batch whose transaction began first but commits last: the writers after it do not
+    wait for it, the reader is given their entries meanwhile, and the late one after them."""
+    store = PostgresStore(pg_url)
+    store.enable_feed(PARTS, {"dev-1": "site-1"})
+    part = partition_of("site-1", PARTS)
+    late = psycopg.connect(pg_url, autocommit=True)
+    try:
+        with late.transaction():
+            feed.append(late, PARTS, [Reading("dev-1", "site-1", "ph", T0, 7.2, "N", T0)], (), ())
+            # Same partition, committed while the first is open (it would wait on a lock).
+            for n in (1, 2):
+                store.write_batch([Reading("dev-1", "site-1", "ph", T0 + n, 7.2, "N", T0)])
+            pos, epoch = store.feed_claim(part)
+            first = store.feed_read(part, pos, 10)
+            assert [(e.pos, e.readings[0].ts_ms) for e in first] == [(1, T0 + 1), (2, T0 + 2)]
+            store.feed_commit(part, epoch, 2, [])
+            assert store.feed_read(part, 2, 10) == []
+        after = store.feed_read(part, 2, 10)
+        assert [(e.pos, e.readings[0].ts_ms) for e in after] == [(3, T0)]
+    finally:
+        late.close()
+        store.close()
+
+
+def test_an_aborted_batch_leaves_no_entry_nor_gap(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    store.enable_feed(PARTS, {"dev-1": "site-1"})
+    part = partition_of("site-1", PARTS)
+    try:
+        batch = [Reading("dev-1", "site-1", "ph", T0, 7.2, "N", T0)]
+        conn = psycopg.connect(pg_url, autocommit=True)
+        with conn, pytest.raises(RuntimeError), conn.transaction():
+            feed.append(conn, PARTS, batch, (), ())
+            raise RuntimeError("the batch's commit failed")
+        store.write_batch([Reading("dev-1", "site-1", "ph", T0 + 1, 7.2, "N", T0)])
+        entries = store.feed_read(part, 0, 10)
+        assert [(e.pos, e.readings[0].ts_ms) for e in entries] == [(1, T0 + 1)]
     finally:
         store.close()

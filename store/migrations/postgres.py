@@ -340,6 +340,18 @@ CREATE INDEX line_events_by_time ON line_events (device_id, ts_ms);
 CREATE INDEX line_events_by_ref ON line_events (device_id, ref_id);
 """
 
+FEED_NUMBERED_BY_READERS = """
+-- Ingest no longer numbers feed entries (the head row it locked until commit queued every
+-- writer of a partition behind the last): an entry is inserted unnumbered, in `seq` order, and
+-- the alert worker numbers the committed ones per partition (store.postgres.feed). `feed_heads`
+-- keeps the last number given.
+ALTER TABLE feed_entries DROP CONSTRAINT feed_entries_pkey;
+ALTER TABLE feed_entries ALTER COLUMN pos DROP NOT NULL;  -- NULL: not numbered yet
+ALTER TABLE feed_entries ADD COLUMN seq bigserial PRIMARY KEY;
+CREATE UNIQUE INDEX feed_entries_by_pos ON feed_entries (part, pos);
+CREATE INDEX feed_entries_to_number ON feed_entries (part, seq) WHERE pos IS NULL;
+"""
+
 MIGRATIONS = (
     Migration(1, "readings, alerts, accounts and engine state", INITIAL),
     Migration(2, "the medical-waste ledger", WASTE_LEDGER),
@@ -351,4 +363,5 @@ MIGRATIONS = (
     Migration(8, "inspector actions for the alert workers", ALERT_ACTIONS),
     Migration(9, "disinfection-line cycle and batch events", DISINFECTION_LINES),
     Migration(10, notify_sql.MIGRATION_NAME, notify_sql.POSTGRES_SCHEMA),
+    Migration(11, "the alert feed numbered by its readers", FEED_NUMBERED_BY_READERS),
 )

@@ -1,15 +1,17 @@
 """The alert feed on PostgreSQL (store/feed.py): appended by ingest in its batch's transaction,
 read by the alert workers, who write alert changes and the cursor advance in one transaction.
 
-Commit order: each partition's next number comes from its row in `feed_heads`, updated as the
-last statement of the committing transaction. The row lock is held until that commit, so the
-next writer of the partition waits and then takes the number after it (READ COMMITTED re-reads
-the row). A reader therefore never sees number n+1 before n is committed: it cannot skip an
-entry, which a sequence (numbers taken at insert, committed in any order) would allow."""
+Commit order: ingest inserts its entries unnumbered, so writers never wait for each other. A
+reader numbers the entries it can see (committed ones: a transaction still running shows
+nothing), per partition after the last number given (`feed_heads`), in insertion order, with
+the head rows locked so that two readers never number at once. An entry committed late is
+numbered when it becomes visible, after those numbered before: a reader following the numbers
+never skips one. Numbers taken at insert (a sequence) would be committed in any order, and a
+reader that moved past a gap would skip the entry that filled it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -18,6 +20,7 @@ import psycopg
 from domain.model import DeadLetter, Reading
 from domain.timeutil import now_ms
 from domain.waste import WasteEvent
+from store.postgres.notify import NOTIFY_FEED
 from store.feed import Event, FeedEntry, encode_entry, partition_of, read_entry
 
 
@@ -72,9 +75,10 @@ def append(
     events: Sequence[WasteEvent],
     dead: Sequence[DeadLetter],
     site_of_device: dict[str, str] | None = None,
-) -> None:
-    """Append the batch's entries, one per partition it touches (call last in the batch's
-    transaction: the head rows stay locked until it commits)."""
+) -> bool:
+    """Append the batch's entries, one per partition it touches, in the batch's transaction
+    (unnumbered: readers number them once committed); whether there were any (then send
+    NOTIFY_FEED after the commit)."""
     by_part: dict[int, tuple[list, list, list]] = {}
 
     def slot(site_id: str) -> tuple[list, list, list]:
@@ -89,23 +93,14 @@ def append(
         if site is not None:
             slot(site)[2].append(d)
     if not by_part:
-        return
-    parts = sorted(by_part)
-    # Locked in partition order: two batches touching the same partitions cannot deadlock.
-    heads = dict(
-        conn.execute(
-            "SELECT part, pos FROM feed_heads WHERE part = ANY(%s) ORDER BY part FOR UPDATE",
-            (parts,),
-        ).fetchall()
-    )
+        return False
     stamp = now_ms()
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO feed_entries (part, pos, body, committed_ms) VALUES (%s, %s, %s, %s)",
-            [(p, heads[p] + 1, orjson.dumps(encode_entry(*by_part[p])).decode(), stamp)
-             for p in parts],
-        )  # fmt: skip
-        cur.execute("UPDATE feed_heads SET pos = pos + 1 WHERE part = ANY(%s)", (parts,))
+            "INSERT INTO feed_entries (part, body, committed_ms) VALUES (%s, %s, %s)",
+            [(p, orjson.dumps(encode_entry(*by_part[p])).decode(), stamp) for p in sorted(by_part)],
+        )
+    return True
 
 
 def append_events(
@@ -116,6 +111,9 @@ def append_events(
     process does not append to the feed."""
     if partitions is not None and events:
         append(conn, partitions, (), events, ())
+        # Events are few: a wake-up inside their transaction (sent at its commit) costs nothing
+        # measurable, unlike ingest's batches, which notify after their commit.
+        conn.execute(NOTIFY_FEED)
 
 
 def claim(conn: psycopg.Connection, part: int) -> tuple[int, int]:
@@ -126,23 +124,80 @@ def claim(conn: psycopg.Connection, part: int) -> tuple[int, int]:
     return row[0], row[1]
 
 
+# Numbers the committed entries of the partitions after their heads, in insertion order, in one
+# statement that never waits: a head row another reader has locked (it is numbering that
+# partition) is skipped, and a head another reader moved since this statement's snapshot fails
+# `h.pos = s.pos` (the row is re-read before it is updated), so this snapshot's view of which
+# entries are unnumbered is never stale for a partition it numbers.
+NUMBER = """
+WITH seen AS (SELECT part, pos FROM feed_heads WHERE part = ANY(%(parts)s)),
+fresh AS (
+    SELECT seq, part, row_number() OVER (PARTITION BY part ORDER BY seq) AS n
+    FROM feed_entries WHERE part = ANY(%(parts)s) AND pos IS NULL),
+counts AS (SELECT part, max(n) AS n FROM fresh GROUP BY part),
+bumped AS (
+    UPDATE feed_heads h SET pos = s.pos + c.n
+    FROM counts c JOIN seen s USING (part)
+    WHERE h.part = c.part AND h.pos = s.pos AND h.part IN (
+        SELECT part FROM feed_heads WHERE part IN (SELECT part FROM counts)
+        FOR UPDATE SKIP LOCKED)
+    RETURNING h.part, s.pos AS base)
+UPDATE feed_entries f SET pos = b.base + fr.n
+FROM fresh fr JOIN bumped b USING (part) WHERE f.seq = fr.seq
+"""
+
+
 def read_many(
     conn: psycopg.Connection, cursors: dict[int, int], limit: int
 ) -> dict[int, list[FeedEntry]]:
-    """The next entries of several partitions, each after its own cursor, in one round trip."""
+    """The next entries of several partitions, each after its own cursor, numbering what has
+    been committed since the last read first (one round trip for both)."""
     parts = sorted(cursors)
-    rows = conn.execute(
-        "SELECT e.part, e.pos, e.committed_ms, e.body"
-        " FROM unnest(%s::integer[], %s::bigint[]) AS c(part, pos) CROSS JOIN LATERAL"
-        " (SELECT part, pos, committed_ms, body FROM feed_entries f"
-        "  WHERE f.part = c.part AND f.pos > c.pos ORDER BY f.pos LIMIT %s) AS e"
-        " ORDER BY e.part, e.pos",
-        (parts, [cursors[p] for p in parts], limit),
-    ).fetchall()
+    with conn.pipeline():
+        conn.execute(NUMBER, {"parts": parts})
+        cur = conn.execute(
+            "SELECT e.part, e.pos, e.committed_ms, e.body"
+            " FROM unnest(%s::integer[], %s::bigint[]) AS c(part, pos) CROSS JOIN LATERAL"
+            " (SELECT part, pos, committed_ms, body FROM feed_entries f"
+            "  WHERE f.part = c.part AND f.pos > c.pos ORDER BY f.pos LIMIT %s) AS e"
+            " ORDER BY e.part, e.pos",
+            (parts, [cursors[p] for p in parts], limit),
+        )
     out: dict[int, list[FeedEntry]] = {}
-    for part, pos, at, body in rows:
+    for part, pos, at, body in cur.fetchall():
         out.setdefault(part, []).append(read_entry(part, pos, at, body))
     return out
+
+
+def history(
+    conn: psycopg.Connection, part: int, devices: Sequence[str], since_recv_ms: int, chunk: int
+) -> Iterator[list[Reading]]:
+    """The stored readings of `devices` received since `since_recv_ms` that the partition's
+    worker has judged, in sensor-time order, `chunk` at a time: what a worker taking the
+    partition over replays into its detectors. Readings of entries after the cursor (or not
+    numbered yet) are left out: they come through the feed. One snapshot for both."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        cursor = conn.execute("SELECT pos FROM feed_cursors WHERE part = %s", (part,)).fetchone()
+        rows = conn.execute(
+            "SELECT body FROM feed_entries WHERE part = %s AND (pos IS NULL OR pos > %s)",
+            (part, cursor[0] if cursor else 0),
+        )
+        ahead = {
+            (r.device_id, r.parameter, r.ts_ms)
+            for (body,) in rows
+            for r in decode_entry(part, 0, 0, orjson.loads(body)).readings
+        }
+        with conn.cursor(name="landun_feed_history") as cur:
+            cur.itersize = chunk
+            cur.execute(
+                "SELECT device_id, site_id, parameter, ts_ms, value, flag, recv_ms, seq"
+                " FROM readings WHERE device_id = ANY(%s) AND recv_ms >= %s"
+                " ORDER BY ts_ms, recv_ms",
+                (list(devices), since_recv_ms),
+            )
+            while batch := cur.fetchmany(chunk):
+                yield [Reading(*row) for row in batch if (row[0], row[2], row[3]) not in ahead]
 
 
 def advance(conn: psycopg.Connection, cursors: Sequence[tuple[int, int, int]]) -> None:

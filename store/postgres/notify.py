@@ -1,6 +1,8 @@
 """LISTEN/NOTIFY for the alert bell (store.bell): writers NOTIFY in the transaction that commits
 an audited alert change (delivered at commit, once per transaction), and each API process
-listens on a connection of its own and rings its bell."""
+listens on a connection of its own and rings its bell. The alert feed has a channel of its own:
+ingest notifies after committing entries, the API after recording an inspector action, and the
+alert workers wake on it instead of sleeping."""
 
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ NOTIFY = f"NOTIFY {CHANNEL}"
 # the transaction that saves one, so every process holding the registry reloads it.
 REGISTRY_CHANNEL = "landun_registry"
 REGISTRY_NAMESPACES = "registry."
+FEED_CHANNEL = "landun_feed"
+# Sent after the commit, in a statement of its own: a transaction that notifies holds a
+# cluster-wide lock through its commit, which would queue the ingest writers one behind another.
+NOTIFY_FEED = f"NOTIFY {FEED_CHANNEL}"
 
 
 class Listener:
@@ -29,8 +35,8 @@ class Listener:
     def __init__(self, url: str, bell: Bell, retry_s: float = 2.0, channel: str = CHANNEL) -> None:
         self.url = url
         self.bell = bell
-        self.retry_s = retry_s
         self.channel = channel
+        self.retry_s = retry_s
         self._stop = threading.Event()
         self._conn: psycopg.Connection | None = None
         self._thread = threading.Thread(target=self._run, name="landun-listen", daemon=True)
@@ -52,5 +58,6 @@ class Listener:
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             self.bell.ring()
             except psycopg.OperationalError as exc:
-                log.warning("alert notifications from %s lost, retrying: %s", redact(self.url), exc)
+                where = redact(self.url)
+                log.warning("%s notifications from %s lost, retrying: %s", self.channel, where, exc)
                 self._stop.wait(self.retry_s)

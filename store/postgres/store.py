@@ -3,9 +3,10 @@ table partitioned by month of sensor time."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
 
@@ -25,6 +26,7 @@ from store.base import (
     DeviceStatus,
     Principal,
     ReadingQuery,
+    StoreUnavailable,
     TokenInfo,
     UserInfo,
 )
@@ -33,7 +35,14 @@ from store.feed import FeedEntry, FeedSettings
 from store.postgres import feed
 from store.postgres.db import SCHEMA_LOCK, PostgresDatabase
 from store.postgres.lease import Leases
-from store.postgres.notify import NOTIFY, REGISTRY_CHANNEL, REGISTRY_NAMESPACES, Listener
+from store.postgres.notify import (
+    FEED_CHANNEL,
+    NOTIFY,
+    NOTIFY_FEED,
+    REGISTRY_CHANNEL,
+    REGISTRY_NAMESPACES,
+    Listener,
+)
 from store.retention import (
     HOUR_MS,
     HOURLY_COLS,
@@ -153,6 +162,7 @@ class PostgresStore:
                                                   max(map(_sensor_time, readings))))  # fmt: skip
         new_sites = sorted(sites - self._known_sites)
         stored = 0
+        appended = False
         with self.db.tx() as conn:
             new: Sequence[Reading] = ()
             if readings:
@@ -194,8 +204,12 @@ class PostgresStore:
                         ([s for s, _ in new_sites], [d for _, d in new_sites]),
                     )
             if self._feed_parts is not None:
-                feed.append(conn, self._feed_parts, new, (), dead_letters, self._feed_sites)
+                appended = feed.append(
+                    conn, self._feed_parts, new, (), dead_letters, self._feed_sites
+                )
         self._known_sites.update(new_sites)  # committed: rows of device_sites are never deleted
+        if appended:
+            self._wake_feed()
         return stored
 
     # -- the alert feed (store/feed.py) -------------------------------------------------------
@@ -207,6 +221,20 @@ class PostgresStore:
             feed.ensure_partitions(conn, partitions)
         self._feed_parts = partitions
         self._feed_sites = site_of_device
+
+    def _wake_feed(self) -> None:
+        """Wake the alert workers (committed already; a lost wake-up costs a poll interval).
+        NOTIFY gives its transaction an id and holds a cluster-wide lock through the commit:
+        not waiting for the disk there keeps that lock short, and losing the notification to a
+        crash costs nothing."""
+        with (
+            contextlib.suppress(StoreUnavailable),
+            self.db.connection() as conn,
+            conn.pipeline(),  # one round trip
+            conn.transaction(),
+        ):
+            conn.execute("SET LOCAL synchronous_commit = off")
+            conn.execute(NOTIFY_FEED)
 
     def feed_partitions(self, partitions: int) -> None:
         """Check (and on first use set) the feed's partition count: the alert workers' side."""
@@ -220,6 +248,10 @@ class PostgresStore:
     def watch_registry(self, bell) -> Listener:
         """Ring `bell` (anything with `ring()`) whenever any process saves a registry edit."""
         return Listener(self.db.url, bell, channel=REGISTRY_CHANNEL)
+
+    def feed_listen(self, bell) -> Listener:
+        """Ring `bell` (anything with `ring()`) when feed entries or inspector actions arrive."""
+        return Listener(self.db.url, bell, channel=FEED_CHANNEL)
 
     def leases(self, settings: FeedSettings) -> Leases:
         """A worker's partition leases, on a connection of their own."""
@@ -235,6 +267,13 @@ class PostgresStore:
     def feed_read_many(self, cursors: dict[int, int], limit: int) -> dict[int, list[FeedEntry]]:
         with self.db.connection() as conn:
             return feed.read_many(conn, cursors, limit)
+
+    def feed_history(
+        self, part: int, devices: Sequence[str], since_recv_ms: int, chunk: int
+    ) -> Iterator[list[Reading]]:
+        """The readings a worker taking `part` over replays into its detectors (feed.history)."""
+        with self.db.connection() as conn:
+            yield from feed.history(conn, part, devices, since_recv_ms, chunk)
 
     def feed_commit(
         self,
@@ -265,6 +304,7 @@ class PostgresStore:
             " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
             (part, alert_id, action, actor, comment, now_ms()),
         )
+        self._wake_feed()
         return row[0]
 
     def action_outcome(self, action_id: int) -> tuple[bool, str | None]:
