@@ -20,8 +20,8 @@ import psycopg
 from domain.model import DeadLetter, Reading
 from domain.timeutil import now_ms
 from domain.waste import WasteEvent
-from store.postgres.notify import NOTIFY_FEED
 from store.feed import Event, FeedEntry, encode_entry, partition_of, read_entry
+from store.postgres.notify import NOTIFY_FEED
 
 
 class LeaseLost(RuntimeError):
@@ -186,7 +186,7 @@ def history(
         ahead = {
             (r.device_id, r.parameter, r.ts_ms)
             for (body,) in rows
-            for r in decode_entry(part, 0, 0, orjson.loads(body)).readings
+            for r in read_entry(part, 0, 0, body).readings
         }
         with conn.cursor(name="landun_feed_history") as cur:
             cur.itersize = chunk
