@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Mapping
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -136,7 +136,7 @@ def keep_readings_count(app: FastAPI, ctx: Ctx) -> None:
                 log.warning("could not save the readings count; trying again later", exc_info=True)
 
     @contextlib.asynccontextmanager
-    async def lifespan(a: FastAPI) -> AsyncIterator[object]:
+    async def lifespan(a: FastAPI) -> AsyncIterator[Mapping[str, Any] | None]:
         ctx.readings_before = await asyncio.to_thread(_saved_count, ctx)
         saver = asyncio.create_task(save_often())
         try:
@@ -149,7 +149,9 @@ def keep_readings_count(app: FastAPI, ctx: Ctx) -> None:
             except Exception:
                 log.warning("could not save the readings count at shutdown", exc_info=True)
 
-    app.router.lifespan_context = lifespan
+    # Starlette types a lifespan as yielding None or a mapping; this one passes the wrapped
+    # lifespan's state through, whichever it is.
+    app.router.lifespan_context = lifespan  # type: ignore[assignment]
 
 
 @router.get(

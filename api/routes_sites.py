@@ -13,7 +13,15 @@ from fastapi import APIRouter, HTTPException
 
 from alerts.standards import Profile
 from api.auth import Caller, Ctx, device_for, require_role, scoped_site_ids, site_for
-from api.schemas import DeviceIn, DeviceOut, SiteIn, SiteOut, SiteStatusOut, error_responses
+from api.schemas import (
+    DeviceIn,
+    DeviceOut,
+    SiteIn,
+    SiteOut,
+    SiteStatus,
+    SiteStatusOut,
+    error_responses,
+)
 from domain.model import AlertFamily, AlertStatus, Site
 from domain.registry import device_from_dict, device_to_dict, site_from_dict, site_to_dict
 from domain.timeutil import ms_to_iso
@@ -44,6 +52,7 @@ def site_status(ctx, site: Site) -> SiteStatusOut:
         )
     )
     families = {a.family for a in open_alerts}
+    status: SiteStatus
     # 超标 means a measured value outside a standard's limit: only the compliance family.
     # Medical-waste record-keeping findings have a status of their own (医废异常).
     if AlertFamily.COMPLIANCE in families:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
@@ -32,6 +33,7 @@ from api.routes_sites import apply_stored_edits
 from domain.mqtt_connection import BrokerAddress
 from domain.params import default_catalogue
 from domain.registry import Registry, load_registry
+from domain.waste import WasteEvent
 from ingest.hj212.gateway import Hj212Gateway
 from ingest.hj212.sink import PipelineSink, RegistryLookup
 from ingest.metrics import IngestMetrics, render_prometheus
@@ -52,6 +54,10 @@ from store.base import StoreUnavailable
 from store.bell import Bell
 from store.factory import describe, open_ledger, open_line_ledger, open_store
 from store.feed import load_feed_settings
+from store.lines import EventLedgers
+
+if TYPE_CHECKING:
+    from store.postgres.store import PostgresStore
 
 log = logging.getLogger("landun.roles")
 
@@ -82,6 +88,15 @@ def _needs_postgres(cfg: RoleConfig, role: str) -> None:
             f"{role} runs beside other processes and needs PostgreSQL: give --database"
             " postgresql://... (or LANDUN_DATABASE_URL); for one process on SQLite use landun run"
         )
+
+
+def _open_postgres(cfg: RoleConfig) -> PostgresStore:
+    """The store of a role that runs beside others (_needs_postgres checked its URL)."""
+    from store.postgres.store import PostgresStore  # psycopg loads only for these roles
+
+    store = open_store(cfg.data_dir / "landun.db", cfg.database_url)
+    assert isinstance(store, PostgresStore)
+    return store
 
 
 def _registry(cfg: RoleConfig, store) -> Registry:
@@ -148,15 +163,21 @@ async def run_ingest(cfg: RoleConfig) -> None:
         raise StartupError("landun ingest needs --broker mqtt://... (or --hj212-port)")
     settings = load_feed_settings()
     async with contextlib.AsyncExitStack() as stack:
-        store = open_store(cfg.data_dir / "landun.db", cfg.database_url)
+        store = _open_postgres(cfg)
         stack.callback(store.close)
         ledger = open_ledger(cfg.data_dir / "landun.db", cfg.database_url)
         stack.callback(ledger.close)
+        line_ledger = open_line_ledger(cfg.data_dir / "landun.db", cfg.database_url)
+        stack.callback(line_ledger.close)
         registry = _registry(cfg, store)
         store.enable_feed(settings.partitions, {d.id: d.site_id for d in registry.devices.values()})
-        pipeline = IngestPipeline(store, registry, default_catalogue(), ledger=ledger)
+        # A disinfection line's events go to its own ledger; the feed carries waste events only.
+        ledgers = EventLedgers(ledger, line_ledger)
+        pipeline = IngestPipeline(store, registry, default_catalogue(), ledger=ledgers)
         stopping = threading.Event()
-        pipeline.on_events = lambda events: _until_written(stopping, store.feed_events, events)
+        pipeline.on_events = lambda events: _until_written(
+            stopping, store.feed_events, [e for e in events if isinstance(e, WasteEvent)]
+        )
         stack.callback(pipeline.stop)
         subscriber = None
         if cfg.broker is not None:
@@ -290,13 +311,14 @@ async def run_api(cfg: RoleConfig) -> None:
     settings = load_feed_settings()
     db_path = cfg.data_dir / "landun.db"
     async with contextlib.AsyncExitStack() as stack:
-        store = open_store(db_path, cfg.database_url)
+        store = _open_postgres(cfg)
         stack.callback(store.close)
         ledger = open_ledger(db_path, cfg.database_url)
         stack.callback(ledger.close)
         registry = _registry(cfg, store)
         store.feed_partitions(settings.partitions)
         admin = ensure_admin(store, cfg.data_dir, cfg.admin_password)
+        bell = Bell()
         ctx = AppContext(
             store=store,
             registry=registry,
@@ -305,16 +327,16 @@ async def run_api(cfg: RoleConfig) -> None:
             metrics=IngestMetrics(),
             ledger=ledger,
             public_url=os.environ.get("LANDUN_PUBLIC_URL"),
-            bell=Bell(),
+            bell=bell,
         )
-        listener = store.listen(ctx.bell)
+        listener = store.listen(bell)
         listener.start()
         stack.callback(listener.stop)
         announce = f"Landun api is running.\n  Log in:       {admin}"
 
         def stopping() -> None:
             ctx.stopping.set()  # live streams end instead of holding the server open
-            ctx.bell.ring()
+            bell.ring()
 
         await _until_stopped(create_app(ctx), cfg.host, cfg.port, announce, stopping)
     print("Landun api stopped cleanly.", flush=True)

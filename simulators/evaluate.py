@@ -487,7 +487,7 @@ def evaluate(
 
 def scored_runs(
     names: Sequence[str],
-    run: Callable[[str], dict[str, Any]],
+    run: Callable[[str], ScenarioRun],
     settings: RunSettings,
     report: Callable[[str], None],
     unit: str = "pools",

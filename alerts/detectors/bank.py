@@ -57,6 +57,10 @@ class KindBatch:
     active: np.ndarray
     evidence: Evidence
 
+    def filled(self) -> dict[str, np.ndarray]:
+        """The evidence arrays the detector fills (the others are its settings, one number)."""
+        return {k: v for k, v in self.evidence.items() if isinstance(v, np.ndarray)}
+
 
 @dataclass(slots=True)
 class BankResult:
@@ -95,7 +99,7 @@ class _Lanes:
         # Slack of keep/16: a copy of `keep` values every keep/16 pushes is ~16 values a push,
         # and the drift lanes (the largest state) are 6 % over `keep` rather than 25 %.
         self.width = keep + max(keep // 16, 8)
-        self.data = np.zeros((capacity, self.width), dtype=dtype)
+        self.data: np.ndarray = np.zeros((capacity, self.width), dtype=dtype)
         self.end = np.full(capacity, keep, dtype=np.int64)  # index after each row's newest value
 
     def grow(self, capacity: int) -> None:
@@ -384,8 +388,8 @@ class SeriesBank:
         score = np.where(inband, rate_score, band_score)
         b.score[idx] = score
         b.active[idx] = score > 1.0
-        b.evidence["rate_per_min"][idx] = np.where(inband & (last_ts >= 0), rate, np.nan)
-        b.evidence["previous_ms"][idx] = last_ts
+        b.filled()["rate_per_min"][idx] = np.where(inband & (last_ts >= 0), rate, np.nan)
+        b.filled()["previous_ms"][idx] = last_ts
         self.imp_ts[rows[inband]] = ts[inband]
         self.imp_value[rows[inband]] = v[inband]
 
@@ -403,8 +407,8 @@ class SeriesBank:
         score = np.minimum(count / s.min_readings, (ts - start) / MS_PER_MIN / s.min_minutes)
         b.score[idx] = score
         b.active[idx] = score >= 1.0
-        b.evidence["run_readings"][idx] = count
-        b.evidence["run_start_ms"][idx] = start
+        b.filled()["run_readings"][idx] = count
+        b.filled()["run_start_ms"][idx] = start
 
     def _spike(self, idx: np.ndarray, rows: np.ndarray, v: np.ndarray, b: KindBatch) -> None:
         s = self.settings.spike
@@ -417,7 +421,7 @@ class SeriesBank:
         z = (v - med) / scale
         b.score[idx] = np.abs(z)
         b.active[idx] = np.abs(z) > s.threshold
-        e = b.evidence
+        e = b.filled()
         e["median"][idx], e["scale"][idx], e["z"][idx] = med, scale, z
         e["window_start_ms"][idx] = self.spike_times.at(rows, lengths - 1)
         e["window_end_ms"][idx] = self.spike_times.at(rows, 0)
@@ -449,6 +453,6 @@ class SeriesBank:
         score = np.maximum(s_pos, s_neg)
         b.score[idx] = score
         b.active[idx] = score > s.threshold
-        e = b.evidence
+        e = b.filled()
         e["median"][idx], e["scale"][idx], e["z"][idx] = med, scale, z
         e["cusum_up"][idx], e["cusum_down"][idx] = s_pos, s_neg

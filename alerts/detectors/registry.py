@@ -18,7 +18,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -41,20 +41,23 @@ class SeriesDetector(Protocol):
     def update(self, ts_ms: int, value: float) -> DetectorResult: ...
 
 
+S = TypeVar("S", bound=PluginSettings)
+
+
 @dataclass(frozen=True, slots=True)
-class Plugin:
+class Plugin(Generic[S]):
     kind: str  # rule id "<family prefix>:<kind>:<parameter>"
     family: AlertFamily
-    settings: type[PluginSettings]
-    streaming: Callable[[PluginSettings], SeriesDetector]
+    settings: type[S]
+    streaming: Callable[[S], SeriesDetector]
     # The vectorised form, when there is one: the same results for many series at once.
-    vectorised: Callable[[PluginSettings], object] | None = None
+    vectorised: Callable[[S], object] | None = None
 
 
-_PLUGINS: dict[str, Plugin] = {}
+_PLUGINS: dict[str, Plugin[Any]] = {}
 
 
-def register(plugin: Plugin) -> Plugin:
+def register(plugin: Plugin[S]) -> Plugin[S]:
     """Called by a plug-in module when imported."""
     if plugin.kind in _PLUGINS and _PLUGINS[plugin.kind] is not plugin:
         raise ValueError(f"two detectors registered as {plugin.kind!r}")

@@ -19,6 +19,7 @@ from domain.model import DeadLetter, Reading
 from domain.timeutil import now_ms
 from domain.waste import WasteEvent
 from store.feed import FeedEntry, decode_entry, encode_entry, partition_of
+from store.postgres.db import only_row
 
 
 class LeaseLost(RuntimeError):
@@ -56,7 +57,7 @@ def ensure_partitions(conn: psycopg.Connection, partitions: int) -> None:
             "INSERT INTO feed_cursors (part, pos, epoch) SELECT part, 0, 0 FROM feed_heads"
             " ON CONFLICT DO NOTHING"
         )
-        have = conn.execute("SELECT count(*) FROM feed_heads").fetchone()[0]
+        have = only_row(conn.execute("SELECT count(*) FROM feed_heads"))[0]
     if have != partitions:
         raise FeedMismatch(
             f"the database's alert feed has {have} partitions, the configuration"
@@ -91,7 +92,7 @@ def append(
         return
     parts = sorted(by_part)
     # Locked in partition order: two batches touching the same partitions cannot deadlock.
-    heads = dict(
+    heads: dict[int, int] = dict(
         conn.execute(
             "SELECT part, pos FROM feed_heads WHERE part = ANY(%s) ORDER BY part FOR UPDATE",
             (parts,),
@@ -109,9 +110,12 @@ def append(
 
 def claim(conn: psycopg.Connection, part: int) -> tuple[int, int]:
     """Take a partition over (its lease already held): (cursor position, new epoch)."""
-    row = conn.execute(
-        "UPDATE feed_cursors SET epoch = epoch + 1 WHERE part = %s RETURNING pos, epoch", (part,)
-    ).fetchone()
+    row = only_row(
+        conn.execute(
+            "UPDATE feed_cursors SET epoch = epoch + 1 WHERE part = %s RETURNING pos, epoch",
+            (part,),
+        )
+    )
     return row[0], row[1]
 
 
