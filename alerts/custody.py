@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from alerts.settings_files import check_like, packaged_toml, read_toml
-from alerts.standards import Limit
 from alerts.threshold import Action, Phase, ThresholdState, step
+from domain.limits import Limit
 from domain.model import VALID_FLAG, Alert, AlertFamily, AlertStatus, Reading, Severity, SiteKind
 from domain.registry import Registry
 from domain.timeutil import ms_to_iso

@@ -7,11 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from alerts.standards import Limit, Profile
+from domain.limits import Limit, Profile
 from domain.model import Alert
 from domain.params import Catalogue
 from domain.registry import Registry
-from ingest.metrics import IngestMetrics
 from store.base import Store
 from store.bell import Bell
 from store.ledger import WasteLedger
@@ -65,13 +64,23 @@ class AlertActions(Protocol):
     def comment(self, alert_id: int, actor: str, comment: str) -> Alert: ...
 
 
+class IngestCounters(Protocol):
+    """What the API shows of ingest: ingest.metrics.IngestMetrics (all zeros in `landun api`,
+    which runs no ingest)."""
+
+    readings_stored: int
+    dead_lettered: int
+
+    def prometheus(self) -> str: ...
+
+
 @dataclass
 class AppContext:
     store: Store
     registry: Registry
     catalogue: Catalogue
     engine: AlertActions
-    metrics: IngestMetrics
+    metrics: IngestCounters
     broker_connected: Callable[[], bool] = field(default=lambda: True)
     session_hours: float = 12.0
     api_metrics: ApiMetrics | None = None  # set by create_app

@@ -27,7 +27,6 @@ from api.schemas import (
 from api.throttle import Busy, LoginGuard
 from domain.credentials import verify_secret
 from domain.timeutil import ms_to_iso
-from ingest.metrics import render_prometheus
 from store.base import AlertQuery
 
 router = APIRouter()
@@ -190,7 +189,7 @@ def metrics(ctx: Ctx) -> PlainTextResponse:
     for (family, severity), n in sorted(by_family.items()):
         lines.append(f'landun_alerts_open{{family="{family}",severity="{severity}"}} {n}')
     api = ctx.api_metrics.render() if ctx.api_metrics is not None else ""
-    text = render_prometheus(ctx.metrics) + "\n".join(lines) + "\n" + api + _hj212_lines(ctx)
+    text = ctx.metrics.prometheus() + "\n".join(lines) + "\n" + api + _hj212_lines(ctx)
     text += generate_latest(REGISTRY).decode()
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 

@@ -29,7 +29,6 @@ from alerts.standards import builtin_profiles
 from api.actions import StoredActions
 from api.app import create_app
 from api.context import AppContext
-from api.routes_sites import apply_stored_edits
 from domain.mqtt_connection import BrokerAddress
 from domain.params import default_catalogue
 from domain.registry import Registry, load_registry
@@ -55,6 +54,7 @@ from store.bell import Bell
 from store.factory import describe, open_ledger, open_line_ledger, open_store
 from store.feed import load_feed_settings
 from store.lines import EventLedgers
+from store.site_edits import apply_stored_edits
 
 if TYPE_CHECKING:
     from store.postgres.store import PostgresStore

@@ -28,13 +28,13 @@ from alerts.escalation.escalator import Escalator
 from alerts.notify_mqtt import MqttAlertPublisher
 from alerts.notify_webhook import WebhookNotifier, WebhookTarget
 from alerts.offline import OfflineRule
-from alerts.standards import builtin_profiles, limits_for_site
+from alerts.standards import builtin_profiles
 from alerts.tanks import TankRule, TankSettings
 from api.app import create_app
 from api.context import AppContext
 from api.reports.mail import MailSettings, start_report_mailer
-from api.routes_sites import apply_stored_edits
 from domain.credentials import hash_secret
+from domain.limits import limits_for_site
 from domain.model import DeadLetter
 from domain.mqtt_connection import BrokerAddress
 from domain.params import Catalogue, default_catalogue
@@ -63,6 +63,7 @@ from store.base import Store
 from store.factory import describe, open_ledger, open_line_ledger, open_store
 from store.ledger import WasteLedger
 from store.lines import EventLedgers, LineLedger
+from store.site_edits import apply_stored_edits
 from store.tank_log import TankLog
 
 log = logging.getLogger("landun")
@@ -146,7 +147,7 @@ class Core:
         lines: LineLedger | None = None,
     ) -> Core:
         """Wire store, engine, rules and pipeline; `clock` lets a replay run on simulated time
-        (simulators/evaluate.py) through exactly the production wiring. An alert worker passes
+        (landun/evaluate.py) through exactly the production wiring. An alert worker passes
         one partition's registry, store and ledger (alerts/feed.py) to get the same rules."""
         catalogue = default_catalogue()
         given = store is not None
