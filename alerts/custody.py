@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from alerts.settings_files import check_like, packaged_toml, read_toml
-from alerts.standards import Limit
 from alerts.threshold import Action, Phase, ThresholdState, step
+from domain.limits import Limit
 from domain.model import VALID_FLAG, Alert, AlertFamily, AlertStatus, Reading, Severity, SiteKind
 from domain.registry import Registry
 from domain.timeutil import ms_to_iso
@@ -510,7 +510,8 @@ class CustodyRule:
                     f"bag id {bag.bag_id} scanned again as {', '.join(repeated)}",
                     None,
                     s.sources["handover"].limit(),
-                    bag_evidence(bag) | {"repeated": {k: counts[k] for k in repeated}},
+                    bag_evidence(bag)
+                    | {"repeated": {k: counts[WasteEventKind(k)] for k in repeated}},
                 )
         if bag.category_changed:
             self._accumulate(
@@ -611,14 +612,13 @@ class CustodyRule:
         out: list[_Raise | _Clear] = []
         for site_id in sorted(set(by_site) | set(self._medical_sites())):
             bags = by_site.get(site_id, [])
-            stored = [b for b in bags if b.stored_ms is not None]
-            due = [b for b in stored if now - b.stored_ms > s.storage_warn_h * HOUR_MS]
-            over = [b for b in due if now - b.stored_ms > s.storage_max_h * HOUR_MS]
+            due = [b for b in bags if now - _since_ms(b, True, now) > s.storage_warn_h * HOUR_MS]
+            over = [b for b in due if now - _since_ms(b, True, now) > s.storage_max_h * HOUR_MS]
             out += self._state_rule(site_id, RULE_STORAGE, due, over, now, engine)
             late = [
                 b
                 for b in bags
-                if b.stored_ms is None and now - b.collected_ms > s.not_stored_h * HOUR_MS
+                if b.stored_ms is None and now - _since_ms(b, False, now) > s.not_stored_h * HOUR_MS
             ]
             out += self._state_rule(site_id, RULE_NOT_STORED, late, [], now, engine)
         return out
@@ -647,7 +647,7 @@ class CustodyRule:
         self._reported[key] = signature
         s = self.settings
         storage = rule_id == RULE_STORAGE
-        since = [b.stored_ms if storage else b.collected_ms for b in bags]
+        since = [_since_ms(b, storage, now) for b in bags]
         oldest = bags[since.index(min(since))]
         hours = (now - min(since)) / HOUR_MS
         kg = sum(b.weight_kg or 0.0 for b in bags)
@@ -672,7 +672,7 @@ class CustodyRule:
             start = min(since) + int(s.not_stored_h * HOUR_MS)
         entries = {
             b.bag_id: bag_evidence(b)
-            | {"hours": round((now - (b.stored_ms if storage else b.collected_ms)) / HOUR_MS, 2)}
+            | {"hours": round((now - _since_ms(b, storage, now)) / HOUR_MS, 2)}
             for b in bags
         }
         evidence = {
@@ -792,6 +792,13 @@ class CustodyRule:
                 engine.raise_alert(a.alert, a.value)
             else:
                 engine.clear_alert(a.site_id, a.device_id, a.rule_id, a.why)
+
+
+def _since_ms(bag: Bag, storage: bool, now: int) -> int:
+    """When the bag entered the state a rule watches: stored (`storage`) or collected; `now`
+    for a bag that has no such scan, so it is never overdue."""
+    t = bag.stored_ms if storage else bag.collected_ms
+    return now if t is None else t
 
 
 def _merged(

@@ -464,9 +464,9 @@ class DetectorRule:
             device_id = self._devices.ids[rows.device[r]]
             site_id = self.registry.devices[device_id].site_id
             ts = int(rows.ts[r])
-            for kind, active, result in todo[r]:
-                if active or (device_id, kind, None) in self._raised:
-                    self._decide(engine, site_id, device_id, None, ts, None, result())
+            for kind, is_active, judged in todo[r]:
+                if is_active or (device_id, kind, None) in self._raised:
+                    self._decide(engine, site_id, device_id, None, ts, None, judged())
 
     def _profiles(self, devices: np.ndarray) -> np.ndarray:
         """The event profile of each device row, looked up once per device."""

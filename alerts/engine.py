@@ -16,8 +16,8 @@ from operator import attrgetter
 from typing import Protocol
 
 from alerts.settings_files import STRICT, checked, read_toml
-from alerts.standards import Limit, Profile, limits_for_site
 from alerts.threshold import Action, Phase, ThresholdState, step
+from domain.limits import Limit, Profile, limits_for_site
 from domain.model import VALID_FLAG, Alert, AlertFamily, AlertStatus, Reading, Severity
 from domain.params import Catalogue
 from domain.registry import Registry

@@ -28,11 +28,15 @@ class MqttAlertPublisher:
     def __init__(self, broker: BrokerAddress, client_id: str = "landun-alerts") -> None:
         self.broker = broker
         self.client = new_client(broker, client_id)
-        self.client.reconnect_delay_set(0.5, 30)
+        # paho annotates whole seconds but computes with any number.
+        self.client.reconnect_delay_set(0.5, 30)  # type: ignore[arg-type]
         self.failures = FailureLog(log, broker, f"alert publisher {client_id}")
         self.failures.attach(self.client)
-        self.client.on_connect = lambda _c, _u, _f, rc, _p: self.failures.connected(rc)
+        self.client.on_connect = self._on_connect
         self.published = 0
+
+    def _on_connect(self, _c: object, _u: object, _f: object, rc: object, _p: object) -> None:
+        self.failures.connected(rc)
 
     def start(self) -> None:
         """Raises BrokerUnusable if the broker's certificate is rejected; a broker that is not

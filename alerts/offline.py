@@ -60,7 +60,7 @@ class OfflineRule:
         )
 
     def tick(self, now: int, engine) -> None:
-        overdue = {res.evidence["device_id"]: res for res in self.monitor.overdue(now)}
+        overdue = {str(res.evidence["device_id"]): res for res in self.monitor.overdue(now)}
         for device_id in self._back - overdue.keys():
             site = self.registry.devices[device_id].site_id
             if engine.is_open(site, device_id, RULE_ID):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
-from alerts.standards import Limit
+from domain.limits import Limit
 
 
 class Phase(StrEnum):

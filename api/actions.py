@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from alerts.standards import Limit, Profile, limits_for_site
+from domain.limits import Limit, Profile, limits_for_site
 from domain.model import Alert
 from domain.registry import Registry
 from store.feed import SITE_EDITED, partition_of

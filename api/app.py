@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -137,6 +138,6 @@ def create_app(ctx: AppContext) -> FastAPI:
     return app
 
 
-def _plain(errors: list[dict]) -> list[dict]:
+def _plain(errors: Sequence[dict]) -> list[dict]:
     """Validation errors without objects that JSON cannot carry (exceptions in ctx)."""
     return [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]

@@ -5,14 +5,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
-from alerts.engine import AlertEngine
+from domain.limits import Limit, Profile
+from domain.model import Alert
 from domain.params import Catalogue
 from domain.registry import Registry
-from ingest.metrics import IngestMetrics
 from store.base import Store
+from store.bell import Bell
 from store.ledger import WasteLedger
 from store.lines import LineLedger
+
+if TYPE_CHECKING:
+    from api.routes_ops import ApiMetrics
+    from api.routes_public import PublicState
 
 
 @dataclass(frozen=True)
@@ -40,16 +46,44 @@ class ApiLimits:
     hash_waiting_max: int = 32
 
 
+class AlertActions(Protocol):
+    """What the API asks of the alert stage: the engine itself in `landun run`
+    (alerts.engine.AlertEngine), or actions through the store in `landun api`
+    (api.actions.StoredActions). landun/ picks one."""
+
+    profiles: dict[str, Profile]
+
+    def site_limits(self, site_id: str) -> dict[str, Limit]: ...
+
+    def forget_limits(self, site_id: str) -> None: ...
+
+    def acknowledge(self, alert_id: int, actor: str, comment: str = "") -> Alert: ...
+
+    def resolve(self, alert_id: int, actor: str, comment: str = "") -> Alert: ...
+
+    def comment(self, alert_id: int, actor: str, comment: str) -> Alert: ...
+
+
+class IngestCounters(Protocol):
+    """What the API shows of ingest: ingest.metrics.IngestMetrics (all zeros in `landun api`,
+    which runs no ingest)."""
+
+    readings_stored: int
+    dead_lettered: int
+
+    def prometheus(self) -> str: ...
+
+
 @dataclass
 class AppContext:
     store: Store
     registry: Registry
     catalogue: Catalogue
-    engine: AlertEngine
-    metrics: IngestMetrics
+    engine: AlertActions
+    metrics: IngestCounters
     broker_connected: Callable[[], bool] = field(default=lambda: True)
     session_hours: float = 12.0
-    api_metrics: object = None  # api.routes_ops.ApiMetrics, set by create_app
+    api_metrics: ApiMetrics | None = None  # set by create_app
     ledger: WasteLedger | None = None  # medical-waste bag ledger (api.routes_waste)
     lines: LineLedger | None = None  # disinfection lines' events (api.routes_lines)
     readings_before: int = 0  # readings stored by earlier runs (api.routes_ops)
@@ -61,6 +95,6 @@ class AppContext:
     # Set when the process is asked to stop: live streams end so the server can shut down.
     stopping: threading.Event = field(default_factory=threading.Event)
     public_url: str | None = None  # base of public page links; None: the API's own address
-    public: object = None  # api.routes_public.PublicState, made on first use
+    public: PublicState | None = None  # made on first use
     # Rung when alert changes are committed (store.bell): live streams wait on it; None: poll.
-    bell: object | None = None
+    bell: Bell | None = None

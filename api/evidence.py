@@ -68,8 +68,11 @@ def _when(ms: int | None, zone: ZoneInfo) -> dict | None:
     """A time in UTC and in the site's zone."""
     if ms is None:
         return None
-    local = datetime.fromtimestamp(ms / 1000, zone).isoformat(timespec="seconds")
-    return {"utc": ms_to_iso(ms), "local": local}
+    return {"utc": ms_to_iso(ms), "local": _local(ms, zone)}
+
+
+def _local(ms: int, zone: ZoneInfo) -> str:
+    return datetime.fromtimestamp(ms / 1000, zone).isoformat(timespec="seconds")
 
 
 def _summary(alert: Alert, unit: str, lang: str) -> str:
@@ -111,7 +114,7 @@ def evidence_record(ctx: AppContext, alert: Alert) -> dict:
             readings.append(
                 {
                     "ts": ms_to_iso(r.ts_ms),
-                    "ts_local": _when(r.ts_ms, zone)["local"],
+                    "ts_local": _local(r.ts_ms, zone),
                     "received": ms_to_iso(r.recv_ms),
                     "parameter": r.parameter,
                     "value": r.value,
@@ -178,7 +181,7 @@ def evidence_record(ctx: AppContext, alert: Alert) -> dict:
         "audit": [
             {
                 "at": ms_to_iso(e.at_ms),
-                "at_local": _when(e.at_ms, zone)["local"],
+                "at_local": _local(e.at_ms, zone),
                 "actor": e.actor,
                 "action": e.action,
                 "comment": e.comment,

@@ -119,9 +119,10 @@ class RequestMetrics:
             raise
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")
-            self.ctx.api_metrics.observe(
-                scope["method"], path, status, time.perf_counter() - started
-            )
+            if self.ctx.api_metrics is not None:  # set by create_app, with this middleware
+                self.ctx.api_metrics.observe(
+                    scope["method"], path, status, time.perf_counter() - started
+                )
 
 
 class BodyGuard:

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Mapping
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -27,7 +27,6 @@ from api.schemas import (
 from api.throttle import Busy, LoginGuard
 from domain.credentials import verify_secret
 from domain.timeutil import ms_to_iso
-from ingest.metrics import render_prometheus
 from store.base import AlertQuery
 
 router = APIRouter()
@@ -136,7 +135,7 @@ def keep_readings_count(app: FastAPI, ctx: Ctx) -> None:
                 log.warning("could not save the readings count; trying again later", exc_info=True)
 
     @contextlib.asynccontextmanager
-    async def lifespan(a: FastAPI) -> AsyncIterator[object]:
+    async def lifespan(a: FastAPI) -> AsyncIterator[Mapping[str, Any] | None]:
         ctx.readings_before = await asyncio.to_thread(_saved_count, ctx)
         saver = asyncio.create_task(save_often())
         try:
@@ -149,7 +148,9 @@ def keep_readings_count(app: FastAPI, ctx: Ctx) -> None:
             except Exception:
                 log.warning("could not save the readings count at shutdown", exc_info=True)
 
-    app.router.lifespan_context = lifespan
+    # Starlette types a lifespan as yielding None or a mapping; this one passes the wrapped
+    # lifespan's state through, whichever it is.
+    app.router.lifespan_context = lifespan  # type: ignore[assignment]
 
 
 @router.get(
@@ -188,7 +189,7 @@ def metrics(ctx: Ctx) -> PlainTextResponse:
     for (family, severity), n in sorted(by_family.items()):
         lines.append(f'landun_alerts_open{{family="{family}",severity="{severity}"}} {n}')
     api = ctx.api_metrics.render() if ctx.api_metrics is not None else ""
-    text = render_prometheus(ctx.metrics) + "\n".join(lines) + "\n" + api + _hj212_lines(ctx)
+    text = ctx.metrics.prometheus() + "\n".join(lines) + "\n" + api + _hj212_lines(ctx)
     text += generate_latest(REGISTRY).decode()
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 

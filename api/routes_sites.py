@@ -1,34 +1,37 @@
 """Sites and devices: list with current status and last readings; create and update (admin).
 
-Edits are kept in the store (namespace `registry.*`) and laid over the registry file at
-startup, so they survive a restart."""
+Edits are kept in the store (store/site_edits.py) and laid over the registry file at startup,
+so they survive a restart."""
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 
 from fastapi import APIRouter, HTTPException
 
-from alerts.standards import Profile
 from api.auth import Caller, Ctx, device_for, require_role, scoped_site_ids, site_for
-from api.schemas import DeviceIn, DeviceOut, SiteIn, SiteOut, SiteStatusOut, error_responses
+from api.schemas import (
+    DeviceIn,
+    DeviceOut,
+    SiteIn,
+    SiteOut,
+    SiteStatus,
+    SiteStatusOut,
+    error_responses,
+)
+from domain.limits import Profile
 from domain.model import AlertFamily, AlertStatus, Site
-from domain.registry import device_from_dict, device_to_dict, site_from_dict, site_to_dict
+from domain.registry import device_from_dict, site_from_dict, site_to_dict
 from domain.timeutil import ms_to_iso
 from store.base import AlertQuery
+from store.site_edits import save_device, save_site
 
 router = APIRouter(
     prefix="/api/v1", tags=["sites and devices"], responses=error_responses(401, 422)
 )
 
-log = logging.getLogger("landun.api")
 
-SITES_NS = "registry.sites"
-DEVICES_NS = "registry.devices"
-
-# What a site may override per parameter (fields of alerts.standards.Limit that are numbers).
+# What a site may override per parameter (fields of domain.limits.Limit that are numbers).
 OVERRIDABLE = ("min", "max", "hysteresis", "critical_min", "critical_max")
 OVERRIDABLE_TIMES = ("pending_s", "clear_s", "critical_after_s")
 
@@ -44,6 +47,7 @@ def site_status(ctx, site: Site) -> SiteStatusOut:
         )
     )
     families = {a.family for a in open_alerts}
+    status: SiteStatus
     # 超标 means a measured value outside a standard's limit: only the compliance family.
     # Medical-waste record-keeping findings have a status of their own (医废异常).
     if AlertFamily.COMPLIANCE in families:
@@ -98,7 +102,7 @@ def put_site(ctx: Ctx, who: Caller, site_id: str, body: SiteIn) -> SiteOut:
         site = site_from_dict(body.model_dump() | {"id": site_id})
     except ValueError as exc:  # the time zone or subtype (the schema cannot list them)
         raise HTTPException(400, str(exc)) from None
-    ctx.store.save_state(SITES_NS, {site_id: json.dumps(site_to_dict(site), ensure_ascii=False)})
+    save_site(ctx.store, site)
     ctx.registry.add_site(site)
     ctx.engine.forget_limits(site_id)
     return _site_out(ctx, site)
@@ -158,21 +162,8 @@ def put_device(ctx: Ctx, who: Caller, device_id: str, body: DeviceIn) -> DeviceO
         ctx.registry.add_device(device)
     except ValueError as exc:
         raise HTTPException(409, str(exc)) from None
-    ctx.store.save_state(DEVICES_NS, {device_id: json.dumps(device_to_dict(device))})
+    save_device(ctx.store, device)
     # With separate alert workers, the partitions of its sites are rebuilt with the device.
     for site_id in dict.fromkeys([device.site_id, *([old.site_id] if old else [])]):
         ctx.engine.forget_limits(site_id)
     return DeviceOut.of(device)
-
-
-def apply_stored_edits(store, registry) -> None:
-    """Lay the API's saved edits over a registry loaded from its file."""
-    for site_id, text in store.load_state(SITES_NS).items():
-        try:
-            site = site_from_dict(json.loads(text))
-        except ValueError as exc:  # saved before sites were checked as they are now
-            log.warning("saved edit of site %s left out: %s", site_id, exc)
-            continue
-        registry.add_site(site)
-    for text in store.load_state(DEVICES_NS).values():
-        registry.add_device(device_from_dict(json.loads(text)))

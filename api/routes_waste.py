@@ -15,7 +15,7 @@ from api.context import AppContext
 from api.routes_readings import Day, Instant, in_range, to_ms
 from api.schemas import error_responses
 from domain.timeutil import ms_to_iso, now_ms
-from domain.waste import Bag, WasteCategory, WasteEvent
+from domain.waste import Bag, BagStatus, WasteCategory, WasteEvent
 from store.ledger import BagQuery, WasteLedger
 
 router = APIRouter(
@@ -28,7 +28,7 @@ MAX_DAYS = 366
 class BagOut(BaseModel):
     site_id: str
     bag_id: str
-    status: Literal["collected", "stored", "handed_over"]
+    status: BagStatus
     category: str | None
     department: str | None
     collected: str | None = Field(description="collection scan, UTC")

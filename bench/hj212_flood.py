@@ -25,7 +25,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from domain.credentials import hash_secret
-from ingest.hj212.codec import decode, encode, format_cp
+from domain.hj212.codec import decode, encode, format_cp
 from landun.demo import demo_registry_path
 
 MN = "LD310105POOLCN0300000001"

@@ -460,7 +460,7 @@ def decision_latencies(db: Path | str, sent_at: dict[str, int]) -> tuple[list[in
             " AND parameter = 'free_chlorine'"
             " ORDER BY ts_ms DESC LIMIT 1",  # the trigger is each device's newest reading
             (d,),
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         for d in sent_at
         if d in opened
     }

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fresh_pg import fresh_database
 
 from domain.model import Reading
+from store.postgres.db import only_row
 from store.postgres.store import PostgresStore
 
 T0 = 1_795_334_400_000  # 2026-11-22 00:00 UTC
@@ -44,10 +45,12 @@ def main() -> None:
         elapsed = time.perf_counter() - started
         store.close()
         with psycopg.connect(url) as conn:
-            size = conn.execute(
-                "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits"
-                " WHERE inhparent = 'readings'::regclass"
-            ).fetchone()[0]
+            size = only_row(
+                conn.execute(
+                    "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits"
+                    " WHERE inhparent = 'readings'::regclass"
+                )
+            )[0]
     per_reading = int(size) / written
     year = args.sites * len(PARAMETERS) * 1440 * 365
     print(f"{written} readings in {elapsed:.1f} s ({written / elapsed:,.0f} readings/s)")

@@ -33,6 +33,7 @@ from domain.timeutil import ms_to_iso, now_ms
 from ingest.pipeline import RawMessage
 from landun.system import Core, RunConfig, ensure_admin
 from store.base import AlertChange
+from store.postgres.db import only_row
 
 MINUTE = 60_000
 WEEK = 7 * 24 * 60
@@ -117,7 +118,7 @@ def database_mb(work: Path, database: str | None) -> float:
     if database is None:
         return sum(p.stat().st_size for p in (work / "var").glob("landun*.db*")) / 2**20
     with psycopg.connect(database) as conn:
-        return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] / 2**20
+        return only_row(conn.execute("SELECT pg_database_size(current_database())"))[0] / 2**20
 
 
 def run(args: argparse.Namespace, database: str | None) -> int:
@@ -153,6 +154,8 @@ def run(args: argparse.Namespace, database: str | None) -> int:
             c.headers["Authorization"] = f"Bearer {token}"
             week = {"start": ms_to_iso(start), "end": ms_to_iso(now_ms())}
             dev = devices[len(devices) // 2]
+            site = core.registry.site_of(dev)
+            assert site is not None
             raw = timed(
                 c, "/api/v1/readings",
                 {"device": dev, "parameter": "free_chlorine", "limit": 10_000} | week, args.repeat,
@@ -164,7 +167,7 @@ def run(args: argparse.Namespace, database: str | None) -> int:
             alerts = timed(
                 c, "/api/v1/alerts",
                 {"severity": "critical", "family": "compliance", "status": "open",
-                 "jurisdiction": core.registry.site_of(dev).jurisdiction, "limit": 500},
+                 "jurisdiction": site.jurisdiction, "limit": 500},
                 args.repeat,
             )  # fmt: skip
     finally:

@@ -245,7 +245,8 @@ def latency(work: Path, server: str, broker: MosquittoBroker, args) -> dict:
     # Each over device goes below the limit at a random step; its alert opens with the reading
     # 10 minutes of sensor time later (the pending time).
     start = {dev: rng.randrange(2, max(3, steps - 12)) for dev in over}
-    msgs, trigger_index = [], {}
+    msgs: list[tuple[str, bytes]] = []
+    trigger_index: dict[int, str] = {}
     for k in range(steps):
         for dev in devices:
             low = dev in start and k >= start[dev]

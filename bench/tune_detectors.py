@@ -149,6 +149,7 @@ def main(argv: list[str]) -> int:
     points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     work = [(candidate(base, p), p) for p in points]
     _init(args.path)
+    assert _DATA is not None
     n = len(_DATA.ts_ms)
     print(f"rows {n}; folds (start, stop): {folds(n)}; {len(points)} candidates", flush=True)
     results: dict[str, dict[str, float]] = {}
@@ -168,8 +169,8 @@ def main(argv: list[str]) -> int:
     rows = []
     for point in points:
         f1 = results[_key(point)]
-        nbr = [min(results[_key(q)].values()) for q in _neighbours(point, grid)]
-        rows.append((min(f1.values()), sum(f1.values()) / len(f1), min(nbr, default=0.0), point))
+        near = [min(results[_key(q)].values()) for q in _neighbours(point, grid)]
+        rows.append((min(f1.values()), sum(f1.values()) / len(f1), min(near, default=0.0), point))
     rows.sort(key=lambda r: (-r[0], -r[1]))
     for worst, mean, nbr, point in rows[:25]:
         print(f"worst {worst:.3f} mean {mean:.3f} nbr {nbr:.3f} | {_fmt(point)}")

@@ -38,4 +38,4 @@ def alert_to_dict(a: Alert) -> dict:
         "updated": ms_to_iso(a.updated_ms),
         "resolved": _iso(a.resolved_ms),
     }
-    return finite(out)  # type: ignore[return-value]
+    return finite(out)

@@ -14,6 +14,7 @@ import ssl
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict, Unpack
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
@@ -134,12 +135,19 @@ def new_client(
     return client
 
 
+class ConnectOptions(TypedDict, total=False):
+    """The MQTT 5 keyword arguments of `Client.connect` (none for 3.1.1)."""
+
+    clean_start: bool
+    properties: Properties
+
+
 def connect_options(
     broker: BrokerAddress,
     persistent: bool = False,
     session_expiry_s: int = 0,
     receive_maximum: int | None = None,
-) -> dict[str, object]:
+) -> ConnectOptions:
     """Keyword arguments of `Client.connect` for `broker`: MQTT 5's clean start, session expiry
     and receive maximum (the most unacknowledged messages the broker may send this client)."""
     if not broker.v5:
@@ -157,18 +165,18 @@ def connect_or_retry(
     broker: BrokerAddress,
     failures: FailureLog,
     keepalive_s: int = 60,
-    **options: object,
+    **options: Unpack[ConnectOptions],
 ) -> None:
     """Connect now, before paho's network loop starts. A certificate the TLS setup rejects
     raises BrokerUnusable (one clear line, no retrying: the configuration is wrong); any other
     failure (a broker not up yet) is logged and left to paho's reconnect loop."""
     try:
-        client.connect(broker.host, broker.port, keepalive_s, **options)  # type: ignore[arg-type]
+        client.connect(broker.host, broker.port, keepalive_s, **options)
     except (OSError, BrokerUnusable) as exc:
         if is_configuration_error(exc):
             raise BrokerUnusable(f"{broker.url}: {describe_failure(exc)}") from None
         failures.failed(describe_failure(exc))
-        client.connect_async(broker.host, broker.port, keepalive_s, **options)  # type: ignore[arg-type]
+        client.connect_async(broker.host, broker.port, keepalive_s, **options)
 
 
 def describe_failure(exc: BaseException | None) -> str:

@@ -8,7 +8,7 @@ store keeps (as JSON), so all three are judged by one set of rules."""
 from __future__ import annotations
 
 from datetime import date, time
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
@@ -70,7 +70,7 @@ class Addresses(BaseModel):
     webhook: Annotated[str, Field(max_length=500, pattern=r"^https?://[!-~]+$")] | None = None
 
     def items(self) -> list[tuple[ChannelName, str]]:
-        return [(k, v) for k, v in self.model_dump().items() if v is not None]
+        return [(k, v) for k in get_args(ChannelName) if (v := getattr(self, k)) is not None]
 
 
 class QuietHours(BaseModel):

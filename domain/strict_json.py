@@ -5,6 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any, overload
+
+
+@overload
+def finite(obj: dict[str, Any]) -> dict[str, Any]: ...
+
+
+@overload
+def finite(obj: object) -> object: ...
 
 
 def finite(obj: object) -> object:

@@ -111,12 +111,12 @@ def derive_cycles(events: Iterable[LineEvent]) -> list[Cycle]:
     The first start and first end of a cycle id count; repeats are redeliveries or rescans."""
     starts: dict[tuple[str, str], LineEvent] = {}
     ends: dict[tuple[str, str], LineEvent] = {}
-    for e in sorted(events, key=lambda e: (e.ts_ms, e.recv_ms)):
-        key = (e.device_id, e.ref_id)
-        if e.event is LineEventKind.CYCLE_START:
-            starts.setdefault(key, e)
-        elif e.event is LineEventKind.CYCLE_END:
-            ends.setdefault(key, e)
+    for ev in sorted(events, key=lambda ev: (ev.ts_ms, ev.recv_ms)):
+        key = (ev.device_id, ev.ref_id)
+        if ev.event is LineEventKind.CYCLE_START:
+            starts.setdefault(key, ev)
+        elif ev.event is LineEventKind.CYCLE_END:
+            ends.setdefault(key, ev)
     cycles = []
     for key in dict.fromkeys([*starts, *ends]):
         s, e = starts.get(key), ends.get(key)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from math import isfinite, isinf
@@ -58,7 +58,7 @@ class StatusIn(BaseModel):
 _telemetry_one = TypeAdapter(TelemetryIn)
 
 # One telemetry record as decode_record takes it: ts, seq, values, flags, units.
-RecordFields = tuple[int | str, int | None, dict[str, float], dict[str, str], dict[str, str]]
+RecordFields = tuple[int | str, int | None, dict[str, float], Mapping[str, str], dict[str, str]]
 
 _RECORD_KEYS = frozenset(TelemetryIn.model_fields)
 _FLAGS = frozenset(get_args(Flag))

@@ -53,6 +53,9 @@ class IngestMetrics:
         self.queue_depth = depth
         self.queue_depth_max = max(self.queue_depth_max, depth)
 
+    def prometheus(self) -> str:
+        return render_prometheus(self)
+
 
 _COUNTERS = (
     ("messages_received", "received", "Messages committed to the store (any outcome)."),

@@ -122,7 +122,8 @@ class MqttSubscriber:
         self._flushed = threading.Event()
         self._failures = FailureLog(log, broker, f"ingest {s.client_id}")
         self._client = new_client(broker, s.client_id, persistent=True, manual_ack=True)
-        self._client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)
+        # paho annotates whole seconds but computes with any number.
+        self._client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)  # type: ignore[arg-type]
         # A bug in a callback is logged by paho; it must not end paho's network thread.
         self._client.suppress_exceptions = True
         self._client.on_connect = self._on_connect

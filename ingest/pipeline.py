@@ -26,7 +26,6 @@ from ingest.events import decode_events
 from ingest.metrics import IngestMetrics
 from ingest.tank_events import decode_tank_events
 from store.base import DeviceStatus, Store, StoreUnavailable
-from store.ledger import WasteLedger
 from store.lines import EventLedgers
 from store.tank_log import TankLog
 
@@ -57,7 +56,7 @@ class Committed:
 
 
 ReadingsHook = Callable[[list[Reading]], None]
-EventsHook = Callable[[list[WasteEvent | LineEvent | TankEvent]], None]
+EventsHook = Callable[[Sequence[WasteEvent | LineEvent | TankEvent]], None]
 T = TypeVar("T")
 
 
@@ -72,7 +71,7 @@ class IngestPipeline:
         metrics: IngestMetrics | None = None,
         retry_initial_s: float = 0.05,
         retry_max_s: float = 5.0,
-        ledger: WasteLedger | EventLedgers | None = None,
+        ledger: EventLedgers | None = None,
         on_events: EventsHook | None = None,
         on_dead: Callable[[list[DeadLetter]], None] | None = None,
         tanks: TankLog | None = None,
@@ -145,10 +144,13 @@ class IngestPipeline:
             return None
         # Recorded after the batch (the ledger has its own transaction) and before the acks; a
         # crash in between is healed by redelivery, as the ledger ignores events it already has.
-        fresh = self._retrying(lambda: self.ledger.record(events)) if events else []
+        ledger, tanks = self.ledger, self.tanks
+        fresh = self._retrying(lambda: ledger.record(events)) if events and ledger else []
         if fresh is None:
             return None
-        fresh_tanks = self._retrying(lambda: self.tanks.record(tank_events)) if tank_events else []
+        fresh_tanks = (
+            self._retrying(lambda: tanks.record(tank_events)) if tank_events and tanks else []
+        )
         if fresh_tanks is None:
             return None
         self.metrics.received += len(msgs)

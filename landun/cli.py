@@ -19,8 +19,8 @@ from domain.mqtt_connection import BrokerUnusable
 from landun import accounts, broker_options, gc_settings
 from landun import db as database
 from landun.mosquitto_export import add_subparser as add_devices_subparser
+from landun.simulate import add_subparser as add_simulate_subparser
 from landun.system import RunConfig, StartupError, System, run_hj212_gateway
-from simulators.cli import add_subparser as add_simulate_subparser
 from store.base import StoreUnavailable
 from store.factory import DatabaseUrlError
 
@@ -176,7 +176,7 @@ def _add_role_parsers(sub: argparse._SubParsersAction) -> None:
 # Commands whose options belong to another module's `main(argv)`.
 DELEGATED = {
     "eval": ("alerts.evaluation", "score the detectors on a labelled CSV (GECCO 2018)"),
-    "eval-scenarios": ("simulators.evaluate", "score alerts on simulated fault scenarios"),
+    "eval-scenarios": ("landun.evaluate", "score alerts on simulated fault scenarios"),
 }
 
 

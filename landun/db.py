@@ -59,11 +59,12 @@ def _upgrade(args: argparse.Namespace) -> int:
 def _retain(args: argparse.Namespace) -> int:
     from domain.timeutil import now_ms
     from store.factory import open_store
-    from store.retention import RetentionSettings, load_retention_settings
+    from store.retention import RetainingStore, RetentionSettings, load_retention_settings
 
     settings = RetentionSettings(args.raw_days) if args.raw_days else load_retention_settings()
     db_path = Path(args.data_dir) / "landun.db"
     store = open_store(db_path, args.database)
+    assert isinstance(store, RetainingStore)  # both relational stores keep their own readings
     try:
         report = store.apply_retention(now_ms(), settings)
     finally:

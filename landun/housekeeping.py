@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from domain.timeutil import now_ms
 from store.base import Store
 from store.dead_letter_retention import DeadLetterRetention
 from store.retention import ReadingRetention, RetainingStore
@@ -21,12 +22,11 @@ class Job(Protocol):
     def maybe_run(self) -> object: ...
 
 
-def retention_jobs(store: Store, clock: Callable[[], int] | None = None) -> list[Job]:
+def retention_jobs(store: Store, clock: Callable[[], int] = now_ms) -> list[Job]:
     """The retention jobs this store needs, on `clock` (default: the wall clock)."""
-    timed = {} if clock is None else {"clock": clock}
-    jobs: list[Job] = [DeadLetterRetention(store, **timed)]
+    jobs: list[Job] = [DeadLetterRetention(store, clock=clock)]
     if isinstance(store, RetainingStore):
-        jobs.append(ReadingRetention(store, **timed))
+        jobs.append(ReadingRetention(store, clock=clock))
     return jobs
 
 

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
@@ -28,7 +29,6 @@ from alerts.standards import builtin_profiles
 from api.actions import StoredActions
 from api.app import create_app
 from api.context import AppContext
-from api.routes_sites import apply_stored_edits
 from domain.mqtt_connection import BrokerAddress
 from domain.params import default_catalogue
 from domain.registry import Registry, load_registry
@@ -53,7 +53,11 @@ from store.bell import Bell
 from store.factory import describe, open_ledger, open_line_ledger, open_store
 from store.feed import load_feed_settings
 from store.lines import EventLedgers
+from store.site_edits import apply_stored_edits
 from store.tank_log import PostgresTankLog, TankLog
+
+if TYPE_CHECKING:
+    from store.postgres.store import PostgresStore
 
 log = logging.getLogger("landun.roles")
 
@@ -84,6 +88,15 @@ def _needs_postgres(cfg: RoleConfig, role: str) -> None:
             f"{role} runs beside other processes and needs PostgreSQL: give --database"
             " postgresql://... (or LANDUN_DATABASE_URL); for one process on SQLite use landun run"
         )
+
+
+def _open_postgres(cfg: RoleConfig) -> PostgresStore:
+    """The store of a role that runs beside others (_needs_postgres checked its URL)."""
+    from store.postgres.store import PostgresStore  # psycopg loads only for these roles
+
+    store = open_store(cfg.data_dir / "landun.db", cfg.database_url)
+    assert isinstance(store, PostgresStore)
+    return store
 
 
 def _registry(cfg: RoleConfig, store) -> Registry:
@@ -159,7 +172,7 @@ async def run_ingest(cfg: RoleConfig) -> None:
         raise StartupError("landun ingest needs --broker mqtt://... (or --hj212-port)")
     settings = load_feed_settings()
     async with contextlib.AsyncExitStack() as stack:
-        store = open_store(cfg.data_dir / "landun.db", cfg.database_url)
+        store = _open_postgres(cfg)
         stack.callback(store.close)
         ledger = open_ledger(cfg.data_dir / "landun.db", cfg.database_url)
         stack.callback(ledger.close)
@@ -307,7 +320,7 @@ async def run_api(cfg: RoleConfig) -> None:
     settings = load_feed_settings()
     db_path = cfg.data_dir / "landun.db"
     async with contextlib.AsyncExitStack() as stack:
-        store = open_store(db_path, cfg.database_url)
+        store = _open_postgres(cfg)
         stack.callback(store.close)
         ledger = open_ledger(db_path, cfg.database_url)
         stack.callback(ledger.close)
@@ -315,6 +328,7 @@ async def run_api(cfg: RoleConfig) -> None:
         store.feed_partitions(settings.partitions)
         admin = ensure_admin(store, cfg.data_dir, cfg.admin_password)
         actions = StoredActions(store, registry, builtin_profiles(), settings.partitions)
+        bell = Bell()
         ctx = AppContext(
             store=store,
             registry=registry,
@@ -323,9 +337,9 @@ async def run_api(cfg: RoleConfig) -> None:
             metrics=IngestMetrics(),
             ledger=ledger,
             public_url=os.environ.get("LANDUN_PUBLIC_URL"),
-            bell=Bell(),
+            bell=bell,
         )
-        listener = store.listen(ctx.bell)
+        listener = store.listen(bell)
         listener.start()
         stack.callback(listener.stop)
 
@@ -339,7 +353,7 @@ async def run_api(cfg: RoleConfig) -> None:
 
         def stopping() -> None:
             ctx.stopping.set()  # live streams end instead of holding the server open
-            ctx.bell.ring()
+            bell.ring()
 
         await _until_stopped(create_app(ctx), cfg.host, cfg.port, announce, stopping)
     print("Landun api stopped cleanly.", flush=True)

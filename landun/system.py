@@ -10,7 +10,7 @@ import secrets
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,13 +28,14 @@ from alerts.escalation.escalator import Escalator
 from alerts.notify_mqtt import MqttAlertPublisher
 from alerts.notify_webhook import WebhookNotifier, WebhookTarget
 from alerts.offline import OfflineRule
-from alerts.standards import builtin_profiles, limits_for_site
+from alerts.standards import builtin_profiles
 from alerts.tanks import TankRule, TankSettings
 from api.app import create_app
 from api.context import AppContext
 from api.reports.mail import MailSettings, start_report_mailer
-from api.routes_sites import apply_stored_edits
 from domain.credentials import hash_secret
+from domain.limits import limits_for_site
+from domain.model import DeadLetter
 from domain.mqtt_connection import BrokerAddress
 from domain.params import Catalogue, default_catalogue
 from domain.registry import Registry, load_registry
@@ -62,6 +63,7 @@ from store.base import Store
 from store.factory import describe, open_ledger, open_line_ledger, open_store
 from store.ledger import WasteLedger
 from store.lines import EventLedgers, LineLedger
+from store.site_edits import apply_stored_edits
 from store.tank_log import TankLog
 
 log = logging.getLogger("landun")
@@ -146,11 +148,11 @@ class Core:
         tank_log: TankLog | None = None,
     ) -> Core:
         """Wire store, engine, rules and pipeline; `clock` lets a replay run on simulated time
-        (simulators/evaluate.py) through exactly the production wiring. An alert worker passes
+        (landun/evaluate.py) through exactly the production wiring. An alert worker passes
         one partition's registry, store and ledger (alerts/feed.py) to get the same rules."""
         catalogue = default_catalogue()
         given = store is not None
-        store = store if given else open_store(db_path, database_url)
+        store = store if store is not None else open_store(db_path, database_url)
         if not given and os.environ.get("LANDUN_INFLUX_URL"):
             # Readings in InfluxDB, everything else in SQLite; influxdb-client loads only if used.
             try:
@@ -184,13 +186,17 @@ class Core:
         engine.rules += [offline, DetectorRule(registry, catalogue, detectors), custody, skew]
         engine.rules += [tanks, cycles]
 
-        def on_events(events: list) -> None:
+        def on_events(events: Sequence) -> None:
             offline.observe(events)  # a bag scanner's events are its sign of life
             custody.on_events([e for e in events if isinstance(e, WasteEvent)], engine)
             tanks.on_events([e for e in events if isinstance(e, TankEvent)], engine)
             line_events = [e for e in events if isinstance(e, LineEvent)]
             if line_events:
                 cycles.on_events(line_events, engine)
+
+        def on_dead(dead: list[DeadLetter]) -> None:
+            offline.dead_letters(dead)
+            skew.dead_letters(dead, engine)
 
         pipeline = IngestPipeline(
             store,
@@ -199,7 +205,7 @@ class Core:
             on_stored=engine.on_readings,
             ledger=EventLedgers(ledger, lines),
             on_events=on_events,
-            on_dead=lambda dead: (offline.dead_letters(dead), skew.dead_letters(dead, engine)),
+            on_dead=on_dead,
             tanks=tank_log,
         )
         return cls(
@@ -380,7 +386,9 @@ class System:
                 uvicorn.Config(
                     create_app(ctx),
                     log_level="warning",
-                    timeout_graceful_shutdown=cfg.shutdown_grace_s,
+                    # uvicorn passes it to asyncio.timeout, which takes a float; its annotation
+                    # says int.
+                    timeout_graceful_shutdown=cfg.shutdown_grace_s,  # type: ignore[arg-type]
                 )
             )
             serve = asyncio.create_task(self._server.serve(sockets=[api_socket]))

@@ -28,8 +28,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from domain.timeutil import now_ms
-from ingest.hj212.codec import (
+from domain.hj212.codec import (
     FLAG_REPLY,
     VERSION_2017,
     VERSION_SHIFT,
@@ -42,7 +41,8 @@ from ingest.hj212.codec import (
     format_data_time,
     make_qn,
 )
-from ingest.hj212.codes import load_code_map
+from domain.hj212.codes import load_code_map
+from domain.timeutil import now_ms
 from simulators.pool_model import Sample
 from simulators.runner import RunnerSettings, SimDevice, paced_times
 

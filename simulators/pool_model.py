@@ -181,7 +181,7 @@ def is_open(t_ms: int) -> bool:
 
 def opening_intervals(start_ms: int, end_ms: int) -> list[tuple[int, int]]:
     """The parts of `[start_ms, end_ms)` during which the pool is open, in order."""
-    intervals = []
+    intervals: list[tuple[int, int]] = []
     day = local_day(start_ms)
     while True:
         midnight = day * MS_PER_DAY - LOCAL_OFFSET_MS

@@ -28,6 +28,8 @@ log = logging.getLogger("landun.simulators")
 class EventSource(Protocol):
     def events_until(self, until_ms: int) -> list[dict]: ...
 
+    def sample(self, t_ms: int) -> Sample | None: ...
+
 
 @dataclass(slots=True)
 class SimDevice:
@@ -152,7 +154,7 @@ class SimulatorRunner:
         publish_from = s.publish_from_ms or 0
         for t in paced_times(s, self.clock, self._stop):
             for d in self.devices:
-                if d.topic == "events":
+                if d.topic == "events" and not isinstance(d.model, PoolModel):
                     pending[(d.device_id, d.topic)].extend(d.model.events_until(t))
                     continue
                 jitter = int(self._rng.uniform(0, s.jitter_s * 1000))

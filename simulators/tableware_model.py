@@ -89,7 +89,9 @@ class LineFault:
         if unknown:
             raise ValueError(f"fault {kind}: unknown parameter(s) {sorted(unknown)}")
         object.__setattr__(self, "kind", kind)
-        object.__setattr__(self, "params", MappingProxyType(PARAM_DEFAULTS[kind] | self.params))
+        object.__setattr__(
+            self, "params", MappingProxyType({**PARAM_DEFAULTS[kind], **self.params})
+        )
 
     def active(self, t_ms: int) -> bool:
         return self.start_ms <= t_ms < self.end_ms

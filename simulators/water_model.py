@@ -128,7 +128,7 @@ def demand_shape(hour: float, weekend: bool, school: bool) -> float:
 def _shape_stats(school: bool) -> tuple[float, float]:
     """The shape's (mean, peak) over a week: demand averages 1 x the mean demand."""
     hours = np.arange(0, 7 * 24, 0.25)
-    shape = [demand_shape(h % 24, (h // 24) % 7 >= 5, school) for h in hours]
+    shape = [demand_shape(h % 24, bool((h // 24) % 7 >= 5), school) for h in hours]
     return float(np.mean(shape)), float(np.max(shape))
 
 
@@ -184,16 +184,23 @@ class WaterModel(PoolModel):
             device_id, seed, indoor=True, interval_s=interval_s, faults=faults, start_ms=start_ms
         )
         mean, peak = _shape_stats(subtype == SCHOOL)
-        self._refill_rate = REFILL_RATE * peak / mean * self.traits.mean_demand
+        self._refill_rate = REFILL_RATE * peak / mean * self._supply.mean_demand
 
     def demand(self, t_ms: int) -> float:
         """Water drawn, m3/h."""
         day = local_day(t_ms)
         school = self.subtype == SCHOOL
         shape = demand_shape(local_hour(t_ms), is_weekend(day), school) / _shape_stats(school)[0]
-        return shape * self._day(day).load_factor * self.traits.mean_demand
+        return shape * self._day(day).load_factor * self._supply.mean_demand
 
     # -- set-up -------------------------------------------------------------------------------
+
+    @property
+    def _supply(self) -> WaterTraits:
+        """The traits PoolModel keeps as its own kind: a supply point draws WaterTraits."""
+        traits: object = self.traits
+        assert isinstance(traits, WaterTraits)
+        return traits
 
     def _draw_traits(self) -> WaterTraits:  # type: ignore[override]
         rng = self._rng
@@ -221,7 +228,7 @@ class WaterModel(PoolModel):
         )
 
     def _equilibrium(self, t_ms: int) -> _Tank:  # type: ignore[override]
-        tr: WaterTraits = self.traits  # type: ignore[assignment]
+        tr = self._supply
         refill = tr.mean_demand / tr.volume_m3  # the average dilution rate
         dose = self._decay(tr.temperature) * tr.setpoint  # the refills arrive at the setpoint
         fine = 0.5 * tr.network_turbidity
@@ -241,22 +248,22 @@ class WaterModel(PoolModel):
     # -- physics ------------------------------------------------------------------------------
 
     def _decay(self, temperature: float) -> float:
-        tr: WaterTraits = self.traits  # type: ignore[assignment]
+        tr = self._supply
         return tr.decay * DECAY_THETA ** (temperature - 20.0)
 
     def _temperature_target(self, t_ms: int) -> float:
         hour = local_hour(t_ms)
-        return self.traits.temperature + 0.5 * math.sin(2 * math.pi * (hour - 9.0) / 24.0)
+        return self._supply.temperature + 0.5 * math.sin(2 * math.pi * (hour - 9.0) / 24.0)
 
     def _network_conductivity(self, t_ms: int) -> float:
         """The network's blend of sources changes from day to day, smoothly through the day."""
         day, hour = local_day(t_ms), local_hour(t_ms)
         today, tomorrow = (self._day(d).weather_offset for d in (day, day + 1))
         offset = today + (tomorrow - today) * hour / 24.0
-        return self.traits.conductivity * (1.0 + 0.04 * offset)
+        return self._supply.conductivity * (1.0 + 0.04 * offset)
 
     def _step(self, w: _Tank, t_ms: int, dt: float) -> None:  # type: ignore[override]
-        tr: WaterTraits = self.traits  # type: ignore[assignment]
+        tr = self._supply
         root_dt = math.sqrt(dt)
         pump, release = self._water_effects(t_ms)
 
@@ -309,7 +316,7 @@ class WaterModel(PoolModel):
     # -- the analyzer -------------------------------------------------------------------------
 
     def _measure(self, w: _Tank) -> dict[str, float]:  # type: ignore[override]
-        tr: WaterTraits = self.traits  # type: ignore[assignment]
+        tr = self._supply
         sag = PRESSURE_SAG * min(self.demand(w.t_ms) / (2 * tr.mean_demand), 1.5)
         truth = {
             self.disinfectant: w.cl,

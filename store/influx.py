@@ -39,8 +39,7 @@ from influxdb_client.rest import ApiException
 from domain.model import DeadLetter, Reading
 from domain.params import Catalogue, default_catalogue
 from domain.registry import Registry
-from store.base import Bucket, DeviceStatus, ReadingQuery, StoreUnavailable
-from store.sqlite import SqliteStore
+from store.base import Bucket, DeviceStatus, ReadingQuery, Store, StoreUnavailable
 
 log = logging.getLogger("landun.store.influx")
 
@@ -351,7 +350,7 @@ class InfluxStore:
         token: str,
         org: str,
         bucket: str,
-        relational: SqliteStore,
+        relational: Store,
         registry: Registry,
         catalogue: Catalogue | None = None,
         timeout_s: float = 10.0,
@@ -372,7 +371,7 @@ class InfluxStore:
 
     @classmethod
     def from_env(
-        cls, relational: SqliteStore, registry: Registry, catalogue: Catalogue | None = None
+        cls, relational: Store, registry: Registry, catalogue: Catalogue | None = None
     ) -> InfluxStore:
         """Configured by LANDUN_INFLUX_URL, _TOKEN, _ORG and _BUCKET (as docker-compose.yml)."""
         missing = [
@@ -447,7 +446,8 @@ class InfluxStore:
             self._call(
                 lambda: self._write.write(
                     bucket=self.bucket, org=self.org, record=lines,
-                    write_precision=WritePrecision.MS,
+                    # The constant is the string "ms"; the client annotates the class.
+                    write_precision=WritePrecision.MS,  # type: ignore[arg-type]
                 )
             )  # fmt: skip
         if dead_letters or statuses:
@@ -462,7 +462,9 @@ class InfluxStore:
         if not seen:
             return
         stored = self.last_seen()
-        newer = {d: str(ms) for d, ms in seen.items() if ms > stored.get(d, 0)}
+        newer: dict[str, str | None] = {
+            d: str(ms) for d, ms in seen.items() if ms > stored.get(d, 0)
+        }
         # Read, then write: two ingest workers may interleave and keep the earlier of two
         # near-simultaneous times, off by one batch at most, which the deadman cannot notice.
         if newer:

@@ -261,7 +261,8 @@ class LedgerReads:
         return [r[0] for r in rows]
 
     def bags(self, q: BagQuery) -> list[Bag]:
-        where, args = ["site_id = ?"], [q.site_id]
+        where: list[str] = ["site_id = ?"]
+        args: list[str | int] = [q.site_id]
         status_sql = {
             "collected": "stored_ms IS NULL AND handed_ms IS NULL",
             "stored": "stored_ms IS NOT NULL AND handed_ms IS NULL",

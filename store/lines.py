@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from domain.tableware import Cycle, LineEvent, LineEventKind, Method, derive_cycles
+from domain.waste import WasteEvent
 from store.base import StoreUnavailable
 from store.ledger import WasteLedger
 from store.migrations import Migration
@@ -177,8 +178,8 @@ class EventLedgers:
         self.waste = waste
         self.lines = lines
 
-    def record(self, events: Sequence[object]) -> list:
+    def record(self, events: Sequence[WasteEvent | LineEvent]) -> list:
         line_events = [e for e in events if isinstance(e, LineEvent)]
-        others = [e for e in events if not isinstance(e, LineEvent)]
+        others = [e for e in events if isinstance(e, WasteEvent)]
         fresh: list = self.waste.record(others) if others else []
         return fresh + (self.lines.record(line_events) if line_events else [])

@@ -465,12 +465,13 @@ class SqliteStore(SqliteDatabase):
         `batch_rows` a transaction, keeping those that are an alert's evidence."""
         cutoff = settings.cutoff_ms(now_ms)
         removed = kept = hours = 0
-        series: tuple[str, str] | None = ("", "")
-        while not self._closing and (series := self._next_series(series)) is not None:
+        series = self._next_series(("", ""))
+        while not self._closing and series is not None:
             start = None
             while start is None or start < cutoff:
                 start, step = self._retire(series, start or 0, cutoff, batch_rows)
                 removed, kept, hours = removed + step[0], kept + step[1], hours + step[2]
+            series = self._next_series(series)
         return RetentionReport(removed, kept, hours)
 
     def _next_series(self, after: tuple[str, str]) -> tuple[str, str] | None:
@@ -517,7 +518,8 @@ class SqliteStore(SqliteDatabase):
         return end, (removed, kept, hours)
 
     def query_readings(self, q: ReadingQuery) -> list[Reading]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | int] = []
         if q.device_id is not None:
             where.append("device_id = ?")
             args.append(q.device_id)
@@ -634,7 +636,8 @@ class SqliteStore(SqliteDatabase):
         return _alert_from_row(row) if row else None
 
     def list_alerts(self, q: AlertQuery) -> list[Alert]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | int] = []
         if q.site_ids:
             where.append(f"site_id IN ({','.join('?' * len(q.site_ids))})")
             args.extend(q.site_ids)

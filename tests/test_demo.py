@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from alerts.standards import builtin_profiles, limits_for_site
+from alerts.standards import builtin_profiles
+from domain.limits import limits_for_site
 from domain.model import SiteKind
 from domain.registry import load_registry
 from domain.timeutil import now_ms

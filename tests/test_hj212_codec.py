@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.hj212.codec import (
+from domain.hj212.codec import (
     Hj212Error,
     Packet,
     Reassembler,
@@ -24,7 +24,7 @@ from ingest.hj212.codec import (
     reply_9012,
     reply_9014,
 )
-from ingest.hj212.codes import load_code_entries, load_code_map
+from domain.hj212.codes import load_code_entries, load_code_map
 
 WORKED_EXAMPLE = (
     b"##0101QN=20160801085857223;ST=32;CN=1062;PW=100000;MN=010000A8900016F000169DC0;"

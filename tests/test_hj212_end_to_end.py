@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from domain.hj212.codec import Packet, decode, reply_9014
 from domain.timeutil import now_ms
-from ingest.hj212.codec import Packet, decode, reply_9014
 from landun.cli import build_parser
 from landun.system import RunConfig
 from simulators.hj212_logger import Hj212LoggerRunner

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ingest.hj212.codec import decode, encode, format_cp
+from domain.hj212.codec import decode, encode, format_cp
 from ingest.hj212.gateway import Hj212Gateway
 
 MN = "LD0000000000000000000001"

@@ -110,7 +110,8 @@ def test_refused_login_says_so_once_and_stop_still_returns(tmp_path: Path, caplo
             started = time.monotonic()
             sub.stop()
             store.close()
-        assert time.monotonic() - started < 5
+        # A hang check, not a speed one: stop must not wait out paho's login retries.
+        assert time.monotonic() - started < 60
     refusals = [r for r in caplog.records if "refused the login" in r.getMessage()]
     assert len(refusals) > 2, "paho kept retrying"
     assert [r.levelname for r in refusals].count("ERROR") == 1, "one line, not one a retry"

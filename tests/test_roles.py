@@ -110,8 +110,8 @@ def test_separate_roles_survive_kill_9(tmp_path: Path) -> None:
             takeover.join(timeout=60)
 
             assert readings_stored(url) == TOTAL * 5
+            # Taken over at all (Watch gives up after 120 s); how fast is bench/roles.py's figure.
             assert takeover.took is not None, "the killed worker's partitions were not taken"
-            assert takeover.took < 60  # measured figures: bench/roles.py
             print(f"partitions taken over in {takeover.took:.2f} s")
             expected = range_alerts(single_url)
             # Both episodes of every over-limit device, no more.

@@ -1,4 +1,4 @@
-"""Simulated scenarios through the real ingest pipeline and alert engine (simulators.evaluate).
+"""Simulated scenarios through the real ingest pipeline and alert engine (landun.evaluate).
 
 Small runs to stay fast; `landun eval-scenarios` gives the full figures."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from alerts.standards import builtin_profiles
 from domain.model import AlertFamily
 from domain.timeutil import iso_to_ms
-from simulators.evaluate import PROFILE, RunSettings, aligned_end_ms, run_scenario, score
+from landun.evaluate import PROFILE, RunSettings, aligned_end_ms, run_scenario, score
 from simulators.scenarios import load_scenario
 
 # A fixed simulated span: what a scenario tests must not change with the day CI runs on.

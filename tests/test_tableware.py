@@ -21,9 +21,9 @@ from ingest.decode import DecodeLimits
 from ingest.events import decode_events
 from ingest.mqtt import BrokerAddress, MqttSubscriber, SubscriberSettings
 from landun.demo import FAILING_LINE, demo_lines, demo_registry_path, demo_settings
+from landun.evaluate import RunSettings, aligned_end_ms, score
 from landun.system import Core
-from simulators.evaluate import RunSettings, aligned_end_ms, score
-from simulators.tableware_eval import load_line_scenario, run_line_scenario
+from landun.tableware_eval import load_line_scenario, run_line_scenario
 from store.base import AlertQuery
 from tests.conftest import Publisher, wait_for
 from tests.postgres import fresh_database

@@ -15,7 +15,6 @@ from landun.demo import BACKFILL_MS, FAILING_LINE, demo_lines, demo_registry_pat
 from simulators.runner import SimulatorRunner
 from tests import test_dashboard_browser
 from tests.conftest import ADMIN_PASSWORD, demo_config, start_system, wait_for
-from tests.test_dashboard_browser import last_time_at
 
 pytestmark = test_dashboard_browser.pytestmark
 browser = test_dashboard_browser.browser  # the same real Chromium fixture
@@ -30,8 +29,15 @@ def test_inspector_sees_the_cycle_timeline_with_curves_and_the_failed_cycles(
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     console: list[str] = []
     page.on("console", lambda m: console.append(m.text))
+
+    def _failed_cycles_and_batches() -> tuple[int, int]:
+        got = running.http.get(f"/api/v1/sites/{SITE}/lines/L1/cycles").json()
+        return sum(c["compliant"] is False for c in got["cycles"]), len(got["batches"])
+
     try:
-        anchor = last_time_at(13, now_ms())
+        # The page shows the last 12 h before now, so the simulated history ends now; the line
+        # works around the clock, so the hour it ends at changes nothing.
+        anchor = now_ms() // 60_000 * 60_000
         registry = load_registry(demo_registry_path())
         settings = replace(demo_settings(anchor, anchor, None), end_ms=anchor)
         sim = SimulatorRunner(
@@ -51,6 +57,9 @@ def test_inspector_sees_the_cycle_timeline_with_curves_and_the_failed_cycles(
             ],
             what="the failing cabinet's cycle alert",
         )
+        # Ingest may still be storing the backfill on a loaded machine: the page shows what is
+        # stored when it opens, so wait for what it is checked for.
+        wait_for(lambda: min(_failed_cycles_and_batches()) >= 10, what="the L1 backfill stored")
 
         page.goto(running.base_url + "/")
         page.fill("#username", "admin")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from alerts.standards import Limit
 from alerts.threshold import Action, Phase, ThresholdState, step
+from domain.limits import Limit
 
 MIN_MS = 60_000
 MAX_GAP_MS = 15 * MIN_MS

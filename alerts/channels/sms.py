@@ -124,9 +124,10 @@ class AliyunSms:
             answer = json_answer(status, raw, "Alibaba Cloud SMS")
         except DeliveryFailed as exc:
             # Alibaba answers refused calls with HTTP 4xx and the code in the JSON body.
-            answer = _json_object(raw)
-            if answer is None:
+            refusal = _json_object(raw)
+            if refusal is None:
                 raise exc from None
+            answer = refusal
         code = str(answer.get("Code", ""))
         if code == "OK":
             return

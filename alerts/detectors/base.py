@@ -8,6 +8,7 @@ and recursions share one scalar step function.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +27,7 @@ class DetectorResult:
     kind: str
     score: float
     active: bool
-    evidence: dict[str, float | int | str] = field(default_factory=dict)
+    evidence: Mapping[str, float | int | str] = field(default_factory=dict)
 
 
 def batch_result(scores: np.ndarray, active: np.ndarray) -> np.ndarray:

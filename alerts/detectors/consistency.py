@@ -60,7 +60,7 @@ def _result(
 ) -> DetectorResult:
     """The decision on a full window of `settings.window` rows, from `start_ms` to `ts_ms`."""
     score = float(
-        _score(settings, np.float64(orp_slope), np.float64(cl_slope), np.float64(cl_level))
+        _score(settings, np.asarray(orp_slope), np.asarray(cl_slope), np.asarray(cl_level))
     )
     evidence = {
         "orp_change": orp_slope,

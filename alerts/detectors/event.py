@@ -241,8 +241,8 @@ def event_result(
     score: float,
     active: bool,
     active_since_ms: int,
-    z: Sequence[float],
-    med: Sequence[float],
+    z: Sequence[float] | np.ndarray,
+    med: Sequence[float] | np.ndarray,
 ) -> DetectorResult:
     """The decision on one row, with the z and baseline median of every parameter judged."""
     if math.isnan(score):
@@ -284,7 +284,7 @@ def flow_changed(
     the context columns."""
     d = step_diff(row, prev, ref, np.zeros(np.shape(row), dtype=bool))
     with np.errstate(invalid="ignore"):
-        return (abs(d) > settings.context_change * abs(ref)).any(axis=-1)
+        return np.asarray((abs(d) > settings.context_change * abs(ref)).any(axis=-1))
 
 
 class _ContextChannel:
@@ -406,7 +406,7 @@ class EventDetector:
         score = self._score(z)
         confirmed = math.nan
         if self.step is not None:
-            episode = np.bool_(self.active or self.since_active < s.step_window)
+            episode = np.asarray(self.active or self.since_active < s.step_window)
             d = np.where(present, self.step.diff(row, returned(z, episode, s)), np.nan)
             confirmed = self._score(self.step.z(d) * weight) * s.threshold / s.step_threshold
         if self.ramp is not None:

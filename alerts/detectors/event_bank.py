@@ -297,7 +297,7 @@ class EventBank(Stacked):
         z = level_z * weight
         score = _top_k_score(z, s.top_k)
         confirmed = np.full(len(devices), np.nan)
-        if self.step_ref is not None:
+        if self.step_ref is not None and self.step_spread is not None:
             ref = self.step_ref.stats(devices, self.floors, self.step_ref.size)[0]
             recent = self.since_active[devices] < s.step_window
             episode = (self.active[devices] | recent)[:, None]
@@ -331,6 +331,7 @@ class EventBank(Stacked):
         self, devices: np.ndarray, v: np.ndarray, present: np.ndarray, d: np.ndarray
     ) -> None:
         prev = self.prev[devices]
+        assert self.step_ref is not None and self.step_spread is not None  # step channel on
         self.step_ref.push(devices, present & ~np.isnan(prev), prev)
         self.step_spread.push(devices, present & ~np.isnan(d), d)
 
@@ -360,6 +361,7 @@ class EventBank(Stacked):
     def _context(self, devices: np.ndarray, ctx: np.ndarray, given: np.ndarray) -> np.ndarray:
         """As `event._ContextChannel.explains`: advance by the rows' context values (where
         `given`); per row, whether a flow change explains it."""
+        assert self.ctx_ref is not None  # called only with a context channel
         ref = self.ctx_ref.stats(devices, np.zeros(ctx.shape[1]), self.ctx_ref.size)[0]
         prev = self.ctx_prev[devices]
         changed = flow_changed(ctx, prev, ref, self.settings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import Literal
 
 from alerts.escalation.policy import ContactsFile
 from domain.model import Site
@@ -29,7 +30,9 @@ class Person:
     preferences: Preferences
 
 
-def stored_contacts(store: Store, file: ContactsFile, owner: str) -> tuple[list[Contact], str]:
+def stored_contacts(
+    store: Store, file: ContactsFile, owner: str
+) -> tuple[list[Contact], Literal["store", "file", "none"]]:
     """An owner's contacts and where they come from ("store", "file" or "none")."""
     doc = store.notify_settings([owner]).get(owner)
     if doc is not None:

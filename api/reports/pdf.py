@@ -107,7 +107,11 @@ def _page(r: Report) -> Figure:
     fam.bar([f.name_zh for f in r.families], [f.alerts for f in r.families], color="#c0262d")
     fam.set_title("各类告警数", fontsize=10)
     fam.tick_params(labelsize=8)
-    fam.yaxis.get_major_locator().set_params(integer=True)
+    from matplotlib.ticker import MaxNLocator
+
+    counts = fam.yaxis.get_major_locator()
+    assert isinstance(counts, MaxNLocator)  # matplotlib's default, an AutoLocator
+    counts.set_params(integer=True)
 
     _table(
         fig.add_axes((0.07, 0.50, 0.86, 0.15)),

@@ -28,9 +28,11 @@ def _sheet(wb: Workbook, title: str, header: list[str], rows: list[list]) -> Non
 
 def render_xlsx(r: Report) -> bytes:
     from openpyxl import Workbook
+    from openpyxl.worksheet.worksheet import Worksheet
 
     wb = Workbook()
     summary = wb.active
+    assert isinstance(summary, Worksheet)  # a new workbook's one sheet
     summary.title = "概况"
     for row in (
         ["报告", r.title],

@@ -32,9 +32,7 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any, Protocol
 
-from ingest.dead_letter_log import reason_kind
-from ingest.decode import number_from_text
-from ingest.hj212.codec import (
+from domain.hj212.codec import (
     CHINA_STANDARD_TIME,
     DEFAULT_MAX_PACKET,
     KNOWN_CNS,
@@ -48,7 +46,9 @@ from ingest.hj212.codec import (
     reply_9013,
     reply_9014,
 )
-from ingest.hj212.codes import load_code_map
+from domain.hj212.codes import load_code_map
+from ingest.dead_letter_log import reason_kind
+from ingest.decode import number_from_text
 
 log = logging.getLogger("landun.hj212")
 

@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -52,11 +53,20 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def only_row(cur: psycopg.Cursor[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The row of a statement that always yields one (an aggregate, an UPDATE ... RETURNING
+    of a row that exists): its absence is a broken schema, not a result."""
+    row = cur.fetchone()
+    if row is None:
+        raise RuntimeError("the statement yielded no row")
+    return row
+
+
 def schema_version(conn: psycopg.Connection) -> int:
-    exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
+    exists = only_row(conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL"))[0]
     if not exists:
         return 0
-    return conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+    return only_row(conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations"))[0]
 
 
 def upgrade(
@@ -139,6 +149,11 @@ class PostgresDatabase:
     def one(self, sql: str, args: Sequence = ()) -> tuple | None:
         with self.connection() as conn:
             return conn.execute(sql, args).fetchone()
+
+    def only(self, sql: str, args: Sequence = ()) -> tuple[Any, ...]:
+        """The row of a statement that always yields one (see only_row)."""
+        with self.connection() as conn:
+            return only_row(conn.execute(sql, args))
 
     def close(self) -> None:
         self._pool.close()

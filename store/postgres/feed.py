@@ -21,6 +21,7 @@ from domain.model import DeadLetter, Reading
 from domain.timeutil import now_ms
 from domain.waste import WasteEvent
 from store.feed import Event, FeedEntry, encode_entry, partition_of, read_entry
+from store.postgres.db import only_row
 from store.postgres.notify import NOTIFY_FEED
 
 
@@ -60,7 +61,7 @@ def ensure_partitions(conn: psycopg.Connection, partitions: int) -> None:
             "INSERT INTO feed_cursors (part, pos, epoch) SELECT part, 0, 0 FROM feed_heads"
             " ON CONFLICT DO NOTHING"
         )
-        have = conn.execute("SELECT count(*) FROM feed_heads").fetchone()[0]
+        have = only_row(conn.execute("SELECT count(*) FROM feed_heads"))[0]
     if have != partitions:
         raise FeedMismatch(
             f"the database's alert feed has {have} partitions, the configuration"
@@ -118,9 +119,12 @@ def append_events(
 
 def claim(conn: psycopg.Connection, part: int) -> tuple[int, int]:
     """Take a partition over (its lease already held): (cursor position, new epoch)."""
-    row = conn.execute(
-        "UPDATE feed_cursors SET epoch = epoch + 1 WHERE part = %s RETURNING pos, epoch", (part,)
-    ).fetchone()
+    row = only_row(
+        conn.execute(
+            "UPDATE feed_cursors SET epoch = epoch + 1 WHERE part = %s RETURNING pos, epoch",
+            (part,),
+        )
+    )
     return row[0], row[1]
 
 

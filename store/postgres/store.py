@@ -33,7 +33,7 @@ from store.base import (
 from store.bell import Bell
 from store.feed import FeedEntry, FeedSettings
 from store.postgres import feed
-from store.postgres.db import SCHEMA_LOCK, PostgresDatabase
+from store.postgres.db import SCHEMA_LOCK, PostgresDatabase, only_row
 from store.postgres.lease import Leases
 from store.postgres.notify import (
     FEED_CHANNEL,
@@ -85,7 +85,7 @@ def months_between(first_ms: int, last_ms: int) -> list[int]:
 
 def readings_layout(db: PostgresDatabase) -> str:
     """PARTITIONS, or HYPERTABLE where the schema step for TimescaleDB converted the table."""
-    (kind,) = db.one("SELECT relkind FROM pg_class WHERE oid = 'readings'::regclass")
+    (kind,) = db.only("SELECT relkind FROM pg_class WHERE oid = 'readings'::regclass")
     return PARTITIONS if kind == "p" else HYPERTABLE
 
 
@@ -299,7 +299,7 @@ class PostgresStore:
 
     def add_action(self, part: int, alert_id: int, action: str, actor: str, comment: str) -> int:
         """Record an inspector action for the worker holding the partition; its id."""
-        row = self.db.one(
+        row = self.db.only(
             "INSERT INTO alert_actions (part, alert_id, action, actor, comment, at_ms)"
             " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
             (part, alert_id, action, actor, comment, now_ms()),
@@ -317,7 +317,8 @@ class PostgresStore:
             return feed.pending_actions(conn, parts)
 
     def query_readings(self, q: ReadingQuery) -> list[Reading]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | int | list[str]] = []
         if q.device_id is not None:
             where.append("device_id = %s")
             args.append(q.device_id)
@@ -406,7 +407,7 @@ class PostgresStore:
     ) -> tuple[int, int, int]:
         lo = float("-inf") if low is None else low
         hi = float("inf") if high is None else high
-        row = self.db.one(
+        row = self.db.only(
             "SELECT count(*), count(*) FILTER (WHERE flag = 'N'),"
             " count(*) FILTER (WHERE flag = 'N' AND (value < %s OR value > %s))"
             " FROM readings_all WHERE device_id = %s AND parameter = %s AND ts_ms >= %s"
@@ -460,9 +461,9 @@ class PostgresStore:
                         f" FROM {part} r WHERE NOT {evidence} GROUP BY 1, 2, 3"
                         + HOURLY_MERGE.format(least="least", greatest="greatest")
                     ).rowcount
-                    removed += conn.execute(
-                        f"SELECT count(*) FROM {part} r WHERE NOT {evidence}"
-                    ).fetchone()[0]
+                    removed += only_row(
+                        conn.execute(f"SELECT count(*) FROM {part} r WHERE NOT {evidence}")
+                    )[0]
                     conn.execute(drop)
             self._partitions = self._existing_partitions()
         return RetentionReport(removed, kept, hours)
@@ -507,11 +508,13 @@ class PostgresStore:
         a = ch.alert
         a.updated_ms = stamp
         if a.id is None:
-            a.id = conn.execute(
-                f"INSERT INTO alerts ({_ALERT_COLS}) VALUES ({', '.join(['%s'] * 20)})"
-                " RETURNING id",
-                _alert_values(a),
-            ).fetchone()[0]
+            a.id = only_row(
+                conn.execute(
+                    f"INSERT INTO alerts ({_ALERT_COLS}) VALUES ({', '.join(['%s'] * 20)})"
+                    " RETURNING id",
+                    _alert_values(a),
+                )
+            )[0]
         else:
             conn.execute(
                 f"UPDATE alerts SET {_ALERT_SETS} WHERE id = %s", (*_alert_values(a), a.id)
@@ -529,7 +532,8 @@ class PostgresStore:
         return _alert_from_row(row) if row else None
 
     def list_alerts(self, q: AlertQuery) -> list[Alert]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | int | list[str]] = []
         if q.site_ids:
             where.append("site_id = ANY(%s)")
             args.append(list(q.site_ids))
@@ -559,7 +563,7 @@ class PostgresStore:
         return [_alert_from_row(r) for r in self.db.rows(sql, args)]
 
     def last_audit_id(self) -> int:
-        return self.db.one("SELECT coalesce(max(id), 0) FROM alert_audit")[0]
+        return self.db.only("SELECT coalesce(max(id), 0) FROM alert_audit")[0]
 
     def audit_events(
         self, after_id: int, site_ids: Sequence[str] | None = None, limit: int = 500

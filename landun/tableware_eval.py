@@ -1,6 +1,6 @@
 """`landun eval-scenarios --domain tableware`: replay simulated disinfection lines through the
 real ingest pipeline and alert engine, then score the alerts against the scenario's ground truth
-(the same scoring as the pool scenarios, simulators.evaluate).
+(the same scoring as the pool scenarios, landun.evaluate).
 
 Scenario files live in `simulators/data/scenarios/tableware/`:
 
@@ -41,8 +41,7 @@ from domain.registry import Registry
 from domain.tableware import LINE_CONTROLLER, Method
 from domain.timeutil import now_ms
 from ingest.pipeline import RawMessage
-from landun.system import Core
-from simulators.evaluate import (
+from landun.evaluate import (
     ALERT_QUERY_LIMIT,
     DELIVERY_MS,
     JITTER_MS,
@@ -53,12 +52,14 @@ from simulators.evaluate import (
     aligned_end_ms,
     scored_runs,
 )
+from landun.system import Core
 from simulators.pool_model import LOCAL_OFFSET_MS, MS_PER_DAY
 from simulators.runner import telemetry_record
+from simulators.scenarios import SCENARIO_DIR as SIMULATED_SCENARIOS
 from simulators.tableware_model import LineFault, LineFaultKind, TablewareModel
 from store.base import AlertQuery
 
-SCENARIO_DIR = Path(__file__).parent / "data" / "scenarios" / "tableware"
+SCENARIO_DIR = SIMULATED_SCENARIOS / "tableware"
 MS_PER_MIN = 60_000
 CAPACITY_SETS = 400
 LINES_PER_SITE = 2

@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     settings = RunnerSettings(
         interval_s=args.interval, speed=args.speed, start_ms=start, end_ms=end, seed=args.seed
     )
+    runner: Hj212LoggerRunner | SimulatorRunner
     if args.hj212:
         host, port = args.hj212.rsplit(":", 1)
         runner = Hj212LoggerRunner(

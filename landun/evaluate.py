@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="landun eval-scenarios",
         description="Replay simulated pool scenarios through ingest and alerts; score the alerts",
     )
-    from simulators.tableware_eval import list_line_scenarios
+    from landun.tableware_eval import list_line_scenarios
 
     p.add_argument(
         "--scenario",
@@ -465,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--domain",
         choices=("pool", "tableware"),
         default="pool",
-        help="pools, or tableware disinfection lines (simulators/tableware_eval.py)",
+        help="pools, or tableware disinfection lines (landun/tableware_eval.py)",
     )
     p.add_argument("--lines", type=int, default=6, help="simulated lines (--domain tableware)")
     p.add_argument(
@@ -487,7 +487,7 @@ def evaluate(
 
 def scored_runs(
     names: Sequence[str],
-    run: Callable[[str], dict[str, Any]],
+    run: Callable[[str], ScenarioRun],
     settings: RunSettings,
     report: Callable[[str], None],
     unit: str = "pools",
@@ -513,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One dead letter per skewed reading would flood the report; they are counted in the figures.
     logging.getLogger("landun.ingest").setLevel(logging.WARNING)
     if args.domain == "tableware":
-        from simulators.tableware_eval import evaluate_line_domain
+        from landun.tableware_eval import evaluate_line_domain
 
         lines = RunSettings(pools=args.lines, days=args.days, seed=args.seed)
         figures = evaluate_line_domain(args.scenario, lines)
