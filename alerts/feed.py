@@ -16,15 +16,15 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from alerts.detector_rule import DetectorRule
 from alerts.engine import AlertEngine
 from domain.model import Alert, DeadLetter, Reading
 from domain.registry import Registry
 from domain.timeutil import now_ms
-from domain.waste import WasteEvent
 from store.base import AlertChange, Store, StoreUnavailable
-from store.feed import SITE_EDITED, FeedEntry, FeedSettings, partition_of, poison_letter
+from store.feed import SITE_EDITED, Event, FeedEntry, FeedSettings, partition_of, poison_letter
 from store.ledger import WasteLedger
 
 log = logging.getLogger("landun.alerts.feed")
@@ -39,7 +39,7 @@ class PartitionRules:
 
     engine: AlertEngine
     on_readings: Callable[[list[Reading]], None]
-    on_events: Callable[[list[WasteEvent]], None] | None = None
+    on_events: Callable[[list[Event]], None] | None = None
     on_dead: Callable[[list[DeadLetter]], None] | None = None
 
 
@@ -256,11 +256,11 @@ class AlertWorker:
                 # One partition's time-driven rules a round, between judging the feed: ticking
                 # them all at once held every partition's entries for as long.
                 while tick_due:
-                    p = self.parts.get(tick_due.pop())
-                    if p is not None:
-                        p.rules.engine.tick(now)
-                        if p.store.writes or p.heard.held:
-                            self._commit(p, p.pos)
+                    due = self.parts.get(tick_due.pop())
+                    if due is not None:
+                        due.rules.engine.tick(now)
+                        if due.store.writes or due.heard.held:
+                            self._commit(due, due.pos)
                         break
                 busy |= bool(tick_due)
             except StoreUnavailable as exc:
@@ -341,7 +341,7 @@ class AlertWorker:
         replayed = 0
         for chunk in self.store.feed_history(part, sorted(registry.devices), since, REPLAY_CHUNK):
             for rule in detectors:
-                rule.observe(chunk, muted)
+                rule.observe(chunk, cast(AlertEngine, muted))  # the part detectors use
             replayed += len(chunk)
         self.metrics.replayed += replayed
         log.info("partition %d: %d stored readings replayed into its detectors", part, replayed)

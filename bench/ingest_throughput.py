@@ -296,7 +296,11 @@ def landun_drain(
     the first poll (a --quick run) is timed from the launch of the process instead, start-up
     included."""
     deadline = time.monotonic() + 3600
-    launch_cpu = 0.0, cpu_s(broker), {}  # the workers have only just started
+    launch_cpu: tuple[float, float, dict[int, float]] = (
+        0.0,
+        cpu_s(broker),
+        {},
+    )  # the workers have only just started
     while True:
         try:
             n = readings_stored(api_ports)

@@ -52,7 +52,7 @@ from landun.system import (
 from store.bell import Bell
 from store.factory import describe, open_ledger, open_line_ledger, open_store
 from store.feed import load_feed_settings
-from store.lines import EventLedgers
+from store.lines import EventLedgers, PostgresLineLedger
 from store.site_edits import apply_stored_edits
 from store.tank_log import PostgresTankLog, TankLog
 
@@ -181,6 +181,9 @@ async def run_ingest(cfg: RoleConfig) -> None:
         registry = _registry(cfg, store)
         store.enable_feed(settings.partitions, {d.id: d.site_id for d in registry.devices.values()})
         # Every kind of event enters the feed in the transaction that records it.
+        from store.postgres.ledger import PostgresLedger  # psycopg loads only for these roles
+
+        assert isinstance(ledger, PostgresLedger) and isinstance(line_ledger, PostgresLineLedger)
         ledger.enable_feed(settings.partitions)
         line_ledger.enable_feed(settings.partitions)
         pipeline = IngestPipeline(

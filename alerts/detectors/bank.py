@@ -49,7 +49,9 @@ FEW_ROWS = 8
 # serves from thread arenas that then stay grown (the 10 M-reading ingest run peaked at 513 MB).
 # At 256 rows they are ~3 MB, reused from one chunk to the next, and stay in cache.
 CHUNK_ROWS = 256
-Evidence = dict[str, np.ndarray | float]
+# Per evidence key: an array with a value per reading, or one value for the whole batch. Any,
+# because the detectors write into the arrays by index, which a union would forbid.
+Evidence = dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -91,8 +93,8 @@ class BankResult:
         for kind, b in self.kinds.items():
             record = b.records[i] if b.records is not None else None
             if record is not None:
-                evidence = record.evidence if record.active else {}
-                out.append(DetectorResult(kind, record.score, record.active, evidence))
+                kept = record.evidence if record.active else {}
+                out.append(DetectorResult(kind, record.score, record.active, kept))
                 continue
             evidence: dict[str, float | int | str] = {}
             if b.active[i]:
@@ -119,7 +121,7 @@ class Lanes:
         # Slack of keep/16: a copy of `keep` values every keep/16 pushes is ~16 values a push,
         # and the drift lanes (the largest state) are 6 % over `keep` rather than 25 %.
         self.width = keep + max(keep // 16, 8)
-        self.data = np.zeros((capacity, self.width), dtype=dtype)
+        self.data: np.ndarray = np.zeros((capacity, self.width), dtype=dtype)
         self.end = np.full(capacity, keep, dtype=np.int64)  # index after each row's newest value
 
     def grow(self, capacity: int) -> None:

@@ -77,8 +77,8 @@ class Detector:
     section: str = ""  # its table in detectors.toml; "" is the kind
     order: int = 100  # rank among a series' detectors: results come in this order
     # Which values the detectors after this one may judge (settings, values -> mask); the
-    # others are withheld from them as missing. None: all.
-    passes: Callable[[Any, np.ndarray], np.ndarray] | None = None
+    # others are withheld from them as missing (the streaming form passes one float). None: all.
+    passes: Callable[[Any, Any], Any] | None = None
 
     @property
     def table(self) -> str:

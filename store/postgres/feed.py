@@ -19,7 +19,6 @@ import psycopg
 
 from domain.model import DeadLetter, Reading
 from domain.timeutil import now_ms
-from domain.waste import WasteEvent
 from store.feed import Event, FeedEntry, encode_entry, partition_of, read_entry
 from store.postgres.db import only_row
 from store.postgres.notify import NOTIFY_FEED
@@ -73,7 +72,7 @@ def append(
     conn: psycopg.Connection,
     partitions: int,
     readings: Sequence[Reading],
-    events: Sequence[WasteEvent],
+    events: Sequence[Event],
     dead: Sequence[DeadLetter],
     site_of_device: dict[str, str] | None = None,
 ) -> bool:

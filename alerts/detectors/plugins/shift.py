@@ -85,7 +85,7 @@ class ShiftDetector:
     def _baseline(self) -> tuple[float, float]:
         """Median and scale the next reading is judged against; NaN below `min_history`."""
         s = self.settings
-        anchor = int(baseline_anchor(np.int64(self.pushed), s))
+        anchor = int(baseline_anchor(np.asarray(self.pushed, dtype=np.int64), s))
         if anchor != self.baseline[0]:
             window = window_of(self.values, s.lag)  # anchor == pushed: this reading's own
             if len(window) < s.min_history:
