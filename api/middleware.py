@@ -164,6 +164,11 @@ class BodyGuard:
         if scope["path"] not in self.open_paths and not await self.authenticate(
             self.ctx, headers.get("authorization")
         ):
+            # A body of a stated length within the limit is left to the server to discard: a
+            # connection closed while it still arrives is reset (TCP), and a reset can destroy
+            # this answer before the client reads it. A client waiting for "100 Continue" never
+            # sends it, and a chunked one may not end: those connections close.
+            waits = "100-continue" in headers.get("expect", "").lower()
             await _reply(
                 scope,
                 receive,
@@ -172,6 +177,7 @@ class BodyGuard:
                 "not logged in or token unknown: a request body needs"
                 " 'Authorization: Bearer <token>' (POST /api/v1/auth/login gives one)",
                 {"WWW-Authenticate": "Bearer"},
+                close=chunked or waits,
             )
             return
         await self.app(scope, _counting(receive, limit), send)
@@ -204,9 +210,11 @@ async def _reply(
     status: int,
     detail: str,
     headers: dict[str, str] | None = None,
+    close: bool = True,
 ) -> None:
     # Connection: close, so the server need not read the body that was refused.
+    extra = {"Connection": "close"} if close else {}
     response = JSONResponse(
-        {"detail": detail}, status_code=status, headers={**(headers or {}), "Connection": "close"}
+        {"detail": detail}, status_code=status, headers={**(headers or {}), **extra}
     )
     await response(scope, receive, send)
