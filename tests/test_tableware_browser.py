@@ -10,11 +10,12 @@ from pathlib import Path
 
 from domain.mqtt_connection import BrokerAddress
 from domain.registry import load_registry
-from domain.timeutil import now_ms
+from domain.timeutil import ms_to_iso, now_ms
 from landun.demo import BACKFILL_MS, FAILING_LINE, demo_lines, demo_registry_path, demo_settings
 from simulators.runner import SimulatorRunner
 from tests import test_dashboard_browser
 from tests.conftest import ADMIN_PASSWORD, demo_config, start_system, wait_for
+from tests.test_dashboard_browser import last_time_at
 
 pytestmark = test_dashboard_browser.pytestmark
 browser = test_dashboard_browser.browser  # the same real Chromium fixture
@@ -31,13 +32,14 @@ def test_inspector_sees_the_cycle_timeline_with_curves_and_the_failed_cycles(
     page.on("console", lambda m: console.append(m.text))
 
     def _failed_cycles_and_batches() -> tuple[int, int]:
-        got = running.http.get(f"/api/v1/sites/{SITE}/lines/L1/cycles").json()
+        window = {"start": ms_to_iso(anchor - BACKFILL_MS), "end": ms_to_iso(anchor + 60_000)}
+        got = running.http.get(f"/api/v1/sites/{SITE}/lines/L1/cycles", params=window).json()
         return sum(c["compliant"] is False for c in got["cycles"]), len(got["batches"])
 
     try:
-        # The page shows the last 12 h before now, so the simulated history ends now; the line
-        # works around the clock, so the hour it ends at changes nothing.
-        anchor = now_ms() // 60_000 * 60_000
+        # The demo's story at a fixed hour (its six hours end at the last 13:00 Shanghai); the
+        # page's h24 period always holds it, whatever the hour now.
+        anchor = last_time_at(13, now_ms())
         registry = load_registry(demo_registry_path())
         settings = replace(demo_settings(anchor, anchor, None), end_ms=anchor)
         sim = SimulatorRunner(
