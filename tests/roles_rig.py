@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
@@ -78,6 +79,28 @@ class Role:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(timeout=10)
+
+
+def single_run(workdir: Path, database: str, broker: str, registry: Path, port: int) -> Role:
+    """A reference `landun run` over its own database: what separate roles must equal."""
+    return Role(
+        "single",
+        ["run", "--database", database, "--broker", broker, "--registry", str(registry),
+         "--data-dir", str(workdir / "single"), "--no-simulators", "--port", str(port),
+         "--client-id", "single"],
+        workdir,
+    )  # fmt: skip
+
+
+def login(port: int, workdir: Path) -> httpx.Client:
+    """An admin session on the api at `port` (its password in the roles' data directory)."""
+    password = (workdir / "data" / "admin-password.txt").read_text().strip()
+    base = f"http://127.0.0.1:{port}"
+    r = httpx.post(f"{base}/api/v1/auth/login", json={"username": "admin", "password": password})
+    r.raise_for_status()
+    return httpx.Client(
+        base_url=base, timeout=30, headers={"Authorization": f"Bearer {r.json()['token']}"}
+    )
 
 
 @dataclass

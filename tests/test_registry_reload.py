@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from domain.timeutil import now_ms
@@ -17,19 +16,9 @@ from landun.broker import free_port
 from tests.brokers import MosquittoBroker, have_mosquitto
 from tests.conftest import Publisher
 from tests.postgres import fresh_database
-from tests.roles_rig import Deployment, query, wait_until, write_registry
+from tests.roles_rig import Deployment, login, query, wait_until, write_registry
 
 SOON_S = 5.0  # "within a few seconds": a bound on a hang, not a speed measurement
-
-
-def _login(port: int, workdir: Path) -> httpx.Client:
-    password = (workdir / "data" / "admin-password.txt").read_text().strip()
-    base = f"http://127.0.0.1:{port}"
-    r = httpx.post(f"{base}/api/v1/auth/login", json={"username": "admin", "password": password})
-    r.raise_for_status()
-    return httpx.Client(
-        base_url=base, timeout=30, headers={"Authorization": f"Bearer {r.json()['token']}"}
-    )
 
 
 def _within(predicate, what: str) -> float:
@@ -55,7 +44,7 @@ def test_an_edit_through_one_api_is_served_by_another(tmp_path: Path) -> None:
             ports = free_port(), free_port()
             d.api(1, ports[0])
             d.api(2, ports[1])
-            a, b = (_login(p, tmp_path) for p in ports)
+            a, b = (login(p, tmp_path) for p in ports)
             site = a.get("/api/v1/sites/site-001").json()
             assert b.get("/api/v1/sites/site-001").json()["name"] == "Pool 1"
 

@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from landun.broker import free_port
@@ -31,10 +30,12 @@ from tests.roles_rig import (
     Watch,
     alerts_written_twice,
     feed_behind,
+    login,
     messages,
     partition_holders,
     range_alerts,
     readings_stored,
+    single_run,
     wait_until,
     write_registry,
 )
@@ -50,16 +51,6 @@ EPISODES = [(5, 22), (68, 95)]
 RATE = 100.0
 
 
-def _login(port: int, workdir: Path) -> httpx.Client:
-    password = (workdir / "data" / "admin-password.txt").read_text().strip()
-    base = f"http://127.0.0.1:{port}"
-    r = httpx.post(f"{base}/api/v1/auth/login", json={"username": "admin", "password": password})
-    r.raise_for_status()
-    return httpx.Client(
-        base_url=base, timeout=30, headers={"Authorization": f"Bearer {r.json()['token']}"}
-    )
-
-
 @pytest.mark.skipif(not have_mosquitto(), reason="needs the mosquitto binary")
 def test_separate_roles_survive_kill_9(tmp_path: Path) -> None:
     parts = load_feed_settings().partitions
@@ -69,13 +60,9 @@ def test_separate_roles_survive_kill_9(tmp_path: Path) -> None:
     msgs = messages(devices, TOTAL, set(devices[:OVER]), EPISODES)
     with fresh_database() as url, fresh_database() as single_url:
         d = Deployment(tmp_path, url, broker.url, tmp_path / "registry.toml")
-        single = Role(
-            "single",
-            ["run", "--database", single_url, "--broker", broker.url, "--registry",
-             str(tmp_path / "registry.toml"), "--data-dir", str(tmp_path / "single"),
-             "--no-simulators", "--port", str(free_port()), "--client-id", "single"],
-            tmp_path,
-        )  # fmt: skip
+        single = single_run(
+            tmp_path, single_url, broker.url, tmp_path / "registry.toml", free_port()
+        )
         publisher = None
         try:
             single.start().wait_for("Landun is running")
@@ -127,8 +114,8 @@ def test_separate_roles_survive_kill_9(tmp_path: Path) -> None:
 
             # An acknowledgement through one api shows in another.
             other = d.api(2, free_port())
-            one = _login(api_port, tmp_path)
-            two = _login(int(other.args[other.args.index("--port") + 1]), tmp_path)
+            one = login(api_port, tmp_path)
+            two = login(int(other.args[other.args.index("--port") + 1]), tmp_path)
             open_now = one.get("/api/v1/alerts", params={"status": "open"}).json()
             target = next(a for a in open_now if a["rule_id"].startswith("range:"))
             # The other api's live stream hears of it (PostgreSQL NOTIFY rings its bell).

@@ -22,11 +22,11 @@ from tests.roles_rig import (
     T0,
     Deployment,
     Paced,
-    Role,
     feed_behind,
     partition_holders,
     query,
     readings_stored,
+    single_run,
     wait_until,
     write_registry,
 )
@@ -72,13 +72,9 @@ def test_a_survivor_replays_stored_readings_into_its_detectors(tmp_path: Path) -
     split = KILL_AT * DEVICES
     with fresh_database() as url, fresh_database() as single_url:
         d = Deployment(tmp_path, url, broker.url, tmp_path / "registry.toml")
-        single = Role(
-            "single",
-            ["run", "--database", single_url, "--broker", broker.url, "--registry",
-             str(tmp_path / "registry.toml"), "--data-dir", str(tmp_path / "single"),
-             "--no-simulators", "--port", str(free_port()), "--client-id", "single"],
-            tmp_path,
-        )  # fmt: skip
+        single = single_run(
+            tmp_path, single_url, broker.url, tmp_path / "registry.toml", free_port()
+        )
         publisher = None
         try:
             single.start().wait_for("Landun is running")
