@@ -261,7 +261,9 @@ async def login(request: Request, ctx: Ctx, body: LoginIn) -> TokenOut:
         guard.throttle.failed(body.username, address)
         raise HTTPException(401, "wrong user name or password")
     who = found[0]
-    token, expires = await asyncio.to_thread(issue_token, ctx, who, ctx.session_hours, "login")
+    token, expires = await asyncio.to_thread(
+        issue_token, ctx.store, who, ctx.session_hours, "login"
+    )
     return TokenOut(
         token=token,
         expires=ms_to_iso(expires) if expires else None,

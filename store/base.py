@@ -221,22 +221,10 @@ class DeadLetterStore(Protocol):
         ...
 
 
-class AlertStore(Protocol):
-    """Alerts with their audit trail, and the alert stage's checkpoint: the engine state
-    (`load_state`, `save_state`, the `state` of `save_alerts`) that its rules need after a
-    restart or a take-over. No other stage keeps anything there."""
+class AlertReader(Protocol):
+    """Alerts and their audit trail, as the API and the notifiers read them."""
 
     def open_alerts(self) -> list[Alert]: ...
-
-    def save_alerts(
-        self,
-        changes: Sequence[AlertChange],
-        state_namespace: str = "",
-        state: dict[str, str | None] | None = None,
-    ) -> None:
-        """Insert or update alerts (ids are assigned to new ones), append their audit entries,
-        and upsert engine state, in one transaction."""
-        ...
 
     def get_alert(self, alert_id: int) -> Alert | None: ...
 
@@ -252,8 +240,21 @@ class AlertStore(Protocol):
         """Audited alert changes after `after_id`, oldest first, optionally for some sites."""
         ...
 
-    def append_audit(self, entries: Sequence[AuditEntry]) -> None:
-        """Add entries to alerts' audit trails (notifications sent or failed)."""
+
+class AlertStore(AlertReader, Protocol):
+    """The alert stage's own: it alone writes alert changes, together with its checkpoint, the
+    engine state (`load_state`, `save_state`, the `state` of `save_alerts`) its rules need
+    after a restart or a take-over. Namespaces are the rules' (`threshold`, `custody`), per
+    partition where alert workers hold partitions; no other stage keeps anything there."""
+
+    def save_alerts(
+        self,
+        changes: Sequence[AlertChange],
+        state_namespace: str = "",
+        state: dict[str, str | None] | None = None,
+    ) -> None:
+        """Insert or update alerts (ids are assigned to new ones), append their audit entries,
+        and upsert engine state, in one transaction."""
         ...
 
     def load_state(self, namespace: str) -> dict[str, str]: ...
@@ -264,8 +265,8 @@ class AlertStore(Protocol):
 
 
 class NoticeStore(Protocol):
-    """What notifying people of alerts keeps: deliveries, claimed notices, escalation steps,
-    and the notification settings edited through the API."""
+    """What notifying people of alerts keeps: deliveries, claimed notices, escalation steps
+    and their audit entries, and the notification settings edited through the API."""
 
     def record_delivery(
         self,
@@ -311,6 +312,10 @@ class NoticeStore(Protocol):
 
     def escalation_steps(self, alert_ids: Sequence[int]) -> dict[int, dict[int, int]]:
         """Alert id -> {level: when it was reached} for the alerts that reached any."""
+        ...
+
+    def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Add entries to alerts' audit trails (notifications sent or failed)."""
         ...
 
 
