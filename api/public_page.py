@@ -2,8 +2,8 @@
 the venue, and the page itself, server-rendered HTML with no script and no inline style so that
 a strict Content-Security-Policy holds.
 
-Public ids live in the store's key-value state (namespace `public.links`, site id -> public id),
-so every API process sees a rotation at once and a revoked id stops working everywhere."""
+Public ids live in the store (RegistryStore.public_links, site id -> public id), so every API
+process sees a rotation at once and a revoked id stops working everywhere."""
 
 from __future__ import annotations
 

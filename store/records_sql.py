@@ -52,8 +52,8 @@ _MAILED = """
 -- Scheduled reports mailed already, once each.
 CREATE TABLE IF NOT EXISTS mailed_reports (
     jurisdiction {text} NOT NULL,
-    period {text} NOT NULL,           -- week | month
-    last_day {text} NOT NULL,         -- ISO date
+    period {text} NOT NULL,  -- week | month
+    last_day {text} NOT NULL,  -- ISO date
     mailed_ms {int} NOT NULL,
     PRIMARY KEY (jurisdiction, period, last_day)
 );
@@ -72,9 +72,9 @@ DELETE FROM engine_state WHERE namespace = 'reports.mailed';
 _TANK_COLUMNS = """
     device_id {text} NOT NULL,
     site_id {text} NOT NULL,
-    event {text} NOT NULL,            -- tank_cleaned | tank_disinfected
+    event {text} NOT NULL,  -- tank_cleaned | tank_disinfected
     tank_id {text} NOT NULL,
-    ts_ms {int} NOT NULL,             -- when the job was done, UTC epoch ms
+    ts_ms {int} NOT NULL,  -- when the job was done, UTC epoch ms
     recv_ms {int} NOT NULL,
     operator {text} NOT NULL,
     contractor {text},

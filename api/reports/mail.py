@@ -1,5 +1,5 @@
 """Mailing the reports on a schedule over SMTP with STARTTLS (smtplib). Which report was mailed
-is kept in the store (namespace `reports.mailed`), so a restart does not send it twice and a
+is kept in the store (OperationsStore.mailed_reports), so a restart does not send it twice and a
 failed send is tried again on the next tick."""
 
 from __future__ import annotations
