@@ -22,11 +22,16 @@ from domain.model import VALID_FLAG, Alert, AlertFamily, AlertStatus, Reading, S
 from domain.params import Catalogue
 from domain.registry import Registry
 from domain.timeutil import now_ms
-from store.base import AlertChange, Store, StoreUnavailable
+from store.base import AlertChange, AlertStore, ReadingStore, StoreUnavailable
 
 log = logging.getLogger("landun.alerts")
 
 STATE_NS = "threshold"
+
+
+class EngineStore(AlertStore, ReadingStore, Protocol):
+    """What the engine and its rules use: alerts with the engine's checkpoint, and stored
+    readings for the rules that look back (alerts.cycles)."""
 
 
 class AlertSink(Protocol):
@@ -65,7 +70,7 @@ class EngineSettings:
 class AlertEngine:
     def __init__(
         self,
-        store: Store,
+        store: EngineStore,
         registry: Registry,
         profiles: dict[str, Profile],
         catalogue: Catalogue,

@@ -13,7 +13,7 @@ from alerts.channels.webhook import WebhookChannel
 from domain.alert_json import alert_to_dict
 from domain.model import Alert
 from domain.timeutil import now_ms
-from store.base import Store
+from store.base import NoticeStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +28,7 @@ class WebhookTarget:
 class WebhookNotifier:
     """An alert sink: one notice per change per target, handed to the outbox."""
 
-    def __init__(self, targets: list[WebhookTarget], store: Store, queue_max: int = 10_000):
+    def __init__(self, targets: list[WebhookTarget], store: NoticeStore, queue_max: int = 10_000):
         self.targets = targets
         channel = WebhookChannel(None, per_url={t.url: (t.secret, t.timeout_s) for t in targets})
         self.outbox = OutboxService(

@@ -6,10 +6,12 @@ here from the same profiles the engine uses."""
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from domain.limits import Limit, Profile, limits_for_site
 from domain.model import Alert
 from domain.registry import Registry
+from store.base import AlertReader
 from store.feed import SITE_EDITED, partition_of
 
 
@@ -17,12 +19,22 @@ class ActionPending(TimeoutError):
     """Recorded, but no alert worker applied it in time (none running, or taking over)."""
 
 
+class ActionStore(AlertReader, Protocol):
+    """The alerts, and the actions recorded for the alert workers (store.postgres)."""
+
+    def add_action(
+        self, part: int, alert_id: int, action: str, actor: str, comment: str
+    ) -> int: ...
+
+    def action_outcome(self, action_id: int) -> tuple[bool, str | None]: ...
+
+
 class StoredActions:
     """What the API asks of the engine (api.context.AppContext.engine), through the store."""
 
     def __init__(
         self,
-        store,
+        store: ActionStore,
         registry: Registry,
         profiles: dict[str, Profile],
         partitions: int,

@@ -18,7 +18,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 from api.context import AppContext
 from domain.model import Device, Site
 from domain.timeutil import now_ms
-from store.base import Principal
+from store.base import AccountStore, Principal
 
 ROLES = ("admin", "inspector", "viewer")
 _bearer = HTTPBearer(auto_error=False, description="a login session or an API token")
@@ -33,11 +33,11 @@ def new_token() -> str:
 
 
 def issue_token(
-    ctx: AppContext, principal: Principal, hours: float | None, label: str = ""
+    store: AccountStore, principal: Principal, hours: float | None, label: str = ""
 ) -> tuple[str, int | None]:
     token = new_token()
     expires = now_ms() + int(hours * 3_600_000) if hours else None
-    ctx.store.add_token(token_hash(token), principal, expires, label)
+    store.add_token(token_hash(token), principal, expires, label)
     return token, expires
 
 

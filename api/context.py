@@ -11,7 +11,16 @@ from domain.limits import Limit, Profile
 from domain.model import Alert
 from domain.params import Catalogue
 from domain.registry import Registry
-from store.base import Store
+from store.base import (
+    AccountStore,
+    AlertReader,
+    DeadLetterStore,
+    NoticeStore,
+    OperationsStore,
+    ReadingStore,
+    RegistryStore,
+    TankStore,
+)
 from store.bell import Bell
 from store.ledger import WasteLedger
 from store.lines import LineLedger
@@ -74,9 +83,24 @@ class IngestCounters(Protocol):
     def prometheus(self) -> str: ...
 
 
+class ApiStore(
+    ReadingStore,
+    DeadLetterStore,
+    AlertReader,
+    NoticeStore,
+    AccountStore,
+    RegistryStore,
+    TankStore,
+    OperationsStore,
+    Protocol,
+):
+    """The store as the API uses it: every role but the alert stage's writes and checkpoint
+    (inspector actions reach alerts through `AlertActions`)."""
+
+
 @dataclass
 class AppContext:
-    store: Store
+    store: ApiStore
     registry: Registry
     catalogue: Catalogue
     engine: AlertActions

@@ -2,8 +2,8 @@
 the venue, and the page itself, server-rendered HTML with no script and no inline style so that
 a strict Content-Security-Policy holds.
 
-Public ids live in the store's key-value state (namespace `public.links`, site id -> public id),
-so every API process sees a rotation at once and a revoked id stops working everywhere."""
+Public ids live in the store (RegistryStore.public_links, site id -> public id), so every API
+process sees a rotation at once and a revoked id stops working everywhere."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from api.routes_compliance import compliance_rows
 from api.routes_sites import site_status
 from domain.model import Site
 
-LINKS_NS = "public.links"
 # secrets.token_urlsafe(18): 144 random bits, 24 URL-safe characters.
 ID_BYTES = 18
 PUBLIC_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -74,14 +73,14 @@ def load_public_settings(path: Path | None = None) -> PublicSettings:
 
 def public_id_of(ctx: AppContext, site_id: str) -> str:
     """The site's public id, issued on first use."""
-    current = ctx.store.load_state(LINKS_NS).get(site_id)
+    current = ctx.store.public_links().get(site_id)
     return current if current is not None else rotate(ctx, site_id)
 
 
 def rotate(ctx: AppContext, site_id: str) -> str:
     """Issue a new public id for the site; the old one names nothing from now on."""
     public_id = secrets.token_urlsafe(ID_BYTES)
-    ctx.store.save_state(LINKS_NS, {site_id: public_id})
+    ctx.store.save_public_link(site_id, public_id)
     return public_id
 
 
@@ -89,7 +88,7 @@ def site_of(ctx: AppContext, public_id: str) -> Site | None:
     """The site a public id names now, or None (unknown, revoked or malformed)."""
     if PUBLIC_ID.fullmatch(public_id) is None:
         return None
-    for site_id, current in ctx.store.load_state(LINKS_NS).items():
+    for site_id, current in ctx.store.public_links().items():
         if secrets.compare_digest(current, public_id):
             return ctx.registry.sites.get(site_id)
     return None

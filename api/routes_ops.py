@@ -32,7 +32,7 @@ from store.base import AlertQuery
 router = APIRouter()
 log = logging.getLogger("landun.api")
 
-COUNTERS_NS = "ops.counters"
+READINGS_COUNTER = "readings_stored"  # the store's counter of /healthz's readings_stored
 COUNT_SAVE_S = 30.0
 
 LOGIN_PATH = "/api/v1/auth/login"
@@ -111,13 +111,12 @@ def healthz(ctx: Ctx) -> Health:
 
 
 def _saved_count(ctx: Ctx) -> int:
-    text = ctx.store.load_state(COUNTERS_NS).get("readings_stored", "0")
-    return int(text) if text.isdigit() else 0
+    return ctx.store.counter(READINGS_COUNTER)
 
 
 def _save_count(ctx: Ctx) -> None:
     total = ctx.readings_before + ctx.metrics.readings_stored
-    ctx.store.save_state(COUNTERS_NS, {"readings_stored": str(total)})
+    ctx.store.save_counter(READINGS_COUNTER, total)
 
 
 def keep_readings_count(app: FastAPI, ctx: Ctx) -> None:
@@ -262,7 +261,9 @@ async def login(request: Request, ctx: Ctx, body: LoginIn) -> TokenOut:
         guard.throttle.failed(body.username, address)
         raise HTTPException(401, "wrong user name or password")
     who = found[0]
-    token, expires = await asyncio.to_thread(issue_token, ctx, who, ctx.session_hours, "login")
+    token, expires = await asyncio.to_thread(
+        issue_token, ctx.store, who, ctx.session_hours, "login"
+    )
     return TokenOut(
         token=token,
         expires=ms_to_iso(expires) if expires else None,

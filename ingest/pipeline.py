@@ -25,7 +25,7 @@ from ingest.decode import DecodeLimits, decode_document, decode_status, decode_t
 from ingest.events import decode_events
 from ingest.metrics import IngestMetrics
 from ingest.tank_events import decode_tank_events
-from store.base import DeviceStatus, Store, StoreUnavailable
+from store.base import DeviceStatus, ReadingStore, StoreUnavailable
 from store.lines import EventLedgers
 from store.tank_log import TankLog
 
@@ -63,7 +63,7 @@ T = TypeVar("T")
 class IngestPipeline:
     def __init__(
         self,
-        store: Store,
+        store: ReadingStore,
         registry: Registry,
         catalogue: Catalogue,
         limits: DecodeLimits | None = None,

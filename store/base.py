@@ -1,12 +1,15 @@
-"""The store interface every stage talks to: store.sqlite always, store.influx for readings."""
+"""The store interface, by role: each stage depends on the roles it uses (ReadingStore,
+AlertStore, AccountStore, ...), and `Store`, all of them together, is what the backends
+(store.sqlite, store.postgres, store.influx for readings) implement and landun/ hands around."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from domain.model import Alert, DeadLetter, Reading
+from domain.tanks import TankEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +139,23 @@ class AuditEvent:
     alert: Alert
 
 
+@dataclass(frozen=True, slots=True)
+class MailedReport:
+    """A scheduled report mailed to a jurisdiction's recipients (mailed once)."""
+
+    jurisdiction: str
+    period: str  # week | month
+    last_day: str  # the report's last day, ISO date
+    mailed_ms: int
+
+
 class StoreUnavailable(RuntimeError):
     """The store cannot take writes now (locked, disk full, unreachable); retry later."""
 
 
-class Store(Protocol):
+class ReadingStore(Protocol):
+    """Readings, and what ingest learns of each device beside them (status, last heard)."""
+
     def write_batch(
         self,
         readings: Sequence[Reading],
@@ -152,66 +167,6 @@ class Store(Protocol):
         ...
 
     def query_readings(self, q: ReadingQuery) -> list[Reading]: ...
-
-    def dead_letters(self, limit: int = 100, since_ms: int | None = None) -> list[DeadLetter]: ...
-
-    def dead_letter_counts(self) -> dict[str, int]:
-        """Dead letters per reason, those already deleted by retention included."""
-        ...
-
-    def prune_dead_letters(self, raw_before_ms: int, rows_before_ms: int) -> tuple[int, int]:
-        """Clear the raw bytes of dead letters received before `raw_before_ms`, delete those
-        before `rows_before_ms` (kept in the counts); (raw cleared, rows deleted)."""
-        ...
-
-    def device_statuses(self) -> dict[str, DeviceStatus]: ...
-
-    def last_seen(self) -> dict[str, int]:
-        """Receive time of the newest reading per device."""
-        ...
-
-    def open_alerts(self) -> list[Alert]: ...
-
-    def save_alerts(
-        self,
-        changes: Sequence[AlertChange],
-        state_namespace: str = "",
-        state: dict[str, str | None] | None = None,
-    ) -> None:
-        """Insert or update alerts (ids are assigned to new ones), append their audit entries,
-        and upsert engine state, in one transaction."""
-        ...
-
-    def get_alert(self, alert_id: int) -> Alert | None: ...
-
-    def list_alerts(self, q: AlertQuery) -> list[Alert]: ...
-
-    def audit_trail(self, alert_id: int) -> list[AuditEntry]: ...
-
-    def record_delivery(
-        self,
-        target: str,
-        alert_id: int,
-        action: str,
-        ok: bool,
-        attempts: int,
-        error: str,
-        at_ms: int,
-        channel: str = "webhook",
-    ) -> None: ...
-
-    def deliveries(self, limit: int = 100, channel: str | None = None) -> list[Delivery]:
-        """Newest first; only `channel`'s when given."""
-        ...
-
-    def claim_notice(self, key: str, at_ms: int) -> bool:
-        """Take a notice key before sending it: True for the first claim, False when the key
-        was claimed already (by this process, an earlier run or another process)."""
-        ...
-
-    def release_notice(self, key: str) -> None:
-        """Give a claimed key back after its delivery finally failed, so it may be tried again."""
-        ...
 
     def downsample(
         self,
@@ -239,6 +194,44 @@ class Store(Protocol):
         """(all readings, valid readings, valid readings outside [low, high]) in the range."""
         ...
 
+    def device_statuses(self) -> dict[str, DeviceStatus]: ...
+
+    def last_seen(self) -> dict[str, int]:
+        """Receive time of the newest reading per device."""
+        ...
+
+    def record_last_seen(self, seen: Mapping[str, int]) -> None:
+        """Move devices' last-seen times forward (an older time than the stored one is ignored):
+        for a readings backend that keeps them elsewhere (store.influx)."""
+        ...
+
+
+class DeadLetterStore(Protocol):
+    """Messages ingest refused, with their reasons (written by `ReadingStore.write_batch`)."""
+
+    def dead_letters(self, limit: int = 100, since_ms: int | None = None) -> list[DeadLetter]: ...
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters per reason, those already deleted by retention included."""
+        ...
+
+    def prune_dead_letters(self, raw_before_ms: int, rows_before_ms: int) -> tuple[int, int]:
+        """Clear the raw bytes of dead letters received before `raw_before_ms`, delete those
+        before `rows_before_ms` (kept in the counts); (raw cleared, rows deleted)."""
+        ...
+
+
+class AlertReader(Protocol):
+    """Alerts and their audit trail, as the API and the notifiers read them."""
+
+    def open_alerts(self) -> list[Alert]: ...
+
+    def get_alert(self, alert_id: int) -> Alert | None: ...
+
+    def list_alerts(self, q: AlertQuery) -> list[Alert]: ...
+
+    def audit_trail(self, alert_id: int) -> list[AuditEntry]: ...
+
     def last_audit_id(self) -> int: ...
 
     def audit_events(
@@ -246,6 +239,88 @@ class Store(Protocol):
     ) -> list[AuditEvent]:
         """Audited alert changes after `after_id`, oldest first, optionally for some sites."""
         ...
+
+
+class AlertStore(AlertReader, Protocol):
+    """The alert stage's own: it alone writes alert changes, together with its checkpoint, the
+    engine state (`load_state`, `save_state`, the `state` of `save_alerts`) its rules need
+    after a restart or a take-over. Namespaces are the rules' (`threshold`, `custody`), per
+    partition where alert workers hold partitions; no other stage keeps anything there."""
+
+    def save_alerts(
+        self,
+        changes: Sequence[AlertChange],
+        state_namespace: str = "",
+        state: dict[str, str | None] | None = None,
+    ) -> None:
+        """Insert or update alerts (ids are assigned to new ones), append their audit entries,
+        and upsert engine state, in one transaction."""
+        ...
+
+    def load_state(self, namespace: str) -> dict[str, str]: ...
+
+    def save_state(self, namespace: str, items: dict[str, str | None]) -> None:
+        """Upsert engine state; a None value deletes the key."""
+        ...
+
+
+class NoticeStore(Protocol):
+    """What notifying people of alerts keeps: deliveries, claimed notices, escalation steps
+    and their audit entries, and the notification settings edited through the API."""
+
+    def record_delivery(
+        self,
+        target: str,
+        alert_id: int,
+        action: str,
+        ok: bool,
+        attempts: int,
+        error: str,
+        at_ms: int,
+        channel: str = "webhook",
+    ) -> None: ...
+
+    def deliveries(self, limit: int = 100, channel: str | None = None) -> list[Delivery]:
+        """Newest first; only `channel`'s when given."""
+        ...
+
+    def claim_notice(self, key: str, at_ms: int) -> bool:
+        """Take a notice key before sending it: True for the first claim, False when the key
+        was claimed already (by this process, an earlier run or another process)."""
+        ...
+
+    def release_notice(self, key: str) -> None:
+        """Give a claimed key back after its delivery finally failed, so it may be tried again."""
+        ...
+
+    def notify_settings(self, owners: Sequence[str]) -> dict[str, str]:
+        """Stored notification settings (JSON) of these owners (`site:<id>`, `jurisdiction:<code>`,
+        `user:<name>`); owners never edited are absent."""
+        ...
+
+    def save_notify_settings(self, owner: str, doc: str | None, actor: str, at_ms: int) -> None:
+        """Replace an owner's notification settings; None deletes them."""
+        ...
+
+    def claim_escalation(
+        self, alert_id: int, level: int, at_ms: int, audit: Sequence[AuditEntry]
+    ) -> bool:
+        """Record that the alert reached this escalation level, with its audit entries, in one
+        transaction; False (and nothing written) when the level was claimed already or the
+        alert is no longer open (acknowledged or resolved)."""
+        ...
+
+    def escalation_steps(self, alert_ids: Sequence[int]) -> dict[int, dict[int, int]]:
+        """Alert id -> {level: when it was reached} for the alerts that reached any."""
+        ...
+
+    def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Add entries to alerts' audit trails (notifications sent or failed)."""
+        ...
+
+
+class AccountStore(Protocol):
+    """People (users with a password hash) and tokens (login sessions, machines' API tokens)."""
 
     def add_user(
         self, name: str, password_hash: str, role: str, jurisdictions: Sequence[str]
@@ -285,35 +360,72 @@ class Store(Protocol):
         """Delete the token with this id (TokenInfo.id); False if none has it."""
         ...
 
-    def load_state(self, namespace: str) -> dict[str, str]: ...
 
-    def notify_settings(self, owners: Sequence[str]) -> dict[str, str]:
-        """Stored notification settings (JSON) of these owners (`site:<id>`, `jurisdiction:<code>`,
-        `user:<name>`); owners never edited are absent."""
+class RegistryStore(Protocol):
+    """What the API adds to the registry file: site and device edits (each the registry
+    file's JSON document of it, laid over the file at start, store.site_edits) and the
+    sites' public page links."""
+
+    def site_edits(self) -> dict[str, str]:
+        """Site id -> the edited site."""
         ...
 
-    def save_notify_settings(self, owner: str, doc: str | None, actor: str, at_ms: int) -> None:
-        """Replace an owner's notification settings; None deletes them."""
+    def save_site_edit(self, site_id: str, doc: str) -> None: ...
+
+    def device_edits(self) -> dict[str, str]:
+        """Device id -> the edited device."""
         ...
 
-    def claim_escalation(
-        self, alert_id: int, level: int, at_ms: int, audit: Sequence[AuditEntry]
-    ) -> bool:
-        """Record that the alert reached this escalation level, with its audit entries, in one
-        transaction; False (and nothing written) when the level was claimed already or the
-        alert is no longer open (acknowledged or resolved)."""
+    def save_device_edit(self, device_id: str, doc: str) -> None: ...
+
+    def public_links(self) -> dict[str, str]:
+        """Site id -> the public id its page answers to now."""
         ...
 
-    def escalation_steps(self, alert_ids: Sequence[int]) -> dict[int, dict[int, int]]:
-        """Alert id -> {level: when it was reached} for the alerts that reached any."""
+    def save_public_link(self, site_id: str, public_id: str) -> None:
+        """Give the site a new public id (the old one names nothing from then on)."""
         ...
 
-    def append_audit(self, entries: Sequence[AuditEntry]) -> None:
-        """Add entries to alerts' audit trails (notifications sent or failed)."""
+
+class TankStore(Protocol):
+    """The tank cleaning and disinfection register (store.tank_log)."""
+
+    def add_tank_records(self, events: Sequence[TankEvent], keep: int) -> list[TankEvent]:
+        """Add the records (one delivered again is kept once) and keep each tank's newest
+        `keep`; return the records that were new. Raises StoreUnavailable."""
         ...
 
-    def save_state(self, namespace: str, items: dict[str, str | None]) -> None:
-        """Upsert engine state; a None value deletes the key."""
+    def tank_records(self, site_id: str | None = None) -> list[TankEvent]:
+        """The records of every tank (of one site, or of all), by site, tank and time."""
         ...
+
+
+class OperationsStore(Protocol):
+    """What the service's housekeeping keeps across restarts: counters (/healthz) and the
+    reports already mailed."""
+
+    def counter(self, name: str) -> int:
+        """A saved counter; 0 if never saved."""
+        ...
+
+    def save_counter(self, name: str, value: int) -> None: ...
+
+    def mailed_reports(self) -> list[MailedReport]: ...
+
+    def record_mailed_report(self, report: MailedReport) -> None: ...
+
+
+class Store(
+    ReadingStore,
+    DeadLetterStore,
+    AlertStore,
+    NoticeStore,
+    AccountStore,
+    RegistryStore,
+    TankStore,
+    OperationsStore,
+    Protocol,
+):
+    """Every role in one: what a backend implements."""
 
     def close(self) -> None: ...

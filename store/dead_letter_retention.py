@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from domain.timeutil import now_ms
-from store.base import Store
+from store.base import DeadLetterStore
 
 log = logging.getLogger("landun.store.dead_letter_retention")
 
@@ -36,7 +36,7 @@ def load_policy() -> RetentionPolicy:
 class DeadLetterRetention:
     def __init__(
         self,
-        store: Store,
+        store: DeadLetterStore,
         policy: RetentionPolicy | None = None,
         clock: Callable[[], int] = now_ms,
     ) -> None:

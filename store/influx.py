@@ -1,7 +1,7 @@
 """InfluxDB 2 backend for readings, composed with a relational store for everything else.
 
 Readings go to InfluxDB; dead letters, device status, last-seen times, alerts, their audit trail,
-webhook deliveries, users and tokens, and engine state stay in the relational store (SQLite), so
+webhook deliveries, users and tokens, and the other roles stay in the relational store, so
 `InfluxStore` satisfies the whole `Store` protocol: the readings methods are implemented here, the
 rest are forwarded by name (`DELEGATED`).
 
@@ -48,8 +48,6 @@ T = TypeVar("T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # range() needs a stop; sensor clocks may run minutes ahead of ours, so "now" would hide them.
 _FAR_FUTURE = "2100-01-01T00:00:00Z"
-# Last-seen times live in the relational store's engine state, beside the alerts that use them.
-_LAST_SEEN_NS = "store.influx.last_seen"
 
 
 class InfluxError(RuntimeError):
@@ -452,23 +450,12 @@ class InfluxStore:
             )  # fmt: skip
         if dead_letters or statuses:
             self.relational.write_batch((), dead_letters, statuses)
-        self._advance_last_seen(readings)
-        return len(readings)
-
-    def _advance_last_seen(self, readings: Sequence[Reading]) -> None:
         seen: dict[str, int] = {}
         for r in readings:
             seen[r.device_id] = max(seen.get(r.device_id, 0), r.recv_ms)
-        if not seen:
-            return
-        stored = self.last_seen()
-        newer: dict[str, str | None] = {
-            d: str(ms) for d, ms in seen.items() if ms > stored.get(d, 0)
-        }
-        # Read, then write: two ingest workers may interleave and keep the earlier of two
-        # near-simultaneous times, off by one batch at most, which the deadman cannot notice.
-        if newer:
-            self.relational.save_state(_LAST_SEEN_NS, newer)
+        if seen:
+            self.relational.record_last_seen(seen)
+        return len(readings)
 
     def query_readings(self, q: ReadingQuery) -> list[Reading]:
         flux = flux_readings(self.bucket, q, self._measurements)
@@ -541,11 +528,6 @@ class InfluxStore:
         [v] = rows
         return int(v["total"]), int(v["valid"]), int(v["outside"])
 
-    def last_seen(self) -> dict[str, int]:
-        """Kept in the relational store's engine state (its own last-seen table is fed only by
-        its own readings writes)."""
-        return {k: int(v) for k, v in self.relational.load_state(_LAST_SEEN_NS).items()}
-
     # -- delegated to the relational store ----------------------------------------------------
 
     def __getattr__(self, name: str) -> Any:
@@ -560,9 +542,12 @@ class InfluxStore:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
-# Store methods answered by the relational store unchanged: everything but readings.
+# Store methods answered by the relational store unchanged: everything but readings. Last-seen
+# times are kept there too (ingest moves them forward with each batch).
 DELEGATED = frozenset(
     {
+        "last_seen",
+        "record_last_seen",
         "dead_letters",
         "dead_letter_counts",
         "prune_dead_letters",
@@ -589,6 +574,18 @@ DELEGATED = frozenset(
         "revoke_token",
         "load_state",
         "save_state",
+        "site_edits",
+        "save_site_edit",
+        "device_edits",
+        "save_device_edit",
+        "public_links",
+        "save_public_link",
+        "add_tank_records",
+        "tank_records",
+        "counter",
+        "save_counter",
+        "mailed_reports",
+        "record_mailed_report",
         "notify_settings",
         "save_notify_settings",
         "claim_escalation",

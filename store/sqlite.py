@@ -1,4 +1,5 @@
-"""SQLite backend (WAL): readings, dead letters, device status, alerts with audit, engine state.
+"""SQLite backend (WAL): readings, dead letters, device status, alerts with audit, accounts, and
+the rest of the Store's roles (store.base).
 Connections as store.sqlite_db: one writer behind a lock, a reader per thread."""
 
 from __future__ import annotations
@@ -6,13 +7,14 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from domain import strict_json
 from domain.model import Alert, AlertFamily, AlertStatus, DeadLetter, Reading, Severity
+from domain.tanks import TankEvent
 from domain.timeutil import now_ms
-from store import notify_sql
+from store import notify_sql, records_sql
 from store.base import (
     TOKEN_ID_CHARS,
     AlertChange,
@@ -22,6 +24,7 @@ from store.base import (
     Bucket,
     Delivery,
     DeviceStatus,
+    MailedReport,
     Principal,
     ReadingQuery,
     StoreUnavailable,
@@ -279,6 +282,7 @@ MIGRATIONS = (
     Migration(2, "notifications: deliveries by channel, claimed notice keys", NOTIFICATIONS),
     Migration(3, notify_sql.MIGRATION_NAME, notify_sql.SQLITE_SCHEMA),
     Migration(4, "readings: one table keyed by series; the inboxes go", ONE_READINGS_TABLE),
+    *(Migration(5 + i, name, sql) for i, (name, sql) in enumerate(records_sql.SQLITE_STEPS)),
 )
 
 _ALERT_COLS = (
@@ -587,6 +591,12 @@ class SqliteStore(SqliteDatabase):
 
     def last_seen(self) -> dict[str, int]:
         return dict(self._reader().execute("SELECT device_id, recv_ms FROM device_last_seen"))
+
+    def record_last_seen(self, seen: Mapping[str, int]) -> None:
+        with self._tx() as conn:
+            conn.executemany(
+                records_sql.RECORD_LAST_SEEN.format(greatest="max"), sorted(seen.items())
+            )
 
     # -- alerts -------------------------------------------------------------------------------
 
@@ -911,7 +921,7 @@ class SqliteStore(SqliteDatabase):
             ).rowcount
         return bool(gone)
 
-    # -- engine state -------------------------------------------------------------------------
+    # -- the alert stage's checkpoint (engine state) -----------------------------------------
 
     def load_state(self, namespace: str) -> dict[str, str]:
         rows = self._reader().execute(
@@ -935,6 +945,59 @@ class SqliteStore(SqliteDatabase):
             "DELETE FROM engine_state WHERE namespace = ? AND key = ?",
             [(namespace, k) for k, v in items.items() if v is None],
         )
+
+    # -- registry edits, public links, tanks, counters, mailed reports (store.records_sql) ---
+
+    def site_edits(self) -> dict[str, str]:
+        return dict(self._reader().execute(records_sql.SITE_EDITS))
+
+    def save_site_edit(self, site_id: str, doc: str) -> None:
+        with self._tx() as conn:
+            conn.execute(records_sql.SAVE_SITE_EDIT, (site_id, doc))
+
+    def device_edits(self) -> dict[str, str]:
+        return dict(self._reader().execute(records_sql.DEVICE_EDITS))
+
+    def save_device_edit(self, device_id: str, doc: str) -> None:
+        with self._tx() as conn:
+            conn.execute(records_sql.SAVE_DEVICE_EDIT, (device_id, doc))
+
+    def public_links(self) -> dict[str, str]:
+        return dict(self._reader().execute(records_sql.PUBLIC_LINKS))
+
+    def save_public_link(self, site_id: str, public_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(records_sql.SAVE_PUBLIC_LINK, (site_id, public_id))
+
+    def add_tank_records(self, events: Sequence[TankEvent], keep: int) -> list[TankEvent]:
+        with self._tx() as conn:
+            fresh = [
+                e
+                for e in events
+                if conn.execute(records_sql.ADD_TANK_RECORD, records_sql.tank_values(e)).rowcount
+            ]
+            for site_id, tank_id in sorted({(e.site_id, e.tank_id) for e in fresh}):
+                conn.execute(records_sql.TRIM_TANK, records_sql.trim_args(site_id, tank_id, keep))
+        return fresh
+
+    def tank_records(self, site_id: str | None = None) -> list[TankEvent]:
+        sql, args = records_sql.tank_query(site_id)
+        return [records_sql.tank_event(r) for r in self._reader().execute(sql, args)]
+
+    def counter(self, name: str) -> int:
+        row = self._reader().execute(records_sql.COUNTER, (name,)).fetchone()
+        return 0 if row is None else row[0]
+
+    def save_counter(self, name: str, value: int) -> None:
+        with self._tx() as conn:
+            conn.execute(records_sql.SAVE_COUNTER, (name, value))
+
+    def mailed_reports(self) -> list[MailedReport]:
+        return [MailedReport(*r) for r in self._reader().execute(records_sql.MAILED_REPORTS)]
+
+    def record_mailed_report(self, report: MailedReport) -> None:
+        with self._tx() as conn:
+            conn.execute(records_sql.RECORD_MAILED, records_sql.mailed_values(report))
 
     # -- notification: contacts, preferences, escalation steps -------------------------------
 

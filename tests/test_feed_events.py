@@ -27,7 +27,6 @@ from store.feed import POISON_SOURCE, encode_entry, load_feed_settings, partitio
 from store.lines import PostgresLineLedger
 from store.postgres.ledger import PostgresLedger
 from store.postgres.store import PostgresStore
-from store.tank_log import NS as TANKS_NS
 from store.tank_log import PostgresTankLog
 from tests.brokers import MosquittoBroker, have_mosquitto
 from tests.conftest import Publisher
@@ -125,7 +124,7 @@ def test_line_tank_and_waste_events_raise_their_alerts_in_a_separate_worker(tmp_
         # Each event recorded once, in its ledger, by the ingest process.
         assert query(url, "SELECT count(*) FROM line_events")[0][0] == 2
         assert query(url, "SELECT count(*) FROM waste_events")[0][0] == 3
-        assert query(url, "SELECT count(*) FROM engine_state WHERE namespace = %s", (TANKS_NS,))
+        assert query(url, "SELECT count(*) FROM tank_records")[0][0] == 2
         wait_until(lambda: feed_behind(url) == 0, 30, "the feed evaluated")
         logs = d.logs()
         assert "Traceback" not in logs and "hook failed" not in logs
@@ -158,9 +157,8 @@ LEDGERS = {
     "line": (_line, "SELECT count(*) FROM line_events", "line_events CHECK (ref_id <> 'C')"),
     "tank": (
         _tank,
-        "SELECT coalesce(sum(json_array_length(value::json)), 0) FROM engine_state"
-        f" WHERE namespace = '{TANKS_NS}'",
-        "engine_state CHECK (key NOT LIKE '%|C')",
+        "SELECT count(*) FROM tank_records",
+        "tank_records CHECK (tank_id <> 'C')",
     ),
 }
 

@@ -266,7 +266,8 @@ def test_flux_reading_stats_open_bounds(low, high, outside: str) -> None:
 
 
 def _protocol_methods() -> set[str]:
-    return {n for n, v in vars(Store).items() if not n.startswith("_") and callable(v)}
+    roles = [c for c in Store.__mro__ if c.__module__ == Store.__module__]  # Store and its roles
+    return {n for c in roles for n, v in vars(c).items() if not n.startswith("_") and callable(v)}
 
 
 def test_every_store_method_is_implemented_or_delegated_never_both() -> None:

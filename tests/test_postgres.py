@@ -32,6 +32,7 @@ from store.retention import HOUR_MS, RetentionSettings
 from tests.conftest import Publisher, demo_config, start_system, wait_for
 from tests.postgres import fresh_database, require_server
 from tests.test_end_to_end import DEVICE, MINUTE, record
+from tests.test_sqlite_migrations import LAST_SEEN_BEFORE, LEGACY_STATE, assert_moved, typed_steps
 
 T0 = 1_795_334_400_000  # 2026-11-22 00:00 UTC
 DAY = 86_400_000
@@ -66,6 +67,22 @@ def test_migrations_from_the_previous_schema_keep_the_data(pg_url: str) -> None:
         with connect(pg_url) as conn:
             assert schema_version(conn) == len(MIGRATIONS)
         assert store.get_user("ann")[1] == "h"
+    finally:
+        store.close()
+
+
+def test_engine_state_of_the_previous_schema_moves_to_typed_tables(pg_url: str) -> None:
+    first = MIGRATIONS.index(typed_steps(MIGRATIONS)[0])
+    with connect(pg_url) as conn:
+        upgrade(conn, MIGRATIONS[:first])
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO engine_state VALUES (%s, %s, %s)", LEGACY_STATE)
+            cur.executemany("INSERT INTO device_last_seen VALUES (%s, %s)", LAST_SEEN_BEFORE)
+    store = PostgresStore(pg_url)  # opening the store applies what is pending
+    try:
+        with connect(pg_url) as conn:
+            left = {ns for (ns,) in conn.execute("SELECT DISTINCT namespace FROM engine_state")}
+        assert_moved(store, left)
     finally:
         store.close()
 

@@ -30,10 +30,12 @@ from domain.model import (
     SiteKind,
 )
 from domain.registry import Registry
+from domain.tanks import TankEvent, TankEventKind
 from store.base import (
     AlertChange,
     Bucket,
     DeviceStatus,
+    MailedReport,
     Principal,
     ReadingQuery,
     Store,
@@ -252,6 +254,56 @@ def test_engine_state_round_trip(backend: Backend) -> None:
     backend.store.save_state("ns", {"a": "1", "b": "2"})
     backend.store.save_state("ns", {"a": None, "b": "3"})
     assert backend.store.load_state("ns") == {"b": "3"}
+
+
+def test_record_last_seen_only_moves_forward(backend: Backend) -> None:
+    store = backend.store
+    store.record_last_seen({backend.dev_a: T0 + MIN, backend.dev_b: T0})
+    store.record_last_seen({backend.dev_a: T0, backend.dev_b: T0 + 2 * MIN})
+    seen = store.last_seen()
+    assert (seen[backend.dev_a], seen[backend.dev_b]) == (T0 + MIN, T0 + 2 * MIN)
+
+
+def test_registry_edits_and_public_links_are_replaced_by_key(backend: Backend) -> None:
+    store = backend.store
+    store.save_site_edit("s2", '{"id": "s2"}')
+    store.save_site_edit("s1", '{"id": "s1"}')
+    store.save_site_edit("s1", '{"id": "s1", "name": "泳池"}')
+    store.save_device_edit("d1", '{"id": "d1"}')
+    assert store.site_edits() == {"s1": '{"id": "s1", "name": "泳池"}', "s2": '{"id": "s2"}'}
+    assert list(store.site_edits()) == ["s1", "s2"]
+    assert store.device_edits() == {"d1": '{"id": "d1"}'}
+    store.save_public_link("s1", "a" * 24)
+    store.save_public_link("s1", "b" * 24)
+    assert store.public_links() == {"s1": "b" * 24}
+
+
+def test_counters_and_mailed_reports(backend: Backend) -> None:
+    store = backend.store
+    assert store.counter("readings_stored") == 0
+    store.save_counter("readings_stored", 12)
+    store.save_counter("readings_stored", 3_000_000_000)  # past 32 bits
+    assert store.counter("readings_stored") == 3_000_000_000
+    mailed = MailedReport("310104", "week", "2026-11-22", T0)
+    store.record_mailed_report(mailed)
+    store.record_mailed_report(mailed)
+    assert store.mailed_reports() == [mailed]
+
+
+def _tank(b: Backend, tank: str, minute: int, event=TankEventKind.CLEANED) -> TankEvent:
+    return TankEvent(b.dev_a, b.site, event, tank, T0 + minute * MIN, T0 + minute * MIN, "王师傅")
+
+
+def test_tank_records_are_kept_once_and_the_newest_kept(backend: Backend) -> None:
+    store = backend.store
+    first = [_tank(backend, "T1", 0), _tank(backend, "T1", 0, TankEventKind.DISINFECTED)]
+    assert store.add_tank_records(first, keep=3) == first
+    again = _tank(backend, "T1", 0)
+    later = [_tank(backend, "T2", 5), again, _tank(backend, "T1", 9), _tank(backend, "T1", 7)]
+    assert store.add_tank_records(later, keep=3) == [later[0], later[2], later[3]]
+    # T1 kept its newest three: minute 0's cleaning (before the disinfection) went.
+    assert store.tank_records() == [first[1], later[3], later[2], later[0]]
+    assert store.tank_records("elsewhere") == []
 
 
 # -- readings aggregates ----------------------------------------------------------------------

@@ -33,7 +33,7 @@ from prometheus_client import Counter
 from alerts.channels.base import Channel, DeliveryFailed, Notice
 from domain.logtext import log_safe
 from domain.timeutil import now_ms
-from store.base import Store
+from store.base import NoticeStore
 
 log = logging.getLogger("landun.alerts.outbox")
 
@@ -105,7 +105,7 @@ class OutboxService:
     def __init__(
         self,
         channels: Mapping[str, Channel],
-        store: Store,
+        store: NoticeStore,
         policies: Mapping[str, ChannelPolicy] | None = None,
         *,
         overrides: Mapping[tuple[str, str], ChannelPolicy] | None = None,

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from alerts.channels.outbox import ChannelPolicy, OutboxService
 from alerts.channels.registry import ChannelConfig, Secret, discovered
 from alerts.settings_files import SettingsError, checked, config_file, parse_toml, read_toml
-from store.base import Store
+from store.base import NoticeStore
 
 NOTIFY_FILE = "notify.toml"
 
@@ -94,7 +94,7 @@ def load_channel_settings() -> ChannelSettings:
     )
 
 
-def build_outbox(settings: ChannelSettings, store: Store) -> OutboxService:
+def build_outbox(settings: ChannelSettings, store: NoticeStore) -> OutboxService:
     """The outbox with every channel `settings` turns on (call start() and, at the end, stop())."""
     specs = discovered()
     channels = {name: specs[name].build(config) for name, config in settings.configs.items()}

@@ -18,14 +18,14 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from alerts.channels.base import Notice, Recipient
-from alerts.escalation.people import Person, people_for
+from alerts.escalation.people import PeopleStore, Person, people_for
 from alerts.escalation.policy import EscalationSettings, Level, Policy
 from domain.model import Alert, AlertStatus, Reading, Severity, Site
 from domain.notify import ESCALATION_ACTOR
 from domain.registry import Registry
 from domain.rule_names import rule_name
 from domain.timeutil import now_ms
-from store.base import AuditEntry, Store, StoreUnavailable
+from store.base import AlertReader, AuditEntry, StoreUnavailable
 
 log = logging.getLogger("landun.escalation")
 
@@ -46,10 +46,14 @@ class Submitter(Protocol):
     def submit(self, notice: Notice) -> bool: ...
 
 
+class EscalationStore(AlertReader, PeopleStore, Protocol):
+    """The open alerts, the levels they reached and the people to notify."""
+
+
 class Escalator:
     def __init__(
         self,
-        store: Store,
+        store: EscalationStore,
         registry: Registry,
         outbox: Submitter,
         settings: EscalationSettings | None = None,

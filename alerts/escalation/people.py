@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from typing import Literal
+from typing import Literal, Protocol
 
 from alerts.escalation.policy import ContactsFile
 from domain.model import Site
@@ -20,7 +20,11 @@ from domain.notify import (
     user_owner,
     weekday_name,
 )
-from store.base import Store
+from store.base import AccountStore, NoticeStore
+
+
+class PeopleStore(NoticeStore, AccountStore, Protocol):
+    """Where people come from: the contacts and settings edited through the API, the users."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +35,7 @@ class Person:
 
 
 def stored_contacts(
-    store: Store, file: ContactsFile, owner: str
+    store: NoticeStore, file: ContactsFile, owner: str
 ) -> tuple[list[Contact], Literal["store", "file", "none"]]:
     """An owner's contacts and where they come from ("store", "file" or "none")."""
     doc = store.notify_settings([owner]).get(owner)
@@ -44,13 +48,13 @@ def stored_contacts(
     return [], "none"
 
 
-def stored_user_notify(store: Store, name: str) -> UserNotify | None:
+def stored_user_notify(store: NoticeStore, name: str) -> UserNotify | None:
     doc = store.notify_settings([user_owner(name)]).get(user_owner(name))
     return None if doc is None else UserNotify.model_validate_json(doc)
 
 
 def people_for(
-    store: Store, file: ContactsFile, target: str, site: Site, duty: date
+    store: PeopleStore, file: ContactsFile, target: str, site: Site, duty: date
 ) -> list[Person]:
     """The people a target names for this site on this duty day, in a stable order."""
     if target == "inspectors":
@@ -70,7 +74,7 @@ def _person(c: Contact) -> Person:
     return Person(c.name, dict(c.addresses.items()), c.preferences)
 
 
-def _inspectors(store: Store, jurisdiction: str) -> list[Person]:
+def _inspectors(store: PeopleStore, jurisdiction: str) -> list[Person]:
     users = [
         u.user.name
         for u in store.list_users()

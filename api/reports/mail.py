@@ -1,5 +1,5 @@
 """Mailing the reports on a schedule over SMTP with STARTTLS (smtplib). Which report was mailed
-is kept in the store (namespace `reports.mailed`), so a restart does not send it twice and a
+is kept in the store (OperationsStore.mailed_reports), so a restart does not send it twice and a
 failed send is tried again on the next tick."""
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from api.reports.pdf import render_pdf
 from api.reports.xlsx import render_xlsx
 from domain.smtp import SmtpServer, send_mail
 from domain.timeutil import now_ms
+from store.base import MailedReport
 
 log = logging.getLogger("landun.reports")
-MAILED_NS = "reports.mailed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +115,13 @@ def mail_due_reports(
 ) -> list[str]:
     """Send every due report not sent yet and return their keys. A failed one does not hold
     back the others; the first failure is raised after all were tried."""
-    mailed = ctx.store.load_state(MAILED_NS)
+    mailed = {(m.jurisdiction, m.period, m.last_day) for m in ctx.store.mailed_reports()}
     sent: list[str] = []
     failures: list[Exception] = []
     for period, last in due_reports(now_ms, settings.schedule, settings.timezone):
         for jurisdiction, to in sorted(mail.recipients.items()):
             key = f"{jurisdiction}/{period}/{last.isoformat()}"
-            if key in mailed or not to:
+            if (jurisdiction, period, last.isoformat()) in mailed or not to:
                 continue
             try:
                 report = build_report(ctx, jurisdiction, period, last, settings)
@@ -131,7 +131,9 @@ def mail_due_reports(
                 log.warning("the %s report %s was not mailed: %s", PERIOD_ZH[period], key, exc)
                 failures.append(exc)
                 continue
-            ctx.store.save_state(MAILED_NS, {key: str(now_ms)})
+            ctx.store.record_mailed_report(
+                MailedReport(jurisdiction, period, last.isoformat(), now_ms)
+            )
             log.info("mailed the %s report %s to %s", PERIOD_ZH[period], key, ", ".join(to))
             sent.append(key)
     if failures:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from store import notify_sql
+from store import notify_sql, records_sql
 from store.migrations import Migration
 
 INITIAL = """
@@ -364,4 +364,5 @@ MIGRATIONS = (
     Migration(9, "disinfection-line cycle and batch events", DISINFECTION_LINES),
     Migration(10, notify_sql.MIGRATION_NAME, notify_sql.POSTGRES_SCHEMA),
     Migration(11, "the alert feed numbered by its readers", FEED_NUMBERED_BY_READERS),
+    *(Migration(12 + i, name, sql) for i, (name, sql) in enumerate(records_sql.POSTGRES_STEPS)),
 )

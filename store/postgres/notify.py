@@ -18,10 +18,9 @@ log = logging.getLogger("landun.store")
 
 CHANNEL = "landun_alerts"
 NOTIFY = f"NOTIFY {CHANNEL}"
-# Saved registry edits (engine state namespaces `registry.*`, api.routes_sites): notified in
+# Saved registry edits (tables site_edits and device_edits, api.routes_sites): notified in
 # the transaction that saves one, so every process holding the registry reloads it.
 REGISTRY_CHANNEL = "landun_registry"
-REGISTRY_NAMESPACES = "registry."
 FEED_CHANNEL = "landun_feed"
 # Sent after the commit, in a statement of its own: a transaction that notifies holds a
 # cluster-wide lock through its commit, which would queue the ingest writers one behind another.

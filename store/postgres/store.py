@@ -6,15 +6,16 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
 
 import psycopg
 
 from domain.model import Alert, DeadLetter, Reading
+from domain.tanks import TankEvent
 from domain.timeutil import now_ms
-from store import notify_sql
+from store import notify_sql, records_sql
 from store.base import (
     TOKEN_ID_CHARS,
     AlertChange,
@@ -24,6 +25,7 @@ from store.base import (
     Bucket,
     Delivery,
     DeviceStatus,
+    MailedReport,
     Principal,
     ReadingQuery,
     StoreUnavailable,
@@ -40,7 +42,6 @@ from store.postgres.notify import (
     NOTIFY,
     NOTIFY_FEED,
     REGISTRY_CHANNEL,
-    REGISTRY_NAMESPACES,
     Listener,
 )
 from store.retention import (
@@ -62,6 +63,8 @@ _ALERT_COLS_A = ", ".join(f"a.{c.strip()}" for c in _ALERT_COLS.split(","))
 _ALERT_SETS = ", ".join(f"{c.strip()} = %s" for c in _ALERT_COLS.split(","))
 MONTHS_AHEAD = 1  # partitions created beyond the current month, so ingest rarely creates one
 PARTITIONS, HYPERTABLE = "monthly partitions", "TimescaleDB hypertable"  # readings layouts
+# pg_advisory_xact_lock key of the tank register: records are rare, one lock for all will do.
+TANKS_LOCK = 0x54414E4B53  # "TANKS"
 
 
 def month_start_ms(ts_ms: int) -> int:
@@ -385,6 +388,11 @@ class PostgresStore:
 
     def last_seen(self) -> dict[str, int]:
         return dict(self.db.rows("SELECT device_id, recv_ms FROM device_last_seen"))
+
+    def record_last_seen(self, seen: Mapping[str, int]) -> None:
+        sql = _pg(records_sql.RECORD_LAST_SEEN.format(greatest="greatest"))
+        with self.db.tx() as conn, conn.cursor() as cur:
+            cur.executemany(sql, sorted(seen.items()))  # in key order: no deadlock between two
 
     # -- readings aggregates ----------------------------------------------------------------
 
@@ -752,7 +760,7 @@ class PostgresStore:
             ).rowcount
         return bool(gone)
 
-    # -- engine state -------------------------------------------------------------------------
+    # -- the alert stage's checkpoint (engine state) -----------------------------------------
 
     def load_state(self, namespace: str) -> dict[str, str]:
         return dict(
@@ -762,8 +770,55 @@ class PostgresStore:
     def save_state(self, namespace: str, items: dict[str, str | None]) -> None:
         with self.db.tx() as conn:
             _write_state(conn, namespace, items)
-            if namespace.startswith(REGISTRY_NAMESPACES):
-                conn.execute(f"NOTIFY {REGISTRY_CHANNEL}")
+
+    # -- registry edits, public links, tanks, counters, mailed reports (store.records_sql) ---
+
+    def site_edits(self) -> dict[str, str]:
+        return dict(self.db.rows(records_sql.SITE_EDITS))
+
+    def save_site_edit(self, site_id: str, doc: str) -> None:
+        self._save_edit(records_sql.SAVE_SITE_EDIT, site_id, doc)
+
+    def device_edits(self) -> dict[str, str]:
+        return dict(self.db.rows(records_sql.DEVICE_EDITS))
+
+    def save_device_edit(self, device_id: str, doc: str) -> None:
+        self._save_edit(records_sql.SAVE_DEVICE_EDIT, device_id, doc)
+
+    def _save_edit(self, sql: str, key: str, doc: str) -> None:
+        with self.db.tx() as conn:
+            conn.execute(_pg(sql), (key, doc))
+            conn.execute(f"NOTIFY {REGISTRY_CHANNEL}")  # every process reloads its registry
+
+    def public_links(self) -> dict[str, str]:
+        return dict(self.db.rows(records_sql.PUBLIC_LINKS))
+
+    def save_public_link(self, site_id: str, public_id: str) -> None:
+        with self.db.tx() as conn:
+            conn.execute(_pg(records_sql.SAVE_PUBLIC_LINK), (site_id, public_id))
+
+    def add_tank_records(self, events: Sequence[TankEvent], keep: int) -> list[TankEvent]:
+        with self.db.tx() as conn:
+            return add_tank_records(conn, events, keep)
+
+    def tank_records(self, site_id: str | None = None) -> list[TankEvent]:
+        sql, args = records_sql.tank_query(site_id)
+        return [records_sql.tank_event(r) for r in self.db.rows(_pg(sql), args)]
+
+    def counter(self, name: str) -> int:
+        row = self.db.one(_pg(records_sql.COUNTER), (name,))
+        return 0 if row is None else row[0]
+
+    def save_counter(self, name: str, value: int) -> None:
+        with self.db.tx() as conn:
+            conn.execute(_pg(records_sql.SAVE_COUNTER), (name, value))
+
+    def mailed_reports(self) -> list[MailedReport]:
+        return [MailedReport(*r) for r in self.db.rows(records_sql.MAILED_REPORTS)]
+
+    def record_mailed_report(self, report: MailedReport) -> None:
+        with self.db.tx() as conn:
+            conn.execute(_pg(records_sql.RECORD_MAILED), records_sql.mailed_values(report))
 
     # -- notification: contacts, preferences, escalation steps -------------------------------
 
@@ -820,6 +875,22 @@ def _only_new(readings: Sequence[Reading], inserted: list[tuple]) -> list[Readin
 def _pg(sql: str) -> str:
     """The shared queries' `?` placeholders as psycopg's (none of them has a literal `?`)."""
     return sql.replace("?", "%s")
+
+
+def add_tank_records(
+    conn: psycopg.Connection, events: Sequence[TankEvent], keep: int
+) -> list[TankEvent]:
+    """TankStore.add_tank_records in the caller's transaction (store.tank_log adds the alert
+    feed's entries to it), one writer at a time: two batches never lock rows in turn."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (TANKS_LOCK,))
+    fresh = [
+        e
+        for e in events
+        if conn.execute(_pg(records_sql.ADD_TANK_RECORD), records_sql.tank_values(e)).rowcount
+    ]
+    for site_id, tank_id in sorted({(e.site_id, e.tank_id) for e in fresh}):
+        conn.execute(_pg(records_sql.TRIM_TANK), records_sql.trim_args(site_id, tank_id, keep))
+    return fresh
 
 
 def _end_sessions(conn: psycopg.Connection, name: str) -> None:
