@@ -35,14 +35,15 @@ class Batch:
         self.readings: list[Reading] = []
         self.statuses: list[DeviceStatus] = []
         # Each ledger's events, recorded in one call per batch: one transaction, not one a message.
-        self.events: dict[EventLedger[Any], list[Any]] = {}
+        # By identity: a ledger need not be hashable.
+        self.events: dict[int, tuple[EventLedger[Any], list[Any]]] = {}
 
     def add_events(self, ledger: EventLedger[E], events: list[E]) -> None:
-        held = self.events.get(ledger)
+        held = self.events.get(id(ledger))
         if held is None:
-            self.events[ledger] = events
+            self.events[id(ledger)] = (ledger, events)
         else:
-            held.extend(events)
+            held[1].extend(events)
 
 
 class Decoder(Protocol):

@@ -1,8 +1,9 @@
-"""Decode -> validate -> store -> hand to alerts, for a batch of raw messages from any transport.
+"""Decode -> validate -> store -> hand to alerts, for a batch of messages from any transport.
 
-Synchronous and transport-agnostic: the MQTT subscriber and the HJ 212 gateway both feed it. A
-batch is committed in one store transaction; `process` returns only once it is committed, so the
-caller may then acknowledge the messages."""
+Synchronous and transport-agnostic: the MQTT subscriber and the HJ 212 gateway both feed it.
+Each message is decoded by the decoder its kind has in the table (ingest.decoders, ingest.kinds).
+A batch is committed in one store transaction, its events then in their ledgers; `process`
+returns only once it is committed, so the caller may then acknowledge the messages."""
 
 from __future__ import annotations
 
@@ -139,7 +140,7 @@ class IngestPipeline:
         # Recorded after the batch (each ledger has its own transaction) and before the acks; a
         # crash in between is healed by redelivery, as a ledger ignores events it already has.
         fresh: list[Any] = []
-        for ledger, events in batch.events.items():
+        for ledger, events in batch.events.values():
             recorded = self._retrying(ledger.record, events)
             if recorded is None:
                 return None
