@@ -130,7 +130,7 @@ def run(args: argparse.Namespace, database: str | None) -> int:
         )
     )
     # The bench is about queries: no detector or alert work while filling.
-    core.pipeline.on_stored = None
+    core.pipeline.listener = None
     rng = random.Random(1)
     t = time.perf_counter()
     start = fill(core, devices, args.minutes, rng)

@@ -25,6 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from domain.model import FUTURE_TS, VALID_FLAG, Device, Reading
 from domain.params import Catalogue
 from domain.timeutil import ms_to_iso
+from ingest.decoders import Batch
+from ingest.messages import Message
+from store.base import DeviceStatus
 
 Flag = Literal["N", "F", "M", "S", "D", "C", "T", "B"]
 
@@ -470,3 +473,39 @@ def decode_status(
     detail = status.model_dump(exclude_none=True)
     detail["ts_ms"] = ts_ms
     return detail, []
+
+
+class TelemetryDecoder:
+    """`.../telemetry`: readings."""
+
+    __slots__ = ("catalogue", "limits")
+
+    def __init__(self, catalogue: Catalogue, limits: DecodeLimits) -> None:
+        self.catalogue = catalogue
+        self.limits = limits
+
+    def decode(self, m: Message, device: Device, batch: Batch) -> str | None:
+        decoded = decode_telemetry(
+            m.payload, device, device.site_id, self.catalogue, m.recv_ms, self.limits
+        )
+        if decoded.reasons:
+            return "; ".join(decoded.reasons)
+        batch.readings.extend(decoded.readings)
+        return None
+
+
+class StatusDecoder:
+    """`.../status`: the device's own report of its state."""
+
+    __slots__ = ("limits",)
+
+    def __init__(self, limits: DecodeLimits) -> None:
+        self.limits = limits
+
+    def decode(self, m: Message, device: Device, batch: Batch) -> str | None:
+        detail, reasons = decode_status(m.payload, m.recv_ms, self.limits)
+        if detail is None:
+            return "; ".join(reasons)
+        ts_ms = detail.pop("ts_ms")
+        batch.statuses.append(DeviceStatus(device.id, m.recv_ms, ts_ms, detail["state"], detail))
+        return None

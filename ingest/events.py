@@ -1,20 +1,21 @@
-"""Event decoding: raw payload bytes on `.../events` -> validated bag events (or, from a
-disinfection line's controller, its cycle and batch events: ingest.line_events), or precise
-reasons. Same rules as telemetry (ingest.decode): an object or an array of them, JSON
-and time checks shared, and a message with any bad part refused whole."""
+"""Event decoding: raw payload bytes on `.../events` -> validated events, or precise reasons.
+Here the part every kind of event shares (`decode_items`, `EventDecoder`) and a waste scanner's
+bag events; a disinfection line's cycles and batches are in ingest.line_events, a tank log's
+records in ingest.tank_events. Same rules as telemetry (ingest.decode): an object or an array of
+them, JSON and time checks shared, and a message with any bad part refused whole."""
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from domain.model import Device
-from domain.tableware import LINE_CONTROLLER, LineEvent
-from domain.waste import WASTE_SCANNER, WasteCategory, WasteEvent, WasteEventKind
+from domain.waste import WasteCategory, WasteEvent, WasteEventKind
 from ingest.decode import DecodeLimits, _pydantic_reasons, parse_json, parse_ts
-from ingest.line_events import decode_line_record, validate_line_event
+from ingest.decoders import Batch, EventLedger
+from ingest.messages import Message
 
 # A full medical-waste bag or sharps box weighs a few kilograms; 100 kg is no single bag, so a
 # larger value is a scale or keying error, refused like a physically impossible reading.
@@ -27,6 +28,9 @@ REQUIRED: dict[WasteEventKind, tuple[str, ...]] = {
     WasteEventKind.STORED: (),
     WasteEventKind.HANDED_OVER: ("weight_kg", "manifest_id"),
 }
+
+E = TypeVar("E")
+E_co = TypeVar("E_co", covariant=True)
 
 Text = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -106,10 +110,9 @@ def event_records(payload: bytes, limits: DecodeLimits) -> tuple[list, bool, str
     return [], False, f"payload is a JSON {type(doc).__name__}, not an object or array"
 
 
-def _decode_waste_item(
+def decode_waste_item(
     item: object,
     device: Device,
-    site_id: str,
     recv_ms: int,
     limits: DecodeLimits,
     reasons: list[str],
@@ -120,44 +123,52 @@ def _decode_waste_item(
     except ValidationError as exc:
         reasons.extend(_pydantic_reasons(exc, prefix))
         return None
-    return decode_event_record(rec, device, site_id, recv_ms, limits, reasons, prefix)
+    return decode_event_record(rec, device, device.site_id, recv_ms, limits, reasons, prefix)
 
 
-def _decode_line_item(
-    item: object,
-    device: Device,
-    site_id: str,
-    recv_ms: int,
-    limits: DecodeLimits,
-    reasons: list[str],
-    prefix: str,
-) -> LineEvent | None:
-    rec = validate_line_event(item, prefix, reasons)
-    if rec is None:
-        return None
-    return decode_line_record(rec, device, site_id, recv_ms, limits, reasons, prefix)
+class ItemDecoder(Protocol[E_co]):
+    def __call__(
+        self,
+        item: object,
+        device: Device,
+        recv_ms: int,
+        limits: DecodeLimits,
+        reasons: list[str],
+        prefix: str,
+    ) -> E_co | None:
+        """One record of an events message, or None with the reasons it is refused added."""
+        ...
 
 
-# The device kinds that send events, and how one record of each is decoded.
-DECODERS = {WASTE_SCANNER: _decode_waste_item, LINE_CONTROLLER: _decode_line_item}
-
-
-def decode_events(
-    payload: bytes, device: Device, site_id: str, recv_ms: int, limits: DecodeLimits
-) -> tuple[list[WasteEvent | LineEvent], list[str]]:
-    """The events of one message (bag scans, or a line's cycles and batches, by the device's
-    kind), or every reason it is refused (then no events)."""
-    decode_item = DECODERS.get(device.kind)
-    if decode_item is None:
-        return [], [f"device {device.id} is a {device.kind}, not a {WASTE_SCANNER}: no events"]
+def decode_items(
+    payload: bytes, device: Device, recv_ms: int, limits: DecodeLimits, item: ItemDecoder[E]
+) -> tuple[list[E], list[str]]:
+    """The events of one message, or every reason it is refused (then no events)."""
     items, many, why = event_records(payload, limits)
     if why:
         return [], [why]
-    events: list[WasteEvent | LineEvent] = []
+    events: list[E] = []
     reasons: list[str] = []
-    for i, item in enumerate(items):
-        prefix = f"[{i}] " if many else ""
-        event = decode_item(item, device, site_id, recv_ms, limits, reasons, prefix)
+    for i, record in enumerate(items):
+        event = item(record, device, recv_ms, limits, reasons, f"[{i}] " if many else "")
         if event is not None:
             events.append(event)
     return ([], reasons) if reasons else (events, [])
+
+
+class EventDecoder(Generic[E]):
+    """`.../events` of one kind of device: its records, decoded by `item`, go to its ledger."""
+
+    __slots__ = ("item", "ledger", "limits")
+
+    def __init__(self, item: ItemDecoder[E], ledger: EventLedger[E], limits: DecodeLimits) -> None:
+        self.item = item
+        self.ledger = ledger
+        self.limits = limits
+
+    def decode(self, m: Message, device: Device, batch: Batch) -> str | None:
+        events, reasons = decode_items(m.payload, device, m.recv_ms, self.limits, self.item)
+        if reasons:
+            return "; ".join(reasons)
+        batch.add_events(self.ledger, events)
+        return None

@@ -78,7 +78,7 @@ def decode_line_record(
 ) -> LineEvent | None:
     before = len(reasons)
     spec = line_spec(device)
-    assert spec is not None  # decode_events dispatches only line controllers here
+    assert spec is not None  # the decoder table sends only line controllers' events here
     ts_ms, why = parse_ts(rec.ts, recv_ms, limits)
     if why:
         reasons.append(prefix + why)
@@ -121,9 +121,17 @@ def decode_line_record(
     )
 
 
-def validate_line_event(item: object, prefix: str, reasons: list[str]) -> LineEventIn | None:
+def decode_line_item(
+    item: object,
+    device: Device,
+    recv_ms: int,
+    limits: DecodeLimits,
+    reasons: list[str],
+    prefix: str,
+) -> LineEvent | None:
     try:
-        return line_event_one.validate_python(item)
+        rec = line_event_one.validate_python(item)
     except ValidationError as exc:
         reasons.extend(_pydantic_reasons(exc, prefix))
         return None
+    return decode_line_record(rec, device, device.site_id, recv_ms, limits, reasons, prefix)

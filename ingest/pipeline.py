@@ -1,8 +1,9 @@
-"""Decode -> validate -> store -> hand to alerts, for a batch of raw messages from any transport.
+"""Decode -> validate -> store -> hand to alerts, for a batch of messages from any transport.
 
-Synchronous and transport-agnostic: the MQTT subscriber and the HJ 212 gateway both feed it. A
-batch is committed in one store transaction; `process` returns only once it is committed, so the
-caller may then acknowledge the messages."""
+Synchronous and transport-agnostic: the MQTT subscriber and the HJ 212 gateway both feed it.
+Each message is decoded by the decoder its kind has in the table (ingest.decoders, ingest.kinds).
+A batch is committed in one store transaction, its events then in their ledgers; `process`
+returns only once it is committed, so the caller may then acknowledge the messages."""
 
 from __future__ import annotations
 
@@ -10,40 +11,26 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from domain.model import DeadLetter, Reading
-from domain.params import Catalogue
 from domain.registry import Registry
-from domain.tableware import LineEvent
-from domain.tanks import TANK_LOG, TankEvent
 from domain.timeutil import now_ms
-from domain.waste import WasteEvent
 from ingest.dead_letter_log import DeadLetterLog
-from ingest.decode import DecodeLimits, decode_document, decode_status, decode_telemetry
-from ingest.events import decode_events
+from ingest.decoders import Batch, DecoderTable
+from ingest.messages import HJ212_ROUTE, Hj212Message, Message, RawMessage
 from ingest.metrics import IngestMetrics
-from ingest.tank_events import decode_tank_events
 from store.base import DeviceStatus, ReadingStore, StoreUnavailable
-from store.lines import EventLedgers
-from store.tank_log import TankLog
 
 log = logging.getLogger("landun.ingest")
 
-TOPIC_RE = re.compile(r"^landun/v1/devices/([A-Za-z0-9_.\-]{1,64})/(telemetry|status|events)$")
+# The route is the decoder table's to judge (ingest.kinds); letters only, so no topic can name
+# the HJ 212 gateway's route.
+TOPIC_RE = re.compile(r"^landun/v1/devices/([A-Za-z0-9_.\-]{1,64})/([a-z_]{1,32})$")
 MAX_RAW = 64 * 1024  # dead letters keep at most this much of the raw payload
 
-
-class RawMessage(NamedTuple):
-    """One message as received. A named tuple: the MQTT thread makes one per message, at half
-    the cost of a frozen dataclass."""
-
-    topic: str
-    payload: bytes
-    recv_ms: int
-    source: str = "mqtt"
-    doc: object = None  # an already-decoded document (HJ 212 records), instead of payload bytes
+__all__ = ["Committed", "IngestListener", "IngestPipeline", "RawMessage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +38,25 @@ class Committed:
     """A batch in the store, waiting to be handed on to the alert stage."""
 
     readings: list[Reading]
-    events: list[WasteEvent | LineEvent | TankEvent]  # only those not recorded yet
+    events: list[Any]  # only those not recorded yet, of every ledger
     dead: list[DeadLetter]
 
 
-ReadingsHook = Callable[[list[Reading]], None]
-EventsHook = Callable[[Sequence[WasteEvent | LineEvent | TankEvent]], None]
+def _ignore(_items: Sequence[Any]) -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class IngestListener:
+    """Who hears of each committed batch in the ingesting process itself: the alert engine and
+    its rules in `landun run`. `landun ingest` has none (its alert workers read the store's
+    feed)."""
+
+    stored: Callable[[list[Reading]], None] = _ignore
+    events: Callable[[Sequence[Any]], None] = _ignore
+    dead: Callable[[list[DeadLetter]], None] = _ignore
+
+
 T = TypeVar("T")
 
 
@@ -65,33 +65,24 @@ class IngestPipeline:
         self,
         store: ReadingStore,
         registry: Registry,
-        catalogue: Catalogue,
-        limits: DecodeLimits | None = None,
-        on_stored: ReadingsHook | None = None,
+        decoders: DecoderTable,
+        *,
+        listener: IngestListener | None = None,
         metrics: IngestMetrics | None = None,
         retry_initial_s: float = 0.05,
         retry_max_s: float = 5.0,
-        ledger: EventLedgers | None = None,
-        on_events: EventsHook | None = None,
-        on_dead: Callable[[list[DeadLetter]], None] | None = None,
-        tanks: TankLog | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
-        self.catalogue = catalogue
-        self.limits = limits or DecodeLimits()
-        self.on_stored = on_stored
-        self.ledger = ledger  # None: `.../events` messages are refused
-        self.tanks = tanks  # None: tank records are refused
-        self.on_events = on_events
-        self.on_dead = on_dead
+        self.decoders = decoders
+        self.listener = listener
         self.metrics = metrics or IngestMetrics()
         self.dead_log = DeadLetterLog(log)
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._stopping = threading.Event()
         # The MQTT worker and the HJ 212 gateway share one pipeline: serialising commits keeps
-        # the counters exact, and serialising deliveries hands the hooks one batch at a time.
+        # the counters exact, and serialising deliveries hands the listener one batch at a time.
         self._lock = threading.Lock()
         self._deliver_lock = threading.Lock()
 
@@ -100,13 +91,16 @@ class IngestPipeline:
         self._stopping.set()
         self.dead_log.flush()
 
-    def dead_letter(self, m: RawMessage, device_id: str | None, reason: str) -> bool:
-        """Refuse a message found bad before decoding (e.g. a broken HJ 212 frame), through the
-        same commit, retry and counting as every other dead letter."""
+    def refuse(self, letter: DeadLetter) -> bool:
+        """Record a message found bad before it reached the pipeline (e.g. a broken HJ 212
+        frame), through the same commit, retry and counting as every other dead letter."""
+        self.dead_log.record(letter.reason)
+        if len(letter.raw) > MAX_RAW:
+            letter = replace(letter, raw=letter.raw[:MAX_RAW])
         with self._lock:
-            return self._commit([], [self._dead(m, device_id, reason)], [])
+            return self._commit([], [letter], [])
 
-    def process(self, msgs: Sequence[RawMessage]) -> bool:
+    def process(self, msgs: Sequence[Message]) -> bool:
         """Store a batch and hand it on; True once committed, False if stopped before the store
         came back."""
         committed = self.commit(msgs)
@@ -115,7 +109,7 @@ class IngestPipeline:
         self.deliver(committed)
         return True
 
-    def commit(self, msgs: Sequence[RawMessage]) -> Committed | None:
+    def commit(self, msgs: Sequence[Message]) -> Committed | None:
         """Decode and store a batch; None if stopped before the store came back. The caller
         then `deliver`s it, in commit order, before acknowledging its messages, so a crash in
         between has the broker redeliver them and the alert stage still sees them."""
@@ -123,43 +117,41 @@ class IngestPipeline:
             return self._process(msgs)
 
     def deliver(self, committed: Committed) -> None:
-        """Hand a committed batch to the hooks (alert evaluation, custody, clock skew)."""
+        """Hand a committed batch to the listener (alert evaluation, custody, clock skew)."""
+        hear = self.listener
+        if hear is None:
+            return
         with self._deliver_lock:
-            if self.on_stored and committed.readings:
-                self._run_hook(self.on_stored, committed.readings)
-            if self.on_events and committed.events:
-                self._run_hook(self.on_events, committed.events)
-            if self.on_dead and committed.dead:
-                self._run_hook(self.on_dead, committed.dead)
+            if committed.readings:
+                self._run_hook(hear.stored, committed.readings)
+            if committed.events:
+                self._run_hook(hear.events, committed.events)
+            if committed.dead:
+                self._run_hook(hear.dead, committed.dead)
 
-    def _process(self, msgs: Sequence[RawMessage]) -> Committed | None:
-        readings: list[Reading] = []
+    def _process(self, msgs: Sequence[Message]) -> Committed | None:
+        batch = Batch()
         dead: list[DeadLetter] = []
-        statuses: list[DeviceStatus] = []
-        events: list[WasteEvent | LineEvent] = []
-        tank_events: list[TankEvent] = []
         for m in msgs:
-            self._decode_one(m, readings, dead, statuses, events, tank_events)
-        if not self._commit(readings, dead, statuses):
+            self._decode_one(m, batch, dead)
+        readings = batch.readings
+        if not self._commit(readings, dead, batch.statuses):
             return None
-        # Recorded after the batch (the ledger has its own transaction) and before the acks; a
-        # crash in between is healed by redelivery, as the ledger ignores events it already has.
-        ledger, tanks = self.ledger, self.tanks
-        fresh = self._retrying(lambda: ledger.record(events)) if events and ledger else []
-        if fresh is None:
-            return None
-        fresh_tanks = (
-            self._retrying(lambda: tanks.record(tank_events)) if tank_events and tanks else []
-        )
-        if fresh_tanks is None:
-            return None
+        # Recorded after the batch (each ledger has its own transaction) and before the acks; a
+        # crash in between is healed by redelivery, as a ledger ignores events it already has.
+        fresh: list[Any] = []
+        for ledger, events in batch.events.values():
+            recorded = self._retrying(ledger.record, events)
+            if recorded is None:
+                return None
+            fresh += recorded
         self.metrics.received += len(msgs)
         self.metrics.observe_batch(len(msgs))
         if msgs:
             self.metrics.commit_delay_ms_last = now_ms() - min(m.recv_ms for m in msgs)
         if readings:
             self.metrics.lag_ms_last = msgs[-1].recv_ms - readings[-1].ts_ms
-        return Committed(readings, [*fresh, *fresh_tanks], dead)
+        return Committed(readings, fresh, dead)
 
     def _run_hook(self, hook: Callable[[list], None], items: list) -> None:
         """Hand committed readings (or newly recorded events) to the alert stage. Its failure
@@ -171,67 +163,30 @@ class IngestPipeline:
             self.metrics.hook_errors += 1
             log.exception("alert hook failed on %d committed records", len(items))
 
-    def _decode_one(
-        self,
-        m: RawMessage,
-        readings: list[Reading],
-        dead: list[DeadLetter],
-        statuses: list[DeviceStatus],
-        events: list[WasteEvent | LineEvent],
-        tank_events: list[TankEvent],
-    ) -> None:
-        match = TOPIC_RE.match(m.topic)
-        if match is None:
-            dead.append(
-                self._dead(m, None, f"topic {m.topic!r} is not landun/v1/devices/<id>/<kind>")
-            )
-            return
-        device_id, kind = match.groups()
+    def _decode_one(self, m: Message, batch: Batch, dead: list[DeadLetter]) -> None:
+        """Look the message's kind up in the decoder table and decode it, or dead-letter it."""
+        if isinstance(m, Hj212Message):
+            device_id, route = m.device_id, HJ212_ROUTE
+        else:
+            match = TOPIC_RE.match(m.topic)
+            if match is None:
+                reason = f"topic {m.topic!r} is not landun/v1/devices/<id>/<kind>"
+                dead.append(self._dead(m, None, reason))
+                return
+            device_id, route = match.groups()
         device = self.registry.devices.get(device_id)
         if device is None:
             dead.append(self._dead(m, device_id, f"unknown device {device_id}"))
             return
-        if kind == "telemetry":
-            if m.doc is not None:
-                decoded = decode_document(
-                    m.doc, device, device.site_id, self.catalogue, m.recv_ms, self.limits
-                )
-            else:
-                decoded = decode_telemetry(
-                    m.payload, device, device.site_id, self.catalogue, m.recv_ms, self.limits
-                )
-            if decoded.reasons:
-                dead.append(self._dead(m, device_id, "; ".join(decoded.reasons)))
-            else:
-                readings.extend(decoded.readings)
-        elif kind == "status":
-            detail, reasons = decode_status(m.payload, m.recv_ms, self.limits)
-            if detail is None:
-                dead.append(self._dead(m, device_id, "; ".join(reasons)))
-            else:
-                statuses.append(
-                    DeviceStatus(device_id, m.recv_ms, detail.pop("ts_ms"), detail["state"], detail)
-                )
-        elif kind == "events" and device.kind == TANK_LOG and self.tanks is not None:
-            decoded_tanks, reasons = decode_tank_events(
-                m.payload, device, device.site_id, m.recv_ms, self.limits
-            )
-            if reasons:
-                dead.append(self._dead(m, device_id, "; ".join(reasons)))
-            else:
-                tank_events.extend(decoded_tanks)
-        elif kind == "events" and self.ledger is not None:
-            decoded_events, reasons = decode_events(
-                m.payload, device, device.site_id, m.recv_ms, self.limits
-            )
-            if reasons:
-                dead.append(self._dead(m, device_id, "; ".join(reasons)))
-            else:
-                events.extend(decoded_events)
+        decoder = self.decoders.find(route, device.kind)
+        if decoder is None:
+            why: str | None = self.decoders.refusal(route, device)
         else:
-            dead.append(self._dead(m, device_id, f"{kind} messages are not accepted on this route"))
+            why = decoder.decode(m, device, batch)
+        if why is not None:
+            dead.append(self._dead(m, device_id, why))
 
-    def _dead(self, m: RawMessage, device_id: str | None, reason: str) -> DeadLetter:
+    def _dead(self, m: Message, device_id: str | None, reason: str) -> DeadLetter:
         self.dead_log.record(reason)
         return DeadLetter(
             m.topic, device_id, m.recv_ms, reason, bytes(m.payload[:MAX_RAW]), m.source
@@ -240,7 +195,7 @@ class IngestPipeline:
     def _commit(
         self, readings: list[Reading], dead: list[DeadLetter], statuses: list[DeviceStatus]
     ) -> bool:
-        stored = self._retrying(lambda: self.store.write_batch(readings, dead, statuses))
+        stored = self._retrying(self.store.write_batch, readings, dead, statuses)
         if stored is None:
             return False
         self.metrics.readings_stored += stored
@@ -249,12 +204,12 @@ class IngestPipeline:
         self.metrics.statuses += len(statuses)
         return True
 
-    def _retrying(self, write: Callable[[], T]) -> T | None:
+    def _retrying(self, write: Callable[..., T], *args: Any) -> T | None:
         """A store write, retried with backoff until it succeeds; None if stopped first."""
         delay = self._retry_initial_s
         while True:
             try:
-                return write()
+                return write(*args)
             except StoreUnavailable as exc:
                 # Hold the batch (and with it every later ack) until the store is back: the broker
                 # keeps the backlog, so memory stays bounded by its in-flight window.

@@ -34,6 +34,7 @@ from domain.params import default_catalogue
 from domain.registry import Registry, load_registry
 from ingest.hj212.gateway import Hj212Gateway
 from ingest.hj212.sink import PipelineSink, RegistryLookup
+from ingest.kinds import standard_decoders
 from ingest.metrics import IngestMetrics, render_prometheus
 from ingest.mqtt import MqttSubscriber, SubscriberSettings, default_client_id
 from ingest.pipeline import IngestPipeline
@@ -52,7 +53,7 @@ from landun.system import (
 from store.bell import Bell
 from store.factory import describe, open_ledger, open_line_ledger, open_store
 from store.feed import load_feed_settings
-from store.lines import EventLedgers, PostgresLineLedger
+from store.lines import PostgresLineLedger
 from store.site_edits import apply_stored_edits
 from store.tank_log import PostgresTankLog, TankLog
 
@@ -186,13 +187,11 @@ async def run_ingest(cfg: RoleConfig) -> None:
         assert isinstance(ledger, PostgresLedger) and isinstance(line_ledger, PostgresLineLedger)
         ledger.enable_feed(settings.partitions)
         line_ledger.enable_feed(settings.partitions)
-        pipeline = IngestPipeline(
-            store,
-            registry,
-            default_catalogue(),
-            ledger=EventLedgers(ledger, line_ledger),
-            tanks=PostgresTankLog(store, settings.partitions),
+        tanks = PostgresTankLog(store, settings.partitions)
+        decoders = standard_decoders(
+            default_catalogue(), waste=ledger, lines=line_ledger, tanks=tanks
         )
+        pipeline = IngestPipeline(store, registry, decoders)
         stack.callback(pipeline.stop)
         lookup = RegistryLookup(registry)
 
@@ -258,8 +257,9 @@ async def run_alerts(cfg: RoleConfig) -> None:
             )  # fmt: skip
             # Each level is claimed in the store, so partitions and workers never send one twice.
             attach_escalation(core.engine, outbox, url)
-            p = core.pipeline
-            return PartitionRules(core.engine, core.engine.on_readings, p.on_events, p.on_dead)
+            hear = core.pipeline.listener
+            assert hear is not None  # Core.build's pipeline tells its engine
+            return PartitionRules(core.engine, hear.stored, hear.events, hear.dead)
 
         sinks: list = []
         if cfg.broker is not None:

@@ -45,8 +45,9 @@ from domain.timeutil import now_ms
 from domain.waste import WasteEvent
 from ingest.hj212.gateway import Hj212Gateway
 from ingest.hj212.sink import PipelineSink, RegistryLookup
+from ingest.kinds import standard_decoders
 from ingest.mqtt import MqttSubscriber, SubscriberSettings, default_client_id
-from ingest.pipeline import IngestPipeline
+from ingest.pipeline import IngestListener, IngestPipeline
 from landun.broker import EmbeddedBroker
 from landun.demo import (
     demo_anchor,
@@ -62,7 +63,7 @@ from simulators.runner import SimulatorRunner
 from store.base import Store
 from store.factory import describe, open_ledger, open_line_ledger, open_store
 from store.ledger import WasteLedger
-from store.lines import EventLedgers, LineLedger
+from store.lines import LineLedger
 from store.site_edits import apply_stored_edits
 from store.tank_log import TankLog
 
@@ -198,16 +199,9 @@ class Core:
             offline.dead_letters(dead)
             skew.dead_letters(dead, engine)
 
-        pipeline = IngestPipeline(
-            store,
-            registry,
-            catalogue,
-            on_stored=engine.on_readings,
-            ledger=EventLedgers(ledger, lines),
-            on_events=on_events,
-            on_dead=on_dead,
-            tanks=tank_log,
-        )
+        decoders = standard_decoders(catalogue, waste=ledger, lines=lines, tanks=tank_log)
+        listener = IngestListener(engine.on_readings, on_events, on_dead)
+        pipeline = IngestPipeline(store, registry, decoders, listener=listener)
         return cls(
             registry_path, registry, catalogue, db_path, store, engine, pipeline, ledger,
             database_url, lines,

@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from domain.tableware import Cycle, LineEvent, LineEventKind, Method, derive_cycles
-from domain.waste import WasteEvent
 from store.base import StoreUnavailable
-from store.ledger import WasteLedger
 from store.migrations import Migration
 from store.sqlite_db import SqliteDatabase
 
@@ -169,17 +167,3 @@ class PostgresLineLedger(LineReads):
 
     def close(self) -> None:
         self.db.close()
-
-
-class EventLedgers:
-    """What ingest records `.../events` in: each kind of event in its own ledger."""
-
-    def __init__(self, waste: WasteLedger, lines: LineLedger) -> None:
-        self.waste = waste
-        self.lines = lines
-
-    def record(self, events: Sequence[WasteEvent | LineEvent]) -> list:
-        line_events = [e for e in events if isinstance(e, LineEvent)]
-        others = [e for e in events if isinstance(e, WasteEvent)]
-        fresh: list = self.waste.record(others) if others else []
-        return fresh + (self.lines.record(line_events) if line_events else [])

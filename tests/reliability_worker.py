@@ -24,6 +24,7 @@ from pathlib import Path
 from domain.mqtt_connection import BrokerAddress
 from domain.params import default_catalogue
 from domain.registry import load_registry
+from ingest.kinds import standard_decoders
 from ingest.mqtt import MqttSubscriber, SubscriberSettings
 from ingest.pipeline import IngestPipeline
 from landun.demo import demo_registry_path
@@ -81,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         store: Store = PostgresStore(args.db)
     else:
         store = SqliteStore(args.db, busy_timeout_ms=args.busy_timeout_ms or 5000)
-    pipeline = IngestPipeline(store, load_registry(args.registry), default_catalogue())
+    pipeline = IngestPipeline(
+        store, load_registry(args.registry), standard_decoders(default_catalogue())
+    )
     settings = SubscriberSettings(
         client_id=args.client_id, shared_group=args.shared_group, queue_max=args.queue_max
     )

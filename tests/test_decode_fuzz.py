@@ -24,6 +24,7 @@ from ingest.decode import (
     decode_telemetry,
     parse_json,
 )
+from ingest.kinds import standard_decoders
 from ingest.pipeline import IngestPipeline, RawMessage
 from landun.demo import demo_registry_path
 from store.sqlite import SqliteStore
@@ -83,7 +84,7 @@ def test_decoder_never_raises_and_always_decides(payload: bytes) -> None:
 def test_every_message_is_stored_or_dead_lettered(tmp_path_factory, batch: list[bytes]) -> None:
     db = tmp_path_factory.mktemp("fuzz") / "landun.db"
     store = SqliteStore(db)
-    pipeline = IngestPipeline(store, REGISTRY, CATALOGUE)
+    pipeline = IngestPipeline(store, REGISTRY, standard_decoders(CATALOGUE))
     topic = "landun/v1/devices/pool-xh-01-wq/telemetry"
     msgs = [RawMessage(topic, p, NOW) for p in batch]
     assert pipeline.process(msgs)

@@ -11,7 +11,7 @@ import pytest
 from domain.model import Device
 from domain.params import default_catalogue
 from ingest.decode import DecodeLimits, decode_status, decode_telemetry
-from ingest.events import decode_events
+from ingest.events import decode_items, decode_waste_item
 
 NOW = 1_795_334_400_000
 LIMITS = DecodeLimits()
@@ -46,7 +46,7 @@ def test_status_in_range_is_kept() -> None:
 def test_events_with_lone_surrogate_refused() -> None:
     event = {"ts": NOW, "event": "bag_collected", "bag_id": "B\\udc00", "category": "sharps"}
     payload = json.dumps(event).replace("\\\\", "\\").encode()
-    events, reasons = decode_events(payload, SCANNER, "h-1", NOW, LIMITS)
+    events, reasons = decode_items(payload, SCANNER, NOW, LIMITS, decode_waste_item)
     assert events == [] and reasons == ["text contains a lone surrogate \\udc00 (not Unicode)"]
 
 

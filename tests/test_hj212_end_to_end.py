@@ -203,6 +203,9 @@ def test_bad_crc_is_dead_lettered_and_the_next_packet_on_the_connection_is_store
     assert "CRC" in dead["reason"]
     assert dead["raw"] == bad.decode()
     assert dead["source"] == "hj212"
+    # Where it came from: the logger's address, as the dead-letter API shows it.
+    host, port = logger.getsockname()[:2]
+    assert dead["topic"] == f"hj212://{host}:{port}"
 
 
 def test_unknown_mn_is_dead_lettered(system, logger) -> None:

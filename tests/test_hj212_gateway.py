@@ -12,7 +12,9 @@ from datetime import UTC, datetime
 import pytest
 
 from domain.hj212.codec import decode, encode, format_cp
+from domain.model import DeadLetter
 from ingest.hj212.gateway import Hj212Gateway
+from ingest.messages import Hj212Message, Hj212Record
 
 MN = "LD0000000000000000000001"
 PW = "123456"
@@ -34,16 +36,21 @@ class Lookup:
 
 @dataclass
 class Sink:
-    telemetry_calls: list[tuple[str, list[dict], int, bytes]] = field(default_factory=list)
-    dead_letters: list[tuple[str, bytes, str | None, int]] = field(default_factory=list)
+    telemetry_calls: list[Hj212Message] = field(default_factory=list)
+    letters: list[DeadLetter] = field(default_factory=list)
     threads: set[str] = field(default_factory=set)
 
-    def telemetry(self, device_id: str, records: list[dict], recv_ms: int, raw: bytes) -> None:
+    def telemetry(self, message: Hj212Message) -> None:
         self.threads.add(threading.current_thread().name)
-        self.telemetry_calls.append((device_id, records, recv_ms, raw))
+        self.telemetry_calls.append(message)
 
-    def dead_letter(self, reason: str, raw: bytes, device_id: str | None, recv_ms: int) -> None:
-        self.dead_letters.append((reason, raw, device_id, recv_ms))
+    def dead_letter(self, letter: DeadLetter) -> None:
+        assert letter.source == "hj212" and letter.topic.startswith("hj212://127.0.0.1:")
+        self.letters.append(letter)
+
+    @property
+    def dead_letters(self) -> list[tuple[str, bytes, str | None, int]]:
+        return [(d.reason, d.raw, d.device_id, d.recv_ms) for d in self.letters]
 
     def reasons(self) -> list[str]:
         return [d[0] for d in self.dead_letters]
@@ -120,18 +127,16 @@ def test_realtime_and_minute_data_with_replies() -> None:
 
     gateway = run(scenario, sink)
     assert sink.dead_letters == []
-    (dev1, records1, recv1, raw1), (dev2, records2, _, raw2) = sink.telemetry_calls
-    assert dev1 == dev2 == DEVICE
-    assert records1 == [
-        {
-            "ts": DATA_TIME_MS,
-            "values": {"ph": 7.41, "free_chlorine": 0.62, "orp": 712.0},
-            "flags": {"ph": "N", "free_chlorine": "N", "orp": "C"},
-        }
-    ]
-    assert records2 == [
-        {"ts": DATA_TIME_MS, "values": {"temperature": 27.1}, "flags": {"temperature": "N"}}
-    ]
+    m1, m2 = sink.telemetry_calls
+    assert m1.device_id == m2.device_id == DEVICE
+    assert m1.record == Hj212Record(
+        DATA_TIME_MS,
+        {"ph": 7.41, "free_chlorine": 0.62, "orp": 712.0},
+        {"ph": "N", "free_chlorine": "N", "orp": "C"},
+    )
+    assert m2.record == Hj212Record(DATA_TIME_MS, {"temperature": 27.1}, {"temperature": "N"})
+    assert m1.peer == m2.peer and m1.topic == f"hj212://{m1.peer}"
+    raw1, raw2, recv1 = m1.payload, m2.payload, m1.recv_ms
     assert raw1.startswith(b"##") and b"CN=2011" in raw1 and b"CN=2051" in raw2
     assert recv1 > DATA_TIME_MS
     assert (gateway.packets_ok, gateway.replies_sent, gateway.connections_total) == (2, 2, 1)
@@ -148,7 +153,7 @@ def test_no_reply_when_flag_does_not_ask() -> None:
         assert await reader.read() == b""  # the server closes without having answered
 
     gateway = run(scenario, sink)
-    assert [c[1][0]["values"] for c in sink.telemetry_calls] == [{"ph": 7.2}]
+    assert [c.record.values for c in sink.telemetry_calls] == [{"ph": 7.2}]
     assert gateway.replies_sent == 0
 
 
@@ -173,7 +178,7 @@ def test_bad_crc_and_garbage_then_good_packet_on_the_same_connection() -> None:
     # The connection's device is known only after its first good packet.
     assert [d[2] for d in sink.dead_letters] == [None, None]
     assert sink.dead_letters[0][1] == bad_crc
-    assert [c[1][0]["values"] for c in sink.telemetry_calls] == [{"ph": 7.5}]
+    assert [c.record.values for c in sink.telemetry_calls] == [{"ph": 7.5}]
     assert gateway.packets_dead_lettered == 2 and gateway.packets_ok == 1
 
 
@@ -211,7 +216,7 @@ def test_oversized_packet_is_dropped_and_the_stream_resyncs() -> None:
 
     run(scenario, sink, max_packet=512)
     assert sink.reasons() == [f"packet of {len(big)} bytes over the 512 byte limit"]
-    assert [c[1][0]["values"] for c in sink.telemetry_calls] == [{"ph": 7.3}]
+    assert [c.record.values for c in sink.telemetry_calls] == [{"ph": 7.3}]
 
 
 def test_idle_timeout_closes_the_connection_and_reports_partial_data() -> None:
@@ -256,7 +261,7 @@ def test_a_bad_item_is_dead_lettered_and_the_rest_delivered(items, delivered, re
         writer.close()
 
     run(scenario, sink)
-    assert [c[1][0]["values"] for c in sink.telemetry_calls] == [delivered]
+    assert [c.record.values for c in sink.telemetry_calls] == [delivered]
     assert sink.reasons() == [reason]
     assert sink.dead_letters[0][1] == raw
 
@@ -278,8 +283,9 @@ def test_split_packet_is_reassembled_and_answered_once() -> None:
         writer.close()
 
     gateway = run(scenario, sink)
-    ((_, records, _, raw),) = sink.telemetry_calls
-    assert records[0]["values"] == {"ph": 7.4, "free_chlorine": 0.5}
+    (message,) = sink.telemetry_calls
+    assert message.record.values == {"ph": 7.4, "free_chlorine": 0.5}
+    raw = message.payload
     assert raw == part1 + part2
     assert gateway.replies_sent == 1 and sink.dead_letters == []
 
@@ -346,7 +352,7 @@ def test_many_concurrent_connections() -> None:
 
 def test_sink_failure_means_no_reply() -> None:
     class FailingSink(Sink):
-        def telemetry(self, device_id: str, records: list[dict], recv_ms: int, raw: bytes) -> None:
+        def telemetry(self, message: Hj212Message) -> None:
             raise RuntimeError("database is locked")
 
     sink = FailingSink()
@@ -433,7 +439,7 @@ def test_flood_stays_bounded_and_does_not_hold_up_a_logger(
 
     gateway, answered_at = asyncio.run(main())
     assert answered_at < flood_total  # answered before the gateway had read the flood
-    assert [c[1][0]["values"] for c in sink.telemetry_calls] == [{"ph": 7.3}]
+    assert [c.record.values for c in sink.telemetry_calls] == [{"ph": 7.3}]
     assert seen["peak"] <= gateway.max_packet
     reasons = sink.reasons()
     assert len(reasons) == gateway.max_dead_letters + 1

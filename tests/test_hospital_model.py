@@ -14,7 +14,7 @@ import pytest
 
 from domain.model import Device, Reading
 from ingest.decode import DecodeLimits
-from ingest.events import decode_events
+from ingest.events import decode_items, decode_waste_item
 from simulators.hospital_model import (
     HospitalFault,
     HospitalFaultKind,
@@ -97,8 +97,8 @@ def drive(rig: Rig, model: HospitalModel, start: int, end: int) -> None:
         rig.now = nxt
         records = model.events_until(nxt)
         if records:
-            events, reasons = decode_events(
-                json.dumps(records).encode(), SCANNER_DEV, SITE, nxt, limits
+            events, reasons = decode_items(
+                json.dumps(records).encode(), SCANNER_DEV, nxt, limits, decode_waste_item
             )
             assert reasons == []
             rig.events(*events)

@@ -24,6 +24,7 @@ pytest.importorskip("influxdb_client", reason="the influx extra is not installed
 from domain.model import DeadLetter, Device, Reading, Site, SiteKind
 from domain.params import default_catalogue
 from domain.registry import Registry
+from ingest.kinds import standard_decoders
 from ingest.pipeline import IngestPipeline, RawMessage
 from store.base import Bucket, DeviceStatus, Principal, ReadingQuery, Store, StoreUnavailable
 from store.influx import (
@@ -395,7 +396,7 @@ def test_ingest_does_not_retry_a_config_error(stand_in, tmp_path: Path) -> None:
     """The pipeline retries StoreUnavailable for ever; a rejected token reaches its caller at once."""
     server = stand_in(lambda path: UNAUTHORIZED)
     store = _store(server.url, tmp_path)
-    pipeline = IngestPipeline(store, store.registry, default_catalogue())
+    pipeline = IngestPipeline(store, store.registry, standard_decoders(default_catalogue()))
     payload = b'{"ts": %d, "values": {"ph": 7.4}}' % TS
     msg = RawMessage("landun/v1/devices/dev-1/telemetry", payload, TS + 1000)
     with pytest.raises(InfluxConfigError):

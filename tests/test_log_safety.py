@@ -13,6 +13,7 @@ from domain.logtext import EscapingFilter, log_safe
 from domain.params import default_catalogue
 from domain.registry import load_registry
 from ingest.dead_letter_log import DeadLetterLog
+from ingest.kinds import standard_decoders
 from ingest.pipeline import IngestPipeline, RawMessage
 from landun.demo import demo_registry_path
 from store.sqlite import SqliteStore
@@ -62,7 +63,9 @@ def test_pipeline_logs_no_line_per_dead_letter(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = SqliteStore(tmp_path / "landun.db")
-    pipeline = IngestPipeline(store, load_registry(demo_registry_path()), default_catalogue())
+    pipeline = IngestPipeline(
+        store, load_registry(demo_registry_path()), standard_decoders(default_catalogue())
+    )
     bad = [RawMessage(f"landun/v1/devices/x{n}\n/telemetry", b"{", 1) for n in range(200)]
     with caplog.at_level(logging.INFO, logger="landun.ingest"):
         assert pipeline.process(bad)

@@ -15,6 +15,7 @@ import pytest
 from domain.mqtt_connection import BrokerAddress
 from domain.params import default_catalogue
 from domain.registry import load_registry
+from ingest.kinds import standard_decoders
 from ingest.mqtt import MqttSubscriber, SubscriberSettings, default_client_id
 from ingest.pipeline import IngestPipeline
 from landun import broker_options
@@ -30,7 +31,9 @@ def subscriber(
     tmp_path: Path, broker: BrokerAddress | str, **settings: object
 ) -> tuple[MqttSubscriber, SqliteStore]:
     store = SqliteStore(tmp_path / "landun.db")
-    pipeline = IngestPipeline(store, load_registry(demo_registry_path()), default_catalogue())
+    pipeline = IngestPipeline(
+        store, load_registry(demo_registry_path()), standard_decoders(default_catalogue())
+    )
     client_id = str(settings.pop("client_id", f"sub-{tmp_path.name}"))
     sub_settings = SubscriberSettings(client_id, **settings)  # type: ignore[arg-type]
     address = BrokerAddress.parse(broker) if isinstance(broker, str) else broker

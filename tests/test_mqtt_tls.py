@@ -19,6 +19,7 @@ import pytest
 from domain.mqtt_connection import BrokerAddress, BrokerUnusable, new_client
 from domain.params import default_catalogue
 from domain.registry import load_registry
+from ingest.kinds import standard_decoders
 from ingest.mqtt import MqttSubscriber, SubscriberSettings
 from ingest.pipeline import IngestPipeline
 from landun.broker import free_port
@@ -126,7 +127,9 @@ def address(b: TlsBroker, pki: Pki, ca: Path | None = None) -> BrokerAddress:
 def test_readings_arrive_over_tls(tmp_path: Path, pki: Pki) -> None:
     b = start_broker(tmp_path, pki, pki.server)
     store = SqliteStore(tmp_path / "landun.db")
-    pipeline = IngestPipeline(store, load_registry(demo_registry_path()), default_catalogue())
+    pipeline = IngestPipeline(
+        store, load_registry(demo_registry_path()), standard_decoders(default_catalogue())
+    )
     sub = MqttSubscriber(pipeline, address(b, pki), SubscriberSettings("tls-ingest"))
     device = new_client(address(b, pki), "tls-device")  # same CA, client cert and login
     try:
@@ -164,7 +167,9 @@ def test_a_certificate_that_fails_gives_one_clear_error(
     server = {"expired": pki.expired, "wrong host": pki.wrong_host}.get(case, pki.server)
     b = start_broker(tmp_path, pki, server)
     store = SqliteStore(tmp_path / "landun.db")
-    pipeline = IngestPipeline(store, load_registry(demo_registry_path()), default_catalogue())
+    pipeline = IngestPipeline(
+        store, load_registry(demo_registry_path()), standard_decoders(default_catalogue())
+    )
     ca = pki.other_ca if case == "wrong CA" else pki.ca
     sub = MqttSubscriber(pipeline, address(b, pki, ca), SubscriberSettings("tls-bad"))
     try:
@@ -237,7 +242,9 @@ def test_simulate_publishes_over_tls(tmp_path: Path, pki: Pki, monkeypatch) -> N
     """`landun simulate` takes the same broker options; its readings reach ingest over TLS."""
     b = start_broker(tmp_path, pki, pki.server)
     store = SqliteStore(tmp_path / "landun.db")
-    pipeline = IngestPipeline(store, load_registry(demo_registry_path()), default_catalogue())
+    pipeline = IngestPipeline(
+        store, load_registry(demo_registry_path()), standard_decoders(default_catalogue())
+    )
     sub = MqttSubscriber(pipeline, address(b, pki), SubscriberSettings("tls-sim-ingest"))
     monkeypatch.setenv("LANDUN_BROKER_USERNAME", USER)
     monkeypatch.setenv("LANDUN_BROKER_PASSWORD", PASSWORD)

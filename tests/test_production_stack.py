@@ -30,6 +30,7 @@ from domain.mqtt_connection import BrokerAddress
 from domain.params import default_catalogue
 from domain.registry import load_registry
 from domain.timeutil import now_ms
+from ingest.kinds import standard_decoders
 from ingest.mqtt import MqttSubscriber, SubscriberSettings
 from ingest.pipeline import IngestPipeline
 from landun.broker import free_port, wait_port
@@ -171,7 +172,7 @@ def stack(request, tmp_path: Path) -> Iterator[Stack]:
     proc, port, service_port, secrets, health = _start_broker(tmp_path)
     registry = load_registry(demo_registry_path())
     store = SqliteStore(tmp_path / "landun.db")
-    pipeline = IngestPipeline(store, registry, default_catalogue())
+    pipeline = IngestPipeline(store, registry, standard_decoders(default_catalogue()))
     broker = BrokerAddress("127.0.0.1", service_port, "ingest", SERVICES["ingest"])
     sub = MqttSubscriber(pipeline, broker, SubscriberSettings("ingest-test", request.param))
     sub.start()

@@ -31,8 +31,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from domain.params import default_catalogue
 from domain.registry import load_registry
 from domain.timeutil import now_ms
+from ingest.kinds import standard_decoders
 from ingest.metrics import IngestMetrics, render_prometheus
-from ingest.pipeline import IngestPipeline, RawMessage
+from ingest.pipeline import IngestListener, IngestPipeline, RawMessage
 from landun.demo import demo_registry_path
 from store.sqlite import SqliteStore, connect_readonly
 from tests.brokers import MosquittoBroker, have_mosquitto
@@ -637,7 +638,10 @@ def test_a_failing_alert_hook_does_not_stop_ingest(tmp_path):
         raise RuntimeError("alert store down")
 
     pipeline = IngestPipeline(
-        store, load_registry(demo_registry_path()), default_catalogue(), on_stored=hook
+        store,
+        load_registry(demo_registry_path()),
+        standard_decoders(default_catalogue()),
+        listener=IngestListener(stored=hook),
     )
     stream = Stream(2)
     for i in range(stream.n):

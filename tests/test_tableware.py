@@ -18,7 +18,8 @@ from domain.registry import Registry, load_registry
 from domain.tableware import Cycle, LineEvent, LineEventKind, Method, derive_cycles, line_spec
 from domain.timeutil import iso_to_ms, ms_to_iso, now_ms
 from ingest.decode import DecodeLimits
-from ingest.events import decode_events
+from ingest.events import decode_items
+from ingest.line_events import decode_line_item
 from ingest.mqtt import BrokerAddress, MqttSubscriber, SubscriberSettings
 from landun.demo import FAILING_LINE, demo_lines, demo_registry_path, demo_settings
 from landun.evaluate import RunSettings, aligned_end_ms, score
@@ -58,8 +59,8 @@ def registry() -> Registry:
     return reg
 
 
-def decode(doc: object, recv: int = T0, device: Device = LINE):
-    return decode_events(json.dumps(doc).encode(), device, SITE, recv, LIMITS)
+def decode(doc: object, recv: int = T0):
+    return decode_items(json.dumps(doc).encode(), LINE, recv, LIMITS, decode_line_item)
 
 
 def start(cid: str, ts: int, **kw) -> dict:
@@ -128,13 +129,6 @@ def test_decode_refuses_with_a_precise_reason(doc: object, reason: str) -> None:
 def test_a_bad_record_refuses_the_whole_message_naming_it() -> None:
     events, reasons = decode([start("C1", T0 - MIN), batch("B1", T0, sets=-1)])
     assert events == [] and reasons == ["[1] sets: Input should be greater than or equal to 1"]
-
-
-def test_only_a_line_controller_or_scanner_sends_events() -> None:
-    pool = Device("p-1", SITE, "pool_analyzer", ())
-    assert decode(start("C1", T0), device=pool)[1] == [
-        "device p-1 is a pool_analyzer, not a waste_scanner: no events"
-    ]
 
 
 def test_a_line_controller_without_its_line_data_is_refused_by_the_registry() -> None:
@@ -340,8 +334,12 @@ def test_the_demo_backfill_holds_failed_cycles_on_line1_only_at_any_hour(anchor:
                 readings.append(Reading(device_id, "tw-xh-01", limit.parameter, t, value))
             events += [e for e in model.events_until(t) if published]
             t += settings.interval_s * 1000
-        decoded, reasons = decode_events(
-            json.dumps(events).encode(), registry.devices[device_id], "tw-xh-01", anchor, LIMITS
+        decoded, reasons = decode_items(
+            json.dumps(events).encode(),
+            registry.devices[device_id],
+            anchor,
+            LIMITS,
+            decode_line_item,
         )
         assert reasons == []
         s = default_cycle_settings()

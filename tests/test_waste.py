@@ -28,10 +28,11 @@ from domain.registry import Registry
 from domain.timeutil import now_ms
 from domain.waste import WasteCategory, WasteEvent, WasteEventKind, derive_bag
 from ingest.decode import DecodeLimits
-from ingest.events import decode_events
+from ingest.events import decode_items, decode_waste_item
+from ingest.kinds import standard_decoders
 from ingest.metrics import IngestMetrics
 from ingest.mqtt import BrokerAddress, MqttSubscriber, SubscriberSettings
-from ingest.pipeline import IngestPipeline
+from ingest.pipeline import IngestListener, IngestPipeline
 from store.base import AlertQuery, Principal, ReadingQuery, Store
 from store.ledger import BagQuery, SqliteLedger, WasteLedger
 from store.postgres.ledger import PostgresLedger
@@ -152,8 +153,8 @@ LIMITS = DecodeLimits()
 SCANNER_DEV = Device(SCANNER, SITE, "waste_scanner", ())
 
 
-def decode(doc: object, recv: int = T0, device: Device = SCANNER_DEV):
-    return decode_events(json.dumps(doc).encode(), device, SITE, recv, LIMITS)
+def decode(doc: object, recv: int = T0):
+    return decode_items(json.dumps(doc).encode(), SCANNER_DEV, recv, LIMITS, decode_waste_item)
 
 
 def test_decode_object_and_array() -> None:
@@ -209,10 +210,6 @@ def test_decode_refuses_whole_message_with_precise_reasons() -> None:
     assert reasons[2].startswith("[3] category: Input should be 'infectious'")
     assert "has no zone offset" in reasons[3]
     assert decode(b"not json".decode())[1][0].startswith("payload is a JSON str")
-    pool = Device("pool-1", SITE, "pool_analyzer", ("ph",))
-    assert decode(good, device=pool)[1] == [
-        "device pool-1 is a pool_analyzer, not a waste_scanner: no events"
-    ]
     assert decode([])[1] == ["empty array"]
 
 
@@ -516,10 +513,10 @@ def _subscribed(rig: Rig, broker) -> Iterator[Rig]:
     pipeline = IngestPipeline(
         rig.store,
         rig.engine.registry,
-        default_catalogue(),
-        on_stored=rig.engine.on_readings,
-        ledger=rig.ledger,
-        on_events=lambda events: rig.rule.on_events(events, rig.engine),
+        standard_decoders(default_catalogue(), waste=rig.ledger),
+        listener=IngestListener(
+            rig.engine.on_readings, lambda events: rig.rule.on_events(events, rig.engine)
+        ),
     )
     sub = MqttSubscriber(pipeline, BrokerAddress.parse(broker.url), SubscriberSettings("waste-e2e"))
     sub.start()

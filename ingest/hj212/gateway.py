@@ -1,4 +1,4 @@
-"""Asyncio TCP server for HJ 212 data loggers: frames in, wire-contract records out.
+"""Asyncio TCP server for HJ 212 data loggers: frames in, typed messages out (ingest.messages).
 
 Per connection: a ``Stream`` framer, a split-packet ``Reassembler``, an idle timeout. Every
 frame ends in exactly one of: telemetry handed to the sink, a dead letter with its reason, or
@@ -47,8 +47,10 @@ from domain.hj212.codec import (
     reply_9014,
 )
 from domain.hj212.codes import load_code_map
+from domain.model import DeadLetter
 from ingest.dead_letter_log import reason_kind
 from ingest.decode import number_from_text
+from ingest.messages import HJ212_SOURCE, Hj212Message, Hj212Record, hj212_topic
 
 log = logging.getLogger("landun.hj212")
 
@@ -67,12 +69,14 @@ class DeviceLookup(Protocol):
 
 
 class GatewaySink(Protocol):
-    def telemetry(self, device_id: str, records: list[dict], recv_ms: int, raw: bytes) -> None: ...
-    def dead_letter(self, reason: str, raw: bytes, device_id: str | None, recv_ms: int) -> None: ...
+    def telemetry(self, message: Hj212Message) -> None: ...
+    def dead_letter(self, letter: DeadLetter) -> None: ...
 
 
-def packet_to_record(packet: Packet, code_map: Mapping[str, str]) -> tuple[dict | None, list[str]]:
-    """The wire-contract record of a data packet, and the problems found on the way.
+def packet_to_record(
+    packet: Packet, code_map: Mapping[str, str]
+) -> tuple[Hj212Record | None, list[str]]:
+    """The readings record of a data packet, and the problems found on the way.
 
     A factor that cannot be used (unmapped code, missing or non-numeric value) is reported but
     does not block the others: one unconfigured code must not stop a pool's chlorine readings.
@@ -117,7 +121,7 @@ def packet_to_record(packet: Packet, code_map: Mapping[str, str]) -> tuple[dict 
             flags[parameter] = fields["Flag"]  # HJ 212 data flags are Landun's flags
     if not values:
         return None, problems
-    return {"ts": packet.data_time_ms, "values": values, "flags": flags}, problems
+    return Hj212Record(packet.data_time_ms, values, flags), problems
 
 
 @dataclass(eq=False)
@@ -365,7 +369,8 @@ class Hj212Gateway:
         record, problems = packet_to_record(packet, self.code_map)
         stored = True
         if record is not None:
-            stored = await self._call_sink(self.sink.telemetry, device_id, [record], recv_ms, raw)
+            message = Hj212Message(device_id, record, conn.peer, recv_ms, raw)
+            stored = await self._call_sink(self.sink.telemetry, message)
             if stored:
                 self.packets_ok += 1
         if problems:
@@ -399,7 +404,7 @@ class Hj212Gateway:
                 return await self._summarise_suppressed(conn, recv_ms)
             return True
         conn.dead_letters += 1
-        return await self._call_sink(self.sink.dead_letter, reason, raw, device_id, recv_ms)
+        return await self._send_dead_letter(conn, reason, raw, device_id, recv_ms)
 
     async def _summarise_suppressed(self, conn: _Connection, recv_ms: int) -> bool:
         if not conn.suppressed:
@@ -413,7 +418,13 @@ class Hj212Gateway:
         conn.suppressed.clear()
         conn.suppressed_bytes = 0
         conn.summarised_at = time.monotonic()
-        return await self._call_sink(self.sink.dead_letter, reason, b"", conn.device_id, recv_ms)
+        return await self._send_dead_letter(conn, reason, b"", conn.device_id, recv_ms)
+
+    async def _send_dead_letter(
+        self, conn: _Connection, reason: str, raw: bytes, device_id: str | None, recv_ms: int
+    ) -> bool:
+        letter = DeadLetter(hj212_topic(conn.peer), device_id, recv_ms, reason, raw, HJ212_SOURCE)
+        return await self._call_sink(self.sink.dead_letter, letter)
 
     async def _call_sink(self, fn: Callable[..., None], *args: Any) -> bool:
         loop = asyncio.get_running_loop()

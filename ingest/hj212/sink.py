@@ -1,11 +1,14 @@
 """Connects the HJ 212 gateway to the shared ingest pipeline: the same validation, store and
-alerts as MQTT. A logger's records become a telemetry message of its device."""
+alerts as MQTT. A logger's packets reach it as typed messages (ingest.messages.Hj212Message),
+decoded through the pipeline's table like every other kind."""
 
 from __future__ import annotations
 
 from domain.credentials import verify_secret
+from domain.model import DeadLetter
 from domain.registry import Registry
-from ingest.pipeline import IngestPipeline, RawMessage
+from ingest.messages import Hj212Message
+from ingest.pipeline import IngestPipeline
 
 
 class RegistryLookup:
@@ -31,17 +34,10 @@ class PipelineSink:
     def __init__(self, pipeline: IngestPipeline) -> None:
         self.pipeline = pipeline
 
-    def telemetry(self, device_id: str, records: list[dict], recv_ms: int, raw: bytes) -> None:
-        msg = RawMessage(_topic(device_id), raw, recv_ms, source="hj212", doc=records)
-        if not self.pipeline.process([msg]):
+    def telemetry(self, message: Hj212Message) -> None:
+        if not self.pipeline.process([message]):
             raise RuntimeError("ingest is stopping; the logger will resend")
 
-    def dead_letter(self, reason: str, raw: bytes, device_id: str | None, recv_ms: int) -> None:
-        msg = RawMessage(_topic(device_id), raw, recv_ms, source="hj212")
-        if not self.pipeline.dead_letter(msg, device_id, reason):
+    def dead_letter(self, letter: DeadLetter) -> None:
+        if not self.pipeline.refuse(letter):
             raise RuntimeError("ingest is stopping; the logger will resend")
-
-
-def _topic(device_id: str | None) -> str:
-    """The MQTT topic the logger's data would have had, so dead letters read alike."""
-    return f"landun/v1/devices/{device_id or 'unknown'}/telemetry"
