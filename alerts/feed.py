@@ -249,6 +249,10 @@ class AlertWorker:
                         entries = p.waiting + fetched.get(part, [])
                         if entries and part in self.parts:
                             busy |= self._follow_or_drop(p, entries, judged)
+                        if judged and judged[-1][0] is p and p.heard.held:
+                            # An alert changed: committed and announced at once, not after
+                            # the other partitions are judged (a transaction more, only then).
+                            self._commit(*judged.pop())
                     self._commit_all([(p, pos, ()) for p, pos in judged])
                 if now >= next_tick:
                     next_tick = now + self.tick_s * 1000

@@ -5,7 +5,10 @@ schema brought up to date when it opens."""
 from __future__ import annotations
 
 import logging
+import math
 import re
+import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -95,7 +98,8 @@ def upgrade(
 class PostgresDatabase:
     """`lock_timeout_ms` bounds how long a statement waits for a lock before the write is
     reported unavailable (and retried by its caller); `pool_timeout_s` how long a caller waits
-    for a connection."""
+    for a connection. A connection idle in the pool for `check_idle_s` or longer is checked
+    (a round trip) before it is handed out; one used more recently is handed out as it is."""
 
     def __init__(
         self,
@@ -105,8 +109,14 @@ class PostgresDatabase:
         pool_timeout_s: float = 10.0,
         connect_timeout_s: int = 10,
         configure: Callable[[psycopg.Connection], None] | None = None,
+        check_idle_s: float = 1.0,
     ) -> None:
         self.url = url
+        self.check_idle_s = check_idle_s
+        # connection -> when it last finished a piece of work without a connection failure
+        self._used: weakref.WeakKeyDictionary[psycopg.Connection, float] = (
+            weakref.WeakKeyDictionary()
+        )
         with connect(url, connect_timeout_s) as conn:
             upgrade(conn)
         self._pool = ConnectionPool(
@@ -120,12 +130,21 @@ class PostgresDatabase:
             },
             configure=configure,  # run on each new connection
             # A connection broken by a server restart is replaced, not handed out.
-            check=ConnectionPool.check_connection,
+            check=self._check,
             timeout=pool_timeout_s,
             name="landun",
             open=False,
         )
         self._pool.open(wait=False)
+
+    def _check(self, conn: psycopg.Connection) -> None:
+        """The pool's check at every checkout, skipped for a connection that worked moments
+        ago: a busy process (an alert worker's round, an ingest batch) checks out several
+        times a second, and each check was a round trip more on the alert latency's path. A
+        server restarted meanwhile fails that one use, which every caller retries; the pool
+        then discards the broken connection."""
+        if time.monotonic() - self._used.get(conn, -math.inf) >= self.check_idle_s:
+            ConnectionPool.check_connection(conn)
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
@@ -133,6 +152,7 @@ class PostgresDatabase:
         try:
             with self._pool.connection() as conn:
                 yield conn
+                self._used[conn] = time.monotonic()
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"postgresql: {_one_line(exc)}") from exc
 
