@@ -7,7 +7,9 @@ them, JSON and time checks shared, and a message with any bad part refused whole
 from __future__ import annotations
 
 import math
-from typing import Annotated, Generic, Literal, Protocol, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -30,7 +32,7 @@ REQUIRED: dict[WasteEventKind, tuple[str, ...]] = {
 }
 
 E = TypeVar("E")
-E_co = TypeVar("E_co", covariant=True)
+R = TypeVar("R")
 
 Text = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -56,7 +58,6 @@ _event_one = TypeAdapter(WasteEventIn)
 def decode_event_record(
     rec: WasteEventIn,
     device: Device,
-    site_id: str,
     recv_ms: int,
     limits: DecodeLimits,
     reasons: list[str],
@@ -80,7 +81,7 @@ def decode_event_record(
         return None
     return WasteEvent(
         device_id=device.id,
-        site_id=site_id,
+        site_id=device.site_id,
         event=kind,
         bag_id=rec.bag_id,
         ts_ms=ts_ms,
@@ -110,38 +111,20 @@ def event_records(payload: bytes, limits: DecodeLimits) -> tuple[list, bool, str
     return [], False, f"payload is a JSON {type(doc).__name__}, not an object or array"
 
 
-def decode_waste_item(
-    item: object,
-    device: Device,
-    recv_ms: int,
-    limits: DecodeLimits,
-    reasons: list[str],
-    prefix: str,
-) -> WasteEvent | None:
-    try:
-        rec = _event_one.validate_python(item)
-    except ValidationError as exc:
-        reasons.extend(_pydantic_reasons(exc, prefix))
-        return None
-    return decode_event_record(rec, device, device.site_id, recv_ms, limits, reasons, prefix)
+@dataclass(frozen=True, slots=True)
+class ItemKind(Generic[R, E]):
+    """One kind of event record: its model, and what makes an event of a record that fits it
+    (None with the reasons it is refused added to `reasons`)."""
+
+    model: TypeAdapter[R]
+    event: Callable[[R, Device, int, DecodeLimits, list[str], str], E | None]
 
 
-class ItemDecoder(Protocol[E_co]):
-    def __call__(
-        self,
-        item: object,
-        device: Device,
-        recv_ms: int,
-        limits: DecodeLimits,
-        reasons: list[str],
-        prefix: str,
-    ) -> E_co | None:
-        """One record of an events message, or None with the reasons it is refused added."""
-        ...
+decode_waste_item = ItemKind(_event_one, decode_event_record)
 
 
 def decode_items(
-    payload: bytes, device: Device, recv_ms: int, limits: DecodeLimits, item: ItemDecoder[E]
+    payload: bytes, device: Device, recv_ms: int, limits: DecodeLimits, item: ItemKind[R, E]
 ) -> tuple[list[E], list[str]]:
     """The events of one message, or every reason it is refused (then no events)."""
     items, many, why = event_records(payload, limits)
@@ -150,18 +133,24 @@ def decode_items(
     events: list[E] = []
     reasons: list[str] = []
     for i, record in enumerate(items):
-        event = item(record, device, recv_ms, limits, reasons, f"[{i}] " if many else "")
+        prefix = f"[{i}] " if many else ""
+        try:
+            rec = item.model.validate_python(record)
+        except ValidationError as exc:
+            reasons.extend(_pydantic_reasons(exc, prefix))
+            continue
+        event = item.event(rec, device, recv_ms, limits, reasons, prefix)
         if event is not None:
             events.append(event)
     return ([], reasons) if reasons else (events, [])
 
 
-class EventDecoder(Generic[E]):
+class EventDecoder(Generic[R, E]):
     """`.../events` of one kind of device: its records, decoded by `item`, go to its ledger."""
 
     __slots__ = ("item", "ledger", "limits")
 
-    def __init__(self, item: ItemDecoder[E], ledger: EventLedger[E], limits: DecodeLimits) -> None:
+    def __init__(self, item: ItemKind[R, E], ledger: EventLedger[E], limits: DecodeLimits) -> None:
         self.item = item
         self.ledger = ledger
         self.limits = limits

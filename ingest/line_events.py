@@ -9,11 +9,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from domain.model import Device
 from domain.tableware import LineEvent, LineEventKind, Method, line_spec
-from ingest.decode import DecodeLimits, _pydantic_reasons, parse_ts
+from ingest.decode import DecodeLimits, parse_ts
+from ingest.events import ItemKind
 
 # The largest batch a packing line labels: a pallet of trays is a few thousand sets.
 MAX_SETS = 100_000
@@ -70,7 +71,6 @@ def _date_reason(text: str, ts_ms: int | None, prefix: str) -> str | None:
 def decode_line_record(
     rec: LineEventIn,
     device: Device,
-    site_id: str,
     recv_ms: int,
     limits: DecodeLimits,
     reasons: list[str],
@@ -109,7 +109,7 @@ def decode_line_record(
     assert ref is not None
     return LineEvent(
         device_id=device.id,
-        site_id=site_id,
+        site_id=device.site_id,
         line_id=rec.line_id,
         event=kind,
         ref_id=ref,
@@ -121,17 +121,4 @@ def decode_line_record(
     )
 
 
-def decode_line_item(
-    item: object,
-    device: Device,
-    recv_ms: int,
-    limits: DecodeLimits,
-    reasons: list[str],
-    prefix: str,
-) -> LineEvent | None:
-    try:
-        rec = line_event_one.validate_python(item)
-    except ValidationError as exc:
-        reasons.extend(_pydantic_reasons(exc, prefix))
-        return None
-    return decode_line_record(rec, device, device.site_id, recv_ms, limits, reasons, prefix)
+decode_line_item = ItemKind(line_event_one, decode_line_record)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from domain.model import Device
 from domain.tanks import TankEvent, TankEventKind
-from ingest.decode import DecodeLimits, _pydantic_reasons, parse_ts
+from ingest.decode import DecodeLimits, parse_ts
+from ingest.events import ItemKind
 
 Text = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -31,19 +32,14 @@ class TankEventIn(BaseModel):
 _event_one = TypeAdapter(TankEventIn)
 
 
-def decode_tank_item(
-    item: object,
+def decode_tank_record(
+    rec: TankEventIn,
     device: Device,
     recv_ms: int,
     limits: DecodeLimits,
     reasons: list[str],
-    prefix: str,
+    prefix: str = "",
 ) -> TankEvent | None:
-    try:
-        rec = _event_one.validate_python(item)
-    except ValidationError as exc:
-        reasons.extend(_pydantic_reasons(exc, prefix))
-        return None
     ts_ms, why = parse_ts(rec.ts, recv_ms, limits)
     if ts_ms is None:
         reasons.append(prefix + (why or "no time"))
@@ -60,3 +56,6 @@ def decode_tank_item(
         disinfectant=rec.disinfectant,
         report_id=rec.report_id,
     )
+
+
+decode_tank_item = ItemKind(_event_one, decode_tank_record)
