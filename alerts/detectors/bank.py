@@ -45,9 +45,9 @@ if TYPE_CHECKING:
 # (a series flushing its offline buffer is judged one reading per round).
 FEW_ROWS = 8
 # Windows are judged this many rows at a time. The windows, their sort and the unfilled mask are
-# temporaries of rows x up to 1,680 values: a 2,000-row drift round made 23 MB ones, which glibc
-# serves from thread arenas that then stay grown (the 10 M-reading ingest run peaked at 513 MB).
-# At 256 rows they are ~3 MB, reused from one chunk to the next, and stay in cache.
+# temporaries of rows x up to 1,680 values: made for a whole round at once they are large enough
+# for glibc to serve from thread arenas that then stay grown; a chunk's are small, reused from
+# one chunk to the next, and stay in cache (README, Benchmarks, "Memory settings": the figures).
 CHUNK_ROWS = 256
 # Per evidence key: an array with a value per reading, or one value for the whole batch. Any,
 # because the detectors write into the arrays by index, which a union would forbid.
