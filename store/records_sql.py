@@ -6,7 +6,8 @@ backend that moves its rows out of `engine_state`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from domain.tanks import TankEvent, TankEventKind
 from store.base import MailedReport
@@ -209,3 +210,15 @@ def trim_args(site_id: str, tank_id: str, keep: int) -> tuple[str, str, str, str
 
 def mailed_values(m: MailedReport) -> tuple[str, str, str, int]:
     return (m.jurisdiction, m.period, m.last_day, m.mailed_ms)
+
+
+def add_tank_records(
+    execute: Callable[[str, Sequence[Any]], Any], events: Sequence[TankEvent], keep: int
+) -> list[TankEvent]:
+    """TankStore.add_tank_records inside the caller's transaction: `execute` runs one of this
+    module's statements (placeholders converted where the backend needs it), returning its
+    cursor. The records that were new; each touched tank trimmed to its newest `keep`."""
+    fresh = [e for e in events if execute(ADD_TANK_RECORD, tank_values(e)).rowcount]
+    for site_id, tank_id in sorted({(e.site_id, e.tank_id) for e in fresh}):
+        execute(TRIM_TANK, trim_args(site_id, tank_id, keep))
+    return fresh

@@ -971,14 +971,7 @@ class SqliteStore(SqliteDatabase):
 
     def add_tank_records(self, events: Sequence[TankEvent], keep: int) -> list[TankEvent]:
         with self._tx() as conn:
-            fresh = [
-                e
-                for e in events
-                if conn.execute(records_sql.ADD_TANK_RECORD, records_sql.tank_values(e)).rowcount
-            ]
-            for site_id, tank_id in sorted({(e.site_id, e.tank_id) for e in fresh}):
-                conn.execute(records_sql.TRIM_TANK, records_sql.trim_args(site_id, tank_id, keep))
-        return fresh
+            return records_sql.add_tank_records(conn.execute, events, keep)
 
     def tank_records(self, site_id: str | None = None) -> list[TankEvent]:
         sql, args = records_sql.tank_query(site_id)

@@ -883,14 +883,9 @@ def add_tank_records(
     """TankStore.add_tank_records in the caller's transaction (store.tank_log adds the alert
     feed's entries to it), one writer at a time: two batches never lock rows in turn."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (TANKS_LOCK,))
-    fresh = [
-        e
-        for e in events
-        if conn.execute(_pg(records_sql.ADD_TANK_RECORD), records_sql.tank_values(e)).rowcount
-    ]
-    for site_id, tank_id in sorted({(e.site_id, e.tank_id) for e in fresh}):
-        conn.execute(_pg(records_sql.TRIM_TANK), records_sql.trim_args(site_id, tank_id, keep))
-    return fresh
+    return records_sql.add_tank_records(
+        lambda sql, args: conn.execute(_pg(sql), args), events, keep
+    )
 
 
 def _end_sessions(conn: psycopg.Connection, name: str) -> None:
